@@ -1,0 +1,122 @@
+"""`easel` command line: serve, generate, users, demo-model. Parses flags, builds Settings, calls one handler."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _settings(args):
+    from handlers.settings import Settings
+
+    overrides = {}
+    if getattr(args, "data_dir", None):
+        overrides["store"] = f"file://{Path(args.data_dir).resolve()}"
+    return Settings(**overrides)
+
+
+def cmd_serve(args) -> None:
+    from functions.local import serve
+
+    serve(_settings(args), args.host, args.port, Path(args.data_dir) if args.data_dir else None)
+
+
+def cmd_generate(args) -> None:
+    from tqdm import tqdm
+
+    from functions.local import LOCAL_USER, prepare
+    from handlers.generate import Job, run_job
+    from handlers.schemas import Txt2ImgRequest
+
+    services = prepare(_settings(args))
+    body = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "steps": args.steps,
+            "width": args.width, "height": args.height, "seed": args.seed, "cfg_scale": args.cfg_scale}
+    if args.sampler:
+        body["sampler_name"] = args.sampler
+    if args.checkpoint:
+        body["alwayson_scripts"] = {"sd_model_checkpoint": args.checkpoint}
+    request = Txt2ImgRequest(**body)
+    with tqdm(total=request.steps, unit="step", desc="generating") as bar:
+        def on_step(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = run_job(Job(user=LOCAL_USER, mode="txt2img", request=request, task_id="cli"), services, on_step)
+    import base64
+
+    Path(args.output).write_bytes(base64.b64decode(result.images[-1]))
+    t = result.parameters.timings
+    print(f"saved {args.output} (seed {result.parameters.seed}; load {t.load_s:.2f}s, generate {t.generate_s:.2f}s)")
+
+
+def cmd_users_add(args) -> None:
+    from handlers.services import build_services
+
+    services = build_services(_settings(args))
+    print(services.tokens.add(args.name, "admin" if args.admin else "user"))
+
+
+def cmd_demo_model(args) -> None:
+    from loaders.demo_model import install_demo, write_demo_checkpoint
+    from loaders.storage import open_store
+
+    if args.output:
+        print(write_demo_checkpoint(Path(args.output)))
+        return
+    settings = _settings(args)
+    print(install_demo(open_store(settings.store, endpoint_url=settings.s3_endpoint_url)))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="easel", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve the A1111/EAS API (and the web page)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--data-dir", help="local store directory (sets EASEL_STORE=file://DIR)")
+    s.set_defaults(func=cmd_serve)
+
+    g = sub.add_parser("generate", help="generate one image in-process")
+    g.add_argument("prompt")
+    g.add_argument("-o", "--output", default="easel.png")
+    g.add_argument("--negative-prompt", default="")
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--width", type=int, default=512)
+    g.add_argument("--height", type=int, default=512)
+    g.add_argument("--seed", type=int, default=-1)
+    g.add_argument("--cfg-scale", type=float, default=7.0)
+    g.add_argument("--sampler")
+    g.add_argument("--checkpoint")
+    g.add_argument("--data-dir")
+    g.set_defaults(func=cmd_generate)
+
+    u = sub.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
+    ua = u.add_parser("add", help="add a user and print a new token")
+    ua.add_argument("name")
+    ua.add_argument("--admin", action="store_true")
+    ua.add_argument("--data-dir")
+    ua.set_defaults(func=cmd_users_add)
+
+    d = sub.add_parser("demo-model", help="write the tiny demo checkpoint (into the store, or to --output)")
+    d.add_argument("--output")
+    d.add_argument("--data-dir")
+    d.set_defaults(func=cmd_demo_model)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from loaders.errors import EaselError
+
+    try:
+        args.func(args)
+    except EaselError as e:
+        print(f"easel: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

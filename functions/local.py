@@ -1,0 +1,66 @@
+"""The embedded default: local store, in-process execution, uvicorn. Wiring only."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from handlers.api import create_app
+from handlers.services import Services, build_services
+from handlers.settings import Settings
+from loaders.demo_model import DEMO_NAME, install_demo
+
+LOCAL_USER = "local"
+
+
+def local_token(services: Services, data_dir: Path) -> str:
+    """The local user's token, kept (mode 600) beside the data so every `make serve` prints the same one."""
+    path = Path(data_dir) / ".easel-local-token"
+    if path.exists():
+        token = path.read_text().strip()
+    else:
+        token = "esl_" + secrets.token_urlsafe(24)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+    services.tokens.add(LOCAL_USER, "admin", token)
+    return token
+
+
+def prepare(settings: Settings) -> Services:
+    """Services for this process; an empty store gets the demo checkpoint as its default."""
+    services = build_services(settings)
+    if settings.default_checkpoint == DEMO_NAME:
+        install_demo(services.store)
+    return services
+
+
+def serve(settings: Settings, host: str, port: int, data_dir: Path | None) -> None:
+    import uvicorn
+
+    services = prepare(settings)
+    app = create_app(services)
+    url = f"http://{host}:{port}"
+    if settings.tokens:
+        token, who = "<your token from EASEL_TOKENS>", "EASEL_TOKENS users"
+    else:
+        token, who = local_token(services, data_dir or Path("data")), f"user '{LOCAL_USER}'"
+    print(banner(url, token, who, settings), flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def banner(url: str, token: str, who: str, settings: Settings) -> str:
+    payload = '{"prompt": "a cute dog", "steps": 20, "width": 512, "height": 512, "seed": 42}'
+    return f"""
+easel is serving {url}   (store: {settings.store})
+  token for {who}: {token}
+  API docs: {url}/docs
+
+Try it:
+  curl -s {url}/sdapi/v1/txt2img -H 'Authorization: Bearer {token}' \\
+       -H 'Content-Type: application/json' -d '{payload}' \\
+    | python3 -c 'import sys,json,base64; open("dog.png","wb").write(base64.b64decode(json.load(sys.stdin)["images"][0]))' \\
+    && echo "saved dog.png"
+"""

@@ -1,0 +1,136 @@
+"""The HTTP app: A1111 / EAS routes, token auth, and the one place errors become status codes."""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import uuid
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from handlers import listing
+from handlers.auth import Tenant
+from handlers.generate import Job, run_job
+from handlers.schemas import GenerationResponse, Txt2ImgRequest
+from handlers.services import Services
+from loaders.errors import EaselError, InvalidRequest, NotFound, PayloadTooLarge
+from loaders.storage import check_key
+
+TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def check_task_id(task_id: str, field: str = "task_id") -> str:
+    if not TASK_ID.match(task_id):
+        raise InvalidRequest(f"`{field}` {task_id[:80]!r} must be 1-128 of letters, digits, '_', '.', ':' or '-'")
+    return task_id
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        bad = err.get("input")
+        shown = f" (got {bad!r:.80})" if bad is not None and not isinstance(bad, dict) and "got" not in msg else ""
+        parts.append(f"{loc}: {msg}{shown}")
+    return "; ".join(parts)
+
+
+class BodyLimit:
+    """Refuse bodies over the cap before they are read into memory (413)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _too_large(self.max_bytes)(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise PayloadTooLarge(f"request body is over {self.max_bytes // 2**20} MB")
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def _too_large(max_bytes: int) -> JSONResponse:
+    return JSONResponse({"error": "PayloadTooLarge", "detail": f"request body is over {max_bytes // 2**20} MB"},
+                        status_code=413)
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(title="easel", version="0.1.0",
+                  description="Stable Diffusion per request, speaking the A1111 / PAI-EAS API")
+    app.state.services = services
+
+    # --- errors: the one mapping from error class to status ---
+    @app.exception_handler(EaselError)
+    async def easel_error(request: Request, exc: EaselError):
+        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": "InvalidRequest", "detail": _validation_message(exc)}, status_code=422)
+
+    def tenant(authorization: str | None = Header(None)) -> Tenant:
+        return services.tokens.authenticate(authorization)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        return {"ok": True}
+
+    @app.post("/sdapi/v1/txt2img", response_model=GenerationResponse)
+    def txt2img(body: Txt2ImgRequest, request: Request, who: Tenant = Depends(tenant)):
+        task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
+        job = Job(user=who.user, mode="txt2img", request=body, task_id=task_id, base_url=str(request.base_url))
+        return run_job(job, services)
+
+    @app.get("/sdapi/v1/sd-models")
+    def sd_models(who: Tenant = Depends(tenant)):
+        return listing.sd_models(services, who.user)
+
+    @app.get("/sdapi/v1/samplers")
+    def samplers(who: Tenant = Depends(tenant)):
+        return listing.samplers()
+
+    @app.get("/sdapi/v1/schedulers")
+    def schedulers(who: Tenant = Depends(tenant)):
+        return listing.schedulers()
+
+    @app.get("/sdapi/v1/options")
+    def options(who: Tenant = Depends(tenant)):
+        return listing.options(services)
+
+    @app.get("/sdapi/v1/progress")
+    def progress(who: Tenant = Depends(tenant)):
+        return listing.progress(services, who.user)
+
+    @app.get("/files/{key:path}")
+    def files(key: str, who: Tenant = Depends(tenant)):
+        return file_response(services, who, key)
+
+    app.add_middleware(BodyLimit, max_bytes=services.settings.max_body_mb * 2**20)
+    return app
+
+
+def file_response(services: Services, who: Tenant, key: str) -> Response:
+    """Bytes of an object the caller owns (users/<them>/...) or a public one; anything else is a 404."""
+    try:
+        check_key(key)
+    except InvalidRequest:
+        raise NotFound(f"no file {key[:200]!r}") from None
+    if not (key.startswith(f"users/{who.user}/") or key.startswith("public/")):
+        raise NotFound(f"no file {key[:200]!r}")
+    data = services.store.get_bytes(key)
+    media = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})

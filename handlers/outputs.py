@@ -1,0 +1,101 @@
+"""Where outputs go and what they carry: save_dir labels, output keys, A1111 infotext, PNG encoding."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import re
+import unicodedata
+from datetime import datetime, timezone
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from loaders.errors import InvalidRequest
+
+# EAS clients send absolute paths of the WebUI's data dir; each maps to the user's outputs root.
+EAS_OUTPUT_ROOTS = (
+    "/code/stable-diffusion-webui/data-oss/outputs",
+    "/code/stable-diffusion-webui/data-nas/outputs",
+    "/code/stable-diffusion-webui/data/outputs",
+    "/code/stable-diffusion-webui/outputs",
+)
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+MAX_SAVE_DIR_CHARS = 256
+
+
+def save_dir_label(save_dir: str | None) -> str:
+    """`save_dir` as a label inside the user's outputs root ('' for the root). Paths never escape it."""
+    if not save_dir:
+        return ""
+    raw = unicodedata.normalize("NFKC", save_dir)  # fullwidth dots and slashes become plain ones
+    if len(save_dir) > MAX_SAVE_DIR_CHARS or "\x00" in raw or "\\" in raw or "%" in raw:
+        raise InvalidRequest(f"`save_dir` {save_dir[:80]!r} is not a valid folder label")
+    path = raw.rstrip("/")
+    for root in EAS_OUTPUT_ROOTS:
+        if path == root or path.startswith(root + "/"):
+            path = path[len(root):]
+            break
+    else:
+        if path.startswith("/"):
+            raise InvalidRequest(
+                f"`save_dir` {save_dir[:80]!r}: absolute paths other than the WebUI outputs folder "
+                f"({EAS_OUTPUT_ROOTS[0]}) are not allowed; use a relative label like 'my/folder'"
+            )
+    segments = [s for s in path.split("/") if s]
+    if any(not _SEGMENT.match(s) or s.strip(".") == "" for s in segments):
+        raise InvalidRequest(f"`save_dir` {save_dir[:80]!r} is not a valid folder label (letters, digits, _ . -)")
+    return "/".join(segments)
+
+
+def output_prefix(user: str, label: str, folder: str, now: datetime | None = None) -> str:
+    """users/<user>/outputs/[<label>/]<folder>/<YYYY-MM-DD>/"""
+    day = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
+    return "/".join(p for p in (f"users/{user}/outputs", label, folder, day) if p) + "/"
+
+
+def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, schedule: str, cfg_scale: float,
+             seed: int, width: int, height: int, model_name: str, model_hash: str, extra: dict | None = None) -> str:
+    """The A1111 `parameters` text: prompt, negative prompt, then `Key: value` pairs."""
+    fields = {
+        "Steps": steps,
+        "Sampler": sampler,
+        "Schedule type": schedule.capitalize() if schedule != "sgm_uniform" else "SGM Uniform",
+        "CFG scale": f"{cfg_scale:g}",
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model hash": model_hash,
+        "Model": model_name,
+        **(extra or {}),
+        "Version": "easel",
+    }
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields.items()))
+    return "\n".join(lines)
+
+
+def png_bytes(image: Image.Image, parameters: str | None = None) -> bytes:
+    meta = PngInfo()
+    if parameters:
+        meta.add_text("parameters", parameters)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=meta, compress_level=4)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def image_grid(images: list[Image.Image]) -> Image.Image:
+    """A1111's default grid: as square as possible, rows filled left to right."""
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h))
+    for i, img in enumerate(images):
+        grid.paste(img, ((i % cols) * w, (i // cols) * h))
+    return grid

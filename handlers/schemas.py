@@ -1,0 +1,166 @@
+"""The public contract: A1111 request fields with EAS extensions, bounds in the schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from loaders.errors import InvalidRequest
+from handlers.samplers import SAMPLERS, SCHEDULES, find_sampler, find_schedule
+
+MAX_IMAGES_PER_REQUEST = 16
+MAX_PROMPT_CHARS = 20_000
+SEED_MAX = 2**32 - 1
+
+
+class GenerationRequest(BaseModel):
+    """Fields shared by txt2img and img2img (A1111 names and defaults; unknown A1111 fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    seed: int = Field(-1, ge=-1, le=SEED_MAX, description="-1 picks a random seed; image k uses seed + k")
+    steps: int = Field(20, ge=1, le=150)
+    cfg_scale: float = Field(7.0, ge=0.0, le=30.0, allow_inf_nan=False)
+    width: int = Field(512, ge=64, le=2048)
+    height: int = Field(512, ge=64, le=2048)
+    batch_size: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)
+    n_iter: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)
+    sampler_name: str | None = Field(None, description=f"one of: {', '.join(s.name for s in SAMPLERS)}")
+    sampler_index: str | None = Field(None, description="A1111's older name for sampler_name")
+    scheduler: str | None = Field(None, description=f"one of: {', '.join(l for l, _ in SCHEDULES.values())}")
+    send_images: bool = True
+    save_images: bool = True
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    force_task_id: str | None = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, v: int, info) -> int:
+        if v % 8:
+            raise ValueError(f"`{info.field_name}` has to be a multiple of 8 but is {v}")
+        return v
+
+    @field_validator("prompt", "negative_prompt", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v):
+        return "" if v is None else v
+
+    @field_validator("sampler_name", "sampler_index")
+    @classmethod
+    def _known_sampler(cls, v: str | None, info) -> str | None:
+        if v is None or v == "":
+            return None
+        sampler = find_sampler(v)
+        if sampler is None:
+            names = ", ".join(s.name for s in SAMPLERS)
+            raise ValueError(f"`{info.field_name}` {v!r} is not a sampler; use one of: {names}")
+        return sampler.name
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_schedule(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        key = find_schedule(v)
+        if key is None:
+            labels = ", ".join(label for label, _ in SCHEDULES.values())
+            raise ValueError(f"`scheduler` {v!r} is not a schedule type; use one of: {labels}")
+        return key
+
+    @field_validator("alwayson_scripts", mode="before")
+    @classmethod
+    def _lower_script_names(cls, v):
+        # A1111 matches script names case-insensitively (clients send "ControlNet").
+        if isinstance(v, dict):
+            return {str(k).lower(): val for k, val in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _cross_field(self):
+        n = self.batch_size * self.n_iter
+        if n > MAX_IMAGES_PER_REQUEST:
+            raise ValueError(
+                f"`batch_size` × `n_iter` is {self.batch_size} × {self.n_iter} = {n} images; "
+                f"at most {MAX_IMAGES_PER_REQUEST} per request"
+            )
+        return self
+
+    # --- resolved views (the API edge converts A1111 conventions here) ---
+
+    @property
+    def sampler(self) -> str:
+        return self.sampler_name or self.sampler_index or "Euler a"
+
+    @property
+    def schedule(self) -> str:
+        return self.scheduler or "automatic"
+
+    @property
+    def seed_or_none(self) -> int | None:
+        return None if self.seed == -1 else self.seed
+
+    @property
+    def image_count(self) -> int:
+        return self.batch_size * self.n_iter
+
+    def script(self, name: str) -> Any:
+        """An `alwayson_scripts` entry, unwrapped from A1111's `{"args": [value]}` form when given so."""
+        value = self.alwayson_scripts.get(name.lower())
+        if isinstance(value, dict) and set(value) == {"args"} and isinstance(value["args"], list):
+            return value["args"][0] if len(value["args"]) == 1 else value["args"]
+        return value
+
+    def checkpoint_name(self) -> str | None:
+        return self._script_str("sd_model_checkpoint") or self._setting_str("sd_model_checkpoint")
+
+    def save_dir(self) -> str | None:
+        return self._script_str("save_dir")
+
+    def _script_str(self, name: str) -> str | None:
+        return _optional_str(self.script(name), name)
+
+    def _setting_str(self, name: str) -> str | None:
+        return _optional_str(self.override_settings.get(name), name)
+
+
+def _optional_str(value: Any, name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"`{name}` must be a string, not {value!r:.100}")
+    return value or None
+
+
+class Txt2ImgRequest(GenerationRequest):
+    pass
+
+
+class Timings(BaseModel):
+    queue_s: float = 0.0
+    load_s: float = 0.0
+    generate_s: float = 0.0
+    persist_s: float = 0.0
+    total_s: float = 0.0
+    billed_s: float = 0.0
+    cost: float = 0.0
+
+
+class ResponseParameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id_task: str
+    status: int = 0
+    image_url: str = ""
+    seed: str = ""
+    error_msg: str = ""
+    total_time: float = 0.0
+    timings: Timings = Field(default_factory=Timings)
+
+
+class GenerationResponse(BaseModel):
+    images: list[str] = Field(default_factory=list, description="base64 PNGs (empty with save_dir or send_images=false)")
+    parameters: ResponseParameters
+    info: str = ""
+

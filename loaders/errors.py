@@ -1,0 +1,39 @@
+"""One family of errors for the whole project; handlers.api maps each leaf to one HTTP status."""
+
+
+class EaselError(Exception):
+    """Base class: `str(err)` is the message a client sees."""
+
+    status = 500
+
+
+class InvalidRequest(EaselError):
+    status = 422
+
+
+class NotFound(EaselError):
+    status = 404
+
+
+class Forbidden(EaselError):
+    status = 403
+
+
+class Unauthorized(EaselError):
+    status = 401
+
+
+class Conflict(EaselError):
+    status = 409
+
+
+class PayloadTooLarge(EaselError):
+    status = 413
+
+
+class QuotaExceeded(EaselError):
+    status = 402
+
+
+class StorageError(EaselError):
+    status = 503

@@ -1,0 +1,44 @@
+"""Validate a `.safetensors` file before anything uses it; never unpickle anything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from loaders.errors import InvalidRequest
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own cap
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    keys: frozenset[str]
+    metadata: dict[str, str]
+
+
+def check_model_filename(name: str, field: str) -> str:
+    """A model name is a file name, never a path; only `.safetensors` is ever loaded."""
+    if name.lower().endswith(PICKLE_SUFFIXES):
+        raise InvalidRequest(
+            f"`{field}` {name!r} is a pickle-based format, which can run code when loaded; "
+            "only .safetensors files are accepted"
+        )
+    return name
+
+
+def read_header(path: Path, name: str) -> SafetensorsHeader:
+    """Parse and bounds-check the header (safetensors checks sizes and offsets against the file)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or int.from_bytes(head, "little") > min(MAX_HEADER_BYTES, size - 8):
+        raise InvalidRequest(f"{name!r} is not a valid .safetensors file (header length out of bounds)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return SafetensorsHeader(frozenset(f.keys()), dict(f.metadata() or {}))
+    except Exception as e:  # SafetensorError: truncated, bad JSON, overlapping offsets...
+        raise InvalidRequest(f"{name!r} is not a valid .safetensors file: {e}") from None
