@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from loaders.errors import InvalidRequest, NotFound, StorageError
+from loaders.errors import EaselError, InvalidRequest, NotFound, StorageError
 
 
 @dataclass(frozen=True)
@@ -235,6 +235,8 @@ class S3Store(ObjectStore):
     def _error(self, key: str, e: Exception) -> Exception:
         from botocore.exceptions import ClientError
 
+        if isinstance(e, EaselError):
+            return e
         if isinstance(e, ClientError):
             code = e.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):

@@ -1,0 +1,62 @@
+"""Shared fixtures: a local store with the demo checkpoint, services, and an HTTP client per test."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for a model hub fails instead of hanging
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+from fastapi.testclient import TestClient
+
+from handlers.api import create_app
+from handlers.services import build_services
+from handlers.settings import Settings
+from loaders.demo_model import DEMO_NAME, demo_checkpoint_bytes
+from loaders.storage import LocalStore
+
+TOKENS = {"alice": "tok-alice", "bob": "tok-bob", "root": "tok-root"}
+SMALL = {"width": 64, "height": 64, "steps": 2}  # tiny and fast: the suite must run on 2 CPU cores
+
+
+@pytest.fixture(scope="session")
+def demo_bytes() -> bytes:
+    return demo_checkpoint_bytes()
+
+
+@pytest.fixture
+def store(tmp_path, demo_bytes):
+    store = LocalStore(tmp_path / "data")
+    store.put_bytes(f"public/models/Stable-diffusion/{DEMO_NAME}", demo_bytes)
+    return store
+
+
+@pytest.fixture
+def make_services(tmp_path):
+    def make(store, **overrides):
+        settings = Settings(
+            store=f"file://{tmp_path / 'data'}",
+            tokens=",".join(f"{u}={t}" for u, t in TOKENS.items()),
+            admins="root",
+            cache_dir=tmp_path / "cache",
+            **overrides,
+        )
+        return build_services(settings, store=store)
+
+    return make
+
+
+@pytest.fixture
+def services(store, make_services):
+    return make_services(store)
+
+
+@pytest.fixture
+def client(services):
+    with TestClient(create_app(services)) as c:
+        yield c
+
+
+def auth(user: str = "alice") -> dict:
+    return {"Authorization": f"Bearer {TOKENS[user]}"}
