@@ -26,7 +26,7 @@ def cmd_generate(args) -> None:
     from tqdm import tqdm
 
     from functions.local import LOCAL_USER, prepare
-    from handlers.generate import Job, run_job
+    from handlers.generate import Job, execute_job
     from handlers.schemas import Txt2ImgRequest
 
     services = prepare(_settings(args))
@@ -42,7 +42,7 @@ def cmd_generate(args) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        result = run_job(Job(user=LOCAL_USER, mode="txt2img", request=request, task_id="cli"), services, on_step)
+        result = execute_job(Job(user=LOCAL_USER, mode="txt2img", request=request, task_id="cli"), services, on_step)
     import base64
 
     Path(args.output).write_bytes(base64.b64decode(result.images[-1]))

@@ -43,6 +43,11 @@ class Generated:
     infotexts: list[str]
 
 
+def execute_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
+    """The one entry every channel uses (sync route, task workers, Modal, CLI): run the job, then meter it."""
+    return run_job(job, services, on_step)
+
+
 def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
     """Execute one request end to end; every stage is timed and only `generate_s` is billed."""
     started = time.time()
