@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from handlers import listing
 from handlers.auth import Tenant
 from handlers.generate import Job, execute_job
-from handlers.schemas import GenerationResponse, Txt2ImgRequest
+from handlers.schemas import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
 from handlers.services import Services
 from loaders.errors import EaselError, InvalidRequest, NotFound, PayloadTooLarge
 from loaders.storage import check_key
@@ -94,6 +94,24 @@ def create_app(services: Services) -> FastAPI:
         task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
         job = Job(user=who.user, mode="txt2img", request=body, task_id=task_id, base_url=str(request.base_url))
         return execute_job(job, services)
+
+    @app.post("/sdapi/v1/img2img", response_model=GenerationResponse)
+    def img2img(body: Img2ImgRequest, request: Request, who: Tenant = Depends(tenant)):
+        task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
+        job = Job(user=who.user, mode="img2img", request=body, task_id=task_id, base_url=str(request.base_url))
+        return execute_job(job, services)
+
+    @app.get("/sdapi/v1/loras")
+    def loras(who: Tenant = Depends(tenant)):
+        return listing.loras(services, who.user)
+
+    @app.get("/sdapi/v1/sd-vae")
+    def sd_vae(who: Tenant = Depends(tenant)):
+        return listing.sd_vae(services, who.user)
+
+    @app.get("/sdapi/v1/embeddings")
+    def embeddings(who: Tenant = Depends(tenant)):
+        return listing.embeddings(services, who.user)
 
     @app.get("/sdapi/v1/sd-models")
     def sd_models(who: Tenant = Depends(tenant)):

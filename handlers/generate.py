@@ -5,21 +5,21 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal
 
 from PIL import Image
 
-from handlers import outputs
+from handlers import extra_networks, hires, img2img, inpaint, outputs
+from handlers.batches import StepCallback, batches, denoise_steps, step_reporter
+from handlers.extra_networks import Prompts
 from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import GenerationRequest, GenerationResponse, ResponseParameters, Timings
 from handlers.services import Services
 from loaders.models import LoadedCheckpoint, resolve_model
+from loaders.pipelines import is_inpainting_unet, pipeline_view
 from loaders.storage import ObjectInfo
-
-StepCallback = Callable[[int, int], None]  # (steps done, steps total); raise to stop
 
 
 class Canceled(Exception):
@@ -29,7 +29,7 @@ class Canceled(Exception):
 @dataclass
 class Job:
     user: str
-    mode: Literal["txt2img", "img2img"]
+    mode: Literal["txt2img", "img2img"]  # inpaint is img2img with a mask, as in A1111
     request: GenerationRequest
     task_id: str
     queued_at: float = field(default_factory=time.time)
@@ -52,20 +52,25 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     """Execute one request end to end; every stage is timed and only `generate_s` is billed."""
     started = time.time()
     req = job.request
-    # 1. Check what only the request can tell, before any work: where outputs go, which checkpoint
+    # 1. Check what only the request can tell, before any work: where outputs go, which models, which images
     label = outputs.save_dir_label(req.save_dir())
     info = resolve_checkpoint(job, services)
-    # 2. Load the checkpoint (free when resident)
+    networks = extra_networks.resolve(req, services.store, job.user, info)
+    inputs = img2img.load_inputs(req, services.store, job.user) if job.mode == "img2img" else None
+    # 2. Load the checkpoint (free when resident) and fetch the LoRA / VAE / embedding files
     model, load_s = services.models.checkpoint(info)
-    # 3. Generate (denoise + decode): the billed part
-    with services.device_lock:
+    load_s += services.adapters.prefetch(networks.plan)
+    # 3. Generate (denoise + decode): the billed part; this request's adapters are applied around it only
+    with services.device_lock, services.adapters.applied(model, networks.plan) as adapters:
         t0 = time.perf_counter()
-        services.progress.start(job.user, job.task_id, req.steps * req.n_iter)
+        services.progress.start(job.user, job.task_id, planned_steps(job))
         try:
-            generated = generate_txt2img(req, model, _with_progress(job, services, on_step))
+            generated = generate(job, model, networks.prompts(adapters.tokens), inputs, adapters.vae,
+                                 _with_progress(job, services, on_step))
         finally:
             services.progress.finish(job.user, job.task_id)
         generate_s = time.perf_counter() - t0
+    load_s += adapters.load_s
     # 4. Persist the images (and the grid) before anything reports success
     t0 = time.perf_counter()
     saved = persist(job, services, generated, label)
@@ -101,46 +106,80 @@ def pick_seed(req: GenerationRequest) -> int:
     return req.seed_or_none if req.seed_or_none is not None else secrets.randbelow(2**32 - 1 - req.image_count)
 
 
-def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: StepCallback) -> Generated:
-    """n_iter batches of batch_size images; image k has its own generator seeded with seed + k."""
-    import torch
+def planned_steps(job: Job) -> int:
+    """Sampler steps the whole request runs (img2img runs steps × strength; hires adds its second pass)."""
+    req = job.request
+    if job.mode == "img2img":
+        per_iter = max(1, denoise_steps(req.steps, max(req.denoising_strength, 1.0 / req.steps)))
+    else:
+        per_iter = req.steps + (hires.second_pass_steps(req) if getattr(req, "enable_hr", False) else 0)
+    return per_iter * req.n_iter
 
-    base = model.pipe
-    sampler = find_sampler(req.sampler)
-    # A per-request pipeline view: the shared pipeline's modules with this request's own scheduler.
-    pipe = type(base)(**{**base.components, "scheduler": make_scheduler(base.scheduler.config, sampler,
-                                                                        req.schedule)},
-                      requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+
+def generate(job: Job, model: LoadedCheckpoint, prompts: Prompts, inputs, vae, on_step: StepCallback) -> Generated:
+    """The mode's images for seeds seed, seed + 1, ..., and their A1111 infotexts."""
+    req = job.request
     seed = pick_seed(req)
     seeds = [seed + k for k in range(req.image_count)]
-    total = req.steps * req.n_iter
+    if job.mode == "img2img":
+        images = img2img.generate(req, model, prompts, inputs, vae, seeds, on_step)
+    elif req.enable_hr:
+        images = hires.generate(req, model, prompts, vae, seeds, on_step)
+    else:
+        images = generate_txt2img(req, model, prompts, vae, seeds, on_step)
+    extra = mode_infotext(job)
+    texts = [
+        outputs.infotext(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
+                         sampler=req.sampler, schedule=req.schedule, cfg_scale=req.cfg_scale, seed=s,
+                         width=img.width, height=img.height, model_name=model.name, model_hash=model.short_hash,
+                         extra=extra)
+        for s, img in zip(seeds, images)
+    ]
+    return Generated(images, seeds, texts)
+
+
+def mode_infotext(job: Job) -> dict:
+    req = job.request
+    if job.mode == "img2img":
+        extra = {"Denoising strength": f"{req.denoising_strength:g}", "Resize mode": img2img.RESIZE_MODES[req.resize_mode]}
+        if req.mask:
+            extra |= {"Mask blur": req.mask_blur, "Masked content": ["fill", "original", "latent noise",
+                                                                     "latent nothing"][req.inpainting_fill],
+                      "Inpaint area": "Only masked" if req.inpaint_full_res else "Whole picture"}
+        return extra
+    if req.enable_hr:
+        return {"Denoising strength": f"{req.denoising_strength:g}", "Hires upscale": f"{req.hr_scale:g}",
+                "Hires resize": "{}x{}".format(*req.hr_size), "Hires upscaler": req.hr_upscaler,
+                "Hires steps": req.hr_second_pass_steps}
+    return {}
+
+
+def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, prompts: Prompts, vae, seeds: list[int],
+                     on_step: StepCallback) -> list[Image.Image]:
+    """n_iter batches of batch_size images; image k has its own generator seeded with seed + k."""
+    base = model.pipe
+    scheduler = make_scheduler(base.scheduler.config, find_sampler(req.sampler), req.schedule)
+    # An inpainting checkpoint draws from a grey, fully masked picture (A1111 does the same).
+    task = "inpaint" if is_inpainting_unet(base) else "txt2img"
+    # A per-request pipeline view: the shared pipeline's modules with this request's scheduler (and VAE).
+    pipe = pipeline_view(base, task, scheduler=scheduler, vae=vae or base.vae)
     images: list[Image.Image] = []
-    for it in range(req.n_iter):
-        batch_seeds = seeds[it * req.batch_size:(it + 1) * req.batch_size]
-
-        def callback(p, step, timestep, kwargs, _offset=it * req.steps):
-            on_step(_offset + step + 1, total)
-            return kwargs
-
+    for batch in batches(seeds, req.batch_size):
+        n = len(batch.seeds)
+        extra = inpaint.blank_inputs(req.width, req.height, n) if task == "inpaint" else {}
         out = pipe(
-            prompt=[req.prompt] * len(batch_seeds),
-            negative_prompt=[req.negative_prompt] * len(batch_seeds),
+            prompt=[prompts.prompt] * n,
+            negative_prompt=[prompts.negative_prompt] * n,
             num_inference_steps=req.steps,
             guidance_scale=req.cfg_scale,
             width=req.width,
             height=req.height,
-            generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],  # same pixels on any device
-            callback_on_step_end=callback,
+            generator=batch.generators(),
+            callback_on_step_end=step_reporter(on_step, batch.iteration * req.steps, req.steps * req.n_iter),
+            **extra,
         )
         images.extend(out.images)
-    texts = [
-        outputs.infotext(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
-                         sampler=req.sampler, schedule=req.schedule, cfg_scale=req.cfg_scale, seed=s,
-                         width=req.width, height=req.height, model_name=model.name, model_hash=model.short_hash)
-        for s in seeds
-    ]
-    return Generated(images, seeds, texts)
+    return images
 
 
 def persist(job: Job, services: Services, generated: Generated, label: str) -> list[tuple[str, bytes]]:
@@ -169,7 +208,7 @@ def respond(job: Job, services: Services, model: LoadedCheckpoint, generated: Ge
     info = {
         "prompt": req.prompt, "all_prompts": [req.prompt] * len(generated.seeds),
         "negative_prompt": req.negative_prompt, "seed": generated.seeds[0], "all_seeds": generated.seeds,
-        "width": req.width, "height": req.height, "sampler_name": req.sampler, "scheduler": req.schedule,
+        "width": generated.images[0].width, "height": generated.images[0].height, "sampler_name": req.sampler, "scheduler": req.schedule,
         "cfg_scale": req.cfg_scale, "steps": req.steps, "batch_size": req.batch_size, "n_iter": req.n_iter,
         "sd_model_name": model.name, "sd_model_hash": model.short_hash, "infotexts": generated.infotexts,
         "index_of_first_image": 1 if len(saved) > len(generated.images) else 0, "job_timestamp":

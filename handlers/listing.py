@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from handlers.samplers import SAMPLERS, SCHEDULES
 from handlers.services import Services
+from loaders.errors import EaselError
 from loaders.models import list_models
+from loaders.safetensors_check import read_header
+
+MAX_LISTED_EMBEDDING_BYTES = 16 * 2**20  # embeddings are KBs; anything bigger is not read to be listed
 
 
 def sd_models(services: Services, user: str) -> list[dict]:
@@ -16,6 +20,56 @@ def sd_models(services: Services, user: str) -> list[dict]:
         out.append({"title": title, "model_name": name.removesuffix(".safetensors"), "hash": sha[:10] if sha else None,
                     "sha256": sha, "filename": info.key, "config": None})
     return out
+
+
+def loras(services: Services, user: str) -> list[dict]:
+    """A1111's shape; metadata (kohya's ss_* fields) where the file is readable in place."""
+    out = []
+    for info in list_models(services.store, user, "lora"):
+        name = info.key.rsplit("/", 1)[-1].removesuffix(".safetensors")
+        metadata = {}
+        path = services.store.local_path(info.key)
+        if path is not None:
+            try:
+                metadata = read_header(path, name).metadata
+            except EaselError:
+                pass  # listed anyway; using it gives the reason
+        out.append({"name": name, "alias": metadata.get("ss_output_name", name), "path": info.key,
+                    "metadata": metadata})
+    return out
+
+
+def sd_vae(services: Services, user: str) -> list[dict]:
+    return [{"model_name": info.key.rsplit("/", 1)[-1], "filename": info.key}
+            for info in list_models(services.store, user, "vae")]
+
+
+def embeddings(services: Services, user: str) -> dict:
+    """A1111's {"loaded": {name: {shape, vectors, ...}}, "skipped": {...}} for the caller's embeddings."""
+    loaded, skipped = {}, {}
+    for info in list_models(services.store, user, "embedding"):
+        name = info.key.rsplit("/", 1)[-1].removesuffix(".safetensors")
+        shape = _embedding_shape(services, info) if info.size <= MAX_LISTED_EMBEDDING_BYTES else None
+        entry = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None}
+        if shape is None:
+            skipped[name] = entry | {"shape": None, "vectors": None}
+        else:
+            loaded[name] = entry | {"shape": shape[-1], "vectors": shape[0] if len(shape) == 2 else 1}
+    return {"loaded": loaded, "skipped": skipped}
+
+
+def _embedding_shape(services: Services, info) -> list[int] | None:
+    from safetensors import safe_open
+
+    try:
+        path = services.models.files.ensure(info)
+        read_header(path, info.key)
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            key = "emb_params" if "emb_params" in keys else (keys[0] if len(keys) == 1 else None)
+            return list(f.get_slice(key).get_shape()) if key else None
+    except (EaselError, OSError):
+        return None
 
 
 def samplers() -> list[dict]:

@@ -120,6 +120,9 @@ class GenerationRequest(BaseModel):
     def save_dir(self) -> str | None:
         return self._script_str("save_dir")
 
+    def vae_name(self) -> str | None:
+        return self._script_str("sd_vae") or self._setting_str("sd_vae")
+
     def _script_str(self, name: str) -> str | None:
         return _optional_str(self.script(name), name)
 
@@ -133,8 +136,121 @@ def _optional_str(value: Any, name: str) -> str | None:
     return value or None
 
 
+LATENT_UPSCALERS = {  # A1111 name → torch interpolate (mode, antialias)
+    "Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False), "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False), "Latent (nearest-exact)": ("nearest-exact", False),
+}
+IMAGE_UPSCALERS = {"None": "lanczos", "Lanczos": "lanczos", "Nearest": "nearest"}  # A1111 name → PIL filter
+MAX_SIDE = 2048
+_SAME = ("", "use same sampler", "use same scheduler", "use same checkpoint")
+
+
 class Txt2ImgRequest(GenerationRequest):
-    pass
+    enable_hr: bool = False
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0, allow_inf_nan=False, description="hires second pass")
+    hr_scale: float = Field(2.0, ge=1.0, le=8.0, allow_inf_nan=False)
+    hr_upscaler: str = Field("Latent", description=f"one of: {', '.join([*LATENT_UPSCALERS, *IMAGE_UPSCALERS])}")
+    hr_second_pass_steps: int = Field(0, ge=0, le=150, description="0 uses `steps`")
+    hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hr_checkpoint_name: str | None = None
+
+    @field_validator("hr_prompt", "hr_negative_prompt", mode="before")
+    @classmethod
+    def _hr_none_is_empty(cls, v):
+        return "" if v is None else v
+
+    @field_validator("hr_upscaler")
+    @classmethod
+    def _known_upscaler(cls, v: str) -> str:
+        for name in [*LATENT_UPSCALERS, *IMAGE_UPSCALERS]:
+            if v.strip().lower() == name.lower():
+                return name
+        names = ", ".join([*LATENT_UPSCALERS, *IMAGE_UPSCALERS])
+        raise ValueError(f"`hr_upscaler` {v!r} is not available here; use one of: {names}")
+
+    @field_validator("hr_sampler_name")
+    @classmethod
+    def _hr_sampler(cls, v: str | None) -> str | None:
+        if v is None or v.strip().lower() in _SAME:
+            return None
+        sampler = find_sampler(v)
+        if sampler is None:
+            raise ValueError(f"`hr_sampler_name` {v!r} is not a sampler; use one of: "
+                             f"{', '.join(s.name for s in SAMPLERS)}")
+        return sampler.name
+
+    @field_validator("hr_scheduler")
+    @classmethod
+    def _hr_schedule(cls, v: str | None) -> str | None:
+        if v is None or v.strip().lower() in _SAME:
+            return None
+        key = find_schedule(v)
+        if key is None:
+            raise ValueError(f"`hr_scheduler` {v!r} is not a schedule type")
+        return key
+
+    @field_validator("hr_checkpoint_name")
+    @classmethod
+    def _hr_checkpoint(cls, v: str | None) -> str | None:
+        if v is None or v.strip().lower() in _SAME:
+            return None
+        raise ValueError(f"`hr_checkpoint_name` {v[:80]!r}: a second checkpoint for the hires pass is not supported")
+
+    @model_validator(mode="after")
+    def _hires_size(self):
+        if self.enable_hr:
+            w, h = self.hr_size
+            if w > MAX_SIDE or h > MAX_SIDE:
+                raise ValueError(f"hires fix would make a {w}x{h} image; at most {MAX_SIDE} pixels a side "
+                                 f"(`hr_scale` {self.hr_scale:g}, `hr_resize_x` {self.hr_resize_x}, "
+                                 f"`hr_resize_y` {self.hr_resize_y})")
+        return self
+
+    @property
+    def hr_size(self) -> tuple[int, int]:
+        """The final (width, height) of a hires-fixed image, as A1111 computes it, floored to multiples of 8."""
+        x, y = self.hr_resize_x, self.hr_resize_y
+        if not x and not y:
+            w, h = int(self.width * self.hr_scale), int(self.height * self.hr_scale)
+        elif not y:
+            w, h = x, x * self.height // self.width
+        elif not x:
+            w, h = y * self.width // self.height, y
+        else:
+            w, h = x, y
+        return max(64, w // 8 * 8), max(64, h // 8 * 8)
+
+
+class Img2ImgRequest(GenerationRequest):
+    init_images: list[str] = Field(default_factory=list, max_length=MAX_IMAGES_PER_REQUEST,
+                                   description="base64 images or links; EAS: alwayson_scripts.image_link")
+    resize_mode: int = Field(0, ge=0, le=3, description="0 just resize, 1 crop and resize, 2 resize and fill, "
+                                                        "3 just resize (latent upscale)")
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0, allow_inf_nan=False)
+    image_cfg_scale: float | None = Field(None, ge=0.0, le=30.0, allow_inf_nan=False,
+                                          description="accepted; only instruct-pix2pix models use it")
+    mask: str | None = Field(None, description="base64 or link; white is repainted. null means no mask")
+    mask_blur: int = Field(4, ge=0, le=64)
+    inpainting_fill: int = Field(0, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool = Field(True, description="only the masked area (with padding) is generated")
+    inpaint_full_res_padding: int = Field(0, ge=0, le=1024)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+
+    @field_validator("mask", mode="before")
+    @classmethod
+    def _empty_mask_is_none(cls, v):
+        return None if v in ("", None) else v
+
+    @field_validator("inpaint_full_res", mode="before")
+    @classmethod
+    def _full_res_int(cls, v):
+        return bool(v) if isinstance(v, int) else v  # A1111 clients send 0/1 too
 
 
 class Timings(BaseModel):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from handlers.auth import TokenRegistry
 from handlers.settings import Settings
+from loaders.adapters import Adapters
 from loaders.models import ModelManager, build_pipeline
 from loaders.storage import ObjectStore, open_store
 
@@ -60,6 +61,13 @@ class Services:
     tokens: TokenRegistry
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
+    adapters: Adapters | None = None  # LoRA / VAE / embeddings on the resident pipelines
+
+    def __post_init__(self):
+        if self.adapters is None:
+            self.adapters = Adapters(self.models.files, self.models.device,
+                                     lora_capacity=self.settings.lora_cache_size,
+                                     vae_capacity=self.settings.vae_cache_size)
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route."""

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     default_checkpoint: str = DEMO_NAME
     cache_dir: Path = Field(Path.home() / ".cache" / "easel", description="checkpoint download cache")
     pipeline_cache_size: int = Field(2, ge=1, description="pipelines kept loaded (LRU)")
+    lora_cache_size: int = Field(8, ge=1, description="LoRA adapters kept attached to each resident pipeline")
+    vae_cache_size: int = Field(2, ge=1, description="external VAEs kept loaded")
     gpu_price_per_second: float = Field(0.0, ge=0, description="price of one billed device-second")
     url_expiry_s: int = Field(3600, ge=60, description="lifetime of signed output URLs")
     max_body_mb: int = Field(64, ge=1, description="largest request body accepted")

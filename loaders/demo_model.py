@@ -12,14 +12,15 @@ from loaders.families import config_dir
 
 DEMO_NAME = "easel-demo.safetensors"
 DEMO_FAMILY = "demo"
+DEMO_INPAINT_FAMILY = "demo-inpaint"  # the same tiny model with a 9-channel UNet, like sd-v1-5-inpainting
 
 
-def demo_components(seed: int = 0):
+def demo_components(seed: int = 0, family: str = DEMO_FAMILY):
     """Random but deterministic UNet, VAE and text encoder built from the shipped demo configs."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    root = config_dir(DEMO_FAMILY)
+    root = config_dir(family)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae"))
@@ -27,16 +28,17 @@ def demo_components(seed: int = 0):
     return unet, vae, text_encoder
 
 
-def demo_checkpoint_bytes(seed: int = 0) -> bytes:
-    """The demo checkpoint as A1111 `.safetensors` bytes (LDM key names, fp32)."""
-    unet, vae, text_encoder = demo_components(seed)
+def demo_checkpoint_bytes(seed: int = 0, inpaint: bool = False) -> bytes:
+    """The demo checkpoint as A1111 `.safetensors` bytes (LDM key names, fp32); `inpaint`: 9-channel UNet."""
+    family = DEMO_INPAINT_FAMILY if inpaint else DEMO_FAMILY
+    unet, vae, text_encoder = demo_components(seed, family)
     state = {
         **ldm_keys.unet_to_ldm(unet.state_dict(), dict(unet.config)),
         **ldm_keys.vae_to_ldm(vae.state_dict(), dict(vae.config)),
         **ldm_keys.clip_to_ldm(text_encoder.state_dict()),
     }
     state = {k: v.detach().contiguous() for k, v in state.items()}
-    metadata = {"easel.family": DEMO_FAMILY, "easel.seed": str(seed), "modelspec.title": "easel demo"}
+    metadata = {"easel.family": family, "easel.seed": str(seed), "modelspec.title": "easel demo"}
     return save(state, metadata=metadata)
 
 

@@ -1,0 +1,47 @@
+"""Per-request pipeline views: txt2img / img2img / inpaint pipelines over one resident set of components."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Literal
+
+Task = Literal["txt2img", "img2img", "inpaint"]
+
+
+def task_class(base, task: Task) -> type:
+    """The diffusers pipeline class for `task` in the base pipeline's family (SD 1.x → StableDiffusionImg2Img...)."""
+    from diffusers.pipelines.auto_pipeline import (
+        AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
+        AUTO_INPAINT_PIPELINES_MAPPING,
+        AUTO_TEXT2IMAGE_PIPELINES_MAPPING,
+    )
+
+    mapping = {"txt2img": AUTO_TEXT2IMAGE_PIPELINES_MAPPING, "img2img": AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
+               "inpaint": AUTO_INPAINT_PIPELINES_MAPPING}[task]
+    for family, classes in ((f, (AUTO_TEXT2IMAGE_PIPELINES_MAPPING.get(f), AUTO_IMAGE2IMAGE_PIPELINES_MAPPING.get(f),
+                                  AUTO_INPAINT_PIPELINES_MAPPING.get(f))) for f in AUTO_TEXT2IMAGE_PIPELINES_MAPPING):
+        if type(base) in classes and family in mapping:
+            return mapping[family]
+    raise ValueError(f"no {task} pipeline for {type(base).__name__}")
+
+
+def pipeline_view(base, task: Task, **overrides):
+    """A new pipeline object sharing the base pipeline's modules (no weights copied or moved).
+
+    Not `from_pipe`: it casts every shared module to float32 unless told a dtype, which would change the
+    resident fp16 weights under other requests. `overrides` replaces components for this request only
+    (its own scheduler, another VAE).
+    """
+    cls = task_class(base, task)
+    accepted = inspect.signature(cls.__init__).parameters
+    components = {k: v for k, v in {**base.components, **overrides}.items() if k in accepted}
+    if "requires_safety_checker" in accepted:
+        components["requires_safety_checker"] = False
+    pipe = cls(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def is_inpainting_unet(pipe) -> bool:
+    """A 9-channel UNet (latents + mask + masked-image latents): an inpainting checkpoint."""
+    return getattr(pipe.unet.config, "in_channels", 4) == 9
