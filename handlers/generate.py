@@ -123,7 +123,7 @@ def generate(job: Job, model: LoadedCheckpoint, prompts: Prompts, inputs, vae, o
     seeds = [seed + k for k in range(req.image_count)]
     if job.mode == "img2img":
         images = img2img.generate(req, model, prompts, inputs, vae, seeds, on_step)
-    elif req.enable_hr:
+    elif getattr(req, "enable_hr", False):
         images = hires.generate(req, model, prompts, vae, seeds, on_step)
     else:
         images = generate_txt2img(req, model, prompts, vae, seeds, on_step)
@@ -147,7 +147,7 @@ def mode_infotext(job: Job) -> dict:
                                                                      "latent nothing"][req.inpainting_fill],
                       "Inpaint area": "Only masked" if req.inpaint_full_res else "Whole picture"}
         return extra
-    if req.enable_hr:
+    if getattr(req, "enable_hr", False):
         return {"Denoising strength": f"{req.denoising_strength:g}", "Hires upscale": f"{req.hr_scale:g}",
                 "Hires resize": "{}x{}".format(*req.hr_size), "Hires upscaler": req.hr_upscaler,
                 "Hires steps": req.hr_second_pass_steps}

@@ -190,3 +190,41 @@ def test_nine_channel_inpainting_checkpoint_works(client, store):
     assert decode(ok(img2img(client, alwayson_scripts=ckpt))["images"][0]).size == (64, 64)
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "alwayson_scripts": ckpt}, headers=auth())
     assert decode(ok(r)["images"][0]).size == (64, 64)
+
+
+def test_image_links_to_private_addresses_are_refused_with_no_connection(client):
+    """SSRF through img2img's image fields: the loopback canary must see zero connections."""
+    import socket
+
+    canary = socket.socket()
+    canary.bind(("127.0.0.1", 0))
+    canary.listen(8)
+    canary.settimeout(0.2)
+    port = canary.getsockname()[1]
+    try:
+        for field, body in [
+            ("init_images[0]", {"init_images": [f"http://127.0.0.1:{port}/x.png"]}),
+            ("mask", {"mask": f"http://[::ffff:7f00:1]:{port}/m.png"}),
+            ("image_link", {"init_images": [], "alwayson_scripts": {"image_link": f"http://2130706433:{port}/"}}),
+            ("mask", {"mask": "http://169.254.169.254/latest/meta-data/"}),
+        ]:
+            r = img2img(client, **body)
+            assert r.status_code == 422 and field in r.json()["detail"], r.text
+        with pytest.raises(socket.timeout):
+            canary.accept()
+    finally:
+        canary.close()
+
+
+def test_mode_pipelines_share_the_resident_modules(services, store):
+    """Residency: img2img / inpaint views reuse the loaded weights and never change the shared pipeline."""
+    from loaders.pipelines import pipeline_view
+
+    model, _ = services.models.checkpoint(store.stat("public/models/Stable-diffusion/easel-demo.safetensors"))
+    base = model.pipe
+    before = dict(base.components)
+    for task in ("txt2img", "img2img", "inpaint"):
+        view = pipeline_view(base, task, scheduler=base.scheduler.__class__.from_config(base.scheduler.config))
+        assert view.unet is base.unet and view.vae is base.vae and view.text_encoder is base.text_encoder
+        assert view.scheduler is not base.scheduler
+    assert dict(base.components) == before

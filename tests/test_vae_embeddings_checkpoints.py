@@ -192,3 +192,11 @@ def test_switch_back_to_a_resident_model_costs_no_load(client, with_second_check
     again = txt2img(client, alwayson_scripts={"sd_model_checkpoint": "other"}).json()["parameters"]["timings"]
     assert first["load_s"] > 0 and again["load_s"] < first["load_s"] / 5
     assert again["billed_s"] == again["generate_s"]
+
+
+def test_malformed_embedding_is_refused_naming_it(client, with_embeddings):
+    with_embeddings.put_bytes("users/alice/embeddings/badstyle.safetensors", b"\x80\x04\x95pickle" * 10)
+    r = txt2img(client, prompt="a dog, badstyle")
+    assert r.status_code == 422 and "badstyle" in r.json()["detail"]
+    assert "badstyle" in client.get("/sdapi/v1/embeddings", headers=auth()).json()["skipped"]
+    assert txt2img(client, prompt="a dog").status_code == 200
