@@ -287,3 +287,14 @@ def test_tiny_families_pick_their_pipeline_and_tokenizers(tiny_files):
     assert type(ref).__name__ == "StableDiffusionXLImg2ImgPipeline" and ref.text_encoder is None
     sd2 = build_pipeline(tiny_files["demo-sd2"], "demo-sd2", "cpu")
     assert sd2.scheduler.config.prediction_type == "v_prediction"
+
+
+def test_cli_writes_tiny_sdxl_into_the_store(tmp_path):
+    from functions.cli import main
+    from loaders.safetensors_check import read_header
+
+    assert main(["demo-model", "--family", "sdxl", "--data-dir", str(tmp_path)]) == 0
+    path = tmp_path / "public/models/Stable-diffusion/easel-demo-sdxl.safetensors"
+    header = read_header(path, path.name)
+    assert header.metadata["easel.family"] == "demo-sdxl"
+    assert any(k.startswith("conditioner.embedders.1.model.") for k in header.keys)
