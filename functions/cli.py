@@ -101,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo-model", help="write the tiny demo checkpoint (into the store, or to --output)")
     d.add_argument("--output")
-    d.add_argument("--family", default="sd15", choices=["sd15", "sd2", "sdxl", "sdxl-refiner"],
+    d.add_argument("--family", default="sd15", choices=["sd15", "sd15-inpaint", "sd2", "sdxl", "sdxl-refiner"],
                    help="architecture of the tiny model (random weights, tiny widths)")
     d.add_argument("--data-dir")
     d.set_defaults(func=cmd_demo_model)

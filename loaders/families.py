@@ -35,28 +35,28 @@ class Family:
     pipeline: str  # diffusers class the single file loads as (img2img/inpaint are made from it with from_pipe)
     tokenizers: dict[str, str] = field(default_factory=dict)  # subfolder → tokenizer source (empty: shipped)
     inpainting: bool = False  # 9-channel UNet (latents + mask + masked-image latents)
+    unet_overrides: dict = field(default_factory=dict)  # applied to a shared config folder when assembling
 
     @property
     def is_sdxl(self) -> bool:
         return self.arch in ("sdxl", "sdxl-refiner")
 
-    @property
-    def unet_overrides(self) -> dict:
-        return {"in_channels": 9} if self.inpainting else {}
-
 
 _SD, _XL, _XL_REFINER = "StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"
+_NINE = {"in_channels": 9}  # inpainting variants share their base family's folder
 FAMILIES = {f.name: f for f in [
     Family("sd15", "sd1", "sd15", _SD, {"tokenizer": CLIP_L}),
-    Family("sd15-inpaint", "sd1", "sd15", _SD, {"tokenizer": CLIP_L}, inpainting=True),
+    Family("sd15-inpaint", "sd1", "sd15", _SD, {"tokenizer": CLIP_L}, inpainting=True, unet_overrides=_NINE),
     Family("sd2", "sd2", "sd2", _SD, {"tokenizer": OPENCLIP_H}),
     Family("sd2-v", "sd2", "sd2-v", _SD, {"tokenizer": OPENCLIP_H}),
-    Family("sd2-inpaint", "sd2", "sd2", _SD, {"tokenizer": OPENCLIP_H}, inpainting=True),
+    Family("sd2-inpaint", "sd2", "sd2", _SD, {"tokenizer": OPENCLIP_H}, inpainting=True, unet_overrides=_NINE),
     Family("sdxl", "sdxl", "sdxl", _XL, {"tokenizer": CLIP_L, "tokenizer_2": OPENCLIP_BIGG}),
-    Family("sdxl-inpaint", "sdxl", "sdxl", _XL, {"tokenizer": CLIP_L, "tokenizer_2": OPENCLIP_BIGG}, inpainting=True),
+    Family("sdxl-inpaint", "sdxl", "sdxl", _XL, {"tokenizer": CLIP_L, "tokenizer_2": OPENCLIP_BIGG}, inpainting=True,
+           unet_overrides=_NINE),
     Family("sdxl-refiner", "sdxl-refiner", "sdxl-refiner", _XL_REFINER, {"tokenizer_2": OPENCLIP_BIGG}),
     # tiny random models for tests and demos; their tokenizers are shipped
     Family("demo", "sd1", "demo", _SD),
+    Family("demo-inpaint", "sd1", "demo-inpaint", _SD, inpainting=True),
     Family("demo-sd2", "sd2", "demo-sd2", _SD),
     Family("demo-sdxl", "sdxl", "demo-sdxl", _XL),
     Family("demo-sdxl-refiner", "sdxl-refiner", "demo-sdxl-refiner", _XL_REFINER),

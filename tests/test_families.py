@@ -227,7 +227,7 @@ def test_sd2_v_prediction_from_sidecar_or_unet_test(tmp_path, sidecar, v_unet, b
 
 # --- tiny SDXL / refiner / SD 2.x checkpoints: real layouts, exact round trips ---
 
-TINY = ["demo-sdxl", "demo-sdxl-refiner", "demo-sd2"]
+TINY = ["demo-sdxl", "demo-sdxl-refiner", "demo-sd2", "demo-inpaint"]
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +254,8 @@ def test_tiny_checkpoints_use_the_real_ldm_layouts(tiny_files):
     sd2, _ = _keys_and_meta(tiny_files["demo-sd2"])
     assert "cond_stage_model.model.transformer.resblocks.1.mlp.c_proj.bias" in sd2
     # without easel's own metadata the keys alone name the real families
-    for fam, real in [("demo-sdxl", "sdxl"), ("demo-sdxl-refiner", "sdxl-refiner"), ("demo-sd2", "sd2")]:
+    for fam, real in [("demo-sdxl", "sdxl"), ("demo-sdxl-refiner", "sdxl-refiner"), ("demo-sd2", "sd2"),
+                      ("demo-inpaint", "sd15-inpaint")]:
         keys, _ = _keys_and_meta(tiny_files[fam])
         assert detect(set(keys), {}, {UNET_IN: tuple(keys[UNET_IN])}).family == real
 
@@ -298,3 +299,32 @@ def test_cli_writes_tiny_sdxl_into_the_store(tmp_path):
     header = read_header(path, path.name)
     assert header.metadata["easel.family"] == "demo-sdxl"
     assert any(k.startswith("conditioner.embedders.1.model.") for k in header.keys)
+
+
+def test_assembled_config_folder_loads_through_from_single_file(tmp_path, tiny_files, monkeypatch):
+    """The route real families take: shipped JSON + the bucket's tokenizer, assembled in the cache, then loaded."""
+    from dataclasses import replace
+
+    from loaders import families
+
+    monkeypatch.setitem(families.FAMILIES, "demo-inpaint",
+                        replace(families.FAMILIES["demo-inpaint"], tokenizers={"tokenizer": families.CLIP_L}))
+    store = LocalStore(tmp_path / "data")
+    configs = FamilyConfigs(store, tmp_path / "cache")
+    with pytest.raises(TokenizerMissing):
+        build_pipeline(tiny_files["demo-inpaint"], "demo-inpaint", "cpu", configs=configs)
+    _tiny_vocab_files(tmp_path / "data" / "system/tokenizers/clip-vit-large-patch14", kind="vocab+merges")
+    pipe = build_pipeline(tiny_files["demo-inpaint"], "demo-inpaint", "cpu", configs=configs)
+    assert pipe.unet.config.in_channels == 9
+    assert pipe.tokenizer("a cute dog").input_ids[0] == 512
+    assert (tmp_path / "cache" / "configs").is_dir()
+
+
+def test_txt2img_with_an_inpainting_model_is_422(client, store):
+    from loaders.demo_model import demo_checkpoint_bytes
+    from tests.conftest import SMALL, auth
+
+    store.put_bytes("public/models/Stable-diffusion/inp.safetensors", demo_checkpoint_bytes(family="demo-inpaint"))
+    r = client.post("/sdapi/v1/txt2img", headers=auth(), json={
+        "prompt": "x", **SMALL, "alwayson_scripts": {"sd_model_checkpoint": "inp"}})
+    assert r.status_code == 422 and "inpainting" in r.json()["detail"]
