@@ -17,9 +17,6 @@ from loaders.families import CONFIGS, UNET_IN, config_dir, detect
 from loaders.models import ModelManager, build_pipeline
 from loaders.storage import LocalStore
 
-REAL = ["sd15", "sd2", "sd2-v", "sdxl", "sdxl-refiner"]
-
-
 # --- synthetic key sets of the real families: shipped configs on the meta device, written in LDM layout ---
 
 def _real_ldm_state(name: str, in_channels: int = 4) -> dict[str, torch.Tensor]:
@@ -136,7 +133,8 @@ def _tiny_vocab_files(folder, kind="tokenizer.json"):
 
 def test_missing_tokenizer_is_503_naming_it(tmp_path):
     configs = FamilyConfigs(LocalStore(tmp_path / "data"), tmp_path / "cache")
-    with pytest.raises(TokenizerMissing, match="'clip-vit-large-patch14'.*system/tokenizers/clip-vit-large-patch14/") as e:
+    needle = "'clip-vit-large-patch14'.*system/tokenizers/clip-vit-large-patch14/"
+    with pytest.raises(TokenizerMissing, match=needle) as e:
         configs.ensure("sd15")
     assert e.value.status == 503
     _tiny_vocab_files(tmp_path / "data" / "system/tokenizers/clip-vit-large-patch14")

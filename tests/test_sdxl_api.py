@@ -93,8 +93,8 @@ def test_refiner_switch_at_one_or_none_means_no_refiner(client, xl_store, servic
 
 
 def test_sdxl_base_can_refine_and_progress_counts_every_step(xl_store, services):
-    req = Txt2ImgRequest(prompt="x", **{**SMALL, "steps": 4}, seed=3, refiner_checkpoint="tiny-xl-b", refiner_switch_at=0.5,
-                         alwayson_scripts={"sd_model_checkpoint": "tiny-xl"})
+    req = Txt2ImgRequest(prompt="x", **{**SMALL, "steps": 4}, seed=3, refiner_checkpoint="tiny-xl-b",
+                         refiner_switch_at=0.5, alwayson_scripts={"sd_model_checkpoint": "tiny-xl"})
     seen = []
     result = execute_job(Job(user="alice", mode="txt2img", request=req, task_id="t1"), services,
                          lambda done, total: seen.append((done, total)))
