@@ -212,12 +212,23 @@ class ModelManager:
             config_dir(family)
         except KeyError:
             raise InvalidRequest(f"checkpoint {name!r} is a {family} model, which this server cannot load") from None
-        pipe = self.builder(path, family, self.device)
+        pipe = self._build(path, family, name)
         if not found.settled and looks_like_v_prediction(pipe.unet):  # SD 2.x that declares nothing
             settle_v_prediction(pipe)
             family = "sd2-v"
         sha = self._hashes[(info.key, info.etag)] = sha256_file(path)
         return LoadedCheckpoint(pipe, info.key, info.etag, family, name.removesuffix(".safetensors"), sha)
+
+    def _build(self, path: Path, family: str, name: str):
+        """The builder's pipeline; a file whose tensors do not fit its family is the uploader's error (422)."""
+        import torch
+
+        try:
+            return self.builder(path, family, self.device)
+        except torch.OutOfMemoryError:
+            raise
+        except (ValueError, KeyError, RuntimeError) as e:  # shape/key mismatches from from_single_file
+            raise InvalidRequest(f"checkpoint {name!r} does not load as a {family} model: {str(e)[:300]}") from e
 
     def _sidecar(self, info: ObjectInfo) -> str | None:
         """A1111's `<name>.yaml` next to the checkpoint (small; only SD 2.x's prediction type is read from it)."""

@@ -326,3 +326,15 @@ def test_txt2img_with_an_inpainting_model_is_422(client, store):
     r = client.post("/sdapi/v1/txt2img", headers=auth(), json={
         "prompt": "x", **SMALL, "alwayson_scripts": {"sd_model_checkpoint": "inp"}})
     assert r.status_code == 422 and "inpainting" in r.json()["detail"]
+
+
+def test_checkpoint_whose_metadata_lies_about_its_family_is_422(client, store, demo_bytes):
+    from safetensors.torch import load
+
+    from tests.conftest import SMALL, auth
+
+    store.put_bytes("users/alice/models/Stable-diffusion/liar.safetensors",
+                    save(load(demo_bytes), metadata={"easel.family": "demo-sdxl"}))  # SD 1.x tensors
+    r = client.post("/sdapi/v1/txt2img", headers=auth(), json={
+        "prompt": "x", **SMALL, "alwayson_scripts": {"sd_model_checkpoint": "liar"}})
+    assert r.status_code == 422 and "does not load as a demo-sdxl model" in r.json()["detail"]
