@@ -12,7 +12,7 @@ from typing import Literal
 
 from PIL import Image
 
-from handlers import outputs
+from handlers import controlnet, outputs
 from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import GenerationRequest, GenerationResponse, ResponseParameters, Timings
 from handlers.services import Services
@@ -55,20 +55,23 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     # 1. Check what only the request can tell, before any work: where outputs go, which checkpoint
     label = outputs.save_dir_label(req.save_dir())
     info = resolve_checkpoint(job, services)
-    # 2. Load the checkpoint (free when resident)
+    # 2. Load the checkpoint (free when resident), and the ControlNet units' models and detected maps
     model, load_s = services.models.checkpoint(info)
+    control = controlnet.prepare(services, job.user, req, model, width=req.width, height=req.height)
+    load_s += control.load_s if control else 0.0
     # 3. Generate (denoise + decode): the billed part
     with services.device_lock:
         t0 = time.perf_counter()
         services.progress.start(job.user, job.task_id, req.steps * req.n_iter)
         try:
-            generated = generate_txt2img(req, model, _with_progress(job, services, on_step))
+            generated = generate_txt2img(req, model, _with_progress(job, services, on_step), control)
         finally:
             services.progress.finish(job.user, job.task_id)
         generate_s = time.perf_counter() - t0
     # 4. Persist the images (and the grid) before anything reports success
     t0 = time.perf_counter()
     saved = persist(job, services, generated, label)
+    mask_urls = controlnet.persist_maps(services, job.user, job.task_id, label, control, job.base_url) if control else []
     persist_s = time.perf_counter() - t0
     # 5. Respond
     timings = Timings(
@@ -80,7 +83,10 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
         billed_s=round(generate_s, 4),
         cost=round(generate_s * services.settings.gpu_price_per_second, 6),
     )
-    return respond(job, services, model, generated, saved, timings)
+    response = respond(job, services, model, generated, saved, timings)
+    if control:
+        response.parameters.image_mask_url = ",".join(mask_urls)  # EAS: the detected maps, like image_url
+    return response
 
 
 def resolve_checkpoint(job: Job, services: Services) -> ObjectInfo:
@@ -101,16 +107,19 @@ def pick_seed(req: GenerationRequest) -> int:
     return req.seed_or_none if req.seed_or_none is not None else secrets.randbelow(2**32 - 1 - req.image_count)
 
 
-def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: StepCallback) -> Generated:
+def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: StepCallback,
+                     control: controlnet.ControlPlan | None = None) -> Generated:
     """n_iter batches of batch_size images; image k has its own generator seeded with seed + k."""
     import torch
 
     base = model.pipe
     sampler = find_sampler(req.sampler)
     # A per-request pipeline view: the shared pipeline's modules with this request's own scheduler.
-    pipe = type(base)(**{**base.components, "scheduler": make_scheduler(base.scheduler.config, sampler,
-                                                                        req.schedule)},
-                      requires_safety_checker=False)
+    scheduler = make_scheduler(base.scheduler.config, sampler, req.schedule)
+    if control:
+        pipe = controlnet.pipeline(base, scheduler, control, cfg=req.cfg_scale > 1)
+    else:
+        pipe = type(base)(**{**base.components, "scheduler": scheduler}, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     seed = pick_seed(req)
     seeds = [seed + k for k in range(req.image_count)]
@@ -132,12 +141,14 @@ def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: S
             height=req.height,
             generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],  # same pixels on any device
             callback_on_step_end=callback,
+            **(control.call_kwargs() if control else {}),
         )
         images.extend(out.images)
     texts = [
         outputs.infotext(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
                          sampler=req.sampler, schedule=req.schedule, cfg_scale=req.cfg_scale, seed=s,
-                         width=req.width, height=req.height, model_name=model.name, model_hash=model.short_hash)
+                         width=req.width, height=req.height, model_name=model.name, model_hash=model.short_hash,
+                         extra=control.infotext() if control else None)
         for s in seeds
     ]
     return Generated(images, seeds, texts)
