@@ -225,10 +225,9 @@ class ControlPlan:
             for k, (u, name) in enumerate(zip(self.units, self.model_names))}
 
 
-def prepare(services, user: str, request, checkpoint, *, width: int, height: int,
+def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], checkpoint, *, width: int, height: int,
             init_image: Image.Image | None = None) -> ControlPlan | None:
-    """Resolve, load and preprocess the request's enabled units (None when there are none)."""
-    indexed = parse_units(request.alwayson_scripts)
+    """Resolve, load and preprocess the enabled units from `parse_units` (None when there are none)."""
     if not indexed:
         return None
     plan = ControlPlan([], [], [])

@@ -55,9 +55,10 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     # 1. Check what only the request can tell, before any work: where outputs go, which checkpoint
     label = outputs.save_dir_label(req.save_dir())
     info = resolve_checkpoint(job, services)
+    units = controlnet.parse_units(req.alwayson_scripts)
     # 2. Load the checkpoint (free when resident), and the ControlNet units' models and detected maps
     model, load_s = services.models.checkpoint(info)
-    control = controlnet.prepare(services, job.user, req, model, width=req.width, height=req.height)
+    control = controlnet.prepare(services, job.user, units, model, width=req.width, height=req.height)
     load_s += control.load_s if control else 0.0
     # 3. Generate (denoise + decode): the billed part
     with services.device_lock:

@@ -38,11 +38,11 @@ def detect_controlnet_family(path: Path, name: str) -> str:
     from safetensors import safe_open
 
     header = read_header(path, name)
-    if header.metadata.get("easel.family"):
-        return header.metadata["easel.family"]
     keys = header.keys
     if not any(k.startswith(LDM_PREFIX) or k.startswith("controlnet_cond_embedding.") for k in keys):
         raise InvalidRequest(f"{name!r} is not a ControlNet model (no `control_model.*` weights)")
+    if header.metadata.get("easel.family"):
+        return header.metadata["easel.family"]
     if any(k.startswith("add_embedding.") or k.startswith(LDM_PREFIX + "label_emb.") for k in keys):
         return "sdxl"
     probe = next((k for k in sorted(keys) if k.endswith("attn2.to_k.weight")), None)
@@ -113,6 +113,6 @@ class ControlNetCache:
             raise InvalidRequest(f"`{field}` {name!r} is a {family} ControlNet, which this server cannot load") from None
         try:
             model = build_controlnet(path, family, device, dtype)
-        except (ValueError, RuntimeError, KeyError) as e:  # shapes or keys that do not fit the shipped config
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:  # weights that do not fit the shipped config
             raise InvalidRequest(f"`{field}` {name!r} could not be loaded as a {family} ControlNet: {e}"[:500]) from None
         return LoadedControlNet(model, info.key, info.etag, family, name.removesuffix(".safetensors"))
