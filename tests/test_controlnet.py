@@ -229,3 +229,24 @@ def test_module_list_route(client):
     assert {"none", "canny", "invert (from white bg & black line)", "threshold", "scribble", "blur_gaussian",
             "tile_resample", "mlsd", "lineart_realistic", "depth_midas", "openpose"} <= set(modules)
     assert client.get("/controlnet/module_list").status_code == 401
+
+
+# --- only safetensors, checked before use; image inputs capped (SECURITY.md #5, #6, #7) ---
+
+def test_truncated_or_pickled_controlnet_files_are_422_and_the_next_request_works(client, store, cn_bytes):
+    import pickle
+
+    store.put_bytes("public/models/ControlNet/truncated.safetensors", cn_bytes[: len(cn_bytes) // 2])
+    store.put_bytes("public/models/ControlNet/pickled.safetensors", pickle.dumps({"a": 1}))
+    for name in ("truncated", "pickled"):
+        r = txt2img(client, [unit(model=name)])
+        assert r.status_code == 422 and "not a valid .safetensors" in r.json()["detail"], r.text
+    assert txt2img(client, [unit()]).status_code == 200
+
+
+def test_a_bomb_shaped_unit_image_is_refused_before_decoding(client):
+    from tests.test_fetch_ssrf import png_header_only
+
+    bomb = base64.b64encode(png_header_only(100_000, 100_000)).decode()
+    r = txt2img(client, [unit(image=bomb)])
+    assert r.status_code in (413, 422) and "args[0].image" in r.json()["detail"]
