@@ -13,8 +13,8 @@ Field meanings follow sd-webui-controlnet's API. What each maps to here:
 - `processor_res` (-1 → 512) is the preprocessor's short side; `pixel_perfect` computes it from the output size.
 - `threshold_a`/`threshold_b` (-1 or absent → the module's default): canny low/high, threshold level, blur sigma,
   tile down-sampling rate, mlsd value/distance threshold.
-- `low_vram`, `hr_option`, `input_mode`, `processor_res` of weight-free modules, and unknown fields are accepted
-  and have no effect (no CPU offload per unit; hires fix applies units as configured by the hires pass).
+- `low_vram` and `hr_option` are accepted and not used (no per-unit CPU offload; hires fix is not wired to
+  ControlNet yet); unknown fields (`input_mode`, `loopback`, ...) are ignored.
 - An empty `image` (or `{"image": "", "mask": null}`) means none: in txt2img such a unit is a 422 naming its
   `image` field (there is no init image to fall back to). A non-empty `mask` is a 422: inpaint units are not
   supported. Disabled units are skipped. Detected maps (not for module `none`) are saved to `controlnet-masks/`.
@@ -74,8 +74,8 @@ class ControlNetUnit(BaseModel):
     image_link: str | None = None
     resize_mode: int = 1
     processor_res: int = Field(-1, ge=-1, le=2048)
-    threshold_a: float | None = Field(None, allow_inf_nan=False)
-    threshold_b: float | None = Field(None, allow_inf_nan=False)
+    threshold_a: float | None = Field(None, ge=0, le=1024, allow_inf_nan=False)  # -1 → the module's default
+    threshold_b: float | None = Field(None, ge=0, le=1024, allow_inf_nan=False)
     guidance_start: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
     guidance_end: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False)
     pixel_perfect: bool = False

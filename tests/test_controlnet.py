@@ -151,7 +151,7 @@ def test_script_key_as_clients_send_it_over_http(client):
     ({"control_mode": "Loudest"}, "args[1].control_mode"),
     ({"guidance_start": 0.8, "guidance_end": 0.2}, "guidance_start 0.8"),
     ({"module": "warp"}, "args[1].module"), ({"processor_res": 10}, "args[1].processor_res"),
-    ({"threshold_a": "NaN"}, "args[1].threshold_a"), ({"model": None}, "args[1].model"),
+    ({"threshold_a": "NaN"}, "args[1].threshold_a"), ({"threshold_b": 1e308}, "args[1].threshold_b"), ({"model": None}, "args[1].model"),
     ({"image": "", "image_link": ""}, "args[1].image"), ({"image": "not*base64"}, "args[1].image"),
     ({"model": "../../public/x"}, "args[1].model"), ({"model": "control.ckpt"}, "args[1].model"),
     ({"image": {"image": square_png(), "mask": square_png()}}, "args[1].image.mask"),
