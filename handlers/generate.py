@@ -12,7 +12,7 @@ from typing import Literal
 
 from PIL import Image
 
-from handlers import outputs
+from handlers import controlnet, outputs
 from handlers.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
 from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import GenerationRequest, GenerationResponse, ResponseParameters, Timings
@@ -56,24 +56,28 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     # 1. Check what only the request can tell, before any work: where outputs go, which checkpoint
     label = outputs.save_dir_label(req.save_dir())
     info = resolve_checkpoint(job, services)
-    # 2. Load the checkpoint (free when resident)
+    units = controlnet.parse_units(req.alwayson_scripts)
+    # 2. Load the checkpoint (free when resident), and the ControlNet units' models and detected maps
     model, load_s = services.models.checkpoint(info)
     if job.mode == "txt2img":
         check_txt2img_model(model)
     refiner, refiner_load_s = load_refiner(job, services, model)
     load_s += refiner_load_s
+    control = controlnet.prepare(services, job.user, units, model, width=req.width, height=req.height)
+    load_s += control.load_s if control else 0.0
     # 3. Generate (denoise + decode): the billed part
     with services.device_lock:
         t0 = time.perf_counter()
         services.progress.start(job.user, job.task_id, req.steps * req.n_iter)
         try:
-            generated = generate_txt2img(req, model, _with_progress(job, services, on_step), refiner)
+            generated = generate_txt2img(req, model, _with_progress(job, services, on_step), refiner, control)
         finally:
             services.progress.finish(job.user, job.task_id)
         generate_s = time.perf_counter() - t0
     # 4. Persist the images (and the grid) before anything reports success
     t0 = time.perf_counter()
     saved = persist(job, services, generated, label)
+    mask_urls = controlnet.persist_maps(services, job.user, job.task_id, label, control, job.base_url) if control else []
     persist_s = time.perf_counter() - t0
     # 5. Respond
     timings = Timings(
@@ -85,7 +89,10 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
         billed_s=round(generate_s, 4),
         cost=round(generate_s * services.settings.gpu_price_per_second, 6),
     )
-    return respond(job, services, model, generated, saved, timings)
+    response = respond(job, services, model, generated, saved, timings)
+    if control:
+        response.parameters.image_mask_url = ",".join(mask_urls)  # EAS: the detected maps, like image_url
+    return response
 
 
 def resolve_checkpoint(job: Job, services: Services) -> ObjectInfo:
@@ -107,14 +114,19 @@ def pick_seed(req: GenerationRequest) -> int:
 
 
 def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: StepCallback,
-                     refiner: LoadedCheckpoint | None = None) -> Generated:
+                     refiner: LoadedCheckpoint | None = None,
+                     control: controlnet.ControlPlan | None = None) -> Generated:
     """n_iter batches of batch_size images; image k has its own generator seeded with seed + k."""
     import torch
 
     base = model.pipe
     sampler = find_sampler(req.sampler)
     # A per-request pipeline view: the shared pipeline's modules with this request's own scheduler.
-    pipe = pipeline_view(base, scheduler=make_scheduler(base.scheduler.config, sampler, req.schedule))
+    scheduler = make_scheduler(base.scheduler.config, sampler, req.schedule)
+    if control:
+        pipe = controlnet.pipeline(base, scheduler, control, cfg=req.cfg_scale > 1)
+    else:
+        pipe = pipeline_view(base, scheduler=scheduler)
     switch_at = req.refiner()[1] if refiner is not None else None
     seed = pick_seed(req)
     seeds = [seed + k for k in range(req.image_count)]
@@ -136,6 +148,7 @@ def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: S
             height=req.height,
             generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],  # same pixels on any device
             callback_on_step_end=callback,
+            **(control.call_kwargs() if control else {}),
         )  # SDXL's original_size / target_size default to (height, width), as A1111 sends them
         if refiner is None:
             images.extend(pipe(**call).images)
@@ -145,7 +158,7 @@ def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: S
         outputs.infotext(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
                          sampler=req.sampler, schedule=req.schedule, cfg_scale=req.cfg_scale, seed=s,
                          width=req.width, height=req.height, model_name=model.name, model_hash=model.short_hash,
-                         extra=refiner_infotext(refiner, switch_at))
+                         extra={**refiner_infotext(refiner, switch_at), **(control.infotext() if control else {})})
         for s in seeds
     ]
     return Generated(images, seeds, texts)

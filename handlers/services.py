@@ -10,6 +10,7 @@ from functools import partial
 from handlers.auth import TokenRegistry
 from handlers.settings import Settings
 from loaders.family_configs import FamilyConfigs
+from loaders.controlnet import ControlNetCache
 from loaders.models import ModelManager, build_pipeline
 from loaders.storage import ObjectStore, open_store
 
@@ -60,6 +61,7 @@ class Services:
     store: ObjectStore
     models: ModelManager
     tokens: TokenRegistry
+    controlnets: ControlNetCache
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -83,4 +85,5 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     admins = settings.admin_users()
     for user, token in settings.token_pairs():
         tokens.add(user, "admin" if user in admins else "user", token)
-    return Services(settings, store, models, tokens)
+    controlnets = ControlNetCache(store, settings.cache_dir, capacity=settings.controlnet_cache_size)
+    return Services(settings, store, models, tokens, controlnets=controlnets)
