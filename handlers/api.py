@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from handlers import listing
+from handlers import controlnet, listing
 from handlers.auth import Tenant
 from handlers.generate import Job, execute_job
 from handlers.schemas import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
@@ -132,6 +132,14 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/sdapi/v1/progress")
     def progress(who: Tenant = Depends(tenant)):
         return listing.progress(services, who.user)
+
+    @app.get("/controlnet/model_list")
+    def controlnet_models(who: Tenant = Depends(tenant)):
+        return controlnet.model_list(services, who.user)
+
+    @app.get("/controlnet/module_list")
+    def controlnet_modules(who: Tenant = Depends(tenant)):
+        return controlnet.module_list()
 
     @app.get("/files/{key:path}")
     def files(key: str, who: Tenant = Depends(tenant)):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from handlers.extra_networks import Prompts
+
 StepCallback = Callable[[int, int], None]  # (steps done, steps total); raise to stop
 
 
@@ -38,11 +40,24 @@ def at_least_one_step(steps: int, strength: float) -> float:
     return max(strength, 1.0 / steps)
 
 
-def step_reporter(on_step: StepCallback, offset: int, total: int):
-    """A diffusers `callback_on_step_end` that reports steps done across the whole request."""
+class StepCounter:
+    """A diffusers `callback_on_step_end` counting every denoising step of the request, whichever pass runs it."""
 
-    def callback(pipe, step, timestep, kwargs):
-        on_step(offset + step + 1, total)
+    def __init__(self, on_step: StepCallback, total: int):
+        self.on_step, self.total, self.done = on_step, total, 0
+
+    def __call__(self, pipe, step, timestep, kwargs):
+        self.done += 1
+        self.on_step(min(self.done, self.total), self.total)
         return kwargs
 
-    return callback
+
+@dataclass
+class RunContext:
+    """What every mode's generation shares: the encoder texts, a replacement VAE, progress, ControlNet, refiner."""
+
+    prompts: Prompts
+    vae: object | None  # None: the checkpoint's own
+    steps: StepCounter
+    control: object | None = None  # handlers.controlnet.ControlPlan
+    refiner: object | None = None  # a LoadedCheckpoint

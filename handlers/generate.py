@@ -11,14 +11,15 @@ from typing import Literal
 
 from PIL import Image
 
-from handlers import extra_networks, hires, img2img, inpaint, outputs
-from handlers.batches import StepCallback, batches, denoise_steps, step_reporter
-from handlers.extra_networks import Prompts
+from handlers import controlnet, extra_networks, hires, img2img, outputs
+from handlers.batches import RunContext, StepCallback, StepCounter, batches
+from handlers.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
 from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import GenerationRequest, GenerationResponse, ResponseParameters, Timings
 from handlers.services import Services
+from loaders.errors import InvalidRequest
 from loaders.models import LoadedCheckpoint, resolve_model
-from loaders.pipelines import is_inpainting_unet, pipeline_view
+from loaders.pipelines import task_view
 from loaders.storage import ObjectInfo
 
 
@@ -55,18 +56,28 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     # 1. Check what only the request can tell, before any work: where outputs go, which models, which images
     label = outputs.save_dir_label(req.save_dir())
     info = resolve_checkpoint(job, services)
+    units = controlnet.parse_units(req.alwayson_scripts)
     networks = extra_networks.resolve(req, services.store, job.user, info)
     inputs = img2img.load_inputs(req, services.store, job.user) if job.mode == "img2img" else None
-    # 2. Load the checkpoint (free when resident) and fetch the LoRA / VAE / embedding files
+    # 2. Load the checkpoint (free when resident), the refiner, the ControlNet units' models and detected
+    #    maps, and fetch the LoRA / VAE / embedding files
     model, load_s = services.models.checkpoint(info)
+    if job.mode == "txt2img":
+        check_txt2img_model(model)
+    refiner, refiner_load_s = load_refiner(job, services, model)
+    load_s += refiner_load_s
+    control = controlnet.prepare(services, job.user, units, model, width=req.width, height=req.height,
+                                 init_image=inputs.images[0] if inputs else None)
+    load_s += control.load_s if control else 0.0
     load_s += services.adapters.prefetch(networks.plan)
     # 3. Generate (denoise + decode): the billed part; this request's adapters are applied around it only
     with services.device_lock, services.adapters.applied(model, networks.plan) as adapters:
         t0 = time.perf_counter()
-        services.progress.start(job.user, job.task_id, planned_steps(job))
+        steps = StepCounter(_with_progress(job, services, on_step), planned_steps(job))
+        services.progress.start(job.user, job.task_id, steps.total)
         try:
-            generated = generate(job, model, networks.prompts(adapters.tokens), inputs, adapters.vae,
-                                 _with_progress(job, services, on_step))
+            ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner)
+            generated = generate(job, model, ctx, inputs)
         finally:
             services.progress.finish(job.user, job.task_id)
         generate_s = time.perf_counter() - t0
@@ -74,6 +85,7 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     # 4. Persist the images (and the grid) before anything reports success
     t0 = time.perf_counter()
     saved = persist(job, services, generated, label)
+    mask_urls = controlnet.persist_maps(services, job.user, job.task_id, label, control, job.base_url) if control else []
     persist_s = time.perf_counter() - t0
     # 5. Respond
     timings = Timings(
@@ -85,7 +97,10 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
         billed_s=round(generate_s, 4),
         cost=round(generate_s * services.settings.gpu_price_per_second, 6),
     )
-    return respond(job, services, model, generated, saved, timings)
+    response = respond(job, services, model, generated, saved, timings)
+    if control:
+        response.parameters.image_mask_url = ",".join(mask_urls)  # EAS: the detected maps, like image_url
+    return response
 
 
 def resolve_checkpoint(job: Job, services: Services) -> ObjectInfo:
@@ -110,24 +125,28 @@ def planned_steps(job: Job) -> int:
     """Sampler steps the whole request runs (img2img runs steps × strength; hires adds its second pass)."""
     req = job.request
     if job.mode == "img2img":
-        per_iter = max(1, denoise_steps(req.steps, max(req.denoising_strength, 1.0 / req.steps)))
+        per_iter = img2img.steps_run(req)
     else:
         per_iter = req.steps + (hires.second_pass_steps(req) if getattr(req, "enable_hr", False) else 0)
     return per_iter * req.n_iter
 
 
-def generate(job: Job, model: LoadedCheckpoint, prompts: Prompts, inputs, vae, on_step: StepCallback) -> Generated:
+def generate(job: Job, model: LoadedCheckpoint, ctx: RunContext, inputs: img2img.Img2ImgInputs | None) -> Generated:
     """The mode's images for seeds seed, seed + 1, ..., and their A1111 infotexts."""
     req = job.request
     seed = pick_seed(req)
     seeds = [seed + k for k in range(req.image_count)]
     if job.mode == "img2img":
-        images = img2img.generate(req, model, prompts, inputs, vae, seeds, on_step)
+        images = img2img.generate(req, model, ctx, inputs, seeds)
     elif getattr(req, "enable_hr", False):
-        images = hires.generate(req, model, prompts, vae, seeds, on_step)
+        if ctx.refiner is not None:
+            raise InvalidRequest("`refiner_checkpoint` together with `enable_hr` is not supported; use one of them")
+        first = generate_txt2img(req, model, ctx, seeds, output_type=hires.first_pass_output(req))
+        images = hires.second_pass(req, model, ctx, seeds, first)
     else:
-        images = generate_txt2img(req, model, prompts, vae, seeds, on_step)
-    extra = mode_infotext(job)
+        images = generate_txt2img(req, model, ctx, seeds)
+    extra = {**refiner_infotext(ctx.refiner, req.refiner()[1] if ctx.refiner else None),
+             **(ctx.control.infotext() if ctx.control else {}), **mode_infotext(job)}
     texts = [
         outputs.infotext(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
                          sampler=req.sampler, schedule=req.schedule, cfg_scale=req.cfg_scale, seed=s,
@@ -139,46 +158,45 @@ def generate(job: Job, model: LoadedCheckpoint, prompts: Prompts, inputs, vae, o
 
 
 def mode_infotext(job: Job) -> dict:
-    req = job.request
     if job.mode == "img2img":
-        extra = {"Denoising strength": f"{req.denoising_strength:g}", "Resize mode": img2img.RESIZE_MODES[req.resize_mode]}
-        if req.mask:
-            extra |= {"Mask blur": req.mask_blur, "Masked content": ["fill", "original", "latent noise",
-                                                                     "latent nothing"][req.inpainting_fill],
-                      "Inpaint area": "Only masked" if req.inpaint_full_res else "Whole picture"}
-        return extra
-    if getattr(req, "enable_hr", False):
-        return {"Denoising strength": f"{req.denoising_strength:g}", "Hires upscale": f"{req.hr_scale:g}",
-                "Hires resize": "{}x{}".format(*req.hr_size), "Hires upscaler": req.hr_upscaler,
-                "Hires steps": req.hr_second_pass_steps}
+        return img2img.infotext(job.request)
+    if getattr(job.request, "enable_hr", False):
+        return hires.infotext(job.request)
     return {}
 
 
-def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, prompts: Prompts, vae, seeds: list[int],
-                     on_step: StepCallback) -> list[Image.Image]:
-    """n_iter batches of batch_size images; image k has its own generator seeded with seed + k."""
+def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, ctx: RunContext, seeds: list[int],
+                     output_type: str = "pil") -> list:
+    """n_iter batches of batch_size images (latents with output_type="latent"); image k seeded with seed + k."""
     base = model.pipe
-    scheduler = make_scheduler(base.scheduler.config, find_sampler(req.sampler), req.schedule)
-    # An inpainting checkpoint draws from a grey, fully masked picture (A1111 does the same).
-    task = "inpaint" if is_inpainting_unet(base) else "txt2img"
+    sampler = find_sampler(req.sampler)
     # A per-request pipeline view: the shared pipeline's modules with this request's scheduler (and VAE).
-    pipe = pipeline_view(base, task, scheduler=scheduler, vae=vae or base.vae)
-    images: list[Image.Image] = []
+    scheduler = make_scheduler(base.scheduler.config, sampler, req.schedule)
+    if ctx.control:
+        pipe = controlnet.pipeline(base, scheduler, ctx.control, cfg=req.cfg_scale > 1, vae=ctx.vae or base.vae)
+    else:
+        pipe = task_view(base, "txt2img", scheduler=scheduler, vae=ctx.vae or base.vae)
+    switch_at = req.refiner()[1] if ctx.refiner is not None else None
+    images: list = []
     for batch in batches(seeds, req.batch_size):
         n = len(batch.seeds)
-        extra = inpaint.blank_inputs(req.width, req.height, n) if task == "inpaint" else {}
-        out = pipe(
-            prompt=[prompts.prompt] * n,
-            negative_prompt=[prompts.negative_prompt] * n,
+        call = dict(
+            prompt=[ctx.prompts.prompt] * n,
+            negative_prompt=[ctx.prompts.negative_prompt] * n,
             num_inference_steps=req.steps,
             guidance_scale=req.cfg_scale,
             width=req.width,
             height=req.height,
-            generator=batch.generators(),
-            callback_on_step_end=step_reporter(on_step, batch.iteration * req.steps, req.steps * req.n_iter),
-            **extra,
-        )
-        images.extend(out.images)
+            generator=batch.generators(),  # same pixels on any device
+            callback_on_step_end=ctx.steps,
+            **(ctx.control.call_kwargs() if ctx.control else {}),
+        )  # SDXL's original_size / target_size default to (height, width), as A1111 sends them
+        if ctx.refiner is not None:
+            images.extend(run_refined(pipe, ctx.refiner, switch_at, sampler, req.schedule, call))
+        elif output_type == "latent":
+            images.extend(pipe(**call, output_type="latent").images.split(1))
+        else:
+            images.extend(pipe(**call).images)
     return images
 
 

@@ -1,5 +1,6 @@
-"""Hires fix on txt2img (A1111): a first pass at width × height, an upscale (of the latents, or of the decoded
-picture), then an img2img pass at the target size with `denoising_strength`.
+"""Hires fix on txt2img (A1111): a first pass at width × height (the ordinary txt2img pass, with its LoRA,
+ControlNet...), an upscale (of the latents, or of the decoded picture), then an img2img pass at the target
+size with `denoising_strength`, `hr_prompt` and `hr_sampler_name`. ControlNet steers the first pass only.
 """
 
 from __future__ import annotations
@@ -8,12 +9,11 @@ import math
 
 from PIL import Image
 
-from handlers.batches import StepCallback, batches, denoise_steps, step_reporter
-from handlers.extra_networks import Prompts
+from handlers.batches import RunContext, batches, denoise_steps
 from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import IMAGE_UPSCALERS, LATENT_UPSCALERS, Txt2ImgRequest
 from loaders.models import LoadedCheckpoint
-from loaders.pipelines import pipeline_view
+from loaders.pipelines import task_view
 
 PIL_FILTERS = {"lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
 
@@ -26,37 +26,39 @@ def _strength(req: Txt2ImgRequest) -> float:
     return max(req.denoising_strength, 1.0 / (req.hr_second_pass_steps or req.steps))
 
 
-def generate(req: Txt2ImgRequest, model: LoadedCheckpoint, prompts: Prompts, vae, seeds: list[int],
-             on_step: StepCallback) -> list[Image.Image]:
+def infotext(req: Txt2ImgRequest) -> dict:
+    return {"Denoising strength": f"{req.denoising_strength:g}", "Hires upscale": f"{req.hr_scale:g}",
+            "Hires resize": "{}x{}".format(*req.hr_size), "Hires upscaler": req.hr_upscaler,
+            "Hires steps": req.hr_second_pass_steps}
+
+
+def first_pass_output(req: Txt2ImgRequest) -> str:
+    """Latent upscalers work on the first pass's latents; the others on its decoded picture."""
+    return "latent" if req.hr_upscaler in LATENT_UPSCALERS else "pil"
+
+
+def second_pass(req: Txt2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, seeds: list[int],
+                first: list) -> list[Image.Image]:
+    """Upscale each first-pass result to `hr_size` and denoise it again there (one img2img call per batch)."""
+    import torch
+
     base = model.pipe
-    first = pipeline_view(base, "txt2img", vae=vae or base.vae,
-                          scheduler=make_scheduler(base.scheduler.config, find_sampler(req.sampler), req.schedule))
-    second = pipeline_view(base, "img2img", vae=vae or base.vae, scheduler=make_scheduler(
+    pipe = task_view(base, "img2img", vae=ctx.vae or base.vae, scheduler=make_scheduler(
         base.scheduler.config, find_sampler(req.hr_sampler_name or req.sampler), req.hr_scheduler or req.schedule))
-    latent = req.hr_upscaler in LATENT_UPSCALERS
     width, height = req.hr_size
-    per_iter = req.steps + second_pass_steps(req)
-    total = per_iter * req.n_iter
     images: list[Image.Image] = []
     for batch in batches(seeds, req.batch_size):
         n = len(batch.seeds)
-        out = first(
-            prompt=[prompts.prompt] * n, negative_prompt=[prompts.negative_prompt] * n, width=req.width,
-            height=req.height, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
-            generator=batch.generators(), output_type="latent" if latent else "pil",
-            callback_on_step_end=step_reporter(on_step, batch.iteration * per_iter, total),
-        )
-        if latent:
-            upscaled = upscale_latents(out.images, width, height, *LATENT_UPSCALERS[req.hr_upscaler],
+        done = [first[k] for k in batch.indices]
+        if first_pass_output(req) == "latent":
+            upscaled = upscale_latents(torch.cat(done), width, height, *LATENT_UPSCALERS[req.hr_upscaler],
                                        factor=base.vae_scale_factor)
         else:
-            upscaled = [resize_crop(im, width, height, PIL_FILTERS[IMAGE_UPSCALERS[req.hr_upscaler]])
-                        for im in out.images]
-        out = second(
-            prompt=[prompts.hr_prompt] * n, negative_prompt=[prompts.hr_negative_prompt] * n, image=upscaled,
+            upscaled = [resize_crop(im, width, height, PIL_FILTERS[IMAGE_UPSCALERS[req.hr_upscaler]]) for im in done]
+        out = pipe(
+            prompt=[ctx.prompts.hr_prompt] * n, negative_prompt=[ctx.prompts.hr_negative_prompt] * n, image=upscaled,
             strength=_strength(req), num_inference_steps=req.hr_second_pass_steps or req.steps,
-            guidance_scale=req.cfg_scale, generator=batch.generators(),
-            callback_on_step_end=step_reporter(on_step, batch.iteration * per_iter + req.steps, total),
+            guidance_scale=req.cfg_scale, generator=batch.generators(), callback_on_step_end=ctx.steps,
         )
         images.extend(out.images)
     return images

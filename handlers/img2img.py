@@ -6,15 +6,14 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from handlers import inpaint
-from handlers.batches import StepCallback, at_least_one_step, batches, denoise_steps, step_reporter
-from handlers.extra_networks import Prompts
+from handlers import controlnet, inpaint
+from handlers.batches import RunContext, at_least_one_step, batches, denoise_steps
 from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import Img2ImgRequest
 from loaders.errors import InvalidRequest
 from loaders.images import load_image
 from loaders.models import LoadedCheckpoint
-from loaders.pipelines import is_inpainting_unet, pipeline_view
+from loaders.pipelines import is_inpainting_unet, task_view
 from loaders.storage import ObjectStore
 
 RESIZE_MODES = {0: "Just resize", 1: "Crop and resize", 2: "Resize and fill", 3: "Just resize (latent upscale)"}
@@ -65,16 +64,34 @@ def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Imag
     return out.convert(image.mode)
 
 
-def generate(req: Img2ImgRequest, model: LoadedCheckpoint, prompts: Prompts, inputs: Img2ImgInputs, vae,
-             seeds: list[int], on_step: StepCallback) -> list[Image.Image]:
+def steps_run(req: Img2ImgRequest) -> int:
+    """Denoising steps one image runs: steps × strength, at least one."""
+    return max(1, denoise_steps(req.steps, at_least_one_step(req.steps, req.denoising_strength)))
+
+
+def infotext(req: Img2ImgRequest) -> dict:
+    extra = {"Denoising strength": f"{req.denoising_strength:g}", "Resize mode": RESIZE_MODES[req.resize_mode]}
+    if req.mask:
+        extra |= {"Mask blur": req.mask_blur, "Inpaint area": "Only masked" if req.inpaint_full_res else "Whole picture",
+                  "Masked content": ["fill", "original", "latent noise", "latent nothing"][req.inpainting_fill]}
+    return extra
+
+
+def mode_pipeline(req, base, ctx: RunContext, task: str):
+    """This request's img2img / inpaint pipeline view (the ControlNet variant when units are enabled)."""
+    scheduler = make_scheduler(base.scheduler.config, find_sampler(req.sampler), req.schedule)
+    if ctx.control:
+        return controlnet.pipeline(base, scheduler, ctx.control, cfg=req.cfg_scale > 1, task=task,
+                                   vae=ctx.vae or base.vae)
+    return task_view(base, task, scheduler=scheduler, vae=ctx.vae or base.vae)
+
+
+def generate(req: Img2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, inputs: Img2ImgInputs,
+             seeds: list[int]) -> list[Image.Image]:
     """Denoise each init image from `denoising_strength`; a mask (or an inpainting checkpoint) makes it inpaint."""
     if inputs.mask is not None or is_inpainting_unet(model.pipe):
-        return inpaint.generate(req, model, prompts, inputs.images, inputs.mask, vae, seeds, on_step)
-    base = model.pipe
-    scheduler = make_scheduler(base.scheduler.config, find_sampler(req.sampler), req.schedule)
-    pipe = pipeline_view(base, "img2img", scheduler=scheduler, vae=vae or base.vae)
-    strength = at_least_one_step(req.steps, req.denoising_strength)
-    per_iter = max(1, denoise_steps(req.steps, strength))
+        return inpaint.generate(req, model, ctx, inputs.images, inputs.mask, seeds)
+    pipe = mode_pipeline(req, model.pipe, ctx, "img2img")
     images: list[Image.Image] = []
     for batch in batches(seeds, req.batch_size):
         generators = batch.generators()
@@ -84,10 +101,10 @@ def generate(req: Img2ImgRequest, model: LoadedCheckpoint, prompts: Prompts, inp
         else:
             image = [resize_image(req.resize_mode, im, req.width, req.height) for im in inits]
         out = pipe(
-            prompt=[prompts.prompt] * len(inits), negative_prompt=[prompts.negative_prompt] * len(inits),
-            image=image, strength=strength, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
-            generator=generators,
-            callback_on_step_end=step_reporter(on_step, batch.iteration * per_iter, per_iter * req.n_iter),
+            prompt=[ctx.prompts.prompt] * len(inits), negative_prompt=[ctx.prompts.negative_prompt] * len(inits),
+            image=image, strength=at_least_one_step(req.steps, req.denoising_strength), num_inference_steps=req.steps,
+            guidance_scale=req.cfg_scale, generator=generators, callback_on_step_end=ctx.steps,
+            **(ctx.control.call_kwargs(image_key="control_image") if ctx.control else {}),
         )
         images.extend(out.images)
     return images

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from handlers.batches import StepCallback, at_least_one_step, batches, denoise_steps, step_reporter
-from handlers.extra_networks import Prompts
-from handlers.samplers import find_sampler, make_scheduler
+from handlers.batches import RunContext, at_least_one_step, batches
+from loaders.errors import InvalidRequest
 from loaders.models import LoadedCheckpoint
-from loaders.pipelines import is_inpainting_unet, pipeline_view
+from loaders.pipelines import is_inpainting_unet
 
 FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = 0, 1, 2, 3
 
@@ -79,13 +78,14 @@ def finish(pipe, region: Region, generated: Image.Image) -> Image.Image:
     return pipe.image_processor.apply_overlay(region.overlay_mask, region.base, generated, region.crop)
 
 
-def generate(req, model: LoadedCheckpoint, prompts: Prompts, images: list[Image.Image], mask: Image.Image | None,
-             vae, seeds: list[int], on_step: StepCallback) -> list[Image.Image]:
-    base = model.pipe
-    scheduler = make_scheduler(base.scheduler.config, find_sampler(req.sampler), req.schedule)
-    pipe = pipeline_view(base, "inpaint", scheduler=scheduler, vae=vae or base.vae)
-    strength = at_least_one_step(req.steps, req.denoising_strength)
-    per_iter = max(1, denoise_steps(req.steps, strength))
+def generate(req, model: LoadedCheckpoint, ctx: RunContext, images: list[Image.Image], mask: Image.Image | None,
+             seeds: list[int]) -> list[Image.Image]:
+    from handlers.img2img import mode_pipeline
+
+    if ctx.control and req.inpainting_fill in (LATENT_NOISE, LATENT_NOTHING):
+        raise InvalidRequest(f"`inpainting_fill` {req.inpainting_fill} (latent noise / nothing) with ControlNet is "
+                             "not supported; use 0 (fill) or 1 (original)")
+    pipe = mode_pipeline(req, model.pipe, ctx, "inpaint")
     out_images: list[Image.Image] = []
     for batch in batches(seeds, req.batch_size):
         generators = batch.generators()
@@ -94,13 +94,13 @@ def generate(req, model: LoadedCheckpoint, prompts: Prompts, images: list[Image.
             image = images[k % len(images)]
             # No mask (img2img on an inpainting checkpoint): everything is repainted, as in A1111.
             regions.append(prepare(req, image, mask if mask is not None else Image.new("L", image.size, 255)))
-        extra = latent_fill(pipe, req.inpainting_fill, regions, generators)
         out = pipe(
-            prompt=[prompts.prompt] * len(regions), negative_prompt=[prompts.negative_prompt] * len(regions),
+            prompt=[ctx.prompts.prompt] * len(regions), negative_prompt=[ctx.prompts.negative_prompt] * len(regions),
             mask_image=[r.mask for r in regions], width=req.width, height=req.height,
-            strength=strength, num_inference_steps=req.steps, guidance_scale=req.cfg_scale, generator=generators,
-            callback_on_step_end=step_reporter(on_step, batch.iteration * per_iter, per_iter * req.n_iter),
-            **extra,
+            strength=at_least_one_step(req.steps, req.denoising_strength), num_inference_steps=req.steps,
+            guidance_scale=req.cfg_scale, generator=generators, callback_on_step_end=ctx.steps,
+            **latent_fill(pipe, req.inpainting_fill, regions, generators),
+            **(ctx.control.call_kwargs(image_key="control_image") if ctx.control else {}),
         )
         out_images.extend(finish(pipe, r, img) for r, img in zip(regions, out.images))
     return out_images
@@ -129,9 +129,3 @@ def latent_fill(pipe, fill: int, regions: list[Region], generators) -> dict:
               for r in regions]
     masked_latents = encode(pipe, masked, generators) if is_inpainting_unet(pipe) else latents
     return {"image": latents, "masked_image_latents": masked_latents}
-
-
-def blank_inputs(width: int, height: int, count: int) -> dict:
-    """txt2img on an inpainting checkpoint: a grey picture, all of it masked (A1111's txt2img conditioning)."""
-    return {"image": [Image.new("RGB", (width, height), (127, 127, 127))] * count,
-            "mask_image": [Image.new("L", (width, height), 255)] * count, "strength": 1.0}

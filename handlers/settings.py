@@ -24,9 +24,12 @@ class Settings(BaseSettings):
     pipeline_cache_size: int = Field(2, ge=1, description="pipelines kept loaded (LRU)")
     lora_cache_size: int = Field(8, ge=1, description="LoRA adapters kept attached to each resident pipeline")
     vae_cache_size: int = Field(2, ge=1, description="external VAEs kept loaded")
+    controlnet_cache_size: int = Field(4, ge=1, description="ControlNet models kept loaded (LRU)")
     gpu_price_per_second: float = Field(0.0, ge=0, description="price of one billed device-second")
     url_expiry_s: int = Field(3600, ge=60, description="lifetime of signed output URLs")
     max_body_mb: int = Field(64, ge=1, description="largest request body accepted")
+    tokenizers_dir: Path | None = Field(None, description="folder of CLIP tokenizers baked into the image "
+                                        "(<name>/tokenizer.json); else the bucket's system/tokenizers/")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
 
     def token_pairs(self) -> list[tuple[str, str]]:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save
 
 from loaders import ldm_keys
-from loaders.demo_model import DEMO_FAMILY, demo_components
+from loaders.demo_model import demo_components
 
 LORA_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -20,7 +20,7 @@ LORA_TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 def demo_lora_bytes(seed: int = 0, rank: int = 4, scale: float = 0.5, text_encoder: bool = True) -> bytes:
     """A kohya-format LoRA for the demo UNet's attention (and, with `text_encoder`, the CLIP attention)."""
-    unet, _, te = demo_components(0, DEMO_FAMILY)
+    unet, _, te = demo_components(0)
     gen = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
 
@@ -44,7 +44,7 @@ def demo_lora_bytes(seed: int = 0, rank: int = 4, scale: float = 0.5, text_encod
 
 def demo_vae_bytes(seed: int = 1) -> bytes:
     """A standalone VAE for the demo family (different weights from the checkpoint's own)."""
-    _, vae, _ = demo_components(seed, DEMO_FAMILY)
+    _, vae, _ = demo_components(seed)
     state = {k.removeprefix(ldm_keys.VAE_PREFIX): v.detach().contiguous()
              for k, v in ldm_keys.vae_to_ldm(vae.state_dict(), dict(vae.config)).items()}
     return save(state)

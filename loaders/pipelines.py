@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Literal
 
 Task = Literal["txt2img", "img2img", "inpaint"]
@@ -25,21 +24,14 @@ def task_class(base, task: Task) -> type:
     raise ValueError(f"no {task} pipeline for {type(base).__name__}")
 
 
-def pipeline_view(base, task: Task, **overrides):
-    """A new pipeline object sharing the base pipeline's modules (no weights copied or moved).
+def task_view(base, task: Task, **overrides):
+    """`loaders.models.pipeline_view` for a task: the family's img2img / inpaint class over the same modules.
 
-    Not `from_pipe`: it casts every shared module to float32 unless told a dtype, which would change the
-    resident fp16 weights under other requests. `overrides` replaces components for this request only
-    (its own scheduler, another VAE).
+    `overrides` replaces components for this request only (its own scheduler, another VAE).
     """
-    cls = task_class(base, task)
-    accepted = inspect.signature(cls.__init__).parameters
-    components = {k: v for k, v in {**base.components, **overrides}.items() if k in accepted}
-    if "requires_safety_checker" in accepted:
-        components["requires_safety_checker"] = False
-    pipe = cls(**components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    from loaders.models import pipeline_view
+
+    return pipeline_view(base, task_class(base, task), **overrides)
 
 
 def is_inpainting_unet(pipe) -> bool:

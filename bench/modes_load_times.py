@@ -1,6 +1,6 @@
 """Print load / switch / adapter timings per generation mode with the tiny demo models (CPU or GPU).
 
-    PYTHONPATH=. python benchmarks/modes_load_times.py [--device cpu|cuda] [--repeat 3]
+    PYTHONPATH=. python bench/modes_load_times.py [--device cpu|cuda] [--repeat 3]
 
 Every figure is from the response's own timings (load_s, generate_s), so it measures what a client sees.
 """
@@ -30,7 +30,7 @@ def main() -> None:
     from handlers.settings import Settings
     from loaders.demo_adapters import demo_embedding_bytes, demo_lora_bytes, demo_vae_bytes
     from loaders.demo_model import DEMO_NAME, demo_checkpoint_bytes
-    from loaders.pipelines import pipeline_view
+    from loaders.pipelines import task_view
     from loaders.storage import LocalStore
 
     root = Path(tempfile.mkdtemp())
@@ -76,7 +76,7 @@ def main() -> None:
         samples = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            pipeline_view(model.pipe, task)
+            task_view(model.pipe, task)
             samples.append(time.perf_counter() - t0)
         views.append((task, statistics.median(samples)))
 
