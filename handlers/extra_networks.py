@@ -102,8 +102,6 @@ def _lora_uses(store: ObjectStore, user: str, tags: list[LoraTag]) -> tuple[Lora
     """One use per file; a LoRA tagged twice (prompt and negative prompt, say) gets the sum, as A1111 applies both."""
     uses: dict[str, LoraUse] = {}
     for tag in tags:
-        if tag.name.lower().endswith((".ckpt", ".pt", ".pth", ".bin")):
-            raise InvalidRequest(f"LoRA {tag.name!r} is a pickle-based format; only .safetensors files are accepted")
         try:
             info = resolve_model(store, user, "lora", tag.name, f"<lora:{tag.name}>")
         except NotFound:

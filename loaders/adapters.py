@@ -109,6 +109,7 @@ class Adapters:
             started = time.perf_counter()
             try:
                 names = [(self._ensure_lora(pipe, state, use), use) for use in plan.loras]
+                self._evict_loras(pipe, state, keep={name for name, _ in names})
                 tokens = {e.word: tok for e in plan.embeddings if (tok := self._ensure_embedding(pipe, state, e))}
                 vae = self._vae(plan.vae, model) if plan.vae else None
                 _activate(pipe, names)
@@ -139,13 +140,13 @@ class Adapters:
             self._forget_adapter(pipe, adapter)
             raise InvalidRequest(f"LoRA {use.name!r} cannot be applied to this checkpoint: {str(e)[:300]}") from None
         state.loras[cache_key] = adapter
-        self._evict_loras(pipe, state, keep=adapter)
         return adapter
 
-    def _evict_loras(self, pipe, state: _PipeState, keep: str) -> None:
-        while len(state.loras) > self.lora_capacity:
-            oldest_key = next(k for k, name in state.loras.items() if name != keep)
-            self._forget_adapter(pipe, state.loras.pop(oldest_key))
+    def _evict_loras(self, pipe, state: _PipeState, keep: set[str]) -> None:
+        """Detach the least recently used adapters beyond capacity (never one this request uses)."""
+        spare = [k for k, name in state.loras.items() if name not in keep]
+        for cache_key in spare[:max(0, len(state.loras) - self.lora_capacity)]:
+            self._forget_adapter(pipe, state.loras.pop(cache_key))
 
     @staticmethod
     def _forget_adapter(pipe, adapter: str) -> None:

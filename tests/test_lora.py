@@ -175,3 +175,21 @@ def test_lora_adapters_stay_cached_and_are_bounded(store, make_services, lora_by
     model, _ = services.models.checkpoint(store.stat("public/models/Stable-diffusion/easel-demo.safetensors"))
     assert len(services.adapters.loaded_loras(model.pipe)) == 2
     assert len(model.pipe.get_list_adapters()["unet"]) == 2
+
+
+def test_a_request_with_more_loras_than_the_cache_holds_still_applies_them_all(store, make_services):
+    from handlers.generate import Job, execute_job
+    from handlers.schemas import Txt2ImgRequest
+
+    for k in range(3):
+        store.put_bytes(f"public/{LORA_DIR}/l{k}.safetensors", demo_lora_bytes(seed=k))
+
+    def run(services, prompt):
+        job = Job(user="alice", mode="txt2img", request=Txt2ImgRequest(prompt=prompt, **SMALL, seed=1), task_id="t")
+        body = execute_job(job, services)
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(body.images[0]))).convert("RGB"), np.int16)
+
+    prompt = "x <lora:l0:1> <lora:l1:1> <lora:l2:1>"
+    small = run(make_services(store, lora_cache_size=1), prompt)
+    roomy = run(make_services(store, lora_cache_size=8), prompt)
+    assert np.array_equal(small, roomy)
