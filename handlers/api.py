@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from handlers import listing
+from handlers import beautifulprompt, filebrowser, gallery, listing, webui
 from handlers.auth import Tenant
 from handlers.generate import Job, execute_job
 from handlers.schemas import GenerationResponse, Txt2ImgRequest
@@ -118,6 +118,11 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/files/{key:path}")
     def files(key: str, who: Tenant = Depends(tenant)):
         return file_response(services, who, key)
+
+    # The web page and the routes only it needed at first (gallery, file browser, prompt expansion).
+    for module in (gallery, filebrowser, beautifulprompt):
+        app.include_router(module.router(services))
+    webui.mount(app, services)
 
     app.add_middleware(BodyLimit, max_bytes=services.settings.max_body_mb * 2**20)
     return app

@@ -13,6 +13,7 @@ from typing import Literal
 from PIL import Image
 
 from handlers import outputs
+from handlers.censor import censor_images
 from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import GenerationRequest, GenerationResponse, ResponseParameters, Timings
 from handlers.services import Services
@@ -41,6 +42,7 @@ class Generated:
     images: list[Image.Image]
     seeds: list[int]
     infotexts: list[str]
+    nsfw: list[bool] | None = None  # per image, when the NSFW censor screened them
 
 
 def execute_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
@@ -66,6 +68,9 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
         finally:
             services.progress.finish(job.user, job.task_id)
         generate_s = time.perf_counter() - t0
+    # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
+    if services.censor is not None:
+        generated.nsfw = censor_images(generated.images, services.censor)
     # 4. Persist the images (and the grid) before anything reports success
     t0 = time.perf_counter()
     saved = persist(job, services, generated, label)
@@ -178,5 +183,6 @@ def respond(job: Job, services: Services, model: LoadedCheckpoint, generated: Ge
     params = ResponseParameters(
         id_task=job.task_id, status=0, image_url=",".join(urls), seed=",".join(map(str, generated.seeds)),
         error_msg="", total_time=timings.total_s, timings=timings,
+        **({"nsfw": generated.nsfw} if generated.nsfw is not None else {}),
     )
     return GenerationResponse(images=images, parameters=params, info=json.dumps(info))

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from handlers.auth import TokenRegistry
 from handlers.settings import Settings
 from loaders.models import ModelManager, build_pipeline
+from loaders.prompt_models import PromptModels
+from loaders.safety_checker import SafetyChecker, load_safety_checker
 from loaders.storage import ObjectStore, open_store
 
 
@@ -60,6 +62,8 @@ class Services:
     tokens: TokenRegistry
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
+    censor: SafetyChecker | None = None  # set when EASEL_ENABLE_NSFW_CENSOR is on
+    prompt_models: PromptModels | None = None
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route."""
@@ -78,4 +82,7 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     admins = settings.admin_users()
     for user, token in settings.token_pairs():
         tokens.add(user, "admin" if user in admins else "user", token)
-    return Services(settings, store, models, tokens)
+    # Loaded at start-up so a missing safety checker stops the server with a clear message, not a request.
+    censor = load_safety_checker(store, settings.cache_dir, models.device) if settings.enable_nsfw_censor else None
+    return Services(settings, store, models, tokens, censor=censor,
+                    prompt_models=PromptModels(store, settings.cache_dir, device=models.device))

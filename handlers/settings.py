@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     url_expiry_s: int = Field(3600, ge=60, description="lifetime of signed output URLs")
     max_body_mb: int = Field(64, ge=1, description="largest request body accepted")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
+    hide_tabs: str = Field("", description='web page tabs to hide: "files,prompt" (the seed\'s --always-hide-tabs)')
+    enable_nsfw_censor: bool = Field(False, description="screen outputs with public/models/safety_checker/")
+
+    def hidden_tabs(self) -> list[str]:
+        return [t.strip().lower() for t in self.hide_tabs.split(",") if t.strip()]
 
     def token_pairs(self) -> list[tuple[str, str]]:
         """`EASEL_TOKENS` as (user, token) pairs."""
