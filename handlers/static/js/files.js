@@ -58,13 +58,13 @@ export class FilesTab {
     const rows = [];
     if (this.path) {
       const up = this.path.split("/").slice(0, -1).join("/");
-      rows.push(el("tr", {}, el("td", { class: "name" }, el("button", { type: "button", text: "⬑ ..", onclick: () => this.open(this.root, up) })),
+      rows.push(el("tr", {}, el("td", { class: "name" }, el("button", { type: "button", text: ".. (up)", onclick: () => this.open(this.root, up) })),
         el("td"), el("td", { class: "when" }), el("td")));
     }
     for (const name of data.folders) {
       const path = this.path ? `${this.path}/${name}` : name;
       rows.push(el("tr", { "data-folder": name },
-        el("td", { class: "name" }, el("button", { type: "button", text: `📁 ${name}`, onclick: () => this.open(this.root, path) })),
+        el("td", { class: "name" }, el("button", { type: "button", text: name, onclick: () => this.open(this.root, path) })),
         el("td", { class: "num" }), el("td", { class: "when" }), el("td")));
     }
     for (const file of data.files) rows.push(this.fileRow(file, data.writable));

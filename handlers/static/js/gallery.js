@@ -51,7 +51,7 @@ export class GalleryTab {
         onclick: () => this.app.sendToImg2img(src, {}) }));
     }
     const caption = el("figcaption", {},
-      el("div", { class: "meta", text: `${item.folder} · ${formatTime(item.modified)}` }),
+      el("div", { class: "meta", text: `${item.folder.replace(/\/\d{4}-\d{2}-\d{2}$/, "")} · ${formatTime(item.modified)}` }),
       item.infotext ? el("pre", { class: "infotext", text: item.infotext }) : null,
       buttons);
     return el("figure", { class: "out", "data-key": item.key },

@@ -160,17 +160,20 @@ export class GenTab {
     const polling = { on: true };
     this.showProgress(null);
     const poll = this.pollProgress(taskId, polling);
-    try {
-      const res = await api(`/sdapi/v1/${this.mode}`, { method: "POST", json: body });
-      await this.showResults(res);
-    } catch (e) {
-      if (e.status !== 401) showErrors(this.form, e.message);
-    } finally {
+    const done = () => {  // the poller stops at its next turn; a late answer no longer shows
       polling.on = false;
-      await poll;
       this.progress.hidden = true;
       button.disabled = false;
+    };
+    try {
+      const res = await api(`/sdapi/v1/${this.mode}`, { method: "POST", json: body });
+      done();
+      await this.showResults(res);
+    } catch (e) {
+      done();
+      if (e.status !== 401) showErrors(this.form, e.message);
     }
+    await poll;
   }
 
   async pollProgress(taskId, polling) {
