@@ -28,7 +28,7 @@ export class MaskPainter {
     this.wrap = form.querySelector(".canvas-wrap");
     this.tools = form.querySelector(".mask-tools");
     this.image = form.querySelector(".init-canvas");
-    this.overlay = form.querySelector(".mask-canvas");  // what the user sees: translucent strokes
+    this.overlay = form.querySelector(".mask-canvas");  // what the user sees: red strokes, half transparent
     this.mask = document.createElement("canvas");      // what is sent: white strokes on black
     this.painted = false;
     this.hasImage = false;
@@ -69,28 +69,34 @@ export class MaskPainter {
   }
 
   bindPointer() {
-    let drawing = false;
+    let last = null;  // the previous point of the stroke: segments join points, so fast moves leave no gaps
     const brush = this.form.querySelector('[data-field="brush"]');
-    const dot = (e) => {
+    const paint = (e) => {
       const rect = this.overlay.getBoundingClientRect();
-      const x = ((e.clientX - rect.left) / rect.width) * this.overlay.width;
-      const y = ((e.clientY - rect.top) / rect.height) * this.overlay.height;
-      const r = (Number(brush.value) / 2) * (this.overlay.width / rect.width);
-      for (const [canvas, color] of [[this.overlay, "rgba(255, 64, 64, 0.55)"], [this.mask, "#fff"]]) {
+      const point = [((e.clientX - rect.left) / rect.width) * this.overlay.width,
+        ((e.clientY - rect.top) / rect.height) * this.overlay.height];
+      const from = last || point;
+      const width = Number(brush.value) * (this.overlay.width / rect.width);  // brush size is in screen pixels
+      // The overlay is opaque red under CSS opacity, so crossing strokes do not darken.
+      for (const [canvas, color] of [[this.overlay, "#ff4040"], [this.mask, "#fff"]]) {
         const ctx = canvas.getContext("2d");
-        ctx.fillStyle = color;
+        ctx.strokeStyle = color;
+        ctx.lineWidth = width;
+        ctx.lineCap = "round";
         ctx.beginPath();
-        ctx.arc(x, y, r, 0, Math.PI * 2);
-        ctx.fill();
+        ctx.moveTo(...from);
+        ctx.lineTo(...point);
+        ctx.stroke();
       }
+      last = point;
       this.painted = true;
     };
     this.overlay.addEventListener("pointerdown", (e) => {
-      drawing = true;
+      last = null;
       this.overlay.setPointerCapture(e.pointerId);
-      dot(e);
+      paint(e);
     });
-    this.overlay.addEventListener("pointermove", (e) => { if (drawing) dot(e); });
-    for (const ev of ["pointerup", "pointercancel"]) this.overlay.addEventListener(ev, () => { drawing = false; });
+    this.overlay.addEventListener("pointermove", (e) => { if (this.overlay.hasPointerCapture(e.pointerId)) paint(e); });
+    for (const ev of ["pointerup", "pointercancel"]) this.overlay.addEventListener(ev, () => { last = null; });
   }
 }
