@@ -106,3 +106,15 @@ def test_file_browser_sees_only_own_files_and_not_task_records(client, store):
     assert r.status_code == 404 and "tasks" in r.json()["detail"]
     r = client.delete("/browse", params={"path": "tasks/t1.json"}, headers=auth())
     assert r.status_code == 404 and store.exists("users/alice/tasks/t1.json")
+
+
+@pytest.mark.parametrize("method,path", [
+    ("get", "/webui/config"), ("get", "/outputs"), ("get", "/browse"), ("delete", "/browse?path=outputs/x.png"),
+    ("get", "/beautifulprompt/models"), ("post", "/beautifulprompt"),
+])
+@pytest.mark.parametrize("header", [None, "Bearer wrong"])
+def test_the_page_api_refuses_missing_or_wrong_tokens(client, method, path, header):
+    headers = {"Authorization": header} if header else {}
+    r = client.request(method.upper(), path, headers=headers,
+                       **({"json": {"prompt": "x", "model": "m"}} if method == "post" else {}))
+    assert r.status_code == 401, r.text
