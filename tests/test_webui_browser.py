@@ -25,6 +25,7 @@ from handlers.schemas import Txt2ImgRequest
 from handlers.services import ProgressBoard, build_services
 from handlers.settings import Settings
 from loaders.demo_model import DEMO_NAME
+from loaders.models import KIND_DIRS, clean_model_name, list_models
 from loaders.storage import LocalStore
 from tests.browser_support import CHROMIUM_ARGS, ServerThread, ensure_chromium
 from tests.conftest import TOKENS
@@ -61,7 +62,29 @@ def add_img2img_stand_in(app, services) -> None:
     app.openapi_schema = None  # the page's feature list is read from the OpenAPI document
 
 
-def make_site(tmp_path: Path, demo_bytes: bytes, **settings):
+def add_lora_stand_ins(app, services) -> None:
+    """Until the real routes are on this branch: GET /sdapi/v1/loras (A1111 shape) and POST /models/{kind}
+    (raw body, ?name=, as the models API takes it), so the files tab and the LoRA picker can be driven."""
+    paths = app.openapi()["paths"]
+    if "/sdapi/v1/loras" not in paths:
+        @app.get("/sdapi/v1/loras")
+        def loras(authorization: str | None = Header(None)):
+            who = services.tokens.authenticate(authorization)
+            return [{"name": i.key.rsplit("/", 1)[-1].removesuffix(".safetensors"), "alias": "", "path": i.key}
+                    for i in list_models(services.store, who.user, "lora")]
+
+    if "/models/{kind}" not in paths:
+        @app.post("/models/{kind}", status_code=201)
+        async def upload(kind: str, name: str, request: Request, authorization: str | None = Header(None)):
+            who = services.tokens.authenticate(authorization)
+            key = f"users/{who.user}/{KIND_DIRS[kind]}/{clean_model_name(name, 'name')}"
+            services.store.put_bytes(key, await request.body())
+            return {"name": name, "kind": kind}
+
+    app.openapi_schema = None
+
+
+def make_site(tmp_path: Path, demo_bytes: bytes, stand_ins: bool = True, **settings):
     store = LocalStore(tmp_path / "data")
     store.put_bytes(f"public/models/Stable-diffusion/{DEMO_NAME}", demo_bytes)
     put_folder(store, "public/models/prompt/tiny-beautiful/", tiny_lm_dir())
@@ -70,7 +93,9 @@ def make_site(tmp_path: Path, demo_bytes: bytes, **settings):
                                        **settings), store=store)
     services.progress = SlowSteps()
     app = create_app(services)
-    add_img2img_stand_in(app, services)
+    if stand_ins:
+        add_img2img_stand_in(app, services)
+        add_lora_stand_ins(app, services)
     return app, services
 
 
@@ -126,6 +151,13 @@ def fill_small(tab, *, steps=2, seed=1, prompt="a cute dog"):
     tab.locator("[data-field=prompt]").fill(prompt)
     for name, value in (("width", 64), ("height", 64), ("steps", steps), ("seed", seed)):
         tab.locator(f"[data-field={name}]").fill(str(value))
+
+
+def shown_if(locator, condition: bool) -> None:
+    if condition:
+        expect(locator).to_be_visible()
+    else:
+        expect(locator).to_be_hidden()
 
 
 def png_of(b64: str) -> Image.Image:
@@ -230,7 +262,7 @@ def test_gallery_shows_own_outputs_newest_first_with_infotext_and_download(page,
     assert "alice" not in page.locator("#tab-gallery").inner_text()
 
 
-def test_files_tab_browses_deletes_and_offers_uploads_only_where_the_server_has_them(page, site):
+def test_files_tab_browses_and_deletes_own_outputs(page, site):
     api(site, "POST", "/sdapi/v1/txt2img", user="root", json={"prompt": "file to delete", "width": 64, "height": 64,
                                                               "steps": 2})
     sign_in(page, site, "root")
@@ -249,10 +281,35 @@ def test_files_tab_browses_deletes_and_offers_uploads_only_where_the_server_has_
     files.locator("tr[data-folder='models'] button").click()
     files.locator("tr[data-folder='Stable-diffusion'] button").click()
     expect(files.locator(f"tr[data-file='{DEMO_NAME}']")).to_be_visible()
-    upload = files.locator("form.upload")
-    if not page.evaluate("window.easelApp.features.upload"):
-        expect(upload.locator(".unavailable")).to_be_visible()
-        expect(upload.locator("button[type=submit]")).to_be_disabled()
+
+
+def test_upload_a_lora_in_files_then_pick_it_in_txt2img(page, site, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "paper-cut.safetensors"
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
+               "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4)}, str(lora))
+    sign_in(page, site, "alice")
+    expect(page.locator("#tab-txt2img .lora-picker [data-field=lora]")).not_to_contain_text("paper-cut")
+    page.click("#tabs [data-tab=files]")
+    form = page.locator("#tab-files form.upload")
+    form.locator("[data-field=kind]").select_option("lora")
+    form.locator("[data-field=file]").set_input_files(str(lora))
+    form.locator("button[type=submit]").click()
+    expect(form.locator(".ok")).to_contain_text("Uploaded paper-cut.safetensors", timeout=SLOW)
+    expect(form.locator(".pct")).to_have_text("100%")
+    page.locator("#tab-files [data-root=me]").click()
+    for folder in ("models", "Lora"):
+        page.locator(f"#tab-files tr[data-folder='{folder}'] button").click()
+    expect(page.locator("#tab-files tr[data-file='paper-cut.safetensors']")).to_be_visible()
+    page.click("#tabs [data-tab=txt2img]")
+    tab = page.locator("#tab-txt2img")
+    tab.locator("[data-field=lora]").select_option("paper-cut")
+    tab.locator("[data-field=prompt]").fill("a fox")
+    tab.locator("[data-action=insert-lora]").click()
+    expect(tab.locator("[data-field=prompt]")).to_have_value("a fox, <lora:paper-cut:1>")
+    assert [m["name"] for m in api(site, "GET", "/sdapi/v1/loras", user="bob")] == []  # alice's alone
 
 
 def test_public_files_have_no_delete_button_for_users(page, site):
@@ -290,19 +347,32 @@ def test_prompt_errors_appear_next_to_the_field(page, site):
     expect(form.locator(".field[data-for=max_new_tokens] .err")).to_contain_text("384")
 
 
-def test_hidden_tabs_setting_hides_them(browser, tmp_path, demo_bytes, errors):
-    app, _ = make_site(tmp_path, demo_bytes, hide_tabs="files,prompt")
+def test_hidden_tabs_setting_hides_them_and_missing_routes_hide_their_controls(browser, tmp_path, demo_bytes, errors):
+    app, _ = make_site(tmp_path, demo_bytes, stand_ins=False, hide_tabs="gallery,prompt")
     with ServerThread(app) as server:
         context = browser.new_context(viewport=DESKTOP)
         page = context.new_page()
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
         sign_in(page, server)
-        expect(page.locator("#tabs [data-tab=gallery]")).to_be_visible()
-        for name in ("files", "prompt"):
+        for name in ("gallery", "prompt"):
             expect(page.locator(f"#tabs [data-tab={name}]")).to_be_hidden()
-        page.goto(server.url + "/#files")
+        page.goto(server.url + "/#prompt")
         expect(page.locator("#tab-txt2img")).to_be_visible()
-        expect(page.locator("#tab-files")).to_be_hidden()
+        expect(page.locator("#tab-prompt")).to_be_hidden()
+        features = page.evaluate("window.easelApp.features")
+        tab = page.locator("#tab-txt2img")
+        for control, feature in ((".lora-picker", "loras"), (".field[data-for=vae]", "vae"), (".controlnet", "controlnet")):
+            shown_if(tab.locator(control), features[feature])
+        shown_if(page.locator("#tabs [data-tab=img2img]"), features["img2img"])
+        page.click("#tabs [data-tab=files]")
+        notice = page.locator("#tab-files form.upload .unavailable")
+        if features["upload"]:
+            expect(notice).to_be_hidden()
+        else:
+            expect(notice).to_contain_text("Uploads are not available")
+            expect(page.locator("#tab-files form.upload button[type=submit]")).to_be_disabled()
         context.close()
+    assert not [e for e in errors if "404" in e], errors
 
 
 def test_every_tab_fits_a_phone_screen(browser, site, errors):

@@ -66,8 +66,8 @@ export async function imageUrl(url) {
   return URL.createObjectURL(await res.blob());
 }
 
-// Upload with progress (fetch has no upload progress; XMLHttpRequest does).
-export function upload(path, formData, onProgress) {
+// Upload a File/Blob as the raw body, with progress (fetch has no upload progress; XMLHttpRequest does).
+export function upload(path, body, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", path);
@@ -80,7 +80,7 @@ export function upload(path, formData, onProgress) {
       else reject(new ApiError(xhr.status, detailOf(data, { status: xhr.status, statusText: xhr.statusText })));
     };
     xhr.onerror = () => reject(new ApiError(0, "the upload was interrupted (network error)"));
-    xhr.send(formData);
+    xhr.send(body);
   });
 }
 

@@ -3,12 +3,22 @@
 import { api, el, formatBytes, formatTime, imageUrl, upload } from "./api.js";
 import { clearErrors, showErrors } from "./errors.js";
 
+// Model folders and the kind the models API calls them (a model is deleted through it when it exists).
+const MODEL_DIRS = { "models/Stable-diffusion": "checkpoint", "models/Lora": "lora", "models/VAE": "vae",
+  "models/ControlNet": "controlnet", embeddings: "embedding" };
+
+function modelKind(path) {
+  const folder = path.split("/").slice(0, -1).join("/");
+  return MODEL_DIRS[folder] || null;
+}
+
 export class FilesTab {
   constructor(section, app) {
     this.section = section;
     this.app = app;
     this.root = "me";
     this.path = "";
+    this.seq = 0;
     this.body = section.querySelector("tbody");
     this.crumbs = section.querySelector(".crumbs");
     this.form = section.querySelector("form.upload");
@@ -29,13 +39,15 @@ export class FilesTab {
 
   async open(root, path) {
     clearErrors(this.section);
+    const seq = ++this.seq;  // only the latest click's answer is shown, whatever order answers arrive in
     let data;
     try {
       data = await api(`/browse?${new URLSearchParams({ root, path })}`);
     } catch (e) {
-      if (e.status !== 401) showErrors(this.section, e.message);
+      if (e.status !== 401 && seq === this.seq) showErrors(this.section, e.message);
       return;
     }
+    if (seq !== this.seq) return;
     this.root = root;
     this.path = data.path;
     for (const b of this.section.querySelectorAll("[data-root]")) b.setAttribute("aria-pressed", String(b.dataset.root === root));
@@ -94,8 +106,12 @@ export class FilesTab {
 
   async remove(path, name) {
     if (!confirm(`Delete ${name}?`)) return;
+    const kind = modelKind(path);
+    const url = kind && this.app.features.upload
+      ? `/models/${kind}/${encodeURIComponent(name)}${this.root === "public" ? "?public=true" : ""}`
+      : `/browse?${new URLSearchParams({ root: this.root, path })}`;
     try {
-      await api(`/browse?${new URLSearchParams({ root: this.root, path })}`, { method: "DELETE" });
+      await api(url, { method: "DELETE" });
     } catch (e) {
       if (e.status !== 401) showErrors(this.section, e.message);
       return;
@@ -111,8 +127,6 @@ export class FilesTab {
     const file = this.form.querySelector('[data-field="file"]').files[0];
     if (!file) { showErrors(this.form, "file: choose a .safetensors file"); return; }
     const pub = this.form.querySelector('[data-field="public"]').checked;
-    const data = new FormData();
-    data.append("file", file, file.name);
     const bar = this.form.querySelector(".upload-progress");
     const pct = bar.querySelector(".pct");
     bar.hidden = false;
@@ -121,12 +135,13 @@ export class FilesTab {
       pct.textContent = `${Math.round(fraction * 100)}%`;
     };
     show(0);
+    // POST /models/{kind}?name=: the raw file is the body, streamed to the server as it is read.
     const query = new URLSearchParams({ name: file.name });
     if (pub) query.set("public", "true");
     const button = this.form.querySelector('button[type="submit"]');
     button.disabled = true;
     try {
-      await upload(`/models/${encodeURIComponent(kind)}?${query}`, data, show);
+      await upload(`/models/${encodeURIComponent(kind)}?${query}`, file, show);
       show(1);
       ok.textContent = `Uploaded ${file.name} (${formatBytes(file.size)}) as a ${kind}.`;
       this.form.querySelector('[data-field="file"]').value = "";

@@ -13,6 +13,7 @@ export class GalleryTab {
     this.more = section.querySelector('[data-action="more"]');
     this.empty = section.querySelector(".empty");
     this.cursor = null;
+    this.seq = 0;
     section.querySelector('[data-action="refresh"]').addEventListener("click", () => this.load());
     this.more.addEventListener("click", () => this.page());
   }
@@ -25,20 +26,22 @@ export class GalleryTab {
 
   async page() {
     clearErrors(this.section);
+    const seq = ++this.seq;  // a refresh while a page is loading drops the older answer
     const query = new URLSearchParams({ limit: PAGE });
     if (this.cursor) query.set("cursor", this.cursor);
     let data;
     try {
       data = await api(`/outputs?${query}`);
     } catch (e) {
-      if (e.status !== 401) showErrors(this.section, e.message);
+      if (e.status !== 401 && seq === this.seq) showErrors(this.section, e.message);
       return;
     }
+    if (seq !== this.seq) return;
     this.cursor = data.next_cursor;
     this.more.hidden = !this.cursor;
     this.empty.hidden = data.items.length > 0 || this.grid.children.length > 0;
     const cards = await Promise.all(data.items.map((item) => this.card(item)));
-    this.grid.append(...cards);
+    if (seq === this.seq) this.grid.append(...cards);
   }
 
   async card(item) {
