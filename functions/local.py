@@ -9,6 +9,7 @@ from pathlib import Path
 from handlers.api import create_app
 from handlers.services import Services, build_services
 from handlers.settings import Settings
+from loaders.demo_controlnet import install_demo_controlnet
 from loaders.demo_model import DEMO_NAME, install_demo
 
 LOCAL_USER = "local"
@@ -34,6 +35,7 @@ def prepare(settings: Settings) -> Services:
     services = build_services(settings)
     if settings.default_checkpoint == DEMO_NAME:
         install_demo(services.store)
+        install_demo_controlnet(services.store)
     return services
 
 

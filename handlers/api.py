@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from handlers import beautifulprompt, filebrowser, gallery, listing, webui
+from handlers import beautifulprompt, controlnet, filebrowser, gallery, listing, webui
 from handlers.auth import Tenant
 from handlers.generate import Job, execute_job
 from handlers.schemas import GenerationResponse, Txt2ImgRequest
@@ -114,6 +114,14 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/sdapi/v1/progress")
     def progress(who: Tenant = Depends(tenant)):
         return listing.progress(services, who.user)
+
+    @app.get("/controlnet/model_list")
+    def controlnet_models(who: Tenant = Depends(tenant)):
+        return controlnet.model_list(services, who.user)
+
+    @app.get("/controlnet/module_list")
+    def controlnet_modules(who: Tenant = Depends(tenant)):
+        return controlnet.module_list()
 
     @app.get("/files/{key:path}")
     def files(key: str, who: Tenant = Depends(tenant)):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 from handlers.auth import TokenRegistry
 from handlers.settings import Settings
+from loaders.family_configs import FamilyConfigs
+from loaders.controlnet import ControlNetCache
 from loaders.models import ModelManager, build_pipeline
 from loaders.prompt_models import PromptModels
 from loaders.safety_checker import SafetyChecker, load_safety_checker
@@ -60,6 +63,7 @@ class Services:
     store: ObjectStore
     models: ModelManager
     tokens: TokenRegistry
+    controlnets: ControlNetCache
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
     censor: SafetyChecker | None = None  # set when EASEL_ENABLE_NSFW_CENSOR is on
@@ -70,8 +74,11 @@ class Services:
         return self.store.url(key, self.settings.url_expiry_s) or f"{base_url.rstrip('/')}/files/{key}"
 
 
-def build_services(settings: Settings, *, store: ObjectStore | None = None, builder=build_pipeline) -> Services:
+def build_services(settings: Settings, *, store: ObjectStore | None = None, builder=None) -> Services:
     store = store or open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
+    # Real families' config folders are completed with tokenizers from the image or the bucket.
+    builder = builder or partial(build_pipeline, configs=FamilyConfigs(store, settings.cache_dir,
+                                                                      settings.tokenizers_dir))
     if settings.cpu_threads:
         import torch
 
@@ -82,7 +89,8 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     admins = settings.admin_users()
     for user, token in settings.token_pairs():
         tokens.add(user, "admin" if user in admins else "user", token)
+    controlnets = ControlNetCache(store, settings.cache_dir, capacity=settings.controlnet_cache_size)
     # Loaded at start-up so a missing safety checker stops the server with a clear message, not a request.
     censor = load_safety_checker(store, settings.cache_dir, models.device) if settings.enable_nsfw_censor else None
-    return Services(settings, store, models, tokens, censor=censor,
+    return Services(settings, store, models, tokens, controlnets=controlnets, censor=censor,
                     prompt_models=PromptModels(store, settings.cache_dir, device=models.device))

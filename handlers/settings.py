@@ -22,9 +22,12 @@ class Settings(BaseSettings):
     default_checkpoint: str = DEMO_NAME
     cache_dir: Path = Field(Path.home() / ".cache" / "easel", description="checkpoint download cache")
     pipeline_cache_size: int = Field(2, ge=1, description="pipelines kept loaded (LRU)")
+    controlnet_cache_size: int = Field(4, ge=1, description="ControlNet models kept loaded (LRU)")
     gpu_price_per_second: float = Field(0.0, ge=0, description="price of one billed device-second")
     url_expiry_s: int = Field(3600, ge=60, description="lifetime of signed output URLs")
     max_body_mb: int = Field(64, ge=1, description="largest request body accepted")
+    tokenizers_dir: Path | None = Field(None, description="folder of CLIP tokenizers baked into the image "
+                                        "(<name>/tokenizer.json); else the bucket's system/tokenizers/")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
     hide_tabs: str = Field("", description='web page tabs to hide: "files,prompt" (the seed\'s --always-hide-tabs)')
     enable_nsfw_censor: bool = Field(False, description="screen outputs with public/models/safety_checker/")
