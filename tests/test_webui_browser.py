@@ -24,6 +24,7 @@ from handlers.generate import Job, execute_job
 from handlers.schemas import Txt2ImgRequest
 from handlers.services import ProgressBoard, build_services
 from handlers.settings import Settings
+from loaders.demo_controlnet import DEMO_CONTROLNET_NAME, install_demo_controlnet
 from loaders.demo_model import DEMO_NAME
 from loaders.models import KIND_DIRS, clean_model_name, list_models
 from loaders.storage import LocalStore
@@ -88,6 +89,7 @@ def make_site(tmp_path: Path, demo_bytes: bytes, stand_ins: bool = True, **setti
     store = LocalStore(tmp_path / "data")
     store.put_bytes(f"public/models/Stable-diffusion/{DEMO_NAME}", demo_bytes)
     put_folder(store, "public/models/prompt/tiny-beautiful/", tiny_lm_dir())
+    install_demo_controlnet(store)
     services = build_services(Settings(store=f"file://{tmp_path / 'data'}", cache_dir=tmp_path / "cache",
                                        tokens=",".join(f"{u}={t}" for u, t in TOKENS.items()), admins="root",
                                        **settings), store=store)
@@ -220,6 +222,33 @@ def test_a_bad_size_is_shown_next_to_the_width_field(page, site):
     tab.locator("button.generate").click()  # fixed: the message goes away and the image comes
     expect(tab.locator("figure.out").first).to_be_visible(timeout=SLOW)
     expect(err).to_be_empty()
+
+
+def test_a_controlnet_unit_is_sent_and_its_detected_map_shown(page, site, tmp_path):
+    control = Image.new("RGB", (64, 64), "black")
+    control.paste((255, 255, 255), (16, 16, 48, 48))
+    control.save(tmp_path / "square.png")
+    cn_model = DEMO_CONTROLNET_NAME.removesuffix(".safetensors")
+    sign_in(page, site)
+    tab = page.locator("#tab-txt2img")
+    fill_small(tab, prompt="a white box")
+    tab.locator(".controlnet summary").click()
+    tab.locator("[data-field=cn_enabled]").check()
+    tab.locator("[data-field=cn_module]").select_option("canny")
+    tab.locator("[data-field=cn_model]").select_option(cn_model)
+    tab.locator("[data-field=cn_file]").set_input_files(str(tmp_path / "square.png"))
+    with page.expect_request(lambda r: r.url.endswith("/sdapi/v1/txt2img")) as sent:
+        tab.locator("button.generate").click()
+    (unit,) = sent.value.post_data_json["alwayson_scripts"]["controlnet"]["args"]
+    assert (unit["module"], unit["model"], unit["weight"], unit["enabled"]) == ("canny", cn_model, 1, True)
+    assert png_of(unit["image"]).size == (64, 64)
+    detected = tab.locator("figure.out", has_text="ControlNet map")
+    expect(detected).to_be_visible(timeout=SLOW)
+    edges = detected.locator("img").evaluate("""img => { const c = document.createElement('canvas');
+        c.width = img.naturalWidth; c.height = img.naturalHeight; const x = c.getContext('2d'); x.drawImage(img, 0, 0);
+        const d = x.getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] > 128) n++; return [c.width * c.height, n]; }""")
+    assert 0 < edges[1] < edges[0] / 4  # canny found the square's outline: neither a blank nor a filled map
 
 
 def test_send_to_img2img_then_paint_a_mask_and_inpaint(page, site):
@@ -403,6 +432,8 @@ def test_zz_screenshots_of_every_tab(browser, site):
     tab.locator("[data-field=batch_size]").fill("2")
     tab.locator("button.generate").click()
     expect(tab.locator("figure.out").nth(2)).to_be_visible(timeout=SLOW)
+    if page.evaluate("window.easelApp.features.controlnet"):
+        tab.locator(".controlnet summary").click()  # show the unit's controls too
     shoot_both(page, "txt2img")
     tab.locator("figure.out button", has_text="Send to img2img").first.click()
     i2i = page.locator("#tab-img2img")

@@ -218,22 +218,29 @@ export class GenTab {
         censored: isGrid ? nsfw.some(Boolean) : Boolean(nsfw[i - first]),
       }));
     }
+    // ControlNet's detected maps (EAS `image_mask_url`), after the images they guided.
+    for (const url of (params.image_mask_url || "").split(",").filter(Boolean)) {
+      let src = "";
+      try { src = await imageUrl(url); } catch { continue; }
+      figures.push(this.figure({ src, name: url.split("/").pop().split("?")[0], infotext: "", isGrid: false,
+        censored: false, label: "ControlNet map" }));
+    }
     const timing = params.timings ? el("p", { class: "meta", text:
       `seed ${params.seed} · generate ${params.timings.generate_s.toFixed(2)} s · total ${params.total_time.toFixed(2)} s` }) : null;
     this.results.replaceChildren(...figures, ...(timing ? [timing] : []));
   }
 
-  figure({ src, name, infotext, isGrid, censored }) {
+  figure({ src, name, infotext, isGrid, censored, label }) {
     const buttons = el("div", { class: "buttons" },
       el("a", { class: "button", href: src, download: name, text: "Download" }));
-    if (this.app.features.img2img && !isGrid) {
+    if (this.app.features.img2img && !isGrid && !label) {
       buttons.append(el("button", { type: "button", text: "Send to img2img",
         onclick: () => this.app.sendToImg2img(src, this.currentParams()) }));
     }
     return el("figure", { class: "out" },
-      el("img", { src, alt: isGrid ? "grid of the batch" : infotext.split("\n")[0] || "generated image" }),
+      el("img", { src, alt: label || (isGrid ? "grid of the batch" : infotext.split("\n")[0] || "generated image") }),
       el("figcaption", {},
-        isGrid ? el("strong", { text: "grid " }) : null,
+        isGrid || label ? el("strong", { text: label || "grid " }) : null,
         censored ? el("span", { class: "badge", text: "censored (NSFW)" }) : null,
         el("pre", { class: "infotext", text: infotext }),
         buttons));
