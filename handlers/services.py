@@ -7,8 +7,10 @@ import time
 from dataclasses import dataclass, field
 
 from handlers.auth import TokenRegistry
+from handlers.metering import Meter
 from handlers.settings import Settings
-from loaders.models import ModelManager, build_pipeline
+from handlers.users import UserRegistry
+from loaders.models import ModelManager, build_pipeline, set_public_kinds
 from loaders.storage import ObjectStore, open_store
 
 
@@ -60,6 +62,7 @@ class Services:
     tokens: TokenRegistry
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
+    meter: Meter | None = None  # price and budget state (handlers.metering); built lazily when None
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route."""
@@ -74,8 +77,7 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
         torch.set_num_threads(settings.cpu_threads)
     models = ModelManager(store, settings.cache_dir, device=settings.device,
                           capacity=settings.pipeline_cache_size, builder=builder)
+    set_public_kinds(store, settings.public_model_kinds())
     tokens = TokenRegistry(store)
-    admins = settings.admin_users()
-    for user, token in settings.token_pairs():
-        tokens.add(user, "admin" if user in admins else "user", token)
-    return Services(settings, store, models, tokens)
+    UserRegistry(store, tokens).seed(settings.token_pairs(), settings.admin_users())
+    return Services(settings, store, models, tokens, meter=Meter(settings, models.device))
