@@ -81,19 +81,6 @@ class StagingFile:
         self.close()
 
 
-def stage_chunks(chunks: Iterable[bytes], directory: Path, max_bytes: int, name: str) -> StagingFile:
-    """Fill a StagingFile from an iterable (a file read in chunks, an HTTP body); the caller closes it."""
-    staging = StagingFile(directory, max_bytes)
-    try:
-        for chunk in chunks:
-            staging.write(chunk)
-        staging.finish(name)
-    except BaseException:
-        staging.close()
-        raise
-    return staging
-
-
 def publish(store: ObjectStore, key: str, staged: Staged) -> ModelEntry:
     """Put the validated file at its final key (the moment it becomes visible), then record its hash."""
     info = store.put_file(key, staged.path)
@@ -137,20 +124,17 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def download_s3(url: str, dest: Path, *, client, max_bytes: int, progress: Callable[[int], None] | None = None,
-                on_size: Callable[[int], None] | None = None) -> Path:
-    """Fetch s3://BUCKET/KEY to a local file (boto3 multipart download), refusing objects over the cap."""
+def s3_chunks(url: str, *, client, max_bytes: int) -> tuple[int, Iterable[bytes]]:
+    """(size, chunks) of s3://BUCKET/KEY, streamed (no second copy on disk); objects over the cap refused."""
     bucket, key = parse_s3_url(url)
     from botocore.exceptions import ClientError
 
     try:
-        size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        obj = client.get_object(Bucket=bucket, Key=key)
     except ClientError as e:
         raise NotFound(f"{url!r}: {e.response.get('Error', {}).get('Message') or 'not found'}") from None
+    size = obj["ContentLength"]
     if size > max_bytes:
+        obj["Body"].close()
         raise PayloadTooLarge(f"{url!r} is {size / 2**20:.0f} MB, over the {max_bytes // 2**20} MB upload cap")
-    if on_size:
-        on_size(size)
-    Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    client.download_file(bucket, key, str(dest), Callback=progress)
-    return Path(dest)
+    return size, obj["Body"].iter_chunks(1 << 20)
