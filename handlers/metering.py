@@ -38,6 +38,7 @@ class Meter:
         self.device = device
         self._pricing: tuple[str, float] | None = None
         self.rollups: dict[tuple[str, str], usage.DayRollup] = {}  # (user, date) → roll-up, for budget checks
+        self.refreshed: dict[tuple[str, str], float] = {}  # (user, date) → monotonic time of the last listing
         self.lock = threading.Lock()
 
     def pricing(self) -> tuple[str, float]:
@@ -112,7 +113,9 @@ def record(services: Services, meter: Meter, job: Job, status: ledger.Status, ti
         steps_run=steps_run, timings=timings, billed_s=round(billed, 4), unit_price=price,
         cost=round(billed * price, 9), error=error,
     )
-    stored, _ = ledger.write_once(services.store, rec)
+    stored, ours = ledger.write_once(services.store, rec)
+    if ours:
+        budgets.note_record(meter, stored)
     usage.invalidate_if_closed(services.store, stored, datetime.now(timezone.utc),
                                services.settings.usage_close_after_s)
     return stored

@@ -308,3 +308,14 @@ def test_ledger_record_is_plain_json(fake):
     data = json.loads(services.store.get_bytes(info.key))
     assert {"user", "task_id", "device_type", "model", "mode", "pixels", "steps", "timings", "billed_s",
             "unit_price", "cost", "status"} <= set(data)
+
+
+def test_own_records_count_against_the_budget_at_once(fake):
+    services, _, gen = fake
+    gen.step_s = 0.15
+    UserRegistry(services.store, services.tokens).set_budget("alice", Budget(seconds=0.5))
+    first = execute_job(job(task_id="first"), services)  # no history: estimated 0, runs (~0.3 s)
+    assert 0.3 <= first.parameters.timings.billed_s < 0.5
+    with pytest.raises(QuotaExceeded, match="needs about 0.3"):
+        execute_job(job(task_id="second"), services)  # within the roll-up refresh interval
+    assert gen.calls == 1
