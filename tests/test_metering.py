@@ -191,6 +191,7 @@ def test_usage_totals_match_the_ledger(fake, client_for):
     assert [r["key"] for r in by_model["rows"]] == ["easel-demo"]
     # users may not look at others
     assert client.get("/usage", params={"user": "bob"}, headers=auth("alice")).status_code == 403
+    assert client.get("/usage").status_code == 401
     assert client.get("/usage", params={"from": "2026-13-01"}, headers=auth("alice")).status_code == 422
     assert client.get("/usage", params={"from": "2026-02-01", "to": "2026-01-01"},
                       headers=auth("alice")).status_code == 422
