@@ -53,11 +53,11 @@ def max_upload_bytes(services: Services) -> int:
     return services.settings.max_upload_mb * 2**20
 
 
-def finish_upload(services: Services, staging: model_files.StagingFile, key: str) -> dict:
+def finish_upload(services: Services, staging: model_files.StagingFile, key: str, kind: str) -> dict:
     """Validate the complete staged file and publish it at `key` (the moment it becomes visible)."""
     name = key.rsplit("/", 1)[-1]
     entry = model_files.publish(services.store, key, staging.finish(name))
-    return describe(entry, kind_of(key))
+    return describe(entry, kind)
 
 
 def save_model(services: Services, who: Tenant, kind: str, name: str, chunks: Iterable[bytes], *,
@@ -67,7 +67,7 @@ def save_model(services: Services, who: Tenant, kind: str, name: str, chunks: It
     with model_files.StagingFile(upload_dir(services), max_upload_bytes(services)) as staging:
         for chunk in chunks:
             staging.write(chunk)
-        return finish_upload(services, staging, key)
+        return finish_upload(services, staging, key, kind)
 
 
 def visible_models(services: Services, who: Tenant, kind: str) -> list[dict]:
@@ -88,12 +88,6 @@ def delete_model(services: Services, who: Tenant, kind: str, name: str, *, publi
     return {"deleted": filename, "kind": kind, "scope": "public" if public else "user"}
 
 
-def kind_of(key: str) -> str:
-    from loaders.models import KIND_DIRS
-
-    return next(k for k, d in KIND_DIRS.items() if f"/{d}/" in f"/{key}")
-
-
 def models_router(services: Services) -> APIRouter:
     router = APIRouter(tags=["models"])
     tenant = tenant_dependency(services.tokens)
@@ -110,7 +104,7 @@ def models_router(services: Services) -> APIRouter:
         try:
             async for chunk in request.stream():  # a client that disconnects leaves nothing behind
                 staging.write(chunk)
-            return await run_in_threadpool(finish_upload, services, staging, key)
+            return await run_in_threadpool(finish_upload, services, staging, key, kind)
         finally:
             staging.close()
 
