@@ -51,14 +51,14 @@ def cmd_generate(args) -> None:
 
 
 def cmd_demo_model(args) -> None:
-    from loaders.demo_model import install_demo, write_demo_checkpoint
+    from loaders.demo_model import demo_family, install_demo, write_demo_checkpoint
     from loaders.storage import open_store
 
     if args.output:
-        print(write_demo_checkpoint(Path(args.output)))
+        print(write_demo_checkpoint(Path(args.output), family=demo_family(args.family)))
         return
     settings = _settings(args)
-    print(install_demo(open_store(settings.store, endpoint_url=settings.s3_endpoint_url)))
+    print(install_demo(open_store(settings.store, endpoint_url=settings.s3_endpoint_url), demo_family(args.family)))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -91,6 +91,8 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo-model", help="write the tiny demo checkpoint (into the store, or to --output)")
     d.add_argument("--output")
+    d.add_argument("--family", default="sd15", choices=["sd15", "sd15-inpaint", "sd2", "sdxl", "sdxl-refiner"],
+                   help="architecture of the tiny model (random weights, tiny widths)")
     d.add_argument("--data-dir")
     d.set_defaults(func=cmd_demo_model)
     return p

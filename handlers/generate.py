@@ -13,10 +13,11 @@ from typing import Literal
 from PIL import Image
 
 from handlers import metering, outputs
+from handlers.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
 from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import GenerationRequest, GenerationResponse, ResponseParameters, Timings
 from handlers.services import Services
-from loaders.models import LoadedCheckpoint, resolve_model
+from loaders.models import LoadedCheckpoint, pipeline_view, resolve_model
 from loaders.storage import ObjectInfo
 
 StepCallback = Callable[[int, int], None]  # (steps done, steps total); raise to stop
@@ -57,12 +58,16 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     info = resolve_checkpoint(job, services)
     # 2. Load the checkpoint (free when resident)
     model, load_s = services.models.checkpoint(info)
+    if job.mode == "txt2img":
+        check_txt2img_model(model)
+    refiner, refiner_load_s = load_refiner(job, services, model)
+    load_s += refiner_load_s
     # 3. Generate (denoise + decode): the billed part
     with services.device_lock:
         t0 = time.perf_counter()
         services.progress.start(job.user, job.task_id, req.steps * req.n_iter)
         try:
-            generated = generate_txt2img(req, model, _with_progress(job, services, on_step))
+            generated = generate_txt2img(req, model, _with_progress(job, services, on_step), refiner)
         except Canceled as stopped:
             stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
             raise
@@ -104,17 +109,16 @@ def pick_seed(req: GenerationRequest) -> int:
     return req.seed_or_none if req.seed_or_none is not None else secrets.randbelow(2**32 - 1 - req.image_count)
 
 
-def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: StepCallback) -> Generated:
+def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: StepCallback,
+                     refiner: LoadedCheckpoint | None = None) -> Generated:
     """n_iter batches of batch_size images; image k has its own generator seeded with seed + k."""
     import torch
 
     base = model.pipe
     sampler = find_sampler(req.sampler)
     # A per-request pipeline view: the shared pipeline's modules with this request's own scheduler.
-    pipe = type(base)(**{**base.components, "scheduler": make_scheduler(base.scheduler.config, sampler,
-                                                                        req.schedule)},
-                      requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipeline_view(base, scheduler=make_scheduler(base.scheduler.config, sampler, req.schedule))
+    switch_at = req.refiner()[1] if refiner is not None else None
     seed = pick_seed(req)
     seeds = [seed + k for k in range(req.image_count)]
     total = req.steps * req.n_iter
@@ -126,7 +130,7 @@ def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: S
             on_step(_offset + step + 1, total)
             return kwargs
 
-        out = pipe(
+        call = dict(
             prompt=[req.prompt] * len(batch_seeds),
             negative_prompt=[req.negative_prompt] * len(batch_seeds),
             num_inference_steps=req.steps,
@@ -135,12 +139,16 @@ def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: S
             height=req.height,
             generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],  # same pixels on any device
             callback_on_step_end=callback,
-        )
-        images.extend(out.images)
+        )  # SDXL's original_size / target_size default to (height, width), as A1111 sends them
+        if refiner is None:
+            images.extend(pipe(**call).images)
+        else:
+            images.extend(run_refined(pipe, refiner, switch_at, sampler, req.schedule, call))
     texts = [
         outputs.infotext(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
                          sampler=req.sampler, schedule=req.schedule, cfg_scale=req.cfg_scale, seed=s,
-                         width=req.width, height=req.height, model_name=model.name, model_hash=model.short_hash)
+                         width=req.width, height=req.height, model_name=model.name, model_hash=model.short_hash,
+                         extra=refiner_infotext(refiner, switch_at))
         for s in seeds
     ]
     return Generated(images, seeds, texts)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 from handlers.auth import TokenRegistry
 from handlers.metering import Meter
 from handlers.settings import Settings
 from handlers.users import UserRegistry
+from loaders.family_configs import FamilyConfigs
 from loaders.models import ModelManager, build_pipeline, set_public_kinds
 from loaders.storage import ObjectStore, open_store
 
@@ -69,8 +71,11 @@ class Services:
         return self.store.url(key, self.settings.url_expiry_s) or f"{base_url.rstrip('/')}/files/{key}"
 
 
-def build_services(settings: Settings, *, store: ObjectStore | None = None, builder=build_pipeline) -> Services:
+def build_services(settings: Settings, *, store: ObjectStore | None = None, builder=None) -> Services:
     store = store or open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
+    # Real families' config folders are completed with tokenizers from the image or the bucket.
+    builder = builder or partial(build_pipeline, configs=FamilyConfigs(store, settings.cache_dir,
+                                                                      settings.tokenizers_dir))
     if settings.cpu_threads:
         import torch
 

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     gpu_price_per_second: float = Field(0.0, ge=0, description="price of one billed device-second")
     url_expiry_s: int = Field(3600, ge=60, description="lifetime of signed output URLs")
     max_body_mb: int = Field(64, ge=1, description="largest request body accepted")
+    tokenizers_dir: Path | None = Field(None, description="folder of CLIP tokenizers baked into the image "
+                                        "(<name>/tokenizer.json); else the bucket's system/tokenizers/")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
     # --- tenancy, uploads, metering (handlers/users.py, handlers/models_api.py, handlers/metering.py) ---
     public_lora: bool = Field(True, description="users see public/models/Lora (EAS clustered edition switch)")

@@ -40,7 +40,7 @@ class ScriptedGeneration:
         self.script: Callable[[int], object] = lambda i: "ok"
         self.lock = threading.Lock()
 
-    def __call__(self, req, model, on_step):
+    def __call__(self, req, model, on_step, refiner=None):
         with self.lock:
             index = self.calls
             self.calls += 1
