@@ -50,13 +50,6 @@ def cmd_generate(args) -> None:
     print(f"saved {args.output} (seed {result.parameters.seed}; load {t.load_s:.2f}s, generate {t.generate_s:.2f}s)")
 
 
-def cmd_users_add(args) -> None:
-    from handlers.services import build_services
-
-    services = build_services(_settings(args))
-    print(services.tokens.add(args.name, "admin" if args.admin else "user"))
-
-
 def cmd_demo_model(args) -> None:
     from loaders.demo_model import demo_family, install_demo, write_demo_checkpoint
     from loaders.storage import open_store
@@ -96,12 +89,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir")
     g.set_defaults(func=cmd_generate)
 
-    u = sub.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
-    ua = u.add_parser("add", help="add a user and print a new token")
-    ua.add_argument("name")
-    ua.add_argument("--admin", action="store_true")
-    ua.add_argument("--data-dir")
-    ua.set_defaults(func=cmd_users_add)
+    from functions.cli_accounts import add_commands
+
+    add_commands(sub)  # users, models, usage
 
     d = sub.add_parser("demo-model", help="write the tiny demo checkpoint and ControlNet into the store "
                                           "(or only the checkpoint to --output)")

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from handlers.auth import TokenRegistry
+from handlers.metering import Meter
 from handlers.settings import Settings
+from handlers.users import UserRegistry
 from loaders.family_configs import FamilyConfigs
 from loaders.controlnet import ControlNetCache
-from loaders.models import ModelManager, build_pipeline
+from loaders.models import ModelManager, build_pipeline, set_public_kinds
 from loaders.storage import ObjectStore, open_store
 
 
@@ -64,6 +66,7 @@ class Services:
     controlnets: ControlNetCache
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
+    meter: Meter | None = None  # price and budget state (handlers.metering); built lazily when None
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route."""
@@ -81,9 +84,8 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
         torch.set_num_threads(settings.cpu_threads)
     models = ModelManager(store, settings.cache_dir, device=settings.device,
                           capacity=settings.pipeline_cache_size, builder=builder)
+    set_public_kinds(store, settings.public_model_kinds())
     tokens = TokenRegistry(store)
-    admins = settings.admin_users()
-    for user, token in settings.token_pairs():
-        tokens.add(user, "admin" if user in admins else "user", token)
+    UserRegistry(store, tokens).seed(settings.token_pairs(), settings.admin_users())
     controlnets = ControlNetCache(store, settings.cache_dir, capacity=settings.controlnet_cache_size)
-    return Services(settings, store, models, tokens, controlnets=controlnets)
+    return Services(settings, store, models, tokens, controlnets=controlnets, meter=Meter(settings, models.device))
