@@ -110,7 +110,7 @@ class ModalExecutor:
         log.info("task %s/%s spawned in pool %s (call %s)", user, task_id, pool, getattr(call, "object_id", None))
 
     def pool_of(self, user: str, task_id: str) -> str:
-        """The task's pool from its stored request; the general pool when the record says nothing usable."""
+        """The task's pool from its stored request; the default checkpoint's when the record names none."""
         return pool_for(task_checkpoint(self.services, user, task_id), self.deploy,
                         self.services.settings.default_checkpoint)
 
@@ -121,7 +121,7 @@ def task_checkpoint(services: Services, user: str, task_id: str) -> str | None:
         record = json.loads(services.store.get_bytes(f"users/{user}/tasks/{task_id}.json"))
         return GenerationRequest.model_validate(record.get("request") or {}).checkpoint_name()
     except (EaselError, ValueError, AttributeError) as e:  # ValueError covers JSON and pydantic errors
-        log.warning("task %s/%s: no checkpoint to route by (%s); general pool", user, task_id, e)
+        log.warning("task %s/%s: no checkpoint to route by (%s); the default's pool", user, task_id, e)
         return None
 
 
