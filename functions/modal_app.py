@@ -95,10 +95,7 @@ def gpu_pool(name: str):
 @modal.asgi_app()
 def web():
     """The A1111 / EAS API: the same app as `easel serve`, with jobs and tasks sent to the GPU pools."""
-    services, executor = web_services(Settings(), DEPLOY, lambda name: gpu_pool(name))
-    app_ = create_app(services)
-    app_.state.executor = executor  # the async task layer submits through it
-    return app_
+    return create_app(web_services(Settings(), DEPLOY, lambda name: gpu_pool(name)))
 
 
 @app.function(image=image, secrets=secrets, env=container_env, timeout=300,

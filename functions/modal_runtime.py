@@ -7,14 +7,13 @@ tested) on a CPU without a Modal token. A "pool lookup" is the seam: `pools(name
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from functions.modal_config import ModalDeploy, cloud_store_problem, pool_checkpoint, pool_for
 from handlers.generate import Job, execute_job, resolve_checkpoint
-from handlers.schemas import GenerationRequest, GenerationResponse
+from handlers.schemas import GenerationResponse
 from handlers.services import Services, build_services
 from handlers.settings import Settings
 from handlers.warmup import Warmed, warm_checkpoint
@@ -74,10 +73,13 @@ class GpuWorker:
         return execute_job(job, self.services)
 
     def run_task(self, user: str, task_id: str) -> None:
-        """Run the stored task users/<user>/tasks/<task_id>.json (the async path)."""
-        from handlers.tasks import run_stored_task  # the async task layer (branch `async`)
+        """Run the stored task users/<user>/tasks/<task_id>.json (the async path): claim, run, finish."""
+        from handlers.runner import run_task  # the async task layer (branch `async`)
 
-        run_stored_task(self.services, user, task_id)
+        owner = f"modal:{self.pool}:{self.call_id() or 'local'}"
+        outcome = run_task(self.services, user, task_id, owner=owner)
+        if outcome.record is None:
+            log.info("task %s/%s not run here: finished already, or leased by another worker", user, task_id)
 
 
 class RemoteRunner:
@@ -99,10 +101,12 @@ class RemoteRunner:
 class ModalExecutor:
     """`handlers.executor.Executor` on Modal: a stored task is spawned in its checkpoint's pool."""
 
-    def __init__(self, pools: PoolLookup, deploy: ModalDeploy, services: Services):
+    def __init__(self, pools: PoolLookup, deploy: ModalDeploy, services: Services,
+                 checkpoint_of: Callable[[Services, str, str], str | None] | None = None):
         self.pools = pools
         self.deploy = deploy
         self.services = services
+        self.checkpoint_of = checkpoint_of or task_checkpoint
 
     def submit(self, user: str, task_id: str) -> None:
         pool = self.pool_of(user, task_id)
@@ -110,31 +114,33 @@ class ModalExecutor:
         log.info("task %s/%s spawned in pool %s (call %s)", user, task_id, pool, getattr(call, "object_id", None))
 
     def pool_of(self, user: str, task_id: str) -> str:
-        """The task's pool from its stored request; the default checkpoint's when the record names none."""
-        return pool_for(task_checkpoint(self.services, user, task_id), self.deploy,
+        """The task's pool from its stored request; the default checkpoint's when it names none."""
+        return pool_for(self.checkpoint_of(self.services, user, task_id), self.deploy,
                         self.services.settings.default_checkpoint)
 
 
 def task_checkpoint(services: Services, user: str, task_id: str) -> str | None:
     """The checkpoint a stored task asks for (routing only: the GPU side validates everything again)."""
     try:
-        record = json.loads(services.store.get_bytes(f"users/{user}/tasks/{task_id}.json"))
-        return GenerationRequest.model_validate(record.get("request") or {}).checkpoint_name()
-    except (EaselError, ValueError, AttributeError) as e:  # ValueError covers JSON and pydantic errors
+        from handlers.tasks import load_request  # the async task layer (branch `async`)
+
+        return load_request(services, user, task_id).checkpoint_name()
+    except (ImportError, EaselError, ValueError, KeyError) as e:  # ValueError: bad JSON or request
         log.warning("task %s/%s: no checkpoint to route by (%s); the default's pool", user, task_id, e)
         return None
 
 
-def web_services(settings: Settings, deploy: ModalDeploy, pools: PoolLookup) -> tuple[Services, ModalExecutor]:
-    """The web container's services: sync jobs and stored tasks both go to the GPU pools."""
+def web_services(settings: Settings, deploy: ModalDeploy, pools: PoolLookup) -> Services:
+    """The web container's services: sync jobs (runner) and stored tasks (executor) go to the GPU pools."""
     services = cloud_services(settings)
     services.runner = RemoteRunner(pools, deploy)
-    return services, ModalExecutor(pools, deploy, services)
+    services.executor = ModalExecutor(pools, deploy, services)  # replaces the in-process worker pool
+    return services
 
 
 def poll_inbox_once(settings: Settings, deploy: ModalDeploy, pools: PoolLookup) -> None:
     """The scheduled fallback for missed bucket events: one pass over users/*/inbox/."""
-    from handlers.inbox import poll_inbox  # the bucket-upload triggers (branch `async`)
+    from handlers.events import poll_inbox  # the bucket-upload triggers (branch `async`)
 
-    services, executor = web_services(settings, deploy, pools)
-    poll_inbox(services, executor)
+    outcomes = poll_inbox(web_services(settings, deploy, pools))
+    log.info("inbox poll: %d new uploads", len(outcomes))
