@@ -7,11 +7,13 @@ from functions/modal_runtime.py and handlers/. Importing this file needs no toke
 """
 
 # No `from __future__ import annotations`: Modal reads the class parameter's annotation as a real type.
+import functools
 from pathlib import Path
 
 import modal
 
-from functions.modal_config import GENERAL_POOL, PYTHON_VERSION, TORCH_VERSION, ModalDeploy
+from functions.modal_config import (GENERAL_POOL, PYTHON_VERSION, TOKENIZERS_DIR, TORCH_VERSION, ModalDeploy,
+                                    bake_tokenizers_commands)
 from handlers.settings import Settings
 
 DEPLOY = ModalDeploy()
@@ -28,8 +30,9 @@ image = (
     # CUDA torch pinned first; the project's own dependency ranges then leave it as it is
     .uv_pip_install(f"torch=={TORCH_VERSION}")
     .pip_install_from_pyproject(str(PROJECT / "pyproject.toml"))  # read at build time, on the deployer
+    .run_commands(*bake_tokenizers_commands())  # the only hub access: once, while the image is built
     .env({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",  # no model hub while serving, ever
-          "TOKENIZERS_PARALLELISM": "false", "EASEL_CACHE_DIR": "/cache/easel"})
+          "TOKENIZERS_PARALLELISM": "false", "EASEL_CACHE_DIR": "/cache/easel", "EASEL_TOKENIZERS_DIR": TOKENIZERS_DIR})
     # the project with its data files (model configs, tokenizers, web page), not only .py files
     .add_local_python_source("functions", "handlers", "loaders", ignore=_not_bytecode)
 )
@@ -85,6 +88,7 @@ class Generator:
         self.worker.run_task(user, task_id)
 
 
+@functools.lru_cache(maxsize=None)  # bounded: names come from pool_for (the listed pools and "general")
 def gpu_pool(name: str):
     """The pool lookup the web side routes with (tests substitute a local stand-in)."""
     return Generator(checkpoint=name)

@@ -18,6 +18,12 @@ from handlers.settings import Settings
 GENERAL_POOL = "general"  # the pool parameter for checkpoints without their own pool (never a file name)
 TORCH_VERSION = "2.13.0"  # the CUDA build from PyPI's default index; the same version as the local CPU pin
 PYTHON_VERSION = "3.11"
+# CLIP tokenizers baked into the image at build time (EASEL_TOKENIZERS_DIR), so no request touches a model hub.
+# One CLIP BPE vocabulary serves SD 1.x, SD 2.x and SDXL; the shipped family configs set each one's padding.
+TOKENIZERS_DIR = "/opt/easel/tokenizers"
+TOKENIZER_REPO = "openai/clip-vit-large-patch14"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+TOKENIZER_NAMES = ("clip-vit-large-patch14", "clip-vit-h-14", "clip-vit-bigG-14")
 
 
 def normal_checkpoint(name: str) -> str | None:
@@ -106,7 +112,8 @@ class ModalDeploy(BaseSettings):
 
     def web_options(self) -> dict[str, Any]:
         """Keyword arguments of `@app.function` for the web endpoint (a CPU container)."""
-        return {"min_containers": self.web_min_containers, "timeout": self.timeout_s + 60,
+        # a sync request waits for a GPU container's cold start and its generation
+        return {"min_containers": self.web_min_containers, "timeout": self.startup_timeout_s + self.timeout_s,
                 "scaledown_window": self.scaledown_window_s}
 
     def container_env(self, settings: Settings) -> dict[str, str]:
@@ -116,6 +123,15 @@ class ModalDeploy(BaseSettings):
         if settings.s3_endpoint_url:
             env["EASEL_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
         return env
+
+
+def bake_tokenizers_commands() -> list[str]:
+    """Image build steps: fetch the tokenizer files once, then one folder per name the families expect."""
+    first, *others = TOKENIZER_NAMES
+    fetch = (f"python -c \"from huggingface_hub import snapshot_download; snapshot_download("
+             f"'{TOKENIZER_REPO}', local_dir='{TOKENIZERS_DIR}/{first}', allow_patterns={list(TOKENIZER_FILES)!r})\"")
+    return [fetch, f"rm -rf {TOKENIZERS_DIR}/{first}/.cache",
+            *(f"cp -r {TOKENIZERS_DIR}/{first} {TOKENIZERS_DIR}/{name}" for name in others)]
 
 
 def _env_value(value: Any) -> str:
@@ -156,6 +172,7 @@ def describe(deploy: ModalDeploy, settings: Settings) -> dict[str, Any]:
         "secrets": [deploy.secret_name],
         "bucket": settings.store,
         "s3_endpoint_url": settings.s3_endpoint_url,
-        "torch": TORCH_VERSION,
+        "image": {"python": PYTHON_VERSION, "torch": TORCH_VERSION,
+                  "tokenizers": [f"{TOKENIZERS_DIR}/{n}" for n in TOKENIZER_NAMES]},
         "problems": [p for p in [cloud_store_problem(settings)] if p],
     }
