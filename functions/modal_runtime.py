@@ -38,12 +38,10 @@ def cloud_services(settings: Settings) -> Services:
 class GpuWorker:
     """One GPU container of one pool: load and warm before the snapshot, reconnect after it, run jobs."""
 
-    def __init__(self, pool: str, *, device_label: Callable[[], str], call_id: Callable[[], str | None],
-                 settings: Settings | None = None):
+    def __init__(self, pool: str, *, device_label: Callable[[], str], call_id: Callable[[], str | None]):
         self.pool = pool
         self.device_label = device_label
         self.call_id = call_id
-        self.settings = settings
         self.services: Services | None = None
         self.warmed: Warmed | None = None
 
@@ -52,7 +50,7 @@ class GpuWorker:
 
         Call it where the GPU is usable: before a GPU snapshot, or after restore when only CPU memory is
         snapshotted (the device is resolved when services are built)."""
-        self.services = cloud_services(self.settings or Settings())
+        self.services = cloud_services(Settings())
         self.services.device_label = self.device_label()  # billing records the GPU type and the Modal call id
         self.services.call_id = self.call_id
         checkpoint = pool_checkpoint(self.pool, self.services.settings.default_checkpoint)

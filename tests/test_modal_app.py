@@ -175,6 +175,15 @@ def test_gpu_class_runs_a_generation_with_its_enter_hooks_and_writes_to_the_buck
     assert services.call_id() is None  # modal.current_function_call_id(): None outside a Modal input
 
 
+def test_with_a_cpu_only_snapshot_the_pool_loads_after_restore(cloud, monkeypatch, reconnects):
+    monkeypatch.setenv("EASEL_MODAL_GPU_SNAPSHOT", "false")  # no GPU attached before a CPU-only snapshot
+    modal_app = load_app_module()
+    obj = modal_app.Generator(checkpoint=GENERAL_POOL)
+    result = obj.generate.local(job())
+    assert result.parameters.timings.load_s == 0.0  # loaded and warmed by the snap=False hook instead
+    assert reconnects == []  # its clients were made after the restore: nothing stale to replace
+
+
 def test_a_dedicated_pool_preloads_its_own_checkpoint(modal_app, cloud):
     obj = modal_app.Generator(checkpoint=DEMO_NAME)
     result = obj.generate.local(job(checkpoint="easel-demo"))
