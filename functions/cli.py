@@ -65,6 +65,24 @@ def cmd_demo_model(args) -> None:
     print(install_demo_controlnet(store))  # a tiny ControlNet that fits the demo checkpoint
 
 
+def cmd_deploy(args) -> None:
+    import json
+
+    from functions.modal_config import ModalDeploy, describe
+    from handlers.settings import Settings
+
+    plan = describe(ModalDeploy(), Settings())
+    print(json.dumps(plan, indent=2))
+    if args.dry_run:
+        return
+    if plan["problems"]:
+        raise SystemExit("easel: not deploying: " + "; ".join(plan["problems"]))
+    import subprocess
+
+    app_file = Path(__file__).with_name("modal_app.py")
+    raise SystemExit(subprocess.call([sys.executable, "-m", "modal", "deploy", str(app_file)]))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="easel", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -100,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
                    help="architecture of the tiny model (random weights, tiny widths)")
     d.add_argument("--data-dir")
     d.set_defaults(func=cmd_demo_model)
+    m = sub.add_parser("deploy", help="deploy on Modal (EASEL_MODAL_* and EASEL_* settings from the environment)")
+    m.add_argument("--dry-run", action="store_true", help="print the resolved Modal configuration, deploy nothing")
+    m.set_defaults(func=cmd_deploy)
     return p
 
 

@@ -95,7 +95,7 @@ def create_app(services: Services) -> FastAPI:
     def txt2img(body: Txt2ImgRequest, request: Request, who: Tenant = Depends(tenant)):
         task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
         job = Job(user=who.user, mode="txt2img", request=body, task_id=task_id, base_url=str(request.base_url))
-        return execute_job(job, services)
+        return (services.runner or execute_job)(job, services)
 
     @app.get("/sdapi/v1/sd-models")
     def sd_models(who: Tenant = Depends(tenant)):

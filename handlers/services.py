@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from handlers.auth import TokenRegistry
 from handlers.metering import Meter
@@ -67,6 +69,13 @@ class Services:
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
     meter: Meter | None = None  # price and budget state (handlers.metering); built lazily when None
+    # Where a sync request's job runs: None = in this process (handlers.generate.execute_job); the Modal web
+    # container sets a callable (job, services) -> GenerationResponse that calls the GPU class instead.
+    runner: Callable[[Any, Services], Any] | None = None
+    # For the ledger: the device an execution ran on ("" = this process's torch device) and the platform's id
+    # of the current call (Modal's function call id; None locally). The Modal GPU container sets both.
+    device_label: str = ""
+    call_id: Callable[[], str | None] = lambda: None
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route."""
