@@ -7,8 +7,7 @@ import time
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from handlers.auth import Tenant
-from handlers.deps import tenant_dependency
+from handlers.auth import Tenant, tenant_dependency
 from handlers.services import Services
 from loaders.prompt_models import expand_prompt, list_prompt_models, resolve_prompt_model
 
@@ -34,7 +33,7 @@ def beautify(services: Services, user: str, body: BeautifyRequest) -> BeautifyRe
 
 def router(services: Services) -> APIRouter:
     r = APIRouter(tags=["beautifulprompt"])
-    tenant = tenant_dependency(services)
+    tenant = tenant_dependency(services.tokens)
 
     @r.get("/beautifulprompt/models")
     def models(who: Tenant = Depends(tenant)) -> dict:

@@ -11,10 +11,9 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from handlers.auth import Tenant
-from handlers.deps import tenant_dependency
+from handlers.auth import Tenant, require_admin, tenant_dependency
 from handlers.services import Services
-from loaders.errors import Forbidden, InvalidRequest, NotFound
+from loaders.errors import InvalidRequest, NotFound
 
 Root = Literal["me", "public"]
 USER_FOLDERS = ("models", "embeddings", "outputs", "inbox", "outbox")  # not tasks/: those are records, not files
@@ -61,7 +60,7 @@ def delete(services: Services, who: Tenant, root: Root, path: str) -> dict:
     if not segments:
         raise InvalidRequest("`path` must name a file to delete")
     if root == "public" and not who.is_admin:
-        raise Forbidden("only admins can delete files in public/")
+        require_admin(who, "delete files in public/")
     key = base_prefix(who, root, segments) + "/".join(segments)
     if root == "me" and len(segments) < 2:
         raise InvalidRequest(f"`path` {path[:100]!r} names a top folder, not a file")
@@ -73,7 +72,7 @@ def delete(services: Services, who: Tenant, root: Root, path: str) -> dict:
 
 def router(services: Services) -> APIRouter:
     r = APIRouter(tags=["files"])
-    tenant = tenant_dependency(services)
+    tenant = tenant_dependency(services.tokens)
 
     @r.get("/browse")
     def list_folder(request: Request, root: Root = "me", path: str = Query("", max_length=1024),

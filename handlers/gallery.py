@@ -9,8 +9,7 @@ import json
 from fastapi import APIRouter, Depends, Query, Request
 from PIL import Image
 
-from handlers.auth import Tenant
-from handlers.deps import tenant_dependency
+from handlers.auth import Tenant, tenant_dependency
 from handlers.services import Services
 from loaders.errors import InvalidRequest
 from loaders.storage import ObjectInfo
@@ -62,7 +61,7 @@ def list_outputs(services: Services, user: str, base_url: str, limit: int, curso
 
 def router(services: Services) -> APIRouter:
     r = APIRouter(tags=["gallery"])
-    tenant = tenant_dependency(services)
+    tenant = tenant_dependency(services.tokens)
 
     @r.get("/outputs")
     def outputs(request: Request, limit: int = Query(24, ge=1, le=100), cursor: str | None = Query(None, max_length=2048),

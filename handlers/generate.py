@@ -12,7 +12,7 @@ from typing import Literal
 
 from PIL import Image
 
-from handlers import controlnet, outputs
+from handlers import controlnet, metering, outputs
 from handlers.censor import censor_images
 from handlers.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
 from handlers.samplers import find_sampler, make_scheduler
@@ -47,8 +47,8 @@ class Generated:
 
 
 def execute_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
-    """The one entry every channel uses (sync route, task workers, Modal, CLI): run the job, then meter it."""
-    return run_job(job, services, on_step)
+    """The one entry every channel uses (sync route, task workers, Modal, CLI): budget, run, one ledger record."""
+    return metering.metered(job, services, on_step, run_job)
 
 
 def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
@@ -73,6 +73,9 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
         services.progress.start(job.user, job.task_id, req.steps * req.n_iter)
         try:
             generated = generate_txt2img(req, model, _with_progress(job, services, on_step), refiner, control)
+        except Canceled as stopped:
+            stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
+            raise
         finally:
             services.progress.finish(job.user, job.task_id)
         generate_s = time.perf_counter() - t0

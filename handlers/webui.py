@@ -8,8 +8,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from handlers.auth import Tenant
-from handlers.deps import tenant_dependency
+from handlers.auth import Tenant, tenant_dependency
 from handlers.services import Services
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -45,7 +44,7 @@ def page_config(services: Services, who: Tenant, app: FastAPI) -> dict:
 def mount(app: FastAPI, services: Services) -> None:
     """Add the page (no token needed to load it; every API call it makes sends the token)."""
     r = APIRouter(tags=["webui"])
-    tenant = tenant_dependency(services)
+    tenant = tenant_dependency(services.tokens)
 
     @r.get("/", include_in_schema=False)
     def index():

@@ -339,6 +339,15 @@ def test_upload_a_lora_in_files_then_pick_it_in_txt2img(page, site, tmp_path):
     tab.locator("[data-action=insert-lora]").click()
     expect(tab.locator("[data-field=prompt]")).to_have_value("a fox, <lora:paper-cut:1>")
     assert [m["name"] for m in api(site, "GET", "/sdapi/v1/loras", user="bob")] == []  # alice's alone
+    page.click("#tabs [data-tab=files]")  # and delete it again: gone from the folder and the picker
+    page.once("dialog", lambda d: d.accept())
+    with page.expect_request(lambda r: r.method == "DELETE") as deleted:
+        page.locator("#tab-files tr[data-file='paper-cut.safetensors'] button", has_text="Delete").click()
+    if page.evaluate("window.easelApp.features.upload"):  # a model goes through the models API when it exists
+        assert deleted.value.url.endswith("/models/lora/paper-cut.safetensors")
+    expect(page.locator("#tab-files tr[data-file='paper-cut.safetensors']")).to_have_count(0)
+    page.click("#tabs [data-tab=txt2img]")
+    expect(tab.locator("[data-field=lora]")).not_to_contain_text("paper-cut")
 
 
 def test_public_files_have_no_delete_button_for_users(page, site):

@@ -116,6 +116,7 @@ export class FilesTab {
       if (e.status !== 401) showErrors(this.section, e.message);
       return;
     }
+    if (kind) this.app.modelsChanged();
     await this.load();
   }
 
