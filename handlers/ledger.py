@@ -38,6 +38,7 @@ class LedgerRecord(BaseModel):
     mode: str
     model: str
     device_type: str
+    call_id: str | None = Field(None, description="the platform's id of the call that ran it (Modal); None locally")
     width: int
     height: int
     images: int

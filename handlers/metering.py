@@ -41,8 +41,10 @@ class Meter:
         self.refreshed: dict[tuple[str, str], float] = {}  # (user, date) → monotonic time of the last listing
         self.lock = threading.Lock()
 
-    def pricing(self) -> tuple[str, float]:
-        """(device type, price per billed second)."""
+    def pricing(self, device_label: str = "") -> tuple[str, float]:
+        """(device type, price per billed second); a platform's label (Modal's GPU type) wins when given."""
+        if device_label:
+            return ledger.price_for(device_label, self.settings.prices, self.settings.gpu_price_per_second)
         if self._pricing is None:
             name = self.settings.device_type or ledger.detect_device_type(self.device)
             self._pricing = ledger.price_for(name, self.settings.prices, self.settings.gpu_price_per_second)
@@ -104,11 +106,12 @@ def record(services: Services, meter: Meter, job: Job, status: ledger.Status, ti
            steps_run: int, error: str = "") -> LedgerRecord:
     """Write the execution's ledger record (conditional create); return the record the ledger holds."""
     req = job.request
-    device_type, price = meter.pricing()
+    device_type, price = meter.pricing(services.device_label)
     billed = timings.generate_s if status != "failed" else 0.0
     rec = LedgerRecord(
         user=job.user, task_id=job.task_id, date=ledger.ledger_date(job.queued_at), status=status, mode=job.mode,
-        model=model_label(job, services), device_type=device_type, width=req.width, height=req.height,
+        model=model_label(job, services), device_type=device_type, call_id=services.call_id(),
+        width=req.width, height=req.height,
         images=req.image_count, pixels=req.width * req.height * req.image_count, steps=req.steps * req.n_iter,
         steps_run=steps_run, timings=timings, billed_s=round(billed, 4), unit_price=price,
         cost=round(billed * price, 9), error=error,

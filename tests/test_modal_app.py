@@ -173,6 +173,11 @@ def test_gpu_class_runs_a_generation_with_its_enter_hooks_and_writes_to_the_buck
     services = obj._cached_user_cls_instance().worker.services
     assert services.device_label == "local"  # the configured GPU type ("H100") in a Modal container
     assert services.call_id() is None  # modal.current_function_call_id(): None outside a Modal input
+    ledger = [k for k in keys if k.startswith("ledger/")]
+    assert len(ledger) == 1 and ledger[0].endswith("/alice/job-1.json")
+    record = json.loads(cloud.get_object(Bucket=BUCKET, Key=ledger[0])["Body"].read())
+    assert record["device_type"] == "local" and record["call_id"] is None
+    assert record["billed_s"] == t.billed_s and record["status"] == "succeeded"
 
 
 def test_with_a_cpu_only_snapshot_the_pool_loads_after_restore(cloud, monkeypatch, reconnects):
