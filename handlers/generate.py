@@ -11,8 +11,9 @@ from typing import Literal
 
 from PIL import Image
 
-from handlers import controlnet, extra_networks, hires, img2img, outputs
+from handlers import controlnet, extra_networks, hires, img2img, metering, outputs
 from handlers.batches import RunContext, StepCallback, StepCounter, batches
+from handlers.censor import censor_images
 from handlers.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
 from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import GenerationRequest, GenerationResponse, ResponseParameters, Timings
@@ -42,11 +43,12 @@ class Generated:
     images: list[Image.Image]
     seeds: list[int]
     infotexts: list[str]
+    nsfw: list[bool] | None = None  # per image, when the NSFW censor screened them
 
 
 def execute_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
-    """The one entry every channel uses (sync route, task workers, Modal, CLI): run the job, then meter it."""
-    return run_job(job, services, on_step)
+    """The one entry every channel uses (sync route, task workers, Modal, CLI): budget, run, one ledger record."""
+    return metering.metered(job, services, on_step, run_job)
 
 
 def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
@@ -78,10 +80,16 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
         try:
             ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner)
             generated = generate(job, model, ctx, inputs)
+        except Canceled as stopped:
+            stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
+            raise
         finally:
             services.progress.finish(job.user, job.task_id)
         generate_s = time.perf_counter() - t0
     load_s += adapters.load_s
+    # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
+    if services.censor is not None:
+        generated.nsfw = censor_images(generated.images, services.censor)
     # 4. Persist the images (and the grid) before anything reports success
     t0 = time.perf_counter()
     saved = persist(job, services, generated, label)
@@ -235,5 +243,6 @@ def respond(job: Job, services: Services, model: LoadedCheckpoint, generated: Ge
     params = ResponseParameters(
         id_task=job.task_id, status=0, image_url=",".join(urls), seed=",".join(map(str, generated.seeds)),
         error_msg="", total_time=timings.total_s, timings=timings,
+        **({"nsfw": generated.nsfw} if generated.nsfw is not None else {}),
     )
     return GenerationResponse(images=images, parameters=params, info=json.dumps(info))

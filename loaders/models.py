@@ -7,7 +7,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +28,30 @@ _NAME = re.compile(r"^[\w][\w .+=@,()\[\]-]{0,254}$")
 _A1111_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
 
 
-def namespaces(user: str) -> list[str]:
-    """Where a user's names resolve, in order: their own models, then the public ones."""
-    return [f"users/{user}/", "public/"]
+ALL_KINDS = frozenset(KIND_DIRS)
+
+
+def set_public_kinds(store: ObjectStore, kinds: Collection[str]) -> None:
+    """Which public model folders this deployment shares (EAS clustered edition: public LoRA/VAE/embeddings on
+    or off). Kept on the store, the one object every resolver is handed, so all callers honour it."""
+    unknown = set(kinds) - ALL_KINDS
+    if unknown:
+        raise ValueError(f"unknown model kinds {sorted(unknown)}; known: {sorted(ALL_KINDS)}")
+    store.public_model_kinds = frozenset(kinds)
+
+
+def public_kinds(store: ObjectStore) -> frozenset[str]:
+    return getattr(store, "public_model_kinds", ALL_KINDS)
+
+
+def namespaces(user: str, kind: str | None = None, shared: Collection[str] = ALL_KINDS) -> list[str]:
+    """Where a user's names resolve, in order: their own models, then the public ones (if that kind is shared)."""
+    own = [f"users/{user}/"]
+    return own if kind is not None and kind not in shared else own + ["public/"]
+
+
+def model_key(namespace: str, kind: str, filename: str) -> str:
+    return f"{namespace}{KIND_DIRS[kind]}/{filename}"
 
 
 def clean_model_name(name: str, field: str) -> str:
@@ -45,9 +66,9 @@ def clean_model_name(name: str, field: str) -> str:
 def resolve_model(store: ObjectStore, user: str, kind: str, name: str, field: str) -> ObjectInfo:
     """The object a tenant means by `name`: their own first, then public; NotFound names the model."""
     filename = clean_model_name(name, field)
-    for ns in namespaces(user):
+    for ns in namespaces(user, kind, public_kinds(store)):
         try:
-            return store.stat(f"{ns}{KIND_DIRS[kind]}/{filename}")
+            return store.stat(model_key(ns, kind, filename))
         except NotFound:
             continue
     raise NotFound(f"`{field}` {name!r}: no such {kind} in your models or the public ones")
@@ -56,7 +77,7 @@ def resolve_model(store: ObjectStore, user: str, kind: str, name: str, field: st
 def list_models(store: ObjectStore, user: str, kind: str) -> list[ObjectInfo]:
     """Models visible to a user; a private file hides a public one of the same name."""
     seen: dict[str, ObjectInfo] = {}
-    for ns in namespaces(user):
+    for ns in namespaces(user, kind, public_kinds(store)):
         for info in store.list(f"{ns}{KIND_DIRS[kind]}/"):
             name = info.key.rsplit("/", 1)[-1]
             if name.endswith(".safetensors") and name not in seen:
