@@ -104,7 +104,12 @@ class Adapters:
     def applied(self, model: LoadedCheckpoint, plan: AdapterPlan) -> Iterator[Applied]:
         """Attach what the plan needs, enable exactly its LoRAs with its scales; disable them again on exit."""
         pipe = model.pipe
-        state = self._state(pipe)
+        state = self._state(pipe, create=bool(plan.loras or plan.embeddings))
+        if state is None:  # nothing to attach, and nothing ever was attached to this pipeline
+            started = time.perf_counter()
+            vae = self._vae(plan.vae, model) if plan.vae else None
+            yield Applied(vae=vae, load_s=time.perf_counter() - started)
+            return
         with state.lock:  # nothing else uses this pipeline's adapters until this request is done
             started = time.perf_counter()
             try:
@@ -120,7 +125,8 @@ class Adapters:
                     _set_enabled(pipe, False)
 
     def loaded_loras(self, pipe) -> list[str]:
-        return list(self._state(pipe).loras.values())
+        state = self._state(pipe, create=False)
+        return list(state.loras.values()) if state else []
 
     # --- LoRA ---
 
@@ -203,11 +209,21 @@ class Adapters:
                 self._vaes.popitem(last=False)
         return vae
 
-    def _state(self, pipe) -> _PipeState:
+    def _state(self, pipe, *, create: bool) -> _PipeState | None:
+        """The adapters attached to `pipe` (weakly keyed: an evicted pipeline takes its state with it)."""
         with self._guard:
-            if pipe not in self._pipes:
-                self._pipes[pipe] = _PipeState()
-            return self._pipes[pipe]
+            state = self._pipes.get(pipe) if _weakrefable(pipe) else None
+            if state is None and create:
+                state = self._pipes[pipe] = _PipeState()
+            return state
+
+
+def _weakrefable(obj) -> bool:
+    try:
+        weakref.ref(obj)
+        return True
+    except TypeError:
+        return False
 
 
 def _embedding_vectors(state: dict):

@@ -28,7 +28,8 @@ class FakeBuilder:
 
 
 class ScriptedGeneration:
-    """Replaces generate_txt2img: runs `steps` callbacks (sleeping `step_s` each) then does what the script says.
+    """Replaces handlers.generate.generate (every mode): runs `steps` callbacks (sleeping `step_s` each), then
+    does what the script says.
 
     outcome(job_call_index) → "ok" | "fail" | ("cancel", k) | "crash"; "crash" raises a BaseException,
     which is how a killed process looks to the code above it (nothing after it runs).
@@ -40,7 +41,8 @@ class ScriptedGeneration:
         self.script: Callable[[int], object] = lambda i: "ok"
         self.lock = threading.Lock()
 
-    def __call__(self, req, model, on_step, refiner=None, control=None):
+    def __call__(self, job, model, ctx, inputs=None):
+        req, on_step = job.request, ctx.steps.on_step
         with self.lock:
             index = self.calls
             self.calls += 1
@@ -67,7 +69,7 @@ class Crash(BaseException):
 def fake_services(store, tmp_path, monkeypatch, **overrides):
     builder = FakeBuilder()
     gen = ScriptedGeneration()
-    monkeypatch.setattr(generate, "generate_txt2img", gen)
+    monkeypatch.setattr(generate, "generate", gen)
     settings = Settings(store=f"file://{tmp_path / 'data'}", cache_dir=tmp_path / "cache", device="cpu",
                         tokens=",".join(f"{u}={t}" for u, t in TOKENS.items()), admins="root", **overrides)
     services = build_services(settings, store=store, builder=builder)
