@@ -9,6 +9,7 @@ from pathlib import Path
 from handlers.api import create_app
 from handlers.services import Services, build_services
 from handlers.settings import Settings
+from handlers.workers import start_background
 from loaders.demo_model import DEMO_NAME, install_demo
 
 LOCAL_USER = "local"
@@ -42,6 +43,7 @@ def serve(settings: Settings, host: str, port: int, data_dir: Path | None) -> No
 
     services = prepare(settings)
     app = create_app(services)
+    start_background(services)  # re-queue tasks a previous run left open; poll inboxes when enabled
     url = f"http://{host}:{port}"
     if settings.tokens:
         token, who = "<your token from EASEL_TOKENS>", "EASEL_TOKENS users"

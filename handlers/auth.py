@@ -74,6 +74,16 @@ class TokenRegistry:
             self._cache[key] = (now, tenant)
         return tenant
 
+    def users(self) -> list[str]:
+        """Every user holding a token (sorted, once each)."""
+        names = set()
+        for info in self.store.list("system/tokens/"):
+            try:
+                names.add(json.loads(self.store.get_bytes(info.key))["user"])
+            except (NotFound, ValueError, KeyError):
+                continue
+        return sorted(names)
+
     def _forget(self, token: str) -> None:
         with self._lock:
             self._cache.pop(_token_key(token), None)

@@ -36,6 +36,8 @@ class GenerationRequest(BaseModel):
     override_settings: dict[str, Any] = Field(default_factory=dict)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     force_task_id: str | None = None
+    webhook: str | None = Field(None, max_length=2048,
+                                description="with ?task_id=: POSTed the finished task (signed X-Easel-Signature)")
 
     @field_validator("width", "height")
     @classmethod

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from handlers.auth import TokenRegistry
+from handlers.executor import Executor
 from handlers.settings import Settings
 from loaders.models import ModelManager, build_pipeline
 from loaders.storage import ObjectStore, open_store
@@ -60,6 +61,7 @@ class Services:
     tokens: TokenRegistry
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
+    executor: Executor | None = None  # runs queued tasks (handlers.tasks.LocalExecutor unless replaced)
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route."""
@@ -78,4 +80,8 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     admins = settings.admin_users()
     for user, token in settings.token_pairs():
         tokens.add(user, "admin" if user in admins else "user", token)
-    return Services(settings, store, models, tokens)
+    services = Services(settings, store, models, tokens)
+    from handlers.workers import LocalExecutor  # late: workers import Services
+
+    services.executor = LocalExecutor(services)
+    return services

@@ -26,6 +26,14 @@ class Settings(BaseSettings):
     url_expiry_s: int = Field(3600, ge=60, description="lifetime of signed output URLs")
     max_body_mb: int = Field(64, ge=1, description="largest request body accepted")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
+    # --- async tasks and bucket-upload events (handlers/tasks.py, handlers/events.py) ---
+    task_workers: int = Field(1, ge=1, le=64, description="local worker threads running queued tasks")
+    task_lease_s: float = Field(600.0, gt=0, description="a running task not heard from this long is re-run once")
+    task_progress_interval_s: float = Field(1.0, ge=0, description="least time between progress writes to a task record")
+    webhook_secret: str = Field("", description="HMAC-SHA256 key signing webhook POSTs; webhooks are refused unset")
+    webhook_attempts: int = Field(5, ge=1, le=20, description="deliveries tried per webhook before giving up")
+    webhook_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
+    watch_interval_s: float = Field(0.0, ge=0, description="poll users/*/inbox/ every this many seconds in `easel serve` (0 = off)")
 
     def token_pairs(self) -> list[tuple[str, str]]:
         """`EASEL_TOKENS` as (user, token) pairs."""
