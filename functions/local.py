@@ -51,6 +51,7 @@ def serve(settings: Settings, host: str, port: int, data_dir: Path | None) -> No
         token, who = local_token(services, data_dir or Path("data")), f"user '{LOCAL_USER}'"
     print(banner(url, token, who, settings), flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
+    services.executor.release()  # graceful stop: running tasks go back to the queue for the next start
 
 
 def banner(url: str, token: str, who: str, settings: Settings) -> str:

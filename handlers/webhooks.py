@@ -77,12 +77,14 @@ def deliver(services: Services, record: TaskRecord, sender: WebhookSender,
                    "X-Easel-Signature": sign(settings.webhook_secret, timestamp, body),
                    "X-Easel-Task-Id": record.task_id, "X-Easel-Delivery-Attempt": str(attempt)}
         try:
+            sender.check_url(record.webhook)
+        except InvalidRequest as e:  # refused (private address, no such host): retrying will not help
+            state.status_code, state.error = None, str(e)
+            break
+        try:
             state.status_code = sender.post_json(record.webhook, body, headers)
             state.error = "" if 200 <= state.status_code < 300 else f"HTTP {state.status_code}"
-        except InvalidRequest as e:  # the URL is refused (private address...): retrying will not help
-            state.error = str(e)
-            break
-        except Exception as e:  # network failure, timeout: retry
+        except Exception as e:  # refused connection, timeout (the fetcher reports these as InvalidRequest): retry
             state.status_code, state.error = None, f"{type(e).__name__}: {e}"
         if not state.error:
             state.delivered = True

@@ -72,6 +72,21 @@ class LocalExecutor:
             time.sleep(0.02)
         return False
 
+    def release(self) -> int:
+        """On a graceful shutdown: hand the tasks running here back to the queue at once (not counted as a
+        lost attempt), so the next start runs them without waiting for the lease to expire."""
+        with self._lock:
+            running = list(self._running)
+        released = 0
+        for user, task_id in running:
+            with tasks.record_lock(user, task_id):
+                record = tasks.load_task(self.services, user, task_id)
+                if record.status == "running" and record.lease and record.lease.owner == self.owner:
+                    record.status, record.lease, record.attempts = "queued", None, max(0, record.attempts - 1)
+                    tasks.save_task(self.services, record)
+                    released += 1
+        return released
+
     def stop(self, timeout_s: float = 10.0) -> None:
         with self._lock:
             self._stopped = True

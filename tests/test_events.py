@@ -196,3 +196,13 @@ def test_image_without_recipe_is_ignored(client, store, services):
     upload(store, "users/alice/inbox/loose/photo.png", png("blue"))
     assert post_event(client, s3_event("users/alice/inbox/loose/photo.png")).json()["results"][0]["status"] == "ignored"
     assert poll_inbox(services) == []
+
+
+def test_easel_watch_once_runs_the_inbox(store, services, tmp_path, capsys, monkeypatch):
+    from functions.cli import main
+
+    monkeypatch.setenv("EASEL_CACHE_DIR", str(tmp_path / "cache"))
+    upload(store, "users/alice/inbox/cli.json", request_json())
+    assert main(["watch", "--once", "--data-dir", str(tmp_path / "data"), "--timeout", "120"]) == 0
+    assert "users/alice/inbox/cli.json\ttask\tev-" in capsys.readouterr().out
+    assert json.loads(store.get_bytes("users/alice/outbox/cli.result.json"))["status"] == "succeeded"

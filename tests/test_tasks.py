@@ -62,14 +62,14 @@ def submit(client, task_id, user="alice", **body):
                        headers=auth(user))
 
 
-def wait_for(client, task_id, user="alice", until=("succeeded", "failed", "canceled"), timeout=60.0):
+def wait_for(client, task_id, user="alice", until=("succeeded", "failed", "canceled"), timeout=180.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         task = client.get(f"/tasks/{task_id}", headers=auth(user)).json()
         if task["status"] in until:
             return task
         time.sleep(0.05)  # polling harder steals the GIL from the worker
-    raise AssertionError(f"task {task_id} still {task['status']} after {timeout}s")
+    raise AssertionError(f"task {task_id} still {task['status']} after {timeout}s: {task}")
 
 
 def outputs_of(store, user, task_id):
@@ -178,7 +178,7 @@ def test_sse_delivers_progress_then_final_state(client, monkeypatch):
 
 
 def test_webhook_is_signed_and_retried_without_rerunning(client, store, sender):
-    sender.outcomes = [500, OSError("connection refused"), 200]
+    sender.outcomes = [500, InvalidRequest("`webhook` could not be fetched: ConnectError"), 200]
     r = submit(client, "wh", webhook="https://hooks.example.com/done")
     assert r.status_code == 200, r.text
     wait_for(client, "wh")
@@ -263,3 +263,29 @@ def test_cli_tasks_list_show_cancel(client, async_services, tmp_path, capsys):
     assert main(["tasks", "show", "nope", *data]) == 2
     assert main(["tasks", "cancel", "cli-1", *data]) == 0
     assert capsys.readouterr().out.strip() == "succeeded"
+
+
+def test_graceful_release_requeues_a_running_task_which_recovery_then_finishes(client, async_services, store):
+    submit(client, "handback", steps=30)
+    deadline = time.monotonic() + 30
+    while client.get("/tasks/handback", headers=auth()).json()["progress"]["step"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert async_services.executor.release() == 1
+    task = client.get("/tasks/handback", headers=auth()).json()
+    assert task["status"] == "queued" and task["attempts"] == 0
+    assert async_services.executor.wait_idle(30)  # the old run notices and stops at its next step
+    assert outputs_of(store, "alice", "handback") == []
+    assert async_services.executor.recover() == 1
+    task = wait_for(client, "handback")
+    assert task["status"] == "succeeded" and task["attempts"] == 1
+    assert len(outputs_of(store, "alice", "handback")) == 1
+
+
+def test_real_fetcher_refuses_a_loopback_webhook_at_submission(client, async_services):
+    from handlers.webhooks import FetchSender
+
+    async_services.executor.sender = FetchSender()
+    r = submit(client, "wh-loop", webhook="http://127.0.0.1:8080/hook")
+    assert r.status_code == 422 and "webhook" in r.json()["detail"]
+    assert client.get("/tasks/wh-loop", headers=auth()).status_code == 404
