@@ -19,7 +19,8 @@ from handlers.services import Services
 from loaders.errors import Forbidden, InvalidRequest
 
 router = APIRouter()
-SSE_POLL_S = 0.25
+SSE_TICK_S = 0.01  # how often a stream checks for a write by this process (no store read)
+SSE_POLL_S = 1.0  # how often it reads the store anyway, for writers in other processes
 SSE_HEARTBEAT_S = 15.0
 
 
@@ -79,9 +80,11 @@ def task_events(task_id: str, who: Tenant = Depends(get_tenant), services: Servi
 
 
 async def _stream(services: Services, user: str, task_id: str):
-    # The record is the source of truth (the task may run in another process or on Modal): poll it.
+    # The record is the source of truth (the task may run in another process or on Modal): read it when
+    # this process wrote it, or every SSE_POLL_S.
     last_status, last_step, last_sent, n = None, None, time.monotonic(), 0
     while True:
+        version, read_at = tasks.record_version(user, task_id), time.monotonic()
         record = await run_in_threadpool(tasks.load_task, services, user, task_id)
         if record.done:
             yield _sse(record.status, task_view(record), n)
@@ -94,7 +97,8 @@ async def _stream(services: Services, user: str, task_id: str):
             if time.monotonic() - last_sent > SSE_HEARTBEAT_S:
                 last_sent = time.monotonic()
                 yield ": keep-alive\n\n"
-            await asyncio.sleep(SSE_POLL_S)
+            while tasks.record_version(user, task_id) == version and time.monotonic() - read_at < SSE_POLL_S:
+                await asyncio.sleep(SSE_TICK_S)
             continue
         last_status, last_step, last_sent, n = record.status, record.progress.step, time.monotonic(), n + 1
 

@@ -111,6 +111,15 @@ def record_lock(user: str, task_id: str) -> threading.Lock:
         return _locks.setdefault(record_key(user, task_id), threading.Lock())
 
 
+# Bumped on every record write in this process, so SSE streams look at the store the moment a local
+# worker writes, and only every so often for writers elsewhere (another process, Modal).
+_versions: dict[str, int] = {}
+
+
+def record_version(user: str, task_id: str) -> int:
+    return _versions.get(record_key(user, task_id), 0)
+
+
 # --- requests ---------------------------------------------------------------------------------------
 
 def request_class(mode: str) -> type[GenerationRequest]:
@@ -151,8 +160,10 @@ def load_task(services: Services, user: str, task_id: str) -> TaskRecord:
 
 
 def save_task(services: Services, record: TaskRecord) -> None:
-    services.store.put_bytes(record_key(record.user, record.task_id), record.model_dump_json().encode(),
-                             "application/json")
+    key = record_key(record.user, record.task_id)
+    services.store.put_bytes(key, record.model_dump_json().encode(), "application/json")
+    with _locks_guard:
+        _versions[key] = _versions.get(key, 0) + 1
 
 
 def list_tasks(services: Services, user: str, status: str | None = None, limit: int = 50) -> list[TaskRecord]:

@@ -9,7 +9,6 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from handlers import task_routes
 from handlers.api import create_app
 from handlers.webhooks import verify_signature
 from handlers.workers import LocalExecutor
@@ -164,8 +163,7 @@ def parse_sse(text: str) -> list[tuple[str, dict]]:
     return events
 
 
-def test_sse_delivers_progress_then_final_state(client, monkeypatch):
-    monkeypatch.setattr(task_routes, "SSE_POLL_S", 0.01)
+def test_sse_delivers_progress_then_final_state(client):
     submit(client, "sse", steps=20)
     r = client.get("/tasks/sse/events", headers=auth())
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
