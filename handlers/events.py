@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from handlers import tasks
 from handlers.auth import USER_NAME
 from handlers.services import Services
+from handlers.users import UserRegistry
 from loaders.errors import EaselError, InvalidRequest, NotFound
 from loaders.storage import ObjectInfo
 
@@ -131,6 +132,8 @@ def handle_object(services: Services, info: ObjectInfo, base_url: str | None = N
     if where is None:
         return _ignored(info.key, "not under users/<user>/inbox/")
     user, folder, name = where
+    if user not in active_users(services):
+        return _ignored(info.key, f"no active user {user!r} (a revoked user's uploads are not billed)")
     kind = input_kind(services, info.key, folder, name)
     if kind is None:
         return _ignored(info.key, "not a request .json, nor an image beside a recipe.json")
@@ -155,6 +158,10 @@ def handle_object(services: Services, info: ObjectInfo, base_url: str | None = N
                                                      "error": message})
         return EventOutcome(info.key, "error", None, message)
     return EventOutcome(info.key, "task", task_id)
+
+
+def active_users(services: Services) -> list[str]:
+    return [r.name for r in UserRegistry(services.store, services.tokens).list() if r.active]
 
 
 def _ignored(key: str, reason: str) -> EventOutcome:
@@ -278,11 +285,11 @@ def write_manifest(services: Services, stem: str, manifest: dict) -> None:
 # --- the poller (stores without notifications) --------------------------------------------------------
 
 def poll_inbox(services: Services) -> list[EventOutcome]:
-    """One pass over users/*/inbox/ from the cursor; every user with a token has an inbox."""
+    """One pass over users/*/inbox/ from the cursor; every active user has an inbox."""
     since = _read_cursor(services)
     newest = since
     outcomes = []
-    for user in services.tokens.users():
+    for user in active_users(services):
         for info in services.store.list(f"users/{user}/inbox/"):
             if info.modified < since - CURSOR_SLACK_S:
                 continue

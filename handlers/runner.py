@@ -15,8 +15,10 @@ from loaders.errors import EaselError
 log = logging.getLogger("easel.tasks")
 
 
-class LeaseLost(Canceled):
-    """Another worker took the task over (our lease had expired): stop without touching the record."""
+class LeaseLost(Exception):
+    """Another worker took the task over, or a graceful shutdown handed it back: stop without touching the
+    record. Not a Canceled: the ledger notes this attempt as failed (billed 0), and the attempt that
+    finishes the task replaces it, so the user is billed for the run that produced the images."""
 
 
 @dataclass

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from handlers.auth import TokenRegistry
 from handlers.executor import Executor
+from handlers.metering import Meter
 from handlers.settings import Settings
-from loaders.models import ModelManager, build_pipeline
+from handlers.users import UserRegistry
+from loaders.family_configs import FamilyConfigs
+from loaders.controlnet import ControlNetCache
+from loaders.models import ModelManager, build_pipeline, set_public_kinds
+from loaders.prompt_models import PromptModels
+from loaders.safety_checker import SafetyChecker, load_safety_checker
 from loaders.storage import ObjectStore, open_store
 
 
@@ -59,8 +68,19 @@ class Services:
     store: ObjectStore
     models: ModelManager
     tokens: TokenRegistry
+    controlnets: ControlNetCache
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
+    censor: SafetyChecker | None = None  # set when EASEL_ENABLE_NSFW_CENSOR is on
+    prompt_models: PromptModels | None = None
+    meter: Meter | None = None  # price and budget state (handlers.metering); built lazily when None
+    # Where a sync request's job runs: None = in this process (handlers.generate.execute_job); the Modal web
+    # container sets a callable (job, services) -> GenerationResponse that calls the GPU class instead.
+    runner: Callable[[Any, Services], Any] | None = None
+    # For the ledger: the device an execution ran on ("" = this process's torch device) and the platform's id
+    # of the current call (Modal's function call id; None locally). The Modal GPU container sets both.
+    device_label: str = ""
+    call_id: Callable[[], str | None] = lambda: None
     executor: Executor | None = None  # runs queued tasks (handlers.tasks.LocalExecutor unless replaced)
 
     def url_for(self, key: str, base_url: str) -> str:
@@ -68,20 +88,27 @@ class Services:
         return self.store.url(key, self.settings.url_expiry_s) or f"{base_url.rstrip('/')}/files/{key}"
 
 
-def build_services(settings: Settings, *, store: ObjectStore | None = None, builder=build_pipeline) -> Services:
+def build_services(settings: Settings, *, store: ObjectStore | None = None, builder=None) -> Services:
     store = store or open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
+    # Real families' config folders are completed with tokenizers from the image or the bucket.
+    builder = builder or partial(build_pipeline, configs=FamilyConfigs(store, settings.cache_dir,
+                                                                      settings.tokenizers_dir))
     if settings.cpu_threads:
         import torch
 
         torch.set_num_threads(settings.cpu_threads)
     models = ModelManager(store, settings.cache_dir, device=settings.device,
                           capacity=settings.pipeline_cache_size, builder=builder)
+    set_public_kinds(store, settings.public_model_kinds())
     tokens = TokenRegistry(store)
-    admins = settings.admin_users()
-    for user, token in settings.token_pairs():
-        tokens.add(user, "admin" if user in admins else "user", token)
-    services = Services(settings, store, models, tokens)
+    UserRegistry(store, tokens).seed(settings.token_pairs(), settings.admin_users())
+    controlnets = ControlNetCache(store, settings.cache_dir, capacity=settings.controlnet_cache_size)
+    # Loaded at start-up so a missing safety checker stops the server with a clear message, not a request.
+    censor = load_safety_checker(store, settings.cache_dir, models.device) if settings.enable_nsfw_censor else None
+    services = Services(settings, store, models, tokens, controlnets=controlnets,
+                        meter=Meter(settings, models.device), censor=censor,
+                        prompt_models=PromptModels(store, settings.cache_dir, device=models.device))
     from handlers.workers import LocalExecutor  # late: workers import Services
 
-    services.executor = LocalExecutor(services)
+    services.executor = LocalExecutor(services)  # Modal's web container replaces it with ModalExecutor
     return services

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loaders.demo_model import DEMO_NAME
@@ -22,10 +22,28 @@ class Settings(BaseSettings):
     default_checkpoint: str = DEMO_NAME
     cache_dir: Path = Field(Path.home() / ".cache" / "easel", description="checkpoint download cache")
     pipeline_cache_size: int = Field(2, ge=1, description="pipelines kept loaded (LRU)")
+    controlnet_cache_size: int = Field(4, ge=1, description="ControlNet models kept loaded (LRU)")
     gpu_price_per_second: float = Field(0.0, ge=0, description="price of one billed device-second")
     url_expiry_s: int = Field(3600, ge=60, description="lifetime of signed output URLs")
     max_body_mb: int = Field(64, ge=1, description="largest request body accepted")
+    tokenizers_dir: Path | None = Field(None, description="folder of CLIP tokenizers baked into the image "
+                                        "(<name>/tokenizer.json); else the bucket's system/tokenizers/")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
+    # --- tenancy, uploads, metering (handlers/users.py, handlers/models_api.py, handlers/metering.py) ---
+    public_lora: bool = Field(True, description="users see public/models/Lora (EAS clustered edition switch)")
+    public_vae: bool = Field(True, description="users see public/models/VAE")
+    public_embeddings: bool = Field(True, description="users see public/embeddings")
+    max_upload_mb: int = Field(8192, ge=1, description="largest model file accepted by POST /models/{kind}")
+    prices: dict[str, float] = Field(default_factory=dict, description='price per billed second by device type, '
+                                     'matched in the device name: \'{"cpu":0,"H100":0.0011}\'')
+    device_type: str | None = Field(None, description="device type for pricing and the ledger (default: detected)")
+    budget_seconds_per_month: float | None = Field(None, ge=0, description="default monthly budget, billed seconds")
+    budget_cost_per_month: float | None = Field(None, ge=0, description="default monthly budget, currency")
+    usage_close_after_s: int = Field(86400, ge=0, description="a day's usage roll-up is final this long after "
+                                     "the day ends (longer than any request waits in a queue)")
+    hide_tabs: str = Field("", description='web page tabs to hide: "files,prompt" (the seed\'s --always-hide-tabs)')
+    enable_nsfw_censor: bool = Field(False, description="screen outputs with public/models/safety_checker/")
+
     # --- async tasks and bucket-upload events (handlers/tasks.py, handlers/events.py) ---
     task_workers: int = Field(1, ge=1, le=64, description="local worker threads running queued tasks")
     task_lease_s: float = Field(600.0, gt=0, description="a running task not heard from this long is re-run once")
@@ -34,6 +52,9 @@ class Settings(BaseSettings):
     webhook_attempts: int = Field(5, ge=1, le=20, description="deliveries tried per webhook before giving up")
     webhook_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
     watch_interval_s: float = Field(0.0, ge=0, description="poll users/*/inbox/ every this many seconds in `easel serve` (0 = off)")
+
+    def hidden_tabs(self) -> list[str]:
+        return [t.strip().lower() for t in self.hide_tabs.split(",") if t.strip()]
 
     def token_pairs(self) -> list[tuple[str, str]]:
         """`EASEL_TOKENS` as (user, token) pairs."""
@@ -47,3 +68,16 @@ class Settings(BaseSettings):
 
     def admin_users(self) -> set[str]:
         return {a.strip() for a in self.admins.split(",") if a.strip()}
+
+    def public_model_kinds(self) -> set[str]:
+        """Model kinds whose public folder users may resolve (checkpoints and ControlNet are always shared)."""
+        switches = {"lora": self.public_lora, "vae": self.public_vae, "embedding": self.public_embeddings}
+        return {"checkpoint", "controlnet"} | {kind for kind, on in switches.items() if on}
+
+    @field_validator("prices")
+    @classmethod
+    def _non_negative_prices(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: p for k, p in v.items() if not p >= 0}
+        if bad:
+            raise ValueError(f"EASEL_PRICES must be non-negative, not {bad}")
+        return v

@@ -206,3 +206,13 @@ def test_easel_watch_once_runs_the_inbox(store, services, tmp_path, capsys, monk
     assert main(["watch", "--once", "--data-dir", str(tmp_path / "data"), "--timeout", "120"]) == 0
     assert "users/alice/inbox/cli.json\ttask\tev-" in capsys.readouterr().out
     assert json.loads(store.get_bytes("users/alice/outbox/cli.result.json"))["status"] == "succeeded"
+
+
+def test_a_revoked_users_uploads_are_ignored(client, store, services):
+    from handlers.users import UserRegistry
+
+    UserRegistry(store, services.tokens).revoke("bob")
+    upload(store, "users/bob/inbox/late.json", request_json())
+    r = post_event(client, s3_event("users/bob/inbox/late.json"))
+    assert r.json()["results"][0]["status"] == "ignored" and "bob" in r.json()["results"][0]["reason"]
+    assert poll_inbox(services) == [] and task_ids(store, "bob") == []

@@ -77,6 +77,8 @@ def test_killed_server_finishes_the_task_after_restart_once(tmp_path):
         assert task["attempts"] == 2 and task["result"]["parameters"]["seed"] == "8"
         outputs = [p for p in (data / "users/alice/outputs").rglob("*.png") if "-slow-1-" in p.name]
         assert len(outputs) == 1
+        ledger = [json.loads(p.read_text()) for p in (data / "ledger").rglob("slow-1.json")]
+        assert [r["status"] for r in ledger] == ["succeeded"]  # one billing record
         # submitting it again returns the finished task; nothing runs a third time
         again = httpx.post(f"{url}/sdapi/v1/txt2img?task_id=slow-1", json=body, headers=HEADERS, timeout=30)
         assert again.json() == {"task_id": "slow-1", "status": "succeeded"}

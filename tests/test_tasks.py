@@ -278,6 +278,8 @@ def test_graceful_release_requeues_a_running_task_which_recovery_then_finishes(c
     task = wait_for(client, "handback")
     assert task["status"] == "succeeded" and task["attempts"] == 1
     assert len(outputs_of(store, "alice", "handback")) == 1
+    ledger = [json.loads(store.get_bytes(i.key)) for i in store.list("ledger/") if i.key.endswith("/handback.json")]
+    assert [r["status"] for r in ledger] == ["succeeded"]  # billed once, for the run that made the image
 
 
 def test_real_fetcher_refuses_a_loopback_webhook_at_submission(client, async_services):
