@@ -132,7 +132,7 @@ def handle_object(services: Services, info: ObjectInfo, base_url: str | None = N
     if where is None:
         return _ignored(info.key, "not under users/<user>/inbox/")
     user, folder, name = where
-    if user not in active_users(services):
+    if not is_active(services, user):
         return _ignored(info.key, f"no active user {user!r} (a revoked user's uploads are not billed)")
     kind = input_kind(services, info.key, folder, name)
     if kind is None:
@@ -151,13 +151,27 @@ def handle_object(services: Services, info: ObjectInfo, base_url: str | None = N
         if request.webhook:
             raise InvalidRequest("`webhook` is not available for uploads; read the manifest in outbox/")
         tasks.submit_task(services, user, mode, request, task_id, base_url=base_url, origin=origin)
-    except (EaselError, ValidationError, ValueError) as e:
-        message = _message(e)
-        log.info("upload %s refused: %s", info.key, message)
-        write_manifest(services, origin["outbox"], {"task_id": None, "status": "failed", "source": info.key,
-                                                     "error": message})
-        return EventOutcome(info.key, "error", None, message)
+    except EaselError as e:
+        if e.status >= 500:  # the store failed, not the upload: let the next delivery or poll try again
+            services.store.delete(marker)
+            raise
+        return _refused(services, info, origin, e)
+    except (ValidationError, ValueError) as e:
+        return _refused(services, info, origin, e)
     return EventOutcome(info.key, "task", task_id)
+
+
+def _refused(services: Services, info: ObjectInfo, origin: dict, e: Exception) -> EventOutcome:
+    message = _message(e)
+    log.info("upload %s refused: %s", info.key, message)
+    write_manifest(services, origin["outbox"], {"task_id": None, "status": "failed", "source": info.key,
+                                                 "error": message})
+    return EventOutcome(info.key, "error", None, message)
+
+
+def is_active(services: Services, user: str) -> bool:
+    record = UserRegistry(services.store, services.tokens).find(user)
+    return record is not None and record.active
 
 
 def active_users(services: Services) -> list[str]:

@@ -216,3 +216,24 @@ def test_a_revoked_users_uploads_are_ignored(client, store, services):
     r = post_event(client, s3_event("users/bob/inbox/late.json"))
     assert r.json()["results"][0]["status"] == "ignored" and "bob" in r.json()["results"][0]["reason"]
     assert poll_inbox(services) == [] and task_ids(store, "bob") == []
+
+
+def test_a_store_failure_is_a_503_and_the_next_delivery_makes_the_task(client, store, monkeypatch):
+    from handlers import tasks
+    from loaders.errors import StorageError
+
+    real, calls = tasks.submit_task, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise StorageError("storage error on 'users/alice/tasks/x.json': SlowDown")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "submit_task", flaky)
+    upload(store, "users/alice/inbox/retry.json", request_json())
+    assert post_event(client, s3_event("users/alice/inbox/retry.json")).status_code == 503
+    assert not store.exists("users/alice/outbox/retry.result.json")
+    r = post_event(client, s3_event("users/alice/inbox/retry.json"))
+    assert r.json()["results"][0]["status"] == "task"
+    assert manifest(store, "users/alice/outbox/retry.result.json")["status"] == "succeeded"
