@@ -57,15 +57,18 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     info = resolve_checkpoint(job, services)
     # 2. Load the checkpoint (free when resident)
     model, load_s = services.models.checkpoint(info)
-    # 3. Generate (denoise + decode): the billed part
-    with services.device_lock:
-        t0 = time.perf_counter()
-        services.progress.start(job.user, job.task_id, req.steps * req.n_iter)
-        try:
-            generated = generate_txt2img(req, model, _with_progress(job, services, on_step))
-        finally:
-            services.progress.finish(job.user, job.task_id)
-        generate_s = time.perf_counter() - t0
+    # 3. Generate (denoise + decode): the billed part. Look-alike concurrent requests may share one batch.
+    if services.batcher is not None and services.batcher.applies(job, model):
+        generated, generate_s = services.batcher.generate(job, services, model, _with_progress(job, services, on_step))
+    else:
+        with services.device_lock:
+            t0 = time.perf_counter()
+            services.progress.start(job.user, job.task_id, req.steps * req.n_iter)
+            try:
+                generated = generate_txt2img(req, model, _with_progress(job, services, on_step))
+            finally:
+                services.progress.finish(job.user, job.task_id)
+            generate_s = time.perf_counter() - t0
     # 4. Persist the images (and the grid) before anything reports success
     t0 = time.perf_counter()
     saved = persist(job, services, generated, label)

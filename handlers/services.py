@@ -6,7 +6,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from handlers import acceleration
 from handlers.auth import TokenRegistry
+from handlers.batching import Batcher
 from handlers.settings import Settings
 from loaders.models import ModelManager, build_pipeline
 from loaders.storage import ObjectStore, open_store
@@ -60,6 +62,7 @@ class Services:
     tokens: TokenRegistry
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: Batcher | None = None  # look-alike txt2img requests share one device batch (handlers/batching.py)
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route."""
@@ -72,10 +75,13 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
         import torch
 
         torch.set_num_threads(settings.cpu_threads)
+    device_lock = threading.Lock()
+    builder = acceleration.wrap_builder(settings, store, device_lock, builder)  # CUDA fast path, tiny VAE
     models = ModelManager(store, settings.cache_dir, device=settings.device,
                           capacity=settings.pipeline_cache_size, builder=builder)
     tokens = TokenRegistry(store)
     admins = settings.admin_users()
     for user, token in settings.token_pairs():
         tokens.add(user, "admin" if user in admins else "user", token)
-    return Services(settings, store, models, tokens)
+    return Services(settings, store, models, tokens, device_lock=device_lock,
+                    batcher=Batcher.from_settings(settings, device_lock))
