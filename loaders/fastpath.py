@@ -224,11 +224,13 @@ def install_dispatch(pipe, state: FastState, compile_fn: Callable[[Callable], Ca
     return [unet, decode]
 
 
-def warm_bucket(pipe, width: int, height: int, batch_sizes: tuple[int, ...], runs: int = 3) -> None:
+def warm_bucket(pipe, width: int, height: int, batch_sizes: tuple[int, ...], runs: int = 3,
+                inputs: Callable[[int], dict] | None = None) -> None:
     """Compile and capture one (width, height) bucket for each batch size by running the pipeline.
 
     Three short runs per batch size: the first compiles, cudagraph trees warm up on the next and record
-    on the third, so the first real request replays a graph.
+    on the third, so the first real request replays a graph. `inputs(batch)` gives prompt arguments for
+    pipelines without text encoders (prompt strings otherwise).
     """
     import torch
 
@@ -237,10 +239,10 @@ def warm_bucket(pipe, width: int, height: int, batch_sizes: tuple[int, ...], run
         return
     with _all_warming(state.dispatch), torch.no_grad():
         for b in batch_sizes:
+            prompts = inputs(b) if inputs else {"prompt": ["warm-up"] * b, "negative_prompt": [""] * b}
             for _ in range(runs):
-                pipe(prompt=["warm-up"] * b, negative_prompt=[""] * b, num_inference_steps=2, width=width,
-                     height=height, guidance_scale=7.0, output_type="pt",
-                     generator=[torch.Generator("cpu").manual_seed(i) for i in range(b)])
+                pipe(**prompts, num_inference_steps=2, width=width, height=height, guidance_scale=7.0,
+                     output_type="pt", generator=[torch.Generator("cpu").manual_seed(i) for i in range(b)])
     state.warmed.add((width, height))
 
 

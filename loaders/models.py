@@ -8,6 +8,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +121,7 @@ def build_pipeline(path: Path, family: str, device: str):
         config=str(config_dir(family)),
         local_files_only=True,  # no model hub, ever
         torch_dtype=dtype,
+        device=device,  # UNet and VAE weights go from the mmapped file straight to the device: no host copy
         safety_checker=None,
         requires_safety_checker=False,
     )
@@ -170,6 +172,8 @@ class ModelManager:
             config_dir(family)
         except KeyError:
             raise InvalidRequest(f"checkpoint {name!r} is a {family} model, which this server cannot load") from None
-        pipe = self.builder(path, family, self.device)
-        sha = self._hashes[(info.key, info.etag)] = sha256_file(path)
+        with ThreadPoolExecutor(1) as pool:  # hashing GBs takes seconds: overlap it with the build (no GIL)
+            digest = pool.submit(sha256_file, path)
+            pipe = self.builder(path, family, self.device)
+            sha = self._hashes[(info.key, info.etag)] = digest.result()
         return LoadedCheckpoint(pipe, info.key, info.etag, family, name.removesuffix(".safetensors"), sha)
