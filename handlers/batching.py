@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from handlers import outputs
 from handlers.samplers import find_sampler, make_scheduler
-from loaders.fastpath import fast_state, keep_step_tables_on_cpu
+from loaders.fastpath import fast_state
 
 # Request fields the batch honours; any other field away from its default means "run alone", so a field
 # added to the schema later (hires fix, clip skip, ...) can never be silently dropped by a batch.
@@ -197,8 +197,6 @@ def run_batch(members: list[_Member], model, method: str = "Full") -> list:
 def _pipeline_view(base, req, state, method: str):
     """The shared pipeline's modules with this batch's own scheduler (and tiny VAE when asked for)."""
     scheduler = make_scheduler(base.scheduler.config, find_sampler(req.sampler), req.schedule)
-    if state is not None and state.device == "cuda":
-        keep_step_tables_on_cpu(scheduler)
     components = {**base.components, "scheduler": scheduler}
     if method == "TAESD" and state is not None and state.tiny_vae is not None:
         components["vae"] = state.tiny_vae

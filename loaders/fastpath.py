@@ -10,6 +10,9 @@ does and why (anchors in shared/PERF.md: vanilla eager 0.77 s, compile + CUDA gr
   which remove the per-kernel launch cost that makes eager SD launch-bound (32 it/s on an H200). Graphs are
   recorded per exact shape, so compiled calls are limited to configured shape buckets through
   `ShapeDispatch`; other shapes run eager and nothing compiles inside a request.
+- The step loop does not sync: diffusers' Euler-family schedulers keep sigmas on the CPU already and index
+  timesteps once per call. (Moving timesteps to the CPU too would change the UNet's input device between
+  warm-up and the request paths, i.e. a second set of graphs, for one `nonzero()` per image.)
 - Opt-ins: fused QKV (breaks LoRA loading onto to_q/k/v, so off by default), fp8 weights on Hopper/Ada
   (torchao), a tiny VAE (AutoencoderTiny weights from the bucket) per request or by default.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -219,9 +223,32 @@ def install_dispatch(pipe, state: FastState, compile_fn: Callable[[Callable], Ca
 
         return check
 
-    unet = shape_dispatch.install(pipe.unet, "forward", compile_fn, latent_in_bucket(state.unet_batch_sizes()))
-    decode = shape_dispatch.install(pipe.vae, "decode", compile_fn, latent_in_bucket(set(state.config.batch_sizes)))
+    runner = graph_thread()
+    unet = shape_dispatch.install(pipe.unet, "forward", compile_fn, latent_in_bucket(state.unet_batch_sizes()),
+                                  runner)
+    decode = shape_dispatch.install(pipe.vae, "decode", compile_fn, latent_in_bucket(set(state.config.batch_sizes)),
+                                    runner)
+
+    def decode_without_generator(z, return_dict: bool = True, generator=None):
+        # AutoencoderKL ignores `generator`; pipelines pass their list of torch.Generators, which the
+        # compiled code would have to guard on (a new list per request = eager every time).
+        return decode(z, return_dict=return_dict)
+
+    pipe.vae.decode = decode_without_generator
     return [unet, decode]
+
+
+_GRAPH_THREAD: shape_dispatch.OneThread | None = None
+_GRAPH_THREAD_LOCK = threading.Lock()
+
+
+def graph_thread() -> shape_dispatch.OneThread:
+    """The process's one thread for compiled calls (CUDA-graph trees are per thread; pools are shared)."""
+    global _GRAPH_THREAD
+    with _GRAPH_THREAD_LOCK:
+        if _GRAPH_THREAD is None:
+            _GRAPH_THREAD = shape_dispatch.OneThread()
+        return _GRAPH_THREAD
 
 
 def warm_bucket(pipe, width: int, height: int, batch_sizes: tuple[int, ...], runs: int = 3,
@@ -257,22 +284,3 @@ class _all_warming:
     def __exit__(self, *exc):
         for c in reversed(self.contexts):
             c.__exit__(*exc)
-
-
-def keep_step_tables_on_cpu(scheduler):
-    """Timesteps and sigmas stay on the CPU, so the step loop never waits on the GPU for a scalar.
-
-    Diffusers already keeps sigmas on the CPU for the Euler family; timesteps on the GPU still cost a
-    sync in `index_for_timestep` (`.nonzero()`). A CPU 0-d tensor combines with CUDA tensors for free.
-    """
-    original = scheduler.set_timesteps
-
-    def set_timesteps(*args, **kwargs):
-        if "device" in kwargs:
-            kwargs["device"] = "cpu"
-        elif len(args) >= 2:
-            args = (args[0], "cpu", *args[2:])
-        return original(*args, **kwargs)
-
-    scheduler.set_timesteps = set_timesteps
-    return scheduler

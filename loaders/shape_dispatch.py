@@ -2,15 +2,20 @@
 
 torch.compile specialises on input shapes: a new shape means a new trace + codegen (tens of seconds on a GPU
 for an SD UNet). A request must never pay that, so a `ShapeDispatch` sits in front of the compiled callable:
-only call signatures (every tensor's shape and dtype) that a warm-up has already compiled go to the compiled
-code; any other shape runs the untouched eager module. As a second fence the compiled call runs under the
-"eager_on_recompile" stance, so even a guard we did not foresee falls back to eager instead of compiling.
+only call signatures (every tensor's shape, dtype and device) that a warm-up has already compiled go to the
+compiled code; any other shape runs the untouched eager module. As a second fence the compiled call runs
+under the "eager_on_recompile" stance, so even a guard we did not foresee falls back to eager.
+
+Compiled calls run on ONE thread (`OneThread`): torch's CUDA-graph trees are kept per thread, so graphs
+recorded by the warm-up thread would otherwise be re-recorded (with their own memory pool) by every
+request thread of the server. The hop costs tens of microseconds per call; the caller's grad mode travels.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from typing import Any
@@ -25,7 +30,7 @@ def call_signature(args: tuple, kwargs: dict) -> Signature:
     def visit(path: str, value: Any) -> None:
         shape = getattr(value, "shape", None)
         if shape is not None and hasattr(value, "dtype"):
-            out.append((path, tuple(shape), str(value.dtype)))
+            out.append((path, tuple(shape), str(value.dtype), str(getattr(value, "device", ""))))
         elif isinstance(value, dict):
             for k in sorted(value):
                 visit(f"{path}.{k}", value[k])
@@ -43,6 +48,34 @@ def call_signature(args: tuple, kwargs: dict) -> Signature:
     return tuple(out)
 
 
+class OneThread:
+    """Runs calls on one dedicated thread (with the caller's grad / inference mode) and waits for them."""
+
+    def __init__(self, name: str = "easel-graphs"):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=self._mark)
+        self._ident: int | None = None
+
+    def _mark(self) -> None:
+        self._ident = threading.get_ident()
+
+    def __call__(self, fn: Callable, *args, **kwargs):
+        if threading.get_ident() == self._ident:  # already on it (nested call): no hop, no deadlock
+            return fn(*args, **kwargs)
+        import torch
+
+        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+        def run():
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return fn(*args, **kwargs)
+
+        return self._pool.submit(run).result()
+
+
+def direct(fn: Callable, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
 class ShapeDispatch:
     """A callable standing in for `eager`; calls `compiled` for signatures that a warm-up made ready.
 
@@ -52,11 +85,12 @@ class ShapeDispatch:
     """
 
     def __init__(self, name: str, eager: Callable, compiled: Callable,
-                 in_bucket: Callable[[tuple, dict], bool]):
+                 in_bucket: Callable[[tuple, dict], bool], runner: Callable = direct):
         self.name = name
         self.eager = eager
         self.compiled = compiled
         self.in_bucket = in_bucket
+        self.runner = runner
         self.ready: set[Signature] = set()
         self.calls: Counter = Counter()
         self._warming = threading.local()
@@ -74,15 +108,19 @@ class ShapeDispatch:
         sig = call_signature(args, kwargs)
         if sig in self.ready:
             self.calls["compiled"] += 1
-            with _no_recompile():
-                return self.compiled(*args, **kwargs)
+            return self.runner(self._serve, *args, **kwargs)
         if getattr(self._warming, "on", False) and self.in_bucket(args, kwargs):
-            out = self.compiled(*args, **kwargs)
+            out = self.runner(self.compiled, *args, **kwargs)
             self.ready.add(sig)
             self.calls["compiled"] += 1
             return out
         self.calls["eager"] += 1
         return self.eager(*args, **kwargs)
+
+
+    def _serve(self, *args, **kwargs):
+        with _no_recompile():
+            return self.compiled(*args, **kwargs)
 
 
 @contextmanager
@@ -99,7 +137,7 @@ def _no_recompile():
 
 
 def install(module: Any, attr: str, compile_fn: Callable[[Callable], Callable],
-            in_bucket: Callable[[tuple, dict], bool]) -> ShapeDispatch:
+            in_bucket: Callable[[tuple, dict], bool], runner: Callable = direct) -> ShapeDispatch:
     """Replace `module.<attr>` (a bound method such as `forward` or `decode`) by a ShapeDispatch.
 
     The original bound method is captured first, so the compiled code traces the class's own function and
@@ -108,7 +146,7 @@ def install(module: Any, attr: str, compile_fn: Callable[[Callable], Callable],
     eager = getattr(module, attr)
     if isinstance(eager, ShapeDispatch):
         return eager
-    dispatch = ShapeDispatch(f"{type(module).__name__}.{attr}", eager, compile_fn(eager), in_bucket)
+    dispatch = ShapeDispatch(f"{type(module).__name__}.{attr}", eager, compile_fn(eager), in_bucket, runner)
     setattr(module, attr, dispatch)
     return dispatch
 

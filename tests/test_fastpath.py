@@ -81,6 +81,30 @@ def test_dispatch_compiles_only_bucket_shapes_and_only_while_warming():
     assert compile_fn.compiled == 1
 
 
+def test_compiled_calls_all_run_on_one_thread_with_the_callers_grad_mode():
+    runner = shape_dispatch.OneThread()
+    seen = []
+
+    def record(x):
+        seen.append((threading.get_ident(), torch.is_grad_enabled()))
+        return runner(lambda: x + 1)  # nested: runs in place instead of deadlocking
+
+    def caller():
+        with torch.no_grad():
+            assert runner(record, 1) == 2
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert runner(record, 5) == 6
+    assert len({ident for ident, _ in seen}) == 1 and seen[0][0] != threading.get_ident()
+    assert [grad for _, grad in seen] == [False] * 4 + [True]
+    with pytest.raises(ZeroDivisionError):
+        runner(lambda: 1 / 0)
+
+
 def test_call_signature_sees_nested_tensors_and_scalar_kinds():
     a = shape_dispatch.call_signature((torch.ones(2, 3),), {"added": {"t": torch.ones(2, 6)}, "ts": 1.0})
     b = shape_dispatch.call_signature((torch.ones(2, 3),), {"added": {"t": torch.ones(2, 5)}, "ts": 1.0})
@@ -108,9 +132,10 @@ def test_compiled_bucket_gives_eager_pixels_and_other_shapes_fall_back(fast_serv
     assert state.warmed == {(64, 64)} and backend.graphs
     graphs = len(backend.graphs)
     unet, decode = state.dispatch
-    before = unet.calls["compiled"]
+    before, decoded = unet.calls["compiled"], decode.calls["compiled"]
     assert pixels(run(fast)) == pixels(run(services))  # bucket shape: compiled graph, same image as eager
     assert unet.calls["compiled"] == before + 2 and len(backend.graphs) == graphs
+    assert decode.calls["compiled"] == decoded + 1  # the pipeline's generator list is not part of the call
     eager_before = unet.calls["eager"]
     assert pixels(run(fast, width=72)) == pixels(run(services, width=72))  # no bucket: eager, no compile
     assert unet.calls["eager"] == eager_before + 2 and len(backend.graphs) == graphs
@@ -130,14 +155,6 @@ def test_vae_in_bf16_behind_the_cast_shim_decodes_close_to_fp32(store, make_serv
     assert (half - full).abs().mean() < 0.05
     posterior = vae.encode(full).latent_dist
     assert posterior.sample().dtype == torch.float32
-
-
-def test_step_tables_stay_on_cpu():
-    from diffusers import EulerDiscreteScheduler
-
-    s = fastpath.keep_step_tables_on_cpu(EulerDiscreteScheduler())
-    s.set_timesteps(4, device="meta")  # would put timesteps on the meta device without the shim
-    assert s.timesteps.device.type == "cpu" and s.sigmas.device.type == "cpu"
 
 
 def test_bucket_setting_and_family_split():
