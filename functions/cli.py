@@ -50,22 +50,37 @@ def cmd_generate(args) -> None:
     print(f"saved {args.output} (seed {result.parameters.seed}; load {t.load_s:.2f}s, generate {t.generate_s:.2f}s)")
 
 
-def cmd_users_add(args) -> None:
-    from handlers.services import build_services
-
-    services = build_services(_settings(args))
-    print(services.tokens.add(args.name, "admin" if args.admin else "user"))
-
-
 def cmd_demo_model(args) -> None:
-    from loaders.demo_model import install_demo, write_demo_checkpoint
+    from loaders.demo_model import demo_family, install_demo, write_demo_checkpoint
     from loaders.storage import open_store
 
     if args.output:
-        print(write_demo_checkpoint(Path(args.output)))
+        print(write_demo_checkpoint(Path(args.output), family=demo_family(args.family)))
         return
+    from loaders.demo_controlnet import install_demo_controlnet
+
     settings = _settings(args)
-    print(install_demo(open_store(settings.store, endpoint_url=settings.s3_endpoint_url)))
+    store = open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
+    print(install_demo(store, demo_family(args.family)))
+    print(install_demo_controlnet(store))  # a tiny ControlNet that fits the demo checkpoint
+
+
+def cmd_deploy(args) -> None:
+    import json
+
+    from functions.modal_config import ModalDeploy, describe
+    from handlers.settings import Settings
+
+    plan = describe(ModalDeploy(), Settings())
+    print(json.dumps(plan, indent=2))
+    if args.dry_run:
+        return
+    if plan["problems"]:
+        raise SystemExit("easel: not deploying: " + "; ".join(plan["problems"]))
+    import subprocess
+
+    app_file = Path(__file__).with_name("modal_app.py")
+    raise SystemExit(subprocess.call([sys.executable, "-m", "modal", "deploy", str(app_file)]))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -92,17 +107,20 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir")
     g.set_defaults(func=cmd_generate)
 
-    u = sub.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
-    ua = u.add_parser("add", help="add a user and print a new token")
-    ua.add_argument("name")
-    ua.add_argument("--admin", action="store_true")
-    ua.add_argument("--data-dir")
-    ua.set_defaults(func=cmd_users_add)
+    from functions.cli_accounts import add_commands
 
-    d = sub.add_parser("demo-model", help="write the tiny demo checkpoint (into the store, or to --output)")
+    add_commands(sub)  # users, models, usage
+
+    d = sub.add_parser("demo-model", help="write the tiny demo checkpoint and ControlNet into the store "
+                                          "(or only the checkpoint to --output)")
     d.add_argument("--output")
+    d.add_argument("--family", default="sd15", choices=["sd15", "sd15-inpaint", "sd2", "sdxl", "sdxl-refiner"],
+                   help="architecture of the tiny model (random weights, tiny widths)")
     d.add_argument("--data-dir")
     d.set_defaults(func=cmd_demo_model)
+    m = sub.add_parser("deploy", help="deploy on Modal (EASEL_MODAL_* and EASEL_* settings from the environment)")
+    m.add_argument("--dry-run", action="store_true", help="print the resolved Modal configuration, deploy nothing")
+    m.set_defaults(func=cmd_deploy)
     return p
 
 

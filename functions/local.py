@@ -9,6 +9,8 @@ from pathlib import Path
 from handlers.api import create_app
 from handlers.services import Services, build_services
 from handlers.settings import Settings
+from loaders.demo_controlnet import install_demo_controlnet
+from handlers.users import UserRegistry
 from loaders.demo_model import DEMO_NAME, install_demo
 
 LOCAL_USER = "local"
@@ -25,7 +27,7 @@ def local_token(services: Services, data_dir: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
-    services.tokens.add(LOCAL_USER, "admin", token)
+    UserRegistry(services.store, services.tokens).seed([(LOCAL_USER, token)], {LOCAL_USER})  # listed, revocable
     return token
 
 
@@ -34,6 +36,7 @@ def prepare(settings: Settings) -> Services:
     services = build_services(settings)
     if settings.default_checkpoint == DEMO_NAME:
         install_demo(services.store)
+        install_demo_controlnet(services.store)
     return services
 
 

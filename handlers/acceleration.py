@@ -1,17 +1,14 @@
-"""Speed wiring: the fast path and compile cache from Settings, and `warm_up` for process start / snapshots."""
+"""Speed wiring: the fast path and compile cache from Settings, and bucket warm-up for start / snapshots."""
 
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass, field
 
 from handlers.settings import Settings
 from loaders.compile_cache import CompileCache, gpu_name
-from loaders.demo_model import DEMO_NAME, install_demo
 from loaders.fast_loader import Builder, Warmer, accelerated
 from loaders.fastpath import FastPathConfig, fast_state, parse_buckets
-from loaders.models import KIND_DIRS, clean_model_name, resolve_device
+from loaders.models import resolve_device
 from loaders.storage import ObjectStore
 
 
@@ -57,35 +54,19 @@ def wrap_builder(settings: Settings, store: ObjectStore, device_lock: threading.
     warmer = make_warmer(settings, store, device_lock) if config.enabled else None
     background = warmer if settings.fast_warm == "background" else None
     wrapped = accelerated(builder, config, store=store, warmer=background, tiny_vae_keys=tiny)
-    wrapped.warmer = warmer  # warm_up() reuses it, so background and startup warming share one log
+    wrapped.warmer = warmer  # warm_buckets() reuses it: background and startup warming share one log
     return wrapped
 
 
-@dataclass
-class WarmReport:
-    checkpoint: str
-    load_s: float
-    buckets: list[dict] = field(default_factory=list)
-    total_s: float = 0.0
+def warm_buckets(services, model) -> list[dict]:
+    """Compile (or restore from the bucket's compile cache) every shape bucket of a loaded checkpoint.
 
-
-def warm_up(services, checkpoint: str | None = None) -> WarmReport:
-    """Load a public checkpoint and compile (or restore) every shape bucket before serving.
-
-    Call it once per process before the first request: from `@modal.enter(snap=True)` so the snapshot holds
-    the warm pipeline, or at local start. Without the fast path it only loads the checkpoint.
+    Called by handlers.warmup.warm_checkpoint, i.e. before the Modal snapshot or at start; a no-op without
+    the fast path. Buckets the background warmer already did are skipped; returns one entry per bucket.
     """
-    t0 = time.perf_counter()
-    name = clean_model_name(checkpoint or services.settings.default_checkpoint, "checkpoint")
-    if name == DEMO_NAME:
-        install_demo(services.store)
-    info = services.store.stat(f"public/{KIND_DIRS['checkpoint']}/{name}")
-    model, load_s = services.models.checkpoint(info)
-    report = WarmReport(name, round(load_s, 3))
     warmer = getattr(services.models.builder, "warmer", None)
     state = fast_state(model.pipe)
-    if warmer is not None and state is not None:
-        warmer.warm_all(model.pipe)  # buckets the background thread already did are skipped
-        report.buckets = [e for e in warmer.log if e["family"] == state.family]
-    report.total_s = round(time.perf_counter() - t0, 3)
-    return report
+    if warmer is None or state is None:
+        return []
+    warmer.warm_all(model.pipe)
+    return [e for e in warmer.log if e["family"] == state.family]

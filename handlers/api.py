@@ -10,9 +10,11 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from handlers import listing
+from handlers import controlnet, listing
+from handlers.accounts_api import accounts_router
 from handlers.auth import Tenant
 from handlers.generate import Job, execute_job
+from handlers.models_api import models_router
 from handlers.schemas import GenerationResponse, Txt2ImgRequest
 from handlers.services import Services
 from loaders.errors import EaselError, InvalidRequest, NotFound, PayloadTooLarge
@@ -41,11 +43,11 @@ def _validation_message(exc: RequestValidationError) -> str:
 class BodyLimit:
     """Refuse bodies over the cap before they are read into memory (413)."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, exempt: tuple[str, ...] = ()):
+        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path", "").startswith(self.exempt):
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
@@ -93,7 +95,7 @@ def create_app(services: Services) -> FastAPI:
     def txt2img(body: Txt2ImgRequest, request: Request, who: Tenant = Depends(tenant)):
         task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
         job = Job(user=who.user, mode="txt2img", request=body, task_id=task_id, base_url=str(request.base_url))
-        return execute_job(job, services)
+        return (services.runner or execute_job)(job, services)
 
     @app.get("/sdapi/v1/sd-models")
     def sd_models(who: Tenant = Depends(tenant)):
@@ -115,11 +117,22 @@ def create_app(services: Services) -> FastAPI:
     def progress(who: Tenant = Depends(tenant)):
         return listing.progress(services, who.user)
 
+    @app.get("/controlnet/model_list")
+    def controlnet_models(who: Tenant = Depends(tenant)):
+        return controlnet.model_list(services, who.user)
+
+    @app.get("/controlnet/module_list")
+    def controlnet_modules(who: Tenant = Depends(tenant)):
+        return controlnet.module_list()
+
     @app.get("/files/{key:path}")
     def files(key: str, who: Tenant = Depends(tenant)):
         return file_response(services, who, key)
 
-    app.add_middleware(BodyLimit, max_bytes=services.settings.max_body_mb * 2**20)
+    app.include_router(accounts_router(services))
+    app.include_router(models_router(services))
+    # Model uploads stream to disk under their own cap (EASEL_MAX_UPLOAD_MB, enforced in handlers.models_api).
+    app.add_middleware(BodyLimit, max_bytes=services.settings.max_body_mb * 2**20, exempt=("/models/",))
     return app
 
 

@@ -13,11 +13,13 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from loaders.errors import InvalidRequest, NotFound, Unauthorized
+from loaders.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from loaders.storage import ObjectStore
 
 USER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-CACHE_TTL_S = 5.0  # another process's revocation is seen within this; this process's at once
+# Revocation bound: a revocation made through this process's registry (admin route) takes effect at
+# once; one made by another process (the `easel users revoke` CLI, another replica) is seen within this.
+CACHE_TTL_S = 5.0
 
 
 class Tenant(BaseModel):
@@ -35,8 +37,17 @@ def check_user_name(name: str) -> str:
     return name
 
 
+def token_digest(token: str) -> str:
+    """The only form in which a token is ever stored."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _digest_key(digest: str) -> str:
+    return f"system/tokens/{digest}.json"
+
+
 def _token_key(token: str) -> str:
-    return f"system/tokens/{hashlib.sha256(token.encode()).hexdigest()}.json"
+    return _digest_key(token_digest(token))
 
 
 class TokenRegistry:
@@ -55,8 +66,14 @@ class TokenRegistry:
         return token
 
     def revoke(self, token: str) -> None:
-        self.store.delete(_token_key(token))
-        self._forget(token)
+        self.revoke_digest(token_digest(token))
+
+    def revoke_digest(self, digest: str) -> None:
+        """Delete a stored token by its hash and drop it from this process's cache (effective at once)."""
+        key = _digest_key(digest)
+        self.store.delete(key)
+        with self._lock:
+            self._cache.pop(key, None)
 
     def lookup(self, token: str) -> Tenant | None:
         key = _token_key(token)
@@ -97,3 +114,18 @@ class TokenRegistry:
         if tenant is None or (user_hint and not secrets.compare_digest(user_hint, tenant.user)):
             raise Unauthorized("invalid token")
         return tenant
+
+
+def tenant_dependency(tokens: TokenRegistry):
+    """A FastAPI dependency that authenticates the `Authorization` header into a Tenant."""
+    from fastapi import Header
+
+    def tenant(authorization: str | None = Header(None)) -> Tenant:
+        return tokens.authenticate(authorization)
+
+    return tenant
+
+
+def require_admin(who: Tenant, what: str) -> None:
+    if not who.is_admin:
+        raise Forbidden(f"only admins may {what}")

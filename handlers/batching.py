@@ -12,7 +12,6 @@ Brownian tree) and anything the batch cannot express (n_iter > 1, extra-network 
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from handlers import outputs
 from handlers.samplers import find_sampler, make_scheduler
 from loaders.fastpath import fast_state
+from loaders.models import pipeline_view
 
 # Request fields the batch honours; any other field away from its default means "run alone", so a field
 # added to the schema later (hires fix, clip skip, ...) can never be silently dropped by a batch.
@@ -67,6 +67,7 @@ class _Member:
     generated: object | None = None
     generate_s: float = 0.0
     error: BaseException | None = None
+    stopped_at: float | None = None  # perf_counter when this member canceled (billed up to there)
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -145,10 +146,10 @@ class Batcher:
         for m in members:
             services.progress.start(m.job.user, m.job.task_id, m.job.request.steps)
         t0 = time.perf_counter()
+        total = sum(m.images for m in members)
         try:
             results = run_batch(members, model, method)
             seconds = time.perf_counter() - t0
-            total = sum(m.images for m in members)
             for m, generated in zip(members, results):
                 m.generated = generated
                 m.generate_s = seconds * m.images / total  # billed: each pays its share of the device time
@@ -159,6 +160,9 @@ class Batcher:
         finally:
             for m in members:
                 services.progress.finish(m.job.user, m.job.task_id)
+                if m.error is not None and m.stopped_at is not None:
+                    # a canceled member is billed its share of the steps run before it stopped (as alone)
+                    m.error.generate_s = (m.stopped_at - t0) * m.images / total
 
 
 def run_batch(members: list[_Member], model, method: str = "Full") -> list:
@@ -197,15 +201,9 @@ def run_batch(members: list[_Member], model, method: str = "Full") -> list:
 def _pipeline_view(base, req, state, method: str):
     """The shared pipeline's modules with this batch's own scheduler (and tiny VAE when asked for)."""
     scheduler = make_scheduler(base.scheduler.config, find_sampler(req.sampler), req.schedule)
-    components = {**base.components, "scheduler": scheduler}
     if method == "TAESD" and state is not None and state.tiny_vae is not None:
-        components["vae"] = state.tiny_vae
-    cls = type(base)
-    if "requires_safety_checker" in inspect.signature(cls.__init__).parameters:
-        components["requires_safety_checker"] = False
-    pipe = cls(**components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+        return pipeline_view(base, scheduler=scheduler, vae=state.tiny_vae)
+    return pipeline_view(base, scheduler=scheduler)
 
 
 def _step_callback(members: list[_Member], steps: int):
@@ -219,7 +217,7 @@ def _step_callback(members: list[_Member], steps: int):
                 m.on_step(step + 1, steps)
                 live += 1
             except Exception as e:
-                m.error = e
+                m.error, m.stopped_at = e, time.perf_counter()
         if live == 0:
             raise members[0].error
         return kwargs

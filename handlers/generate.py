@@ -12,11 +12,12 @@ from typing import Literal
 
 from PIL import Image
 
-from handlers import outputs
+from handlers import controlnet, metering, outputs
+from handlers.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
 from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import GenerationRequest, GenerationResponse, ResponseParameters, Timings
 from handlers.services import Services
-from loaders.models import LoadedCheckpoint, resolve_model
+from loaders.models import LoadedCheckpoint, pipeline_view, resolve_model
 from loaders.storage import ObjectInfo
 
 StepCallback = Callable[[int, int], None]  # (steps done, steps total); raise to stop
@@ -44,8 +45,8 @@ class Generated:
 
 
 def execute_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
-    """The one entry every channel uses (sync route, task workers, Modal, CLI): run the job, then meter it."""
-    return run_job(job, services, on_step)
+    """The one entry every channel uses (sync route, task workers, Modal, CLI): budget, run, one ledger record."""
+    return metering.metered(job, services, on_step, run_job)
 
 
 def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
@@ -55,8 +56,15 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     # 1. Check what only the request can tell, before any work: where outputs go, which checkpoint
     label = outputs.save_dir_label(req.save_dir())
     info = resolve_checkpoint(job, services)
-    # 2. Load the checkpoint (free when resident)
+    units = controlnet.parse_units(req.alwayson_scripts)
+    # 2. Load the checkpoint (free when resident), and the ControlNet units' models and detected maps
     model, load_s = services.models.checkpoint(info)
+    if job.mode == "txt2img":
+        check_txt2img_model(model)
+    refiner, refiner_load_s = load_refiner(job, services, model)
+    load_s += refiner_load_s
+    control = controlnet.prepare(services, job.user, units, model, width=req.width, height=req.height)
+    load_s += control.load_s if control else 0.0
     # 3. Generate (denoise + decode): the billed part. Look-alike concurrent requests may share one batch.
     if services.batcher is not None and services.batcher.applies(job, model):
         generated, generate_s = services.batcher.generate(job, services, model, _with_progress(job, services, on_step))
@@ -65,13 +73,17 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
             t0 = time.perf_counter()
             services.progress.start(job.user, job.task_id, req.steps * req.n_iter)
             try:
-                generated = generate_txt2img(req, model, _with_progress(job, services, on_step))
+                generated = generate_txt2img(req, model, _with_progress(job, services, on_step), refiner, control)
+            except Canceled as stopped:
+                stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
+                raise
             finally:
                 services.progress.finish(job.user, job.task_id)
             generate_s = time.perf_counter() - t0
     # 4. Persist the images (and the grid) before anything reports success
     t0 = time.perf_counter()
     saved = persist(job, services, generated, label)
+    mask_urls = controlnet.persist_maps(services, job.user, job.task_id, label, control, job.base_url) if control else []
     persist_s = time.perf_counter() - t0
     # 5. Respond
     timings = Timings(
@@ -83,7 +95,10 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
         billed_s=round(generate_s, 4),
         cost=round(generate_s * services.settings.gpu_price_per_second, 6),
     )
-    return respond(job, services, model, generated, saved, timings)
+    response = respond(job, services, model, generated, saved, timings)
+    if control:
+        response.parameters.image_mask_url = ",".join(mask_urls)  # EAS: the detected maps, like image_url
+    return response
 
 
 def resolve_checkpoint(job: Job, services: Services) -> ObjectInfo:
@@ -104,17 +119,21 @@ def pick_seed(req: GenerationRequest) -> int:
     return req.seed_or_none if req.seed_or_none is not None else secrets.randbelow(2**32 - 1 - req.image_count)
 
 
-def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: StepCallback) -> Generated:
+def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: StepCallback,
+                     refiner: LoadedCheckpoint | None = None,
+                     control: controlnet.ControlPlan | None = None) -> Generated:
     """n_iter batches of batch_size images; image k has its own generator seeded with seed + k."""
     import torch
 
     base = model.pipe
     sampler = find_sampler(req.sampler)
     # A per-request pipeline view: the shared pipeline's modules with this request's own scheduler.
-    pipe = type(base)(**{**base.components, "scheduler": make_scheduler(base.scheduler.config, sampler,
-                                                                        req.schedule)},
-                      requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    scheduler = make_scheduler(base.scheduler.config, sampler, req.schedule)
+    if control:
+        pipe = controlnet.pipeline(base, scheduler, control, cfg=req.cfg_scale > 1)
+    else:
+        pipe = pipeline_view(base, scheduler=scheduler)
+    switch_at = req.refiner()[1] if refiner is not None else None
     seed = pick_seed(req)
     seeds = [seed + k for k in range(req.image_count)]
     total = req.steps * req.n_iter
@@ -126,7 +145,7 @@ def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: S
             on_step(_offset + step + 1, total)
             return kwargs
 
-        out = pipe(
+        call = dict(
             prompt=[req.prompt] * len(batch_seeds),
             negative_prompt=[req.negative_prompt] * len(batch_seeds),
             num_inference_steps=req.steps,
@@ -135,12 +154,17 @@ def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, on_step: S
             height=req.height,
             generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],  # same pixels on any device
             callback_on_step_end=callback,
-        )
-        images.extend(out.images)
+            **(control.call_kwargs() if control else {}),
+        )  # SDXL's original_size / target_size default to (height, width), as A1111 sends them
+        if refiner is None:
+            images.extend(pipe(**call).images)
+        else:
+            images.extend(run_refined(pipe, refiner, switch_at, sampler, req.schedule, call))
     texts = [
         outputs.infotext(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
                          sampler=req.sampler, schedule=req.schedule, cfg_scale=req.cfg_scale, seed=s,
-                         width=req.width, height=req.height, model_name=model.name, model_hash=model.short_hash)
+                         width=req.width, height=req.height, model_name=model.name, model_hash=model.short_hash,
+                         extra={**refiner_infotext(refiner, switch_at), **(control.infotext() if control else {})})
         for s in seeds
     ]
     return Generated(images, seeds, texts)

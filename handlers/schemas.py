@@ -36,6 +36,11 @@ class GenerationRequest(BaseModel):
     override_settings: dict[str, Any] = Field(default_factory=dict)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     force_task_id: str | None = None
+    refiner_checkpoint: str | None = Field(None, description="SDXL refiner (A1111): a checkpoint that finishes "
+                                           "the denoising; `None` or empty means none")
+    refiner_switch_at: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False,
+                                            description="fraction of the steps after which the refiner takes "
+                                            "over (default 0.8; 1 means never)")
 
     @field_validator("width", "height")
     @classmethod
@@ -116,6 +121,14 @@ class GenerationRequest(BaseModel):
 
     def checkpoint_name(self) -> str | None:
         return self._script_str("sd_model_checkpoint") or self._setting_str("sd_model_checkpoint")
+
+    def refiner(self) -> tuple[str, float] | None:
+        """(refiner checkpoint name, switch fraction) when a refiner will actually run."""
+        name = (self.refiner_checkpoint or "").strip()
+        switch = 0.8 if self.refiner_switch_at is None else self.refiner_switch_at
+        if name.lower() in ("", "none") or switch >= 1.0:
+            return None
+        return name, switch
 
     def save_dir(self) -> str | None:
         return self._script_str("save_dir")

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from handlers import acceleration
 from handlers.auth import TokenRegistry
 from handlers.batching import Batcher
+from handlers.metering import Meter
 from handlers.settings import Settings
-from loaders.models import ModelManager, build_pipeline
+from handlers.users import UserRegistry
+from loaders.family_configs import FamilyConfigs
+from loaders.controlnet import ControlNetCache
+from loaders.models import ModelManager, build_pipeline, set_public_kinds
 from loaders.storage import ObjectStore, open_store
 
 
@@ -60,17 +67,29 @@ class Services:
     store: ObjectStore
     models: ModelManager
     tokens: TokenRegistry
+    controlnets: ControlNetCache
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
     batcher: Batcher | None = None  # look-alike txt2img requests share one device batch (handlers/batching.py)
+    meter: Meter | None = None  # price and budget state (handlers.metering); built lazily when None
+    # Where a sync request's job runs: None = in this process (handlers.generate.execute_job); the Modal web
+    # container sets a callable (job, services) -> GenerationResponse that calls the GPU class instead.
+    runner: Callable[[Any, Services], Any] | None = None
+    # For the ledger: the device an execution ran on ("" = this process's torch device) and the platform's id
+    # of the current call (Modal's function call id; None locally). The Modal GPU container sets both.
+    device_label: str = ""
+    call_id: Callable[[], str | None] = lambda: None
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route."""
         return self.store.url(key, self.settings.url_expiry_s) or f"{base_url.rstrip('/')}/files/{key}"
 
 
-def build_services(settings: Settings, *, store: ObjectStore | None = None, builder=build_pipeline) -> Services:
+def build_services(settings: Settings, *, store: ObjectStore | None = None, builder=None) -> Services:
     store = store or open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
+    # Real families' config folders are completed with tokenizers from the image or the bucket.
+    builder = builder or partial(build_pipeline, configs=FamilyConfigs(store, settings.cache_dir,
+                                                                      settings.tokenizers_dir))
     if settings.cpu_threads:
         import torch
 
@@ -79,9 +98,9 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     builder = acceleration.wrap_builder(settings, store, device_lock, builder)  # CUDA fast path, tiny VAE
     models = ModelManager(store, settings.cache_dir, device=settings.device,
                           capacity=settings.pipeline_cache_size, builder=builder)
+    set_public_kinds(store, settings.public_model_kinds())
     tokens = TokenRegistry(store)
-    admins = settings.admin_users()
-    for user, token in settings.token_pairs():
-        tokens.add(user, "admin" if user in admins else "user", token)
-    return Services(settings, store, models, tokens, device_lock=device_lock,
-                    batcher=Batcher.from_settings(settings, device_lock))
+    UserRegistry(store, tokens).seed(settings.token_pairs(), settings.admin_users())
+    controlnets = ControlNetCache(store, settings.cache_dir, capacity=settings.controlnet_cache_size)
+    return Services(settings, store, models, tokens, controlnets=controlnets, meter=Meter(settings, models.device),
+                    device_lock=device_lock, batcher=Batcher.from_settings(settings, device_lock))

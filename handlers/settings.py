@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loaders.demo_model import DEMO_NAME
@@ -23,10 +23,25 @@ class Settings(BaseSettings):
     default_checkpoint: str = DEMO_NAME
     cache_dir: Path = Field(Path.home() / ".cache" / "easel", description="checkpoint download cache")
     pipeline_cache_size: int = Field(2, ge=1, description="pipelines kept loaded (LRU)")
+    controlnet_cache_size: int = Field(4, ge=1, description="ControlNet models kept loaded (LRU)")
     gpu_price_per_second: float = Field(0.0, ge=0, description="price of one billed device-second")
     url_expiry_s: int = Field(3600, ge=60, description="lifetime of signed output URLs")
     max_body_mb: int = Field(64, ge=1, description="largest request body accepted")
+    tokenizers_dir: Path | None = Field(None, description="folder of CLIP tokenizers baked into the image "
+                                        "(<name>/tokenizer.json); else the bucket's system/tokenizers/")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
+    # --- tenancy, uploads, metering (handlers/users.py, handlers/models_api.py, handlers/metering.py) ---
+    public_lora: bool = Field(True, description="users see public/models/Lora (EAS clustered edition switch)")
+    public_vae: bool = Field(True, description="users see public/models/VAE")
+    public_embeddings: bool = Field(True, description="users see public/embeddings")
+    max_upload_mb: int = Field(8192, ge=1, description="largest model file accepted by POST /models/{kind}")
+    prices: dict[str, float] = Field(default_factory=dict, description='price per billed second by device type, '
+                                     'matched in the device name: \'{"cpu":0,"H100":0.0011}\'')
+    device_type: str | None = Field(None, description="device type for pricing and the ledger (default: detected)")
+    budget_seconds_per_month: float | None = Field(None, ge=0, description="default monthly budget, billed seconds")
+    budget_cost_per_month: float | None = Field(None, ge=0, description="default monthly budget, currency")
+    usage_close_after_s: int = Field(86400, ge=0, description="a day's usage roll-up is final this long after "
+                                     "the day ends (longer than any request waits in a queue)")
     # --- speed (handlers/acceleration.py, handlers/batching.py; shared/PERF.md) ---
     fast_path: Literal["auto", "on", "off"] = Field("auto", description="CUDA fast path (auto: on with CUDA)")
     fast_dtype: Literal["fp16", "bf16"] = "fp16"
@@ -57,3 +72,16 @@ class Settings(BaseSettings):
 
     def admin_users(self) -> set[str]:
         return {a.strip() for a in self.admins.split(",") if a.strip()}
+
+    def public_model_kinds(self) -> set[str]:
+        """Model kinds whose public folder users may resolve (checkpoints and ControlNet are always shared)."""
+        switches = {"lora": self.public_lora, "vae": self.public_vae, "embedding": self.public_embeddings}
+        return {"checkpoint", "controlnet"} | {kind for kind, on in switches.items() if on}
+
+    @field_validator("prices")
+    @classmethod
+    def _non_negative_prices(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: p for k, p in v.items() if not p >= 0}
+        if bad:
+            raise ValueError(f"EASEL_PRICES must be non-negative, not {bad}")
+        return v

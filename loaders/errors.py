@@ -37,3 +37,9 @@ class QuotaExceeded(EaselError):
 
 class StorageError(EaselError):
     status = 503
+
+
+class Unavailable(EaselError):
+    """The server lacks something only an operator can install (a tokenizer, a preprocessor's weights)."""
+
+    status = 503

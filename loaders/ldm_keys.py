@@ -12,7 +12,11 @@ from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-CLIP_PREFIX = "cond_stage_model.transformer."
+CLIP_PREFIX = "cond_stage_model.transformer."  # SD 1.x CLIP-L
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."  # SDXL base CLIP-L
+OPENCLIP_PREFIX = "cond_stage_model.model."  # SD 2.x OpenCLIP ViT-H
+SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."  # SDXL base OpenCLIP bigG
+REFINER_OPENCLIP_PREFIX = "conditioner.embedders.0.model."  # SDXL refiner OpenCLIP bigG (its only encoder)
 
 _UNET_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
                 ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
@@ -47,7 +51,9 @@ def _swap_prefix(key: str, pairs: list[tuple[str, str]]) -> tuple[str, str] | No
 
 
 def unet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
-    fixed = {d: ldm for d, ldm in DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"].items()}
+    fixed = dict(DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"])
+    if config.get("addition_embed_type") == "text_time":  # SDXL: add_embedding is LDM's label_emb
+        fixed.update(DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"])
     pairs = _unet_prefixes(config)
     out = {}
     for key, value in state.items():
@@ -91,6 +97,55 @@ def vae_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.
     return out
 
 
-def clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _with_text_model(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # transformers >= 5.6 flattened CLIPTextModel (no `text_model.` level); A1111 files always have it.
-    return {CLIP_PREFIX + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()}
+    return {(k if k.startswith(("text_model.", "text_projection.")) else "text_model." + k): v
+            for k, v in state.items()}
+
+
+def clip_to_ldm(state: dict[str, torch.Tensor], prefix: str = CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in _with_text_model(state).items()}
+
+
+_OPENCLIP_LAYER = [("self_attn.out_proj.", "attn.out_proj."), ("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."),
+                   ("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj.")]
+
+
+def openclip_to_ldm(state: dict[str, torch.Tensor], prefix: str,
+                    text_projection: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A transformers CLIP text model in OpenCLIP's layout (the inverse of diffusers' convert_open_clip_checkpoint).
+
+    q/k/v projections are concatenated into `attn.in_proj_*`; `text_projection` is stored transposed (OpenCLIP
+    multiplies `x @ proj`). A CLIPTextModel without projection (SD 2.x) may pass one to write, as real files have.
+    """
+    state = _with_text_model(state)
+    fixed = {d: ldm for d, ldm in DIFFUSERS_TO_LDM_MAPPING["openclip"]["layers"].items()}
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key == "text_projection.weight":
+            out[prefix + "text_projection"] = value.T.contiguous()
+        elif key in fixed:
+            out[prefix + fixed[key]] = value
+        elif key.startswith("text_model.encoder.layers."):
+            layer, rest = key[len("text_model.encoder.layers."):].split(".", 1)
+            block = f"{prefix}transformer.resblocks.{layer}."
+            if rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                _, proj, kind = rest.split(".")
+                qkv.setdefault((block, kind), {})[proj] = value
+                continue
+            for d, ldm in _OPENCLIP_LAYER:
+                if rest.startswith(d):
+                    rest = ldm + rest[len(d):]
+                    break
+            else:
+                raise KeyError(f"no OpenCLIP name for text encoder key {key}")
+            out[block + rest] = value
+        else:
+            raise KeyError(f"no OpenCLIP name for text encoder key {key}")
+    for (block, kind), parts in qkv.items():
+        out[f"{block}attn.in_proj_{kind}"] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]], 0)
+    if text_projection is not None:
+        out[prefix + "text_projection"] = text_projection.T.contiguous()
+    out[prefix + "logit_scale"] = torch.tensor(4.6052)  # present in real files; no loader reads it
+    return out

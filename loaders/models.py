@@ -7,13 +7,13 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from loaders.errors import InvalidRequest, NotFound
-from loaders.families import config_dir, detect_family
+from loaders.families import config_dir, detect, family as family_spec, header_shapes, looks_like_v_prediction
 from loaders.safetensors_check import check_model_filename, read_header
 from loaders.storage import ObjectInfo, ObjectStore, sha256_file
 
@@ -29,9 +29,30 @@ _NAME = re.compile(r"^[\w][\w .+=@,()\[\]-]{0,254}$")
 _A1111_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
 
 
-def namespaces(user: str) -> list[str]:
-    """Where a user's names resolve, in order: their own models, then the public ones."""
-    return [f"users/{user}/", "public/"]
+ALL_KINDS = frozenset(KIND_DIRS)
+
+
+def set_public_kinds(store: ObjectStore, kinds: Collection[str]) -> None:
+    """Which public model folders this deployment shares (EAS clustered edition: public LoRA/VAE/embeddings on
+    or off). Kept on the store, the one object every resolver is handed, so all callers honour it."""
+    unknown = set(kinds) - ALL_KINDS
+    if unknown:
+        raise ValueError(f"unknown model kinds {sorted(unknown)}; known: {sorted(ALL_KINDS)}")
+    store.public_model_kinds = frozenset(kinds)
+
+
+def public_kinds(store: ObjectStore) -> frozenset[str]:
+    return getattr(store, "public_model_kinds", ALL_KINDS)
+
+
+def namespaces(user: str, kind: str | None = None, shared: Collection[str] = ALL_KINDS) -> list[str]:
+    """Where a user's names resolve, in order: their own models, then the public ones (if that kind is shared)."""
+    own = [f"users/{user}/"]
+    return own if kind is not None and kind not in shared else own + ["public/"]
+
+
+def model_key(namespace: str, kind: str, filename: str) -> str:
+    return f"{namespace}{KIND_DIRS[kind]}/{filename}"
 
 
 def clean_model_name(name: str, field: str) -> str:
@@ -46,9 +67,9 @@ def clean_model_name(name: str, field: str) -> str:
 def resolve_model(store: ObjectStore, user: str, kind: str, name: str, field: str) -> ObjectInfo:
     """The object a tenant means by `name`: their own first, then public; NotFound names the model."""
     filename = clean_model_name(name, field)
-    for ns in namespaces(user):
+    for ns in namespaces(user, kind, public_kinds(store)):
         try:
-            return store.stat(f"{ns}{KIND_DIRS[kind]}/{filename}")
+            return store.stat(model_key(ns, kind, filename))
         except NotFound:
             continue
     raise NotFound(f"`{field}` {name!r}: no such {kind} in your models or the public ones")
@@ -57,7 +78,7 @@ def resolve_model(store: ObjectStore, user: str, kind: str, name: str, field: st
 def list_models(store: ObjectStore, user: str, kind: str) -> list[ObjectInfo]:
     """Models visible to a user; a private file hides a public one of the same name."""
     seen: dict[str, ObjectInfo] = {}
-    for ns in namespaces(user):
+    for ns in namespaces(user, kind, public_kinds(store)):
         for info in store.list(f"{ns}{KIND_DIRS[kind]}/"):
             name = info.key.rsplit("/", 1)[-1]
             if name.endswith(".safetensors") and name not in seen:
@@ -110,23 +131,64 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def build_pipeline(path: Path, family: str, device: str):
-    """A diffusers pipeline from an A1111 single file, configured only from configs shipped in the package."""
+def pipeline_dtype(family: str, device: str):
+    """fp16 on CUDA for every family (SDXL's VAE upcasts itself: `force_upcast` in its config), fp32 on CPU."""
     import torch
-    from diffusers import StableDiffusionPipeline
 
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    pipe = StableDiffusionPipeline.from_single_file(
+    return torch.float16 if device == "cuda" else torch.float32
+
+
+def build_pipeline(path: Path, family: str, device: str, *, configs=None):
+    """A diffusers pipeline from an A1111 single file, configured only from configs shipped in the package.
+
+    `configs` (a loaders.family_configs.FamilyConfigs) completes the real families' folders with tokenizers;
+    without it only families whose shipped folder is complete (the demos) load.
+    """
+    import diffusers
+
+    spec = family_spec(family)
+    config = configs.ensure(family) if configs is not None else config_dir(family)
+    cls = getattr(diffusers, spec.pipeline)
+    # A1111 runs no safety checker and adds no invisible watermark
+    extra = {"add_watermarker": False} if spec.is_sdxl else {"safety_checker": None, "requires_safety_checker": False}
+    pipe = cls.from_single_file(
         str(path),
-        config=str(config_dir(family)),
+        config=str(config),
         local_files_only=True,  # no model hub, ever
-        torch_dtype=dtype,
+        torch_dtype=pipeline_dtype(family, device),
         device=device,  # UNet and VAE weights go from the mmapped file straight to the device: no host copy
-        safety_checker=None,
-        requires_safety_checker=False,
+        **extra,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def pipeline_view(base, cls=None, **components):
+    """A per-request pipeline over `base`'s modules (optionally another class, e.g. img2img, or another scheduler).
+
+    Nothing of `base` changes. Built directly rather than with diffusers' `from_pipe`, which costs ~5× more per
+    request and casts every shared module to float32 unless told the dtype.
+    """
+    import inspect
+
+    cls = cls or type(base)
+    accepted = inspect.signature(cls.__init__).parameters
+    parts = {k: v for k, v in {**base.components, **components}.items() if k in accepted}
+    options = {k: base.config[k] for k in _PIPELINE_OPTIONS if k in accepted and k in base.config}
+    if "add_watermarker" in accepted:
+        options["add_watermarker"] = False  # A1111 adds no invisible watermark
+    pipe = cls(**parts, **options)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# Pipeline-level options a checkpoint's config decides (and a view keeps)
+_PIPELINE_OPTIONS = ("requires_safety_checker", "force_zeros_for_empty_prompt", "requires_aesthetics_score")
+
+
+def settle_v_prediction(pipe) -> None:
+    """An SD 2.x model found to be v-prediction after loading: its scheduler predicts v from now on."""
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
 
 
 class ModelManager:
@@ -167,13 +229,38 @@ class ModelManager:
         name = info.key.rsplit("/", 1)[-1]
         path = self.files.ensure(info)
         header = read_header(path, name)
-        family = detect_family(set(header.keys), header.metadata)
+        found = detect(set(header.keys), header.metadata, header_shapes(path), self._sidecar(info))
+        family = found.family
         try:
             config_dir(family)
         except KeyError:
             raise InvalidRequest(f"checkpoint {name!r} is a {family} model, which this server cannot load") from None
         with ThreadPoolExecutor(1) as pool:  # hashing GBs takes seconds: overlap it with the build (no GIL)
             digest = pool.submit(sha256_file, path)
-            pipe = self.builder(path, family, self.device)
+            pipe = self._build(path, family, name)
+            if not found.settled and looks_like_v_prediction(pipe.unet):  # SD 2.x that declares nothing
+                settle_v_prediction(pipe)
+                family = "sd2-v"
             sha = self._hashes[(info.key, info.etag)] = digest.result()
         return LoadedCheckpoint(pipe, info.key, info.etag, family, name.removesuffix(".safetensors"), sha)
+
+    def _build(self, path: Path, family: str, name: str):
+        """The builder's pipeline; a file whose tensors do not fit its family is the uploader's error (422)."""
+        import torch
+
+        try:
+            return self.builder(path, family, self.device)
+        except torch.OutOfMemoryError:
+            raise
+        except (ValueError, KeyError, RuntimeError) as e:  # shape/key mismatches from from_single_file
+            raise InvalidRequest(f"checkpoint {name!r} does not load as a {family} model: {str(e)[:300]}") from e
+
+    def _sidecar(self, info: ObjectInfo) -> str | None:
+        """A1111's `<name>.yaml` next to the checkpoint (small; only SD 2.x's prediction type is read from it)."""
+        key = info.key.removesuffix(".safetensors") + ".yaml"
+        try:
+            if self.store.stat(key).size > 64 * 1024:
+                return None
+            return self.store.get_bytes(key).decode("utf-8", "replace")
+        except NotFound:
+            return None

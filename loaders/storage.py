@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -76,6 +77,9 @@ class ObjectStore(ABC):
     @abstractmethod
     def local_path(self, key: str) -> Path | None:
         """The object's own file when the store is a local directory (no copy needed), else None."""
+
+    def reconnect(self) -> None:
+        """Drop network connections and open fresh ones (after a process snapshot is restored)."""
 
     def exists(self, key: str) -> bool:
         try:
@@ -212,22 +216,42 @@ class LocalStore(ObjectStore):
         return path
 
 
+_OUTPUTS = re.compile(r"^users/[^/]+/outputs/")
+
+
+def retention_tag(key: str) -> str | None:
+    """The S3 tag the bucket's lifecycle rule expires by (infra/bucket.yaml): S3 lifecycle filters take a
+    prefix or tags, never a wildcard, so `users/*/outputs/` is matched by tagging what is written there."""
+    return "easel-retention=outputs" if _OUTPUTS.match(key) else None
+
+
 class S3Store(ObjectStore):
     """Any S3-compatible bucket through boto3 (standard retries, multipart transfers, signed URLs)."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, client=None):
-        import boto3
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, client=None,
+                 tag_outputs: bool | None = None):
         from boto3.s3.transfer import TransferConfig
-        from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.client = client or boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            config=Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=32),
-        )
+        self._endpoint_url = endpoint_url
+        # Object tags drive the outputs' lifecycle on AWS; some S3-compatible stores refuse tagging headers.
+        self.tag_outputs = endpoint_url is None if tag_outputs is None else tag_outputs
+        self._owns_client = client is None
+        self.client = client or self._new_client()
         self.transfer = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=32 << 20, max_concurrency=16)
+
+    def _new_client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self._endpoint_url,
+                            config=Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=32))
+
+    def reconnect(self) -> None:
+        # A restored snapshot holds the old process's sockets (dead) and credentials: build a new client.
+        if self._owns_client:
+            self.client = self._new_client()
 
     def _k(self, key: str) -> str:
         return self.prefix + check_key(key)
@@ -251,6 +275,8 @@ class S3Store(ObjectStore):
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
         extra = {"ContentType": content_type} if content_type else {}
+        if self.tag_outputs and (tag := retention_tag(key)):
+            extra["Tagging"] = tag
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **extra)
         except Exception as e:
@@ -282,7 +308,8 @@ class S3Store(ObjectStore):
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
         try:
-            self.client.upload_file(str(path), self.bucket, self._k(key), Config=self.transfer)
+            extra = {"Tagging": tag} if self.tag_outputs and (tag := retention_tag(key)) else None
+            self.client.upload_file(str(path), self.bucket, self._k(key), Config=self.transfer, ExtraArgs=extra)
         except Exception as e:
             raise self._error(key, e) from e
         return self.stat(key)

@@ -10,7 +10,8 @@ from tests.conftest import TOKENS, auth
 
 ROUTES = [("post", "/sdapi/v1/txt2img"), ("get", "/sdapi/v1/sd-models"), ("get", "/sdapi/v1/samplers"),
           ("get", "/sdapi/v1/schedulers"), ("get", "/sdapi/v1/options"), ("get", "/sdapi/v1/progress"),
-          ("get", "/files/users/alice/outputs/x.png")]
+          ("get", "/files/users/alice/outputs/x.png"), ("get", "/controlnet/model_list"),
+          ("get", "/controlnet/module_list")]
 
 
 @pytest.mark.parametrize("method,path", ROUTES)

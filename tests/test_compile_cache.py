@@ -1,4 +1,4 @@
-"""Compile artifacts in the bucket: keys, restore-before-warm, save-after-miss, and warm_up for snapshots."""
+"""Compile artifacts in the bucket: keys, restore-before-warm, save-after-miss, and warm-up for snapshots."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from handlers.acceleration import fastpath_config, tiny_vae_keys, warm_up
+from handlers.acceleration import fastpath_config, tiny_vae_keys
 from handlers.generate import Job, execute_job
 from handlers.schemas import Txt2ImgRequest
 from loaders.compile_cache import CompileCache, cache_key, gpu_name, slug
@@ -126,9 +126,11 @@ def test_background_warm_failure_keeps_serving(store, caplog):
     assert pipe._easel_fast.warmed == set() and "background warm-up failed" in caplog.text
 
 
-def test_warm_up_loads_the_default_checkpoint_so_the_first_request_pays_no_load(store, services):
-    report = warm_up(services)
-    assert report.checkpoint == "easel-demo.safetensors" and report.load_s > 0 and report.buckets == []
+def test_warm_up_loads_the_checkpoint_so_the_first_request_pays_no_load(store, services):
+    from handlers.warmup import warm_checkpoint
+
+    report = warm_checkpoint(services, "easel-demo.safetensors")
+    assert report.load_s > 0 and report.buckets == []  # no fast path on CPU: nothing to compile
     req = Txt2ImgRequest(prompt="x", steps=2, width=64, height=64, seed=1)
     first = execute_job(Job(user="alice", mode="txt2img", request=req, task_id="t"), services)
     assert first.parameters.timings.load_s == 0

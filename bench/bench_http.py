@@ -1,0 +1,84 @@
+"""Whole request path vs a direct pipeline call: median seconds for 512×512, 20 steps, on the demo model.
+
+Runs `easel serve`'s app under uvicorn on loopback (HTTP, auth, persist, meter, base64) and the same
+generation called directly on the pipeline, interleaved, in one process. Prints JSON; target ratio ≤ 1.10.
+    .venv/bin/python bench/bench_http.py [--runs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+import uvicorn
+
+from handlers.api import create_app
+from handlers.samplers import find_sampler, make_scheduler
+from handlers.services import build_services
+from handlers.settings import Settings
+from loaders.demo_model import install_demo
+
+BODY = {"prompt": "a cute dog", "steps": 20, "width": 512, "height": 512, "seed": 42, "sampler_name": "Euler a"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    data = Path(tempfile.mkdtemp(prefix="easel-bench-"))
+    services = build_services(Settings(store=f"file://{data}", tokens="bench=tok", cache_dir=data / "cache"))
+    key = install_demo(services.store)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": "tok"}, timeout=120)
+
+    model, _ = services.models.checkpoint(services.store.stat(key))
+    base = model.pipe
+    pipe = type(base)(**{**base.components, "scheduler": make_scheduler(base.scheduler.config,
+                                                                        find_sampler("Euler a"))},
+                      requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def direct() -> float:
+        t = time.perf_counter()
+        pipe(BODY["prompt"], num_inference_steps=20, width=512, height=512, guidance_scale=7.0,
+             generator=torch.Generator().manual_seed(42)).images[0]
+        return time.perf_counter() - t
+
+    def http() -> float:
+        t = time.perf_counter()
+        r = client.post("/sdapi/v1/txt2img", json=BODY)
+        r.raise_for_status()
+        return time.perf_counter() - t
+
+    direct(), http()  # warm both paths
+    d, h = [], []
+    for _ in range(args.runs):
+        d.append(direct())
+        h.append(http())
+    result = {"runs": args.runs, "threads": torch.get_num_threads(), "direct_median_s": round(statistics.median(d), 4),
+              "http_median_s": round(statistics.median(h), 4),
+              "ratio": round(statistics.median(h) / statistics.median(d), 4)}
+    print(json.dumps(result))
+    server.should_exit = True
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""easel on Modal: GPU pools per checkpoint with snapshots, the same FastAPI app as an ASGI endpoint, a poller.
+
+    modal deploy functions/modal_app.py          (after `easel deploy --dry-run` shows what it will create)
+
+Wiring only: every value comes from `ModalDeploy` / `Settings` (functions/modal_config.py), every behaviour
+from functions/modal_runtime.py and handlers/. Importing this file needs no token, no network and no GPU.
+"""
+
+# No `from __future__ import annotations`: Modal reads the class parameter's annotation as a real type.
+import functools
+from pathlib import Path
+
+import modal
+
+from functions.modal_config import (GENERAL_POOL, PYTHON_VERSION, TOKENIZERS_DIR, TORCH_VERSION, ModalDeploy,
+                                    bake_tokenizers_commands)
+from handlers.settings import Settings
+
+DEPLOY = ModalDeploy()
+SETTINGS = Settings()  # only the bucket is taken from here; containers build their own from their env
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def _not_bytecode(path: Path) -> bool:
+    return "__pycache__" in path.parts or path.suffix == ".pyc"
+
+
+image = (
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    # CUDA torch pinned first; the project's own dependency ranges then leave it as it is
+    .uv_pip_install(f"torch=={TORCH_VERSION}")
+    .pip_install_from_pyproject(str(PROJECT / "pyproject.toml"))  # read at build time, on the deployer
+    .run_commands(*bake_tokenizers_commands())  # the only hub access: once, while the image is built
+    .env({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",  # no model hub while serving, ever
+          "TOKENIZERS_PARALLELISM": "false", "EASEL_CACHE_DIR": "/cache/easel", "EASEL_TOKENIZERS_DIR": TOKENIZERS_DIR})
+    # the project with its data files (model configs, tokenizers, web page), not only .py files
+    .add_local_python_source("functions", "handlers", "loaders", ignore=_not_bytecode)
+)
+
+with image.imports():  # needed only where the code runs (containers, tests), not to deploy
+    from functions.modal_runtime import GpuWorker, poll_inbox_once, web_services
+    from handlers.api import create_app
+
+app = modal.App(DEPLOY.app_name)
+secrets = [modal.Secret.from_name(DEPLOY.secret_name)]
+container_env = DEPLOY.container_env(SETTINGS)
+
+
+def _device_label() -> str:
+    """The GPU type the ledger records: the configured one, or the one Modal picked from a fallback list."""
+    if modal.is_local():
+        return "local"
+    names = DEPLOY.gpu.split(",")
+    if len(names) == 1:
+        return names[0]
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
+@app.cls(image=image, secrets=secrets, env=container_env, **DEPLOY.gpu_class_options())
+class Generator:
+    """One pool per `checkpoint` value: a request for model X runs in containers that already hold X."""
+
+    checkpoint: str = modal.parameter(default=GENERAL_POOL)
+
+    @modal.enter(snap=DEPLOY.memory_snapshot)
+    def load(self) -> None:
+        # Before the snapshot: imports, services, the pool's checkpoint on the GPU and one tiny generation,
+        # all kept by the GPU snapshot. With a CPU-only snapshot the GPU is not attached yet: start on restore.
+        self.worker = GpuWorker(self.checkpoint, device_label=_device_label,
+                                call_id=modal.current_function_call_id)
+        if DEPLOY.snapshots_gpu() or not DEPLOY.memory_snapshot:
+            self.worker.start()
+
+    @modal.enter(snap=False)
+    def restore(self) -> None:
+        self.worker.restore()  # runs after `load` (definition order) when snapshots are off
+
+    @modal.method()
+    def generate(self, job):
+        """Run one job (a handlers.generate.Job) and return its GenerationResponse."""
+        return self.worker.execute(job)
+
+    @modal.method()
+    def run_task(self, user: str, task_id: str) -> None:
+        """Run the stored task users/<user>/tasks/<task_id>.json (spawned by the web endpoint)."""
+        self.worker.run_task(user, task_id)
+
+
+@functools.lru_cache(maxsize=None)  # bounded: names come from pool_for (the listed pools and "general")
+def gpu_pool(name: str):
+    """The pool lookup the web side routes with (tests substitute a local stand-in)."""
+    return Generator(checkpoint=name)
+
+
+@app.function(image=image, secrets=secrets, env=container_env, **DEPLOY.web_options())
+@modal.concurrent(max_inputs=DEPLOY.web_max_inputs)
+@modal.asgi_app()
+def web():
+    """The A1111 / EAS API: the same app as `easel serve`, with jobs and tasks sent to the GPU pools."""
+    return create_app(web_services(Settings(), DEPLOY, lambda name: gpu_pool(name)))
+
+
+@app.function(image=image, secrets=secrets, env=container_env, timeout=300,
+              schedule=modal.Period(minutes=DEPLOY.poll_minutes) if DEPLOY.poll_minutes else None)
+def poll_inbox() -> None:
+    """Fallback trigger: one pass over users/*/inbox/ for uploads whose bucket event never arrived."""
+    poll_inbox_once(Settings(), DEPLOY, lambda name: gpu_pool(name))
+
+
+@app.function(image=image, secrets=secrets, env=container_env, timeout=120, schedule=modal.Period(minutes=10))
+def keep_pools() -> None:
+    """Dedicated pools exist from their first call; this creates them and keeps their minimum warm
+    (a deploy resets autoscaler overrides, so it runs again within ten minutes of each deploy)."""
+    for name in DEPLOY.pool_names():
+        gpu_pool(name).update_autoscaler(min_containers=DEPLOY.pool_min_containers)

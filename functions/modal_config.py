@@ -1,0 +1,178 @@
+"""The Modal deployment, as data: GPU, autoscaler, snapshots, pools, secret — read once from the environment.
+
+Nothing here imports `modal`: the same values feed `functions/modal_app.py`, `easel deploy --dry-run` and the
+tests. `modal deploy` reads them from the deployer's environment; the app hands them to its containers as
+environment variables (`container_env`), so a container re-importing the app resolves the same deployment.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from handlers.settings import Settings
+
+GENERAL_POOL = "general"  # the pool parameter for checkpoints without their own pool (never a file name)
+TORCH_VERSION = "2.13.0"  # the CUDA build from PyPI's default index; the same version as the local CPU pin
+PYTHON_VERSION = "3.11"
+# CLIP tokenizers baked into the image at build time (EASEL_TOKENIZERS_DIR), so no request touches a model hub.
+# One CLIP BPE vocabulary serves SD 1.x, SD 2.x and SDXL; the shipped family configs set each one's padding.
+TOKENIZERS_DIR = "/opt/easel/tokenizers"
+TOKENIZER_REPO = "openai/clip-vit-large-patch14"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+TOKENIZER_NAMES = ("clip-vit-large-patch14", "clip-vit-h-14", "clip-vit-bigG-14")
+
+
+def normal_checkpoint(name: str) -> str | None:
+    """A checkpoint name as the store knows it (`x [hash]` → `x.safetensors`), or None if it is not a name."""
+    from loaders.errors import InvalidRequest
+    from loaders.models import clean_model_name
+
+    try:
+        return clean_model_name(name, "sd_model_checkpoint")
+    except InvalidRequest:
+        return None  # the GPU side reports the bad name to the caller; routing only picks containers
+
+
+class ModalDeploy(BaseSettings):
+    """How easel runs on Modal (env prefix EASEL_MODAL_); the app's own settings stay in `Settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="EASEL_MODAL_", extra="ignore")
+
+    app_name: str = Field("easel", description="Modal app name (`modal deploy` creates or updates it)")
+    secret_name: str = Field("easel", description="Modal Secret holding EASEL_TOKENS and the S3 credentials")
+    gpu: str = Field("H100", description='GPU type, or a fallback list "H100,A100-80GB"')
+    timeout_s: int = Field(600, ge=10, le=86400, description="longest one generation may run")
+    startup_timeout_s: int = Field(900, ge=10, le=86400, description="longest a cold start (model download, "
+                                                                       "snapshot) may take")
+    min_containers: int = Field(0, ge=0, description="GPU containers kept warm per pool (0: scale to zero)")
+    max_containers: int = Field(10, ge=1, description="upper bound of GPU containers per pool")
+    buffer_containers: int = Field(0, ge=0, description="idle GPU containers kept ready while a pool is busy")
+    scaledown_window_s: int = Field(120, ge=2, le=1200, description="idle seconds before a GPU container stops")
+    memory_snapshot: bool = Field(True, description="snapshot the container after the snap=True hook")
+    gpu_snapshot: bool = Field(True, description="include GPU memory in the snapshot (loaded weights, CUDA "
+                                                 "context)")
+    pools: str = Field("", description="checkpoints with their own warm pool, comma-separated")
+    pool_min_containers: int = Field(1, ge=0, description="containers kept warm in each dedicated pool")
+    web_min_containers: int = Field(0, ge=0, description="web (CPU) containers kept warm")
+    web_max_inputs: int = Field(32, ge=1, description="concurrent requests per web container")
+    poll_minutes: int = Field(5, ge=0, description="inbox poller period, the fallback for missed bucket "
+                                                   "events (0: off)")
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_names(cls, v: str) -> str:
+        names = [g.strip() for g in v.split(",") if g.strip()]
+        if not names or any(not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_:.-]*", g) for g in names):
+            raise ValueError(f"EASEL_MODAL_GPU must be a GPU type or a comma-separated list, not {v!r}")
+        return ",".join(names)
+
+    @field_validator("pools")
+    @classmethod
+    def _pool_names(cls, v: str) -> str:
+        names = []
+        for raw in filter(None, (p.strip() for p in v.split(","))):
+            name = normal_checkpoint(raw)
+            if name is None:
+                raise ValueError(f"EASEL_MODAL_POOLS entry {raw!r} is not a checkpoint file name")
+            names.append(name)
+        return ",".join(dict.fromkeys(names))
+
+    # --- what the Modal decorators receive ---
+    def gpu_request(self) -> str | list[str]:
+        names = self.gpu.split(",")
+        return names[0] if len(names) == 1 else names
+
+    def pool_names(self) -> list[str]:
+        return [p for p in self.pools.split(",") if p]
+
+    def snapshots_gpu(self) -> bool:
+        """GPU memory is snapshotted only on top of a memory snapshot."""
+        return self.memory_snapshot and self.gpu_snapshot
+
+    def experimental_options(self) -> dict[str, Any]:
+        return {"enable_gpu_snapshot": True} if self.snapshots_gpu() else {}
+
+    def gpu_class_options(self) -> dict[str, Any]:
+        """Keyword arguments of `@app.cls` for the GPU class (image, secrets and env are added by the app)."""
+        return {
+            "gpu": self.gpu_request(),
+            "timeout": self.timeout_s,
+            "startup_timeout": self.startup_timeout_s,
+            "min_containers": self.min_containers,
+            "max_containers": self.max_containers,
+            "buffer_containers": self.buffer_containers,
+            "scaledown_window": self.scaledown_window_s,
+            "enable_memory_snapshot": self.memory_snapshot,
+            "experimental_options": self.experimental_options(),
+        }
+
+    def web_options(self) -> dict[str, Any]:
+        """Keyword arguments of `@app.function` for the web endpoint (a CPU container)."""
+        # a sync request waits for a GPU container's cold start and its generation
+        return {"min_containers": self.web_min_containers, "timeout": self.startup_timeout_s + self.timeout_s,
+                "scaledown_window": self.scaledown_window_s}
+
+    def container_env(self, settings: Settings) -> dict[str, str]:
+        """The resolved deployment (and the bucket) as env vars, so containers see what the deployer saw."""
+        env = {f"EASEL_MODAL_{name.upper()}": _env_value(value) for name, value in self.model_dump().items()}
+        env["EASEL_STORE"] = settings.store
+        if settings.s3_endpoint_url:
+            env["EASEL_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+        return env
+
+
+def bake_tokenizers_commands() -> list[str]:
+    """Image build steps: fetch the tokenizer files once, then one folder per name the families expect."""
+    first, *others = TOKENIZER_NAMES
+    fetch = (f"python -c \"from huggingface_hub import snapshot_download; snapshot_download("
+             f"'{TOKENIZER_REPO}', local_dir='{TOKENIZERS_DIR}/{first}', allow_patterns={list(TOKENIZER_FILES)!r})\"")
+    return [fetch, f"rm -rf {TOKENIZERS_DIR}/{first}/.cache",
+            *(f"cp -r {TOKENIZERS_DIR}/{first} {TOKENIZERS_DIR}/{name}" for name in others)]
+
+
+def _env_value(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def pool_for(checkpoint: str | None, deploy: ModalDeploy, default_checkpoint: str) -> str:
+    """The pool (class parameter) a request goes to: its checkpoint's own pool, else the general one."""
+    name = normal_checkpoint(checkpoint or default_checkpoint)
+    return name if name in deploy.pool_names() else GENERAL_POOL
+
+
+def pool_checkpoint(pool: str, default_checkpoint: str) -> str:
+    """The checkpoint a pool's containers load before their first request."""
+    return default_checkpoint if pool == GENERAL_POOL else pool
+
+
+def cloud_store_problem(settings: Settings) -> str | None:
+    """Why this store cannot back a Modal deployment (containers are ephemeral), or None."""
+    if not settings.store.startswith("s3://"):
+        return f"EASEL_STORE must be s3://BUCKET[/PREFIX] on Modal (containers' disks are ephemeral), " \
+               f"not {settings.store!r}"
+    return None
+
+
+def describe(deploy: ModalDeploy, settings: Settings) -> dict[str, Any]:
+    """The resolved deployment, as `easel deploy --dry-run` prints it."""
+    pools = {name: {"min_containers": deploy.pool_min_containers} for name in deploy.pool_names()}
+    pools[GENERAL_POOL] = {"checkpoint": settings.default_checkpoint, "min_containers": deploy.min_containers}
+    return {
+        "app": deploy.app_name,
+        "gpu": deploy.gpu_request(),
+        "gpu_class": {k: v for k, v in deploy.gpu_class_options().items() if k != "gpu"},
+        "snapshots": {"memory": deploy.memory_snapshot, "gpu": deploy.snapshots_gpu()},
+        "pools": pools,
+        "web": {**deploy.web_options(), "max_inputs": deploy.web_max_inputs},
+        "inbox_poller_minutes": deploy.poll_minutes or None,
+        "secrets": [deploy.secret_name],
+        "bucket": settings.store,
+        "s3_endpoint_url": settings.s3_endpoint_url,
+        "image": {"python": PYTHON_VERSION, "torch": TORCH_VERSION,
+                  "tokenizers": [f"{TOKENIZERS_DIR}/{n}" for n in TOKENIZER_NAMES]},
+        "problems": [p for p in [cloud_store_problem(settings)] if p],
+    }

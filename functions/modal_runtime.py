@@ -1,0 +1,144 @@
+"""What the Modal containers do, without Modal: the GPU worker, the remote runner and the Modal executor.
+
+`functions/modal_app.py` only declares Modal objects and delegates here, so every line below runs (and is
+tested) on a CPU without a Modal token. A "pool lookup" is the seam: `pools(name)` returns an object with
+`.generate` / `.run_task` methods — `Generator(checkpoint=name)` in the app, a local stand-in in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from functions.modal_config import ModalDeploy, cloud_store_problem, pool_checkpoint, pool_for
+from handlers.generate import Job, execute_job, resolve_checkpoint
+from handlers.schemas import GenerationResponse
+from handlers.services import Services, build_services
+from handlers.settings import Settings
+from handlers.warmup import Warmed, warm_checkpoint
+from loaders.demo_model import DEMO_NAME, install_demo
+from loaders.errors import EaselError
+
+log = logging.getLogger(__name__)
+
+PoolLookup = Callable[[str], Any]
+
+
+def cloud_services(settings: Settings) -> Services:
+    """Services on the bucket; a deployment whose default is the demo model gets it installed once."""
+    if problem := cloud_store_problem(settings):
+        raise RuntimeError(problem)
+    services = build_services(settings)
+    if settings.default_checkpoint == DEMO_NAME:
+        install_demo(services.store)  # conditional create: many containers starting at once write it once
+    return services
+
+
+class GpuWorker:
+    """One GPU container of one pool: load and warm before the snapshot, reconnect after it, run jobs."""
+
+    def __init__(self, pool: str, *, device_label: Callable[[], str], call_id: Callable[[], str | None]):
+        self.pool = pool
+        self.device_label = device_label
+        self.call_id = call_id
+        self.services: Services | None = None
+        self.warmed: Warmed | None = None
+
+    def start(self) -> None:
+        """Build services from the container's env (the Secret's EASEL_* included) and warm the pool.
+
+        Call it where the GPU is usable: before a GPU snapshot, or after restore when only CPU memory is
+        snapshotted (the device is resolved when services are built)."""
+        self.services = cloud_services(Settings())
+        self.services.device_label = self.device_label()  # billing records the GPU type and the Modal call id
+        self.services.call_id = self.call_id
+        checkpoint = pool_checkpoint(self.pool, self.services.settings.default_checkpoint)
+        self.warmed = warm_checkpoint(self.services, checkpoint)
+        if self.warmed:
+            log.info("pool %s warm: %s loaded in %.2fs, first generation %.2fs", self.pool,
+                     self.warmed.checkpoint, self.warmed.load_s, self.warmed.generate_s)
+
+    def restore(self) -> None:
+        """After a snapshot restore: fresh network clients (the old sockets are dead), or the late start."""
+        if self.services is None:
+            self.start()
+        else:
+            self.services.store.reconnect()
+
+    def execute(self, job: Job) -> GenerationResponse:
+        """One job through the same entry as every other channel; generate_s is measured in here."""
+        return execute_job(job, self.services)
+
+    def run_task(self, user: str, task_id: str) -> None:
+        """Run the stored task users/<user>/tasks/<task_id>.json (the async path): claim, run, finish."""
+        from handlers.runner import run_task  # the async task layer (branch `async`)
+
+        owner = f"modal:{self.pool}:{self.call_id() or 'local'}"
+        outcome = run_task(self.services, user, task_id, owner=owner)
+        if outcome.record is None:
+            log.info("task %s/%s not run here: finished already, or leased by another worker", user, task_id)
+
+
+class RemoteRunner:
+    """`Services.runner` for the web container: a sync job runs in the GPU pool that holds its checkpoint."""
+
+    def __init__(self, pools: PoolLookup, deploy: ModalDeploy):
+        self.pools = pools
+        self.deploy = deploy
+
+    def __call__(self, job: Job, services: Services) -> GenerationResponse:
+        # 1. A missing or malformed checkpoint is a 4xx from here: it never starts a GPU container
+        resolve_checkpoint(job, services)
+        # 2. The pool whose containers already hold this checkpoint (or the general one)
+        pool = pool_for(job.request.checkpoint_name(), self.deploy, services.settings.default_checkpoint)
+        # 3. Run there; a remote EaselError is re-raised here and mapped to its status by the app
+        return self.pools(pool).generate.remote(job)
+
+
+class ModalExecutor:
+    """`handlers.executor.Executor` on Modal: a stored task is spawned in its checkpoint's pool."""
+
+    def __init__(self, pools: PoolLookup, deploy: ModalDeploy, services: Services,
+                 checkpoint_of: Callable[[Services, str, str], str | None] | None = None):
+        self.pools = pools
+        self.deploy = deploy
+        self.services = services
+        self.checkpoint_of = checkpoint_of or task_checkpoint
+
+    def submit(self, user: str, task_id: str) -> None:
+        pool = self.pool_of(user, task_id)
+        call = self.pools(pool).run_task.spawn(user, task_id)
+        log.info("task %s/%s spawned in pool %s (call %s)", user, task_id, pool, getattr(call, "object_id", None))
+
+    def pool_of(self, user: str, task_id: str) -> str:
+        """The task's pool from its stored request; the default checkpoint's when it names none."""
+        return pool_for(self.checkpoint_of(self.services, user, task_id), self.deploy,
+                        self.services.settings.default_checkpoint)
+
+
+def task_checkpoint(services: Services, user: str, task_id: str) -> str | None:
+    """The checkpoint a stored task asks for (routing only: the GPU side validates everything again)."""
+    try:
+        from handlers.tasks import load_request  # the async task layer (branch `async`)
+
+        return load_request(services, user, task_id).checkpoint_name()
+    except (ImportError, EaselError, ValueError, KeyError) as e:  # ValueError: bad JSON or request
+        log.warning("task %s/%s: no checkpoint to route by (%s); the default's pool", user, task_id, e)
+        return None
+
+
+def web_services(settings: Settings, deploy: ModalDeploy, pools: PoolLookup) -> Services:
+    """The web container's services: sync jobs (runner) and stored tasks (executor) go to the GPU pools."""
+    services = cloud_services(settings)
+    services.runner = RemoteRunner(pools, deploy)
+    services.executor = ModalExecutor(pools, deploy, services)  # replaces the in-process worker pool
+    return services
+
+
+def poll_inbox_once(settings: Settings, deploy: ModalDeploy, pools: PoolLookup) -> None:
+    """The scheduled fallback for missed bucket events: one pass over users/*/inbox/."""
+    from handlers.events import poll_inbox  # the bucket-upload triggers (branch `async`)
+
+    outcomes = poll_inbox(web_services(settings, deploy, pools))
+    log.info("inbox poll: %d new uploads", len(outcomes))

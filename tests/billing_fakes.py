@@ -1,0 +1,80 @@
+"""Fakes for metering tests: a pipeline builder that counts loads, a generation whose outcome a test scripts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from PIL import Image
+
+from handlers import generate
+from handlers.generate import Canceled, Generated, Job
+from handlers.schemas import Txt2ImgRequest
+from handlers.services import build_services
+from handlers.settings import Settings
+from tests.conftest import TOKENS
+
+
+class FakeBuilder:
+    """Stands in for build_pipeline: counts how often a checkpoint was loaded onto the device."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, path, family, device):
+        self.calls += 1
+        return object()
+
+
+class ScriptedGeneration:
+    """Replaces generate_txt2img: runs `steps` callbacks (sleeping `step_s` each) then does what the script says.
+
+    outcome(job_call_index) → "ok" | "fail" | ("cancel", k) | "crash"; "crash" raises a BaseException,
+    which is how a killed process looks to the code above it (nothing after it runs).
+    """
+
+    def __init__(self, step_s: float = 0.0):
+        self.step_s = step_s
+        self.calls = 0
+        self.script: Callable[[int], object] = lambda i: "ok"
+        self.lock = threading.Lock()
+
+    def __call__(self, req, model, on_step, refiner=None, control=None):
+        with self.lock:
+            index = self.calls
+            self.calls += 1
+        outcome = self.script(index)
+        total = req.steps * req.n_iter
+        for step in range(1, total + 1):
+            time.sleep(self.step_s)
+            if isinstance(outcome, tuple) and outcome[0] == "cancel" and step > outcome[1]:
+                raise Canceled(f"canceled after {outcome[1]} steps")
+            on_step(step, total)
+        if outcome == "fail":
+            raise RuntimeError("CUDA out of memory (injected)")
+        if outcome == "crash":
+            raise Crash("worker killed (injected)")
+        seeds = [1 + k for k in range(req.image_count)]
+        return Generated([Image.new("RGB", (req.width, req.height), "red")] * req.image_count, seeds,
+                         ["x"] * req.image_count)
+
+
+class Crash(BaseException):
+    """A process dying: not an Exception, so no handler records anything."""
+
+
+def fake_services(store, tmp_path, monkeypatch, **overrides):
+    builder = FakeBuilder()
+    gen = ScriptedGeneration()
+    monkeypatch.setattr(generate, "generate_txt2img", gen)
+    settings = Settings(store=f"file://{tmp_path / 'data'}", cache_dir=tmp_path / "cache", device="cpu",
+                        tokens=",".join(f"{u}={t}" for u, t in TOKENS.items()), admins="root", **overrides)
+    services = build_services(settings, store=store, builder=builder)
+    return services, builder, gen
+
+
+def job(user: str = "alice", task_id: str = "t1", queued_at: float | None = None, **body) -> Job:
+    request = Txt2ImgRequest(**{"prompt": "p", "width": 64, "height": 64, "steps": 2, **body})
+    extra = {"queued_at": queued_at} if queued_at is not None else {}
+    return Job(user=user, mode="txt2img", request=request, task_id=task_id, **extra)
