@@ -16,6 +16,7 @@ from handlers.metering import Meter
 from handlers.settings import Settings
 from handlers.users import UserRegistry
 from loaders.family_configs import FamilyConfigs
+from loaders.fast_loader import DeviceLock
 from loaders.controlnet import ControlNetCache
 from loaders.models import ModelManager, build_pipeline, set_public_kinds
 from loaders.storage import ObjectStore, open_store
@@ -94,7 +95,7 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
         import torch
 
         torch.set_num_threads(settings.cpu_threads)
-    device_lock = threading.Lock()
+    device_lock = DeviceLock()  # requests before background warm-up
     builder = acceleration.wrap_builder(settings, store, device_lock, builder)  # CUDA fast path, tiny VAE
     models = ModelManager(store, settings.cache_dir, device=settings.device,
                           capacity=settings.pipeline_cache_size, builder=builder)

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from loaders import fastpath
@@ -24,10 +25,59 @@ log = logging.getLogger(__name__)
 Builder = Callable[[Path, str, str], object]
 
 
+class DeviceLock:
+    """The device's mutex, where requests (`with lock:`) go before background work (`with lock.background():`).
+
+    A warm-up compiles one bucket per turn; it takes the device only while no request is waiting, so a
+    request waits at most for the bucket being warmed when it arrived, never for the whole queue of them.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._held = False
+        self._waiting = 0  # requests waiting for the device
+
+    def acquire(self) -> bool:
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._held:
+                    self._cond.wait()
+                self._held = True
+            finally:
+                self._waiting -= 1
+        return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def locked(self) -> bool:
+        return self._held
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+    @contextmanager
+    def background(self):
+        with self._cond:
+            while self._held or self._waiting:
+                self._cond.wait()
+            self._held = True
+        try:
+            yield
+        finally:
+            self.release()
+
+
 class Warmer:
     """Compiles and captures every bucket a pipeline's family serves, restoring/saving compile artifacts."""
 
-    def __init__(self, device_lock: threading.Lock, cache: CompileCache | None = None,
+    def __init__(self, device_lock: DeviceLock | threading.Lock, cache: CompileCache | None = None,
                  warm: Callable = fastpath.warm_bucket):
         self.device_lock = device_lock
         self.cache = cache
@@ -48,7 +98,8 @@ class Warmer:
     def warm_one(self, pipe, shape: tuple[int, int]) -> dict | None:
         """One bucket under the device lock (a request waits at most one bucket's warm-up)."""
         state = fast_state(pipe)
-        with self.device_lock:
+        background = getattr(self.device_lock, "background", None)  # requests first, where the lock knows them
+        with background() if background else self.device_lock:
             if state is None or shape in state.warmed:
                 return None
             t0 = time.perf_counter()

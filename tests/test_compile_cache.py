@@ -144,3 +144,33 @@ def test_speed_settings_parse(services, make_services, store):
     assert tiny_vae_keys(s.settings) == {"sd15": "system/vae/t.safetensors"}
     with pytest.raises(ValueError, match="family=key"):
         tiny_vae_keys(make_services(store, tiny_vae="nonsense").settings)
+
+
+def test_requests_get_the_device_before_background_warm_up():
+    import time
+
+    from loaders.fast_loader import DeviceLock
+
+    lock, order = DeviceLock(), []
+    lock.acquire()  # a request is generating
+
+    def warm():
+        with lock.background():
+            order.append("warm")
+
+    def request():
+        with lock:
+            order.append("request")
+
+    w = threading.Thread(target=warm)
+    w.start()
+    time.sleep(0.05)
+    r = threading.Thread(target=request)
+    r.start()
+    deadline = time.monotonic() + 5
+    while lock._waiting == 0 and time.monotonic() < deadline:  # the request is queued behind the holder
+        time.sleep(0.005)
+    lock.release()
+    w.join(5)
+    r.join(5)
+    assert order == ["request", "warm"] and not lock.locked()
