@@ -13,6 +13,10 @@ def _settings(args):
     overrides = {}
     if getattr(args, "data_dir", None):
         overrides["store"] = f"file://{Path(args.data_dir).resolve()}"
+    if getattr(args, "enable_nsfw_censor", False):
+        overrides["enable_nsfw_censor"] = True
+    if getattr(args, "always_hide_tabs", None) is not None:
+        overrides["hide_tabs"] = args.always_hide_tabs
     return Settings(**overrides)
 
 
@@ -91,6 +95,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--data-dir", help="local store directory (sets EASEL_STORE=file://DIR)")
+    s.add_argument("--enable-nsfw-censor", action="store_true",
+                   help="screen outputs with public/models/safety_checker/ (EASEL_ENABLE_NSFW_CENSOR)")
+    s.add_argument("--always-hide-tabs", metavar="TABS", help='web page tabs to hide, e.g. "files,prompt"')
     s.set_defaults(func=cmd_serve)
 
     g = sub.add_parser("generate", help="generate one image in-process")

@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from handlers import controlnet, listing
+from handlers import beautifulprompt, controlnet, filebrowser, gallery, listing, webui
 from handlers.accounts_api import accounts_router
 from handlers.auth import Tenant
 from handlers.generate import Job, execute_job
@@ -131,6 +131,10 @@ def create_app(services: Services) -> FastAPI:
 
     app.include_router(accounts_router(services))
     app.include_router(models_router(services))
+    # The web page and the routes only it needed at first (gallery, file browser, prompt expansion).
+    for module in (gallery, filebrowser, beautifulprompt):
+        app.include_router(module.router(services))
+    webui.mount(app, services)
     # Model uploads stream to disk under their own cap (EASEL_MAX_UPLOAD_MB, enforced in handlers.models_api).
     app.add_middleware(BodyLimit, max_bytes=services.settings.max_body_mb * 2**20, exempt=("/models/",))
     return app

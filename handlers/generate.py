@@ -13,6 +13,7 @@ from typing import Literal
 from PIL import Image
 
 from handlers import controlnet, metering, outputs
+from handlers.censor import censor_images
 from handlers.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
 from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import GenerationRequest, GenerationResponse, ResponseParameters, Timings
@@ -42,6 +43,7 @@ class Generated:
     images: list[Image.Image]
     seeds: list[int]
     infotexts: list[str]
+    nsfw: list[bool] | None = None  # per image, when the NSFW censor screened them
 
 
 def execute_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
@@ -65,6 +67,7 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     load_s += refiner_load_s
     control = controlnet.prepare(services, job.user, units, model, width=req.width, height=req.height)
     load_s += control.load_s if control else 0.0
+<<<<<<< HEAD
     # 3. Generate (denoise + decode): the billed part. Look-alike concurrent requests may share one batch.
     if services.batcher is not None and services.batcher.applies(job, model):
         generated, generate_s = services.batcher.generate(job, services, model, _with_progress(job, services, on_step))
@@ -80,6 +83,23 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
             finally:
                 services.progress.finish(job.user, job.task_id)
             generate_s = time.perf_counter() - t0
+=======
+    # 3. Generate (denoise + decode): the billed part
+    with services.device_lock:
+        t0 = time.perf_counter()
+        services.progress.start(job.user, job.task_id, req.steps * req.n_iter)
+        try:
+            generated = generate_txt2img(req, model, _with_progress(job, services, on_step), refiner, control)
+        except Canceled as stopped:
+            stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
+            raise
+        finally:
+            services.progress.finish(job.user, job.task_id)
+        generate_s = time.perf_counter() - t0
+    # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
+    if services.censor is not None:
+        generated.nsfw = censor_images(generated.images, services.censor)
+>>>>>>> main
     # 4. Persist the images (and the grid) before anything reports success
     t0 = time.perf_counter()
     saved = persist(job, services, generated, label)
@@ -205,5 +225,6 @@ def respond(job: Job, services: Services, model: LoadedCheckpoint, generated: Ge
     params = ResponseParameters(
         id_task=job.task_id, status=0, image_url=",".join(urls), seed=",".join(map(str, generated.seeds)),
         error_msg="", total_time=timings.total_s, timings=timings,
+        **({"nsfw": generated.nsfw} if generated.nsfw is not None else {}),
     )
     return GenerationResponse(images=images, parameters=params, info=json.dumps(info))

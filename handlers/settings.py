@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     batching: Literal["auto", "on", "off"] = Field("auto", description="batch look-alike txt2img (auto: CUDA)")
     batch_wait_ms: float = Field(10.0, ge=0, le=1000, description="longest a request waits for batch mates")
     batch_max_images: int = Field(8, ge=1, le=64, description="images per device batch")
+    hide_tabs: str = Field("", description='web page tabs to hide: "files,prompt" (the seed\'s --always-hide-tabs)')
+    enable_nsfw_censor: bool = Field(False, description="screen outputs with public/models/safety_checker/")
+
+    def hidden_tabs(self) -> list[str]:
+        return [t.strip().lower() for t in self.hide_tabs.split(",") if t.strip()]
 
     def token_pairs(self) -> list[tuple[str, str]]:
         """`EASEL_TOKENS` as (user, token) pairs."""
