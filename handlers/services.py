@@ -73,12 +73,9 @@ class Services:
     controlnets: ControlNetCache
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
-<<<<<<< HEAD
     batcher: Batcher | None = None  # look-alike txt2img requests share one device batch (handlers/batching.py)
-=======
     censor: SafetyChecker | None = None  # set when EASEL_ENABLE_NSFW_CENSOR is on
     prompt_models: PromptModels | None = None
->>>>>>> main
     meter: Meter | None = None  # price and budget state (handlers.metering); built lazily when None
     # Where a sync request's job runs: None = in this process (handlers.generate.execute_job); the Modal web
     # container sets a callable (job, services) -> GenerationResponse that calls the GPU class instead.
@@ -110,12 +107,8 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     tokens = TokenRegistry(store)
     UserRegistry(store, tokens).seed(settings.token_pairs(), settings.admin_users())
     controlnets = ControlNetCache(store, settings.cache_dir, capacity=settings.controlnet_cache_size)
-<<<<<<< HEAD
-    return Services(settings, store, models, tokens, controlnets=controlnets, meter=Meter(settings, models.device),
-                    device_lock=device_lock, batcher=Batcher.from_settings(settings, device_lock))
-=======
     # Loaded at start-up so a missing safety checker stops the server with a clear message, not a request.
     censor = load_safety_checker(store, settings.cache_dir, models.device) if settings.enable_nsfw_censor else None
     return Services(settings, store, models, tokens, controlnets=controlnets, meter=Meter(settings, models.device),
-                    censor=censor, prompt_models=PromptModels(store, settings.cache_dir, device=models.device))
->>>>>>> main
+                    censor=censor, prompt_models=PromptModels(store, settings.cache_dir, device=models.device),
+                    device_lock=device_lock, batcher=Batcher.from_settings(settings, device_lock))
