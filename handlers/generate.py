@@ -67,18 +67,21 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     load_s += refiner_load_s
     control = controlnet.prepare(services, job.user, units, model, width=req.width, height=req.height)
     load_s += control.load_s if control else 0.0
-    # 3. Generate (denoise + decode): the billed part
-    with services.device_lock:
-        t0 = time.perf_counter()
-        services.progress.start(job.user, job.task_id, req.steps * req.n_iter)
-        try:
-            generated = generate_txt2img(req, model, _with_progress(job, services, on_step), refiner, control)
-        except Canceled as stopped:
-            stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
-            raise
-        finally:
-            services.progress.finish(job.user, job.task_id)
-        generate_s = time.perf_counter() - t0
+    # 3. Generate (denoise + decode): the billed part. Look-alike concurrent requests may share one batch.
+    if services.batcher is not None and services.batcher.applies(job, model):
+        generated, generate_s = services.batcher.generate(job, services, model, _with_progress(job, services, on_step))
+    else:
+        with services.device_lock:
+            t0 = time.perf_counter()
+            services.progress.start(job.user, job.task_id, req.steps * req.n_iter)
+            try:
+                generated = generate_txt2img(req, model, _with_progress(job, services, on_step), refiner, control)
+            except Canceled as stopped:
+                stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
+                raise
+            finally:
+                services.progress.finish(job.user, job.task_id)
+            generate_s = time.perf_counter() - t0
     # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
     if services.censor is not None:
         generated.nsfw = censor_images(generated.images, services.censor)

@@ -9,12 +9,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from handlers import acceleration
 from handlers.auth import TokenRegistry
+from handlers.batching import Batcher
 from handlers.executor import Executor
 from handlers.metering import Meter
 from handlers.settings import Settings
 from handlers.users import UserRegistry
 from loaders.family_configs import FamilyConfigs
+from loaders.fast_loader import DeviceLock
 from loaders.controlnet import ControlNetCache
 from loaders.models import ModelManager, build_pipeline, set_public_kinds
 from loaders.prompt_models import PromptModels
@@ -71,6 +74,7 @@ class Services:
     controlnets: ControlNetCache
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: Batcher | None = None  # look-alike txt2img requests share one device batch (handlers/batching.py)
     censor: SafetyChecker | None = None  # set when EASEL_ENABLE_NSFW_CENSOR is on
     prompt_models: PromptModels | None = None
     meter: Meter | None = None  # price and budget state (handlers.metering); built lazily when None
@@ -97,6 +101,8 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
         import torch
 
         torch.set_num_threads(settings.cpu_threads)
+    device_lock = DeviceLock()  # requests before background warm-up
+    builder = acceleration.wrap_builder(settings, store, device_lock, builder)  # CUDA fast path, tiny VAE
     models = ModelManager(store, settings.cache_dir, device=settings.device,
                           capacity=settings.pipeline_cache_size, builder=builder)
     set_public_kinds(store, settings.public_model_kinds())
@@ -107,7 +113,8 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     censor = load_safety_checker(store, settings.cache_dir, models.device) if settings.enable_nsfw_censor else None
     services = Services(settings, store, models, tokens, controlnets=controlnets,
                         meter=Meter(settings, models.device), censor=censor,
-                        prompt_models=PromptModels(store, settings.cache_dir, device=models.device))
+                        prompt_models=PromptModels(store, settings.cache_dir, device=models.device),
+                        device_lock=device_lock, batcher=Batcher.from_settings(settings, device_lock))
     from handlers.workers import LocalExecutor  # late: workers import Services
 
     services.executor = LocalExecutor(services)  # Modal's web container replaces it with ModalExecutor

@@ -11,6 +11,7 @@ import base64
 import io
 import re
 import time
+import os
 from pathlib import Path
 
 import httpx
@@ -32,7 +33,10 @@ from tests.browser_support import CHROMIUM_ARGS, ServerThread, ensure_chromium
 from tests.conftest import TOKENS
 from tests.tiny_models import PAIRS, put_folder, tiny_lm_dir
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+# Every run writes the screenshots to build/screenshots/ (ignored); EASEL_UPDATE_SCREENSHOTS=1 refreshes the
+# committed copies in docs/screenshots/ that the README shows, so a plain test run leaves the tree clean.
+_ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = _ROOT / ("docs" if os.environ.get("EASEL_UPDATE_SCREENSHOTS") else "build") / "screenshots"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 SLOW = 60_000  # ms: a generation on 2 busy CPU cores
