@@ -54,6 +54,40 @@ def cmd_generate(args) -> None:
     print(f"saved {args.output} (seed {result.parameters.seed}; load {t.load_s:.2f}s, generate {t.generate_s:.2f}s)")
 
 
+def cmd_tasks(args) -> None:
+    import json
+
+    from handlers.services import build_services
+    from handlers.tasks import cancel_task, list_tasks, load_task
+
+    services = build_services(_settings(args))
+    if args.tasks_command == "list":
+        for r in list_tasks(services, args.user, args.status, args.limit):
+            print(f"{r.task_id}\t{r.status}\t{r.mode}\t{r.progress.step}/{r.progress.total}\t{r.error}")
+    elif args.tasks_command == "show":
+        print(json.dumps(load_task(services, args.user, args.task_id).summary(), indent=2))
+    else:
+        print(cancel_task(services, args.user, args.task_id).status)
+
+
+def cmd_watch(args) -> None:
+    import logging
+    import threading
+
+    from functions.local import prepare
+    from handlers.events import poll_inbox, watch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    services = prepare(_settings(args))
+    services.executor.recover()
+    if args.once:
+        for o in poll_inbox(services):
+            print(f"{o.key}\t{o.status}\t{o.task_id or ''}\t{o.reason}")
+        services.executor.wait_idle(args.timeout)
+        return
+    watch(services, args.interval, threading.Event())
+
+
 def cmd_demo_model(args) -> None:
     from loaders.demo_model import demo_family, install_demo, write_demo_checkpoint
     from loaders.storage import open_store
@@ -115,6 +149,25 @@ def parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     from functions.cli_accounts import add_commands
+
+    t = sub.add_parser("tasks", help="async tasks in the store").add_subparsers(dest="tasks_command", required=True)
+    tl = t.add_parser("list", help="a user's tasks, newest first")
+    tl.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "canceled"])
+    tl.add_argument("--limit", type=int, default=50)
+    for name, helptext in (("show", "one task's record"), ("cancel", "cancel a queued or running task")):
+        tc = t.add_parser(name, help=helptext)
+        tc.add_argument("task_id")
+    for sp in (tl, t.choices["show"], t.choices["cancel"]):
+        sp.add_argument("--user", default="local", help="whose tasks (default: the local user)")
+        sp.add_argument("--data-dir")
+        sp.set_defaults(func=cmd_tasks)
+
+    w = sub.add_parser("watch", help="turn uploads to users/*/inbox/ into tasks (for stores without events)")
+    w.add_argument("--interval", type=float, default=5.0, help="seconds between polls")
+    w.add_argument("--once", action="store_true", help="one pass, wait for its tasks, exit")
+    w.add_argument("--timeout", type=float, default=600.0, help="with --once: longest wait for the tasks")
+    w.add_argument("--data-dir")
+    w.set_defaults(func=cmd_watch)
 
     add_commands(sub)  # users, models, usage
 

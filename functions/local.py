@@ -11,6 +11,7 @@ from handlers.services import Services, build_services
 from handlers.settings import Settings
 from loaders.demo_controlnet import install_demo_controlnet
 from handlers.users import UserRegistry
+from handlers.workers import start_background
 from loaders.demo_model import DEMO_NAME, install_demo
 
 LOCAL_USER = "local"
@@ -45,6 +46,7 @@ def serve(settings: Settings, host: str, port: int, data_dir: Path | None) -> No
 
     services = prepare(settings)
     app = create_app(services)
+    start_background(services)  # re-queue tasks a previous run left open; poll inboxes when enabled
     url = f"http://{host}:{port}"
     if settings.tokens:
         token, who = "<your token from EASEL_TOKENS>", "EASEL_TOKENS users"
@@ -52,6 +54,7 @@ def serve(settings: Settings, host: str, port: int, data_dir: Path | None) -> No
         token, who = local_token(services, data_dir or Path("data")), f"user '{LOCAL_USER}'"
     print(banner(url, token, who, settings), flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
+    services.executor.release()  # graceful stop: running tasks go back to the queue for the next start
 
 
 def banner(url: str, token: str, who: str, settings: Settings) -> str:

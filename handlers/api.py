@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import mimetypes
-import re
 import uuid
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from handlers import beautifulprompt, controlnet, filebrowser, gallery, listing, webui
+from handlers import beautifulprompt, controlnet, filebrowser, gallery, listing, task_routes, webui
 from handlers.accounts_api import accounts_router
 from handlers.auth import Tenant
 from handlers.generate import Job, execute_job
 from handlers.models_api import models_router
 from handlers.schemas import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
 from handlers.services import Services
+from handlers.task_routes import TaskAccepted, submit_generation
+from handlers.tasks import check_task_id
 from loaders.errors import EaselError, InvalidRequest, NotFound, PayloadTooLarge
 from loaders.storage import check_key
-
-TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-
-
-def check_task_id(task_id: str, field: str = "task_id") -> str:
-    if not TASK_ID.match(task_id):
-        raise InvalidRequest(f"`{field}` {task_id[:80]!r} must be 1-128 of letters, digits, '_', '.', ':' or '-'")
-    return task_id
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -91,14 +84,18 @@ def create_app(services: Services) -> FastAPI:
     def healthz():
         return {"ok": True}
 
-    @app.post("/sdapi/v1/txt2img", response_model=GenerationResponse)
-    def txt2img(body: Txt2ImgRequest, request: Request, who: Tenant = Depends(tenant)):
+    @app.post("/sdapi/v1/txt2img", response_model=GenerationResponse | TaskAccepted)
+    def txt2img(body: Txt2ImgRequest, request: Request, task_id: str | None = None, who: Tenant = Depends(tenant)):
+        if task_id is not None:  # asynchronous: queued, answered at once (see handlers/tasks.py)
+            return submit_generation(services, who, "txt2img", body, task_id, str(request.base_url))
         task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
         job = Job(user=who.user, mode="txt2img", request=body, task_id=task_id, base_url=str(request.base_url))
         return (services.runner or execute_job)(job, services)
 
-    @app.post("/sdapi/v1/img2img", response_model=GenerationResponse)
-    def img2img(body: Img2ImgRequest, request: Request, who: Tenant = Depends(tenant)):
+    @app.post("/sdapi/v1/img2img", response_model=GenerationResponse | TaskAccepted)
+    def img2img(body: Img2ImgRequest, request: Request, task_id: str | None = None, who: Tenant = Depends(tenant)):
+        if task_id is not None:  # asynchronous, as txt2img
+            return submit_generation(services, who, "img2img", body, task_id, str(request.base_url))
         task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
         job = Job(user=who.user, mode="img2img", request=body, task_id=task_id, base_url=str(request.base_url))
         return (services.runner or execute_job)(job, services)
@@ -148,6 +145,7 @@ def create_app(services: Services) -> FastAPI:
         return file_response(services, who, key)
 
     app.include_router(accounts_router(services))
+    app.include_router(task_routes.router)
     app.include_router(models_router(services))
     # The web page and the routes only it needed at first (gallery, file browser, prompt expansion).
     for module in (gallery, filebrowser, beautifulprompt):

@@ -72,21 +72,25 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
                                  init_image=inputs.images[0] if inputs else None)
     load_s += control.load_s if control else 0.0
     load_s += services.adapters.prefetch(networks.plan)
-    # 3. Generate (denoise + decode): the billed part; this request's adapters are applied around it only
-    with services.device_lock, services.adapters.applied(model, networks.plan) as adapters:
-        t0 = time.perf_counter()
-        steps = StepCounter(_with_progress(job, services, on_step), planned_steps(job))
-        services.progress.start(job.user, job.task_id, steps.total)
-        try:
-            ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner)
-            generated = generate(job, model, ctx, inputs)
-        except Canceled as stopped:
-            stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
-            raise
-        finally:
-            services.progress.finish(job.user, job.task_id)
-        generate_s = time.perf_counter() - t0
-    load_s += adapters.load_s
+    # 3. Generate (denoise + decode): the billed part. Look-alike concurrent requests may share one batch;
+    #    a request with LoRA / VAE / embeddings runs alone, its adapters applied around it only.
+    if not networks.plan.uses_any and services.batcher is not None and services.batcher.applies(job, model):
+        generated, generate_s = services.batcher.generate(job, services, model, _with_progress(job, services, on_step))
+    else:
+        with services.device_lock, services.adapters.applied(model, networks.plan) as adapters:
+            t0 = time.perf_counter()
+            steps = StepCounter(_with_progress(job, services, on_step), planned_steps(job))
+            services.progress.start(job.user, job.task_id, steps.total)
+            try:
+                ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner)
+                generated = generate(job, model, ctx, inputs)
+            except Canceled as stopped:
+                stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
+                raise
+            finally:
+                services.progress.finish(job.user, job.task_id)
+            generate_s = time.perf_counter() - t0
+        load_s += adapters.load_s
     # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
     if services.censor is not None:
         generated.nsfw = censor_images(generated.images, services.censor)

@@ -41,6 +41,8 @@ class GenerationRequest(BaseModel):
     refiner_switch_at: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False,
                                             description="fraction of the steps after which the refiner takes "
                                             "over (default 0.8; 1 means never)")
+    webhook: str | None = Field(None, max_length=2048,
+                                description="with ?task_id=: POSTed the finished task (signed X-Easel-Signature)")
 
     @field_validator("width", "height")
     @classmethod

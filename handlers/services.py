@@ -9,11 +9,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from handlers import acceleration
 from handlers.auth import TokenRegistry
+from handlers.batching import Batcher
+from handlers.executor import Executor
 from handlers.metering import Meter
 from handlers.settings import Settings
 from handlers.users import UserRegistry
 from loaders.family_configs import FamilyConfigs
+from loaders.fast_loader import DeviceLock
 from loaders.controlnet import ControlNetCache
 from loaders.adapters import Adapters
 from loaders.models import ModelManager, build_pipeline, set_public_kinds
@@ -71,6 +75,7 @@ class Services:
     controlnets: ControlNetCache
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: Batcher | None = None  # look-alike txt2img requests share one device batch (handlers/batching.py)
     censor: SafetyChecker | None = None  # set when EASEL_ENABLE_NSFW_CENSOR is on
     prompt_models: PromptModels | None = None
     meter: Meter | None = None  # price and budget state (handlers.metering); built lazily when None
@@ -81,6 +86,7 @@ class Services:
     # of the current call (Modal's function call id; None locally). The Modal GPU container sets both.
     device_label: str = ""
     call_id: Callable[[], str | None] = lambda: None
+    executor: Executor | None = None  # runs queued tasks (handlers.tasks.LocalExecutor unless replaced)
     adapters: Adapters | None = None  # LoRA / VAE / embeddings on the resident pipelines
 
     def __post_init__(self):
@@ -103,6 +109,8 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
         import torch
 
         torch.set_num_threads(settings.cpu_threads)
+    device_lock = DeviceLock()  # requests before background warm-up
+    builder = acceleration.wrap_builder(settings, store, device_lock, builder)  # CUDA fast path, tiny VAE
     models = ModelManager(store, settings.cache_dir, device=settings.device,
                           capacity=settings.pipeline_cache_size, builder=builder)
     set_public_kinds(store, settings.public_model_kinds())
@@ -111,5 +119,11 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     controlnets = ControlNetCache(store, settings.cache_dir, capacity=settings.controlnet_cache_size)
     # Loaded at start-up so a missing safety checker stops the server with a clear message, not a request.
     censor = load_safety_checker(store, settings.cache_dir, models.device) if settings.enable_nsfw_censor else None
-    return Services(settings, store, models, tokens, controlnets=controlnets, meter=Meter(settings, models.device),
-                    censor=censor, prompt_models=PromptModels(store, settings.cache_dir, device=models.device))
+    services = Services(settings, store, models, tokens, controlnets=controlnets,
+                        meter=Meter(settings, models.device), censor=censor,
+                        prompt_models=PromptModels(store, settings.cache_dir, device=models.device),
+                        device_lock=device_lock, batcher=Batcher.from_settings(settings, device_lock))
+    from handlers.workers import LocalExecutor  # late: workers import Services
+
+    services.executor = LocalExecutor(services)  # Modal's web container replaces it with ModalExecutor
+    return services

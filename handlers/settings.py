@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loaders.demo_model import DEMO_NAME
+from loaders.fastpath import DEFAULT_BUCKETS
 
 
 class Settings(BaseSettings):
@@ -43,8 +44,34 @@ class Settings(BaseSettings):
     budget_cost_per_month: float | None = Field(None, ge=0, description="default monthly budget, currency")
     usage_close_after_s: int = Field(86400, ge=0, description="a day's usage roll-up is final this long after "
                                      "the day ends (longer than any request waits in a queue)")
+    # --- speed (handlers/acceleration.py, handlers/batching.py; shared/PERF.md) ---
+    fast_path: Literal["auto", "on", "off"] = Field("auto", description="CUDA fast path (auto: on with CUDA)")
+    fast_dtype: Literal["fp16", "bf16"] = "fp16"
+    fast_vae_dtype: Literal["bf16", "fp32"] = Field("bf16", description="NaN-safe VAE precision on CUDA")
+    fast_compile: bool = Field(True, description="torch.compile UNet and VAE decode per shape bucket")
+    fast_compile_mode: str = Field("reduce-overhead", description="torch.compile mode (CUDA graphs)")
+    fast_buckets: str = Field(DEFAULT_BUCKETS, description="compiled WxH shapes; other sizes run eager")
+    fast_batch_sizes: str = Field("1,2,4,8", description="images per call that get compiled graphs")
+    fast_fuse_qkv: bool = Field(False, description="fused QKV projections (incompatible with LoRA)")
+    fast_fp8: bool = Field(False, description="fp8 UNet on Ada/Hopper (needs torchao)")
+    fast_warm: Literal["background", "off"] = Field("background", description="warm buckets after a load")
+    compile_cache: bool = Field(True, description="compile artifacts in the bucket under system/compile/")
+    tiny_vae: str = Field("", description='AutoencoderTiny per family: "sd15=system/vae/taesd.safetensors"')
+    vae_decode_method: Literal["Full", "TAESD"] = Field("Full", description="default decode (A1111 option)")
+    batching: Literal["auto", "on", "off"] = Field("auto", description="batch look-alike txt2img (auto: CUDA)")
+    batch_wait_ms: float = Field(10.0, ge=0, le=1000, description="longest a request waits for batch mates")
+    batch_max_images: int = Field(8, ge=1, le=64, description="images per device batch")
     hide_tabs: str = Field("", description='web page tabs to hide: "files,prompt" (the seed\'s --always-hide-tabs)')
     enable_nsfw_censor: bool = Field(False, description="screen outputs with public/models/safety_checker/")
+
+    # --- async tasks and bucket-upload events (handlers/tasks.py, handlers/events.py) ---
+    task_workers: int = Field(1, ge=1, le=64, description="local worker threads running queued tasks")
+    task_lease_s: float = Field(600.0, gt=0, description="a running task not heard from this long is re-run once")
+    task_progress_interval_s: float = Field(1.0, ge=0, description="least time between progress writes to a task record")
+    webhook_secret: str = Field("", description="HMAC-SHA256 key signing webhook POSTs; webhooks are refused unset")
+    webhook_attempts: int = Field(5, ge=1, le=20, description="deliveries tried per webhook before giving up")
+    webhook_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
+    watch_interval_s: float = Field(0.0, ge=0, description="poll users/*/inbox/ every this many seconds in `easel serve` (0 = off)")
 
     def hidden_tabs(self) -> list[str]:
         return [t.strip().lower() for t in self.hide_tabs.split(",") if t.strip()]

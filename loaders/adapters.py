@@ -50,6 +50,10 @@ class AdapterPlan:
     vae: ObjectInfo | None = None
     embeddings: tuple[EmbeddingUse, ...] = ()
 
+    @property
+    def uses_any(self) -> bool:
+        return bool(self.loras or self.vae or self.embeddings)
+
 
 @dataclass
 class Applied:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +156,7 @@ def build_pipeline(path: Path, family: str, device: str, *, configs=None):
         config=str(config),
         local_files_only=True,  # no model hub, ever
         torch_dtype=pipeline_dtype(family, device),
+        device=device,  # UNet and VAE weights go from the mmapped file straight to the device: no host copy
         **extra,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -233,11 +235,13 @@ class ModelManager:
             config_dir(family)
         except KeyError:
             raise InvalidRequest(f"checkpoint {name!r} is a {family} model, which this server cannot load") from None
-        pipe = self._build(path, family, name)
-        if not found.settled and looks_like_v_prediction(pipe.unet):  # SD 2.x that declares nothing
-            settle_v_prediction(pipe)
-            family = "sd2-v"
-        sha = self._hashes[(info.key, info.etag)] = sha256_file(path)
+        with ThreadPoolExecutor(1) as pool:  # hashing GBs takes seconds: overlap it with the build (no GIL)
+            digest = pool.submit(sha256_file, path)
+            pipe = self._build(path, family, name)
+            if not found.settled and looks_like_v_prediction(pipe.unet):  # SD 2.x that declares nothing
+                settle_v_prediction(pipe)
+                family = "sd2-v"
+            sha = self._hashes[(info.key, info.etag)] = digest.result()
         return LoadedCheckpoint(pipe, info.key, info.etag, family, name.removesuffix(".safetensors"), sha)
 
     def _build(self, path: Path, family: str, name: str):

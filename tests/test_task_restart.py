@@ -1,0 +1,90 @@
+"""A server killed mid-task (SIGKILL) finishes the task after a restart, with one set of outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "tok-restart"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "EASEL_TOKENS": f"alice={TOKEN}", "EASEL_TASK_LEASE_S": "2",
+           "EASEL_TASK_PROGRESS_INTERVAL_S": "0", "EASEL_CACHE_DIR": str(data_dir.parent / "cache"),
+           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "EASEL_CPU_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "functions.cli", "serve", "--data-dir", str(data_dir),
+                             "--port", str(port)], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout=180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server did not start:\n" + log.read_text()[-3000:])
+
+
+def get_task(url: str, task_id: str) -> dict:
+    return httpx.get(f"{url}/tasks/{task_id}", headers=HEADERS, timeout=10).json()
+
+
+def test_killed_server_finishes_the_task_after_restart_once(tmp_path):
+    data, log, port = tmp_path / "data", tmp_path / "server.log", free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(data, port, log)
+    try:
+        wait_healthy(url, proc, log)
+        body = {"prompt": "a slow dog", "width": 128, "height": 128, "steps": 40, "seed": 8}
+        r = httpx.post(f"{url}/sdapi/v1/txt2img?task_id=slow-1", json=body, headers=HEADERS, timeout=30)
+        assert r.json() == {"task_id": "slow-1", "status": "queued"}, r.text
+        deadline = time.monotonic() + 120
+        while (task := get_task(url, "slow-1"))["progress"]["step"] < 1:
+            assert task["status"] in ("queued", "running") and time.monotonic() < deadline, task
+            time.sleep(0.1)  # polling harder slows the tiny model's Python-bound steps
+        proc.send_signal(signal.SIGKILL)  # mid-generation: no chance to clean up
+        proc.wait(10)
+        record = json.loads((data / "users/alice/tasks/slow-1.json").read_text())
+        assert record["status"] == "running" and record["progress"]["step"] < 40 and record["lease"]
+
+        proc = start_server(data, port, log)
+        wait_healthy(url, proc, log)
+        deadline = time.monotonic() + 180
+        while (task := get_task(url, "slow-1"))["status"] not in ("succeeded", "failed", "canceled"):
+            assert time.monotonic() < deadline, task
+            time.sleep(0.5)
+        assert task["status"] == "succeeded", task
+        assert task["attempts"] == 2 and task["result"]["parameters"]["seed"] == "8"
+        outputs = [p for p in (data / "users/alice/outputs").rglob("*.png") if "-slow-1-" in p.name]
+        assert len(outputs) == 1
+        ledger = [json.loads(p.read_text()) for p in (data / "ledger").rglob("slow-1.json")]
+        assert [r["status"] for r in ledger] == ["succeeded"]  # one billing record
+        # submitting it again returns the finished task; nothing runs a third time
+        again = httpx.post(f"{url}/sdapi/v1/txt2img?task_id=slow-1", json=body, headers=HEADERS, timeout=30)
+        assert again.json() == {"task_id": "slow-1", "status": "succeeded"}
+        assert get_task(url, "slow-1")["attempts"] == 2
+        assert not [p for p in (data / "system/tasks/open").rglob("*") if p.is_file()]  # nothing left open
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
