@@ -200,3 +200,20 @@ def test_malformed_embedding_is_refused_naming_it(client, with_embeddings):
     assert r.status_code == 422 and "badstyle" in r.json()["detail"]
     assert "badstyle" in client.get("/sdapi/v1/embeddings", headers=auth()).json()["skipped"]
     assert txt2img(client, prompt="a dog").status_code == 200
+
+
+def test_with_batching_on_embeddings_and_vaes_still_apply(store, with_embeddings, with_vaes, make_services):
+    """The batcher cannot express adapters; such a request runs alone with them rather than without them."""
+    from fastapi.testclient import TestClient
+
+    from handlers.api import create_app
+
+    services = make_services(store, batching="on", batch_wait_ms=10)
+    with TestClient(create_app(services)) as c:
+        emb = pixels(txt2img(c, prompt="a cute dog, alicestyle"))
+        vae = pixels(txt2img(c, prompt="a cute dog", alwayson_scripts={"sd_vae": "myvae"}))
+        plain = pixels(txt2img(c, prompt="a cute dog"))
+        store.delete("users/alice/embeddings/alicestyle.safetensors")
+        without = pixels(txt2img(c, prompt="a cute dog, alicestyle"))
+    assert not np.array_equal(emb, without) and not np.array_equal(vae, plain)
+    assert services.batcher.batches  # the plain requests did go through the batcher
