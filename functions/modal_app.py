@@ -38,7 +38,7 @@ image = (
 )
 
 with image.imports():  # needed only where the code runs (containers, tests), not to deploy
-    from functions.modal_runtime import GpuWorker, poll_inbox_once, web_services
+    from functions.modal_runtime import GpuWorker, deliver_task_webhook, poll_inbox_once, web_services
     from handlers.api import create_app
 
 app = modal.App(DEPLOY.app_name)
@@ -85,7 +85,11 @@ class Generator:
     @modal.method()
     def run_task(self, user: str, task_id: str) -> None:
         """Run the stored task users/<user>/tasks/<task_id>.json (spawned by the web endpoint)."""
-        self.worker.run_task(user, task_id)
+        self.worker.run_task(user, task_id, notify=notify_webhook)
+
+
+def notify_webhook(user: str, task_id: str) -> None:
+    send_webhook.spawn(user, task_id)
 
 
 @functools.lru_cache(maxsize=None)  # bounded: names come from pool_for (the listed pools and "general")
@@ -107,6 +111,12 @@ def web():
 def poll_inbox() -> None:
     """Fallback trigger: one pass over users/*/inbox/ for uploads whose bucket event never arrived."""
     poll_inbox_once(Settings(), DEPLOY, lambda name: gpu_pool(name))
+
+
+@app.function(image=image, secrets=secrets, env=container_env, timeout=600)
+def send_webhook(user: str, task_id: str) -> None:
+    """A finished task's webhook, delivered on CPU so its retry backoff never holds a GPU."""
+    deliver_task_webhook(Settings(), user, task_id)
 
 
 @app.function(image=image, secrets=secrets, env=container_env, timeout=120, schedule=modal.Period(minutes=10))

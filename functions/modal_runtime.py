@@ -70,14 +70,28 @@ class GpuWorker:
         """One job through the same entry as every other channel; generate_s is measured in here."""
         return execute_job(job, self.services)
 
-    def run_task(self, user: str, task_id: str) -> None:
-        """Run the stored task users/<user>/tasks/<task_id>.json (the async path): claim, run, finish."""
-        from handlers.runner import run_task  # the async task layer (branch `async`)
+    def run_task(self, user: str, task_id: str, notify: Callable[[str, str], None] | None = None) -> None:
+        """Run the stored task users/<user>/tasks/<task_id>.json (the async path): claim, run, finish;
+        then `notify(user, task_id)` when it has a webhook (delivery with its retries runs off the GPU)."""
+        from handlers.runner import run_task
 
         owner = f"modal:{self.pool}:{self.call_id() or 'local'}"
         outcome = run_task(self.services, user, task_id, owner=owner)
         if outcome.record is None:
             log.info("task %s/%s not run here: finished already, or leased by another worker", user, task_id)
+        elif outcome.record.webhook and outcome.retry_at is None and notify is not None:
+            notify(user, task_id)
+
+
+def deliver_task_webhook(settings: Settings, user: str, task_id: str, sender=None) -> None:
+    """POST a finished task's signed webhook (retries with backoff); the outcome is kept in its record."""
+    from handlers.tasks import load_task
+    from handlers.webhooks import FetchSender, deliver
+
+    services = cloud_services(settings)
+    record = load_task(services, user, task_id)
+    if record.webhook:
+        deliver(services, record, sender or FetchSender())
 
 
 class RemoteRunner:
@@ -105,6 +119,7 @@ class ModalExecutor:
         self.deploy = deploy
         self.services = services
         self.checkpoint_of = checkpoint_of or task_checkpoint
+        self.sender = None  # webhook URLs are checked with the SSRF-safe fetcher (tests put a fake here)
 
     def submit(self, user: str, task_id: str) -> None:
         pool = self.pool_of(user, task_id)

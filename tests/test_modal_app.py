@@ -298,3 +298,37 @@ def test_asgi_app_answers_async_requests_through_the_modal_executor(web):
     task = client.get("/tasks/dog-1", headers=auth()).json()
     assert task["status"] == "succeeded", task
     assert client.get("/tasks/dog-1", headers=auth("bob")).status_code == 404
+
+
+def test_webhooks_of_spawned_tasks_are_delivered_off_the_gpu(web, modal_app, monkeypatch):
+    from functions.modal_runtime import deliver_task_webhook
+    from handlers.settings import Settings
+    from handlers.webhooks import verify_signature
+
+    client, pools = web
+    pools.run_spawned = True
+    monkeypatch.setenv("EASEL_WEBHOOK_SECRET", "s3cret")
+    spawned = []
+    monkeypatch.setattr(modal_app, "send_webhook", type("Fn", (), {"spawn": lambda self, *a: spawned.append(a)})())
+
+    class Receiver:
+        posts = []
+
+        def check_url(self, url):
+            pass
+
+        def post_json(self, url, body, headers, *, timeout_s=10.0):
+            self.posts.append((url, body, headers))
+            return 204
+
+    app_services = client.app.state.services
+    app_services.settings.webhook_secret = "s3cret"
+    app_services.executor.sender = Receiver()  # the submission check of the webhook URL
+    r = client.post("/sdapi/v1/txt2img?task_id=hooked", headers=auth(),
+                    json={"prompt": "a dog", "seed": 4, **SMALL, "webhook": "https://hooks.example.com/easel"})
+    assert r.status_code == 200, r.text
+    assert spawned == [("alice", "hooked")]  # the GPU container only asks for the delivery
+    deliver_task_webhook(Settings(), "alice", "hooked", sender=Receiver())
+    (url, body, headers), = Receiver.posts
+    assert url == "https://hooks.example.com/easel" and json.loads(body)["status"] == "succeeded"
+    assert verify_signature("s3cret", headers["X-Easel-Timestamp"], body, headers["X-Easel-Signature"])
