@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import mimetypes
 import uuid
+from http import HTTPStatus
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from handlers import beautifulprompt, controlnet, filebrowser, gallery, listing, task_routes, webui
 from handlers.accounts_api import accounts_router
@@ -63,8 +66,20 @@ def _too_large(max_bytes: int) -> JSONResponse:
                         status_code=413)
 
 
+class ErrorBody(BaseModel):
+    """What every 4xx carries (see `easel_error` / `validation_error` below)."""
+
+    error: str  # the error class: InvalidRequest, NotFound, Unauthorized...
+    detail: str  # names the field and the bad value
+
+
+# Declared once for every route, so /openapi.json tells clients (and the schema fuzzer) the truth: FastAPI's
+# default 422 body (`detail` as a list) is not what `validation_error` sends.
+ERROR_RESPONSES = {"4XX": {"model": ErrorBody, "description": "The request was refused; `detail` says why"}}
+
+
 def create_app(services: Services) -> FastAPI:
-    app = FastAPI(title="easel", version="0.1.0",
+    app = FastAPI(title="easel", version="0.1.0", responses=ERROR_RESPONSES,
                   description="Stable Diffusion per request, speaking the A1111 / PAI-EAS API")
     app.state.services = services
 
@@ -72,6 +87,14 @@ def create_app(services: Services) -> FastAPI:
     @app.exception_handler(EaselError)
     async def easel_error(request: Request, exc: EaselError):
         return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        # Raised by the framework itself (unparsable JSON body → 400, unknown path → 404, wrong method → 405):
+        # same body shape as ours, so clients parse one error format.
+        name = HTTPStatus(exc.status_code).phrase.replace(" ", "").replace("-", "")
+        return JSONResponse({"error": name, "detail": str(exc.detail)}, status_code=exc.status_code,
+                            headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
