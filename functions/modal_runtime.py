@@ -134,11 +134,11 @@ class ModalExecutor:
 
 def task_checkpoint(services: Services, user: str, task_id: str) -> str | None:
     """The checkpoint a stored task asks for (routing only: the GPU side validates everything again)."""
-    try:
-        from handlers.tasks import load_request  # the async task layer (branch `async`)
+    from handlers.tasks import load_request
 
+    try:
         return load_request(services, user, task_id).checkpoint_name()
-    except (ImportError, EaselError, ValueError, KeyError) as e:  # ValueError: bad JSON or request
+    except (EaselError, ValueError, KeyError) as e:  # ValueError: bad JSON or request
         log.warning("task %s/%s: no checkpoint to route by (%s); the default's pool", user, task_id, e)
         return None
 
@@ -153,7 +153,7 @@ def web_services(settings: Settings, deploy: ModalDeploy, pools: PoolLookup) -> 
 
 def poll_inbox_once(settings: Settings, deploy: ModalDeploy, pools: PoolLookup) -> None:
     """The scheduled fallback for missed bucket events: one pass over users/*/inbox/."""
-    from handlers.events import poll_inbox  # the bucket-upload triggers (branch `async`)
+    from handlers.events import poll_inbox
 
     outcomes = poll_inbox(web_services(settings, deploy, pools))
     log.info("inbox poll: %d new uploads", len(outcomes))

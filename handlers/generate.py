@@ -106,8 +106,7 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
         generate_s=round(generate_s, 4),
         persist_s=round(persist_s, 4),
         total_s=round(time.time() - job.queued_at, 4),
-        billed_s=round(generate_s, 4),
-        cost=round(generate_s * services.settings.gpu_price_per_second, 6),
+        billed_s=round(generate_s, 4),  # execute_job replaces billed_s and cost with what the ledger holds
     )
     response = respond(job, services, model, generated, saved, timings)
     if control:

@@ -15,18 +15,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from handlers.schemas import StageTimings
 from loaders.errors import InvalidRequest, NotFound
 from loaders.storage import ObjectStore
 
 Status = Literal["succeeded", "failed", "canceled"]
-
-
-class StageTimings(BaseModel):
-    queue_s: float = 0.0
-    load_s: float = 0.0
-    generate_s: float = 0.0
-    persist_s: float = 0.0
-    total_s: float = 0.0
 
 
 class LedgerRecord(BaseModel):

@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from handlers import budgets, ledger, usage
-from handlers.ledger import LedgerRecord, StageTimings
+from handlers.ledger import LedgerRecord
+from handlers.schemas import StageTimings
 from handlers.schemas import GenerationResponse
 from loaders.errors import EaselError
 from loaders.models import clean_model_name
@@ -95,8 +96,7 @@ def metered(job: Job, services: Services, on_step: StepCallback | None, run: Run
         raise
     # 3. Record the success (once per task id) and show the caller what the ledger holds
     t = response.parameters.timings
-    timings = StageTimings(queue_s=t.queue_s, load_s=t.load_s, generate_s=t.generate_s, persist_s=t.persist_s,
-                           total_s=t.total_s)
+    timings = StageTimings(**t.model_dump(include=set(StageTimings.model_fields)))
     stored = record(services, meter, job, "succeeded", timings, steps.done)
     t.billed_s, t.cost = stored.billed_s, stored.cost
     return response

@@ -268,12 +268,19 @@ class Img2ImgRequest(GenerationRequest):
         return bool(v) if isinstance(v, int) else v  # A1111 clients send 0/1 too
 
 
-class Timings(BaseModel):
+class StageTimings(BaseModel):
+    """Seconds spent in each stage of one execution (what the ledger keeps)."""
+
     queue_s: float = 0.0
     load_s: float = 0.0
     generate_s: float = 0.0
     persist_s: float = 0.0
     total_s: float = 0.0
+
+
+class Timings(StageTimings):
+    """The stages plus what the caller is billed: generate_s only, at the device's price."""
+
     billed_s: float = 0.0
     cost: float = 0.0
 

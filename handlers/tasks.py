@@ -123,14 +123,12 @@ def record_version(user: str, task_id: str) -> int:
 # --- requests ---------------------------------------------------------------------------------------
 
 def request_class(mode: str) -> type[GenerationRequest]:
-    """The schema of a mode; img2img exists once handlers.schemas defines Img2ImgRequest."""
-    from handlers import schemas
+    """The request schema of a mode."""
+    from handlers.schemas import Img2ImgRequest, Txt2ImgRequest
 
-    cls = {"txt2img": "Txt2ImgRequest", "img2img": "Img2ImgRequest"}.get(mode)
-    found = getattr(schemas, cls, None) if cls else None
-    if found is None:
-        raise InvalidRequest(f"mode {mode!r} is not available on this server")
-    return found
+    if mode not in ("txt2img", "img2img"):
+        raise InvalidRequest(f"mode {mode!r} is not one of txt2img, img2img")
+    return Txt2ImgRequest if mode == "txt2img" else Img2ImgRequest
 
 
 def request_body(request: GenerationRequest) -> dict[str, Any]:

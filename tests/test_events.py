@@ -10,7 +10,6 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from handlers import schemas
 from handlers.api import create_app
 from handlers.events import poll_inbox
 from tests.conftest import SMALL, auth
@@ -169,7 +168,6 @@ def png(color) -> bytes:
 RECIPE = {"prompt": "a painting", **SMALL, "seed": 3, "denoising_strength": 0.6}
 
 
-@pytest.mark.skipif(not hasattr(schemas, "Img2ImgRequest"), reason="img2img is not on this branch yet")
 def test_recipe_folder_turns_an_uploaded_image_into_an_img2img_result(client, store):
     upload(store, "users/alice/inbox/paint/recipe.json", RECIPE)
     upload(store, "users/alice/inbox/paint/photo.png", png("red"))
@@ -180,16 +178,6 @@ def test_recipe_folder_turns_an_uploaded_image_into_an_img2img_result(client, st
     task = client.get(f"/tasks/{m['task_id']}", headers=auth()).json()
     assert task["mode"] == "img2img"
     assert Image.open(io.BytesIO(store.get_bytes(m["images"][0]))).size == (64, 64)
-
-
-@pytest.mark.skipif(hasattr(schemas, "Img2ImgRequest"), reason="img2img exists: the recipe path runs")
-def test_recipe_without_img2img_writes_a_clear_error_manifest(client, store):
-    upload(store, "users/alice/inbox/paint/recipe.json", RECIPE)
-    upload(store, "users/alice/inbox/paint/photo.png", png("red"))
-    r = post_event(client, s3_event("users/alice/inbox/paint/photo.png"))
-    assert r.json()["results"][0]["status"] == "error"
-    m = json.loads(store.get_bytes("users/alice/outbox/paint/photo.result.json"))
-    assert m["status"] == "failed" and "img2img" in m["error"]
 
 
 def test_image_without_recipe_is_ignored(client, store, services):

@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from handlers import ledger, usage
+from handlers import ledger, schemas, usage
 from handlers.accounts_api import usage_report
 from handlers.auth import Tenant
 from handlers.generate import Canceled, execute_job
@@ -250,7 +250,7 @@ def cli_main(argv):
 def seed_usage(store, user, billed_s, day=TODAY):
     rec = ledger.LedgerRecord(user=user, task_id=f"seed-{billed_s}", date=day, status="succeeded", mode="txt2img",
                               model="easel-demo", device_type="cpu", width=64, height=64, images=1, pixels=4096,
-                              steps=2, steps_run=2, timings=ledger.StageTimings(generate_s=billed_s),
+                              steps=2, steps_run=2, timings=schemas.StageTimings(generate_s=billed_s),
                               billed_s=billed_s, unit_price=1.0, cost=billed_s)
     assert ledger.write_once(store, rec)[1]
 

@@ -288,7 +288,6 @@ def test_modal_executor_spawns_a_stored_task_in_its_checkpoints_pool(modal_app):
 
 
 def test_asgi_app_answers_async_requests_through_the_modal_executor(web):
-    pytest.importorskip("handlers.runner", reason="the async task layer (branch `async`) is not merged yet")
     client, pools = web
     pools.run_spawned = True
     r = client.post("/sdapi/v1/txt2img?task_id=dog-1", json={"prompt": "a dog", "seed": 4, **SMALL},
