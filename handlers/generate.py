@@ -19,7 +19,7 @@ from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import GenerationRequest, GenerationResponse, ResponseParameters, Timings
 from handlers.services import Services
 from loaders.errors import InvalidRequest
-from loaders.models import LoadedCheckpoint, resolve_model
+from loaders.models import LoadedCheckpoint, device_memory_guard, resolve_model
 from loaders.pipelines import task_view
 from loaders.storage import ObjectInfo
 
@@ -74,23 +74,15 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     load_s += services.adapters.prefetch(networks.plan)
     # 3. Generate (denoise + decode): the billed part. Look-alike concurrent requests may share one batch;
     #    a request with LoRA / VAE / embeddings runs alone, its adapters applied around it only.
-    if not networks.plan.uses_any and services.batcher is not None and services.batcher.applies(job, model):
-        generated, generate_s = services.batcher.generate(job, services, model, _with_progress(job, services, on_step))
-    else:
-        with services.device_lock, services.adapters.applied(model, networks.plan) as adapters:
-            t0 = time.perf_counter()
-            steps = StepCounter(_with_progress(job, services, on_step), planned_steps(job))
-            services.progress.start(job.user, job.task_id, steps.total)
-            try:
-                ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner)
-                generated = generate(job, model, ctx, inputs)
-            except Canceled as stopped:
-                stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
-                raise
-            finally:
-                services.progress.finish(job.user, job.task_id)
-            generate_s = time.perf_counter() - t0
-        load_s += adapters.load_s
+    #    Running out of device memory fails this request cleanly (503, billed 0) and frees the memory.
+    progress = _with_progress(job, services, on_step)
+    with device_memory_guard(f"generating {req.image_count} image(s) of {req.width}x{req.height}"):
+        if not networks.plan.uses_any and services.batcher is not None and services.batcher.applies(job, model):
+            generated, generate_s = services.batcher.generate(job, services, model, progress)
+        else:
+            generated, generate_s, adapters_load_s = generate_alone(job, services, model, inputs, networks,
+                                                                    control, refiner, progress)
+            load_s += adapters_load_s
     # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
     if services.censor is not None:
         generated.nsfw = censor_images(generated.images, services.censor)
@@ -112,6 +104,25 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     if control:
         response.parameters.image_mask_url = ",".join(mask_urls)  # EAS: the detected maps, like image_url
     return response
+
+
+def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs, networks, control, refiner,
+                   progress: StepCallback) -> tuple[Generated, float, float]:
+    """Run one request on the device by itself, its adapters applied around it only.
+    Returns (images, generate_s, seconds spent loading adapters)."""
+    with services.device_lock, services.adapters.applied(model, networks.plan) as adapters:
+        t0 = time.perf_counter()
+        steps = StepCounter(progress, planned_steps(job))
+        services.progress.start(job.user, job.task_id, steps.total)
+        try:
+            ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner)
+            generated = generate(job, model, ctx, inputs)
+        except Canceled as stopped:
+            stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
+            raise
+        finally:
+            services.progress.finish(job.user, job.task_id)
+        return generated, time.perf_counter() - t0, adapters.load_s
 
 
 def resolve_checkpoint(job: Job, services: Services) -> ObjectInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import re
 import threading
@@ -9,10 +10,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from loaders.errors import InvalidRequest, NotFound
+from loaders.errors import InvalidRequest, NotFound, Unavailable
 from loaders.families import config_dir, detect, family as family_spec, header_shapes, looks_like_v_prediction
 from loaders.safetensors_check import check_model_filename, read_header
 from loaders.storage import ObjectInfo, ObjectStore, sha256_file
@@ -121,6 +123,20 @@ class LoadedCheckpoint:
     @property
     def short_hash(self) -> str:
         return self.sha256[:10]
+
+
+@contextmanager
+def device_memory_guard(what: str):
+    """Out of device memory → free what the failed run held and raise Unavailable (503); the next request runs."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise Unavailable(f"the device ran out of memory {what}; try fewer or smaller images") from None
 
 
 def resolve_device(device: str) -> str:

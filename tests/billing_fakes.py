@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import torch
 from PIL import Image
 
 from handlers import generate
@@ -55,6 +56,8 @@ class ScriptedGeneration:
             on_step(step, total)
         if outcome == "fail":
             raise RuntimeError("CUDA out of memory (injected)")
+        if outcome == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
         if outcome == "crash":
             raise Crash("worker killed (injected)")
         seeds = [1 + k for k in range(req.image_count)]

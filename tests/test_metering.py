@@ -86,6 +86,19 @@ def test_failed_execution_is_billed_zero(fake):
     assert rec.status == "failed" and rec.billed_s == 0 and rec.cost == 0 and "out of memory" in rec.error
 
 
+def test_out_of_memory_fails_cleanly_and_the_next_request_runs(fake, client_for):
+    """SECURITY.md #8: an OOM is a 503 naming the size, billed 0; the worker stays healthy."""
+    services, _, gen = fake
+    gen.script = lambda i: "oom" if i == 0 else "ok"
+    client = client_for(services)
+    r = client.post("/sdapi/v1/txt2img", headers=auth(),
+                    json={"prompt": "x", "width": 2048, "height": 2048, "batch_size": 16, "steps": 2})
+    assert r.status_code == 503 and "out of memory" in r.json()["detail"] and "2048x2048" in r.json()["detail"]
+    [rec] = ledger_records(services.store)
+    assert rec.status == "failed" and rec.billed_s == 0
+    assert client.post("/sdapi/v1/txt2img", headers=auth(), json={"prompt": "x", **SMALL}).status_code == 200
+
+
 def test_refused_request_is_not_an_execution(fake):
     services, builder, _ = fake
     with pytest.raises(NotFound):
