@@ -109,19 +109,11 @@ def create_app(services: Services) -> FastAPI:
 
     @app.post("/sdapi/v1/txt2img", response_model=GenerationResponse | TaskAccepted)
     def txt2img(body: Txt2ImgRequest, request: Request, task_id: str | None = None, who: Tenant = Depends(tenant)):
-        if task_id is not None:  # asynchronous: queued, answered at once (see handlers/tasks.py)
-            return submit_generation(services, who, "txt2img", body, task_id, str(request.base_url))
-        task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
-        job = Job(user=who.user, mode="txt2img", request=body, task_id=task_id, base_url=str(request.base_url))
-        return (services.runner or execute_job)(job, services)
+        return generation(services, who, "txt2img", body, request, task_id)
 
     @app.post("/sdapi/v1/img2img", response_model=GenerationResponse | TaskAccepted)
     def img2img(body: Img2ImgRequest, request: Request, task_id: str | None = None, who: Tenant = Depends(tenant)):
-        if task_id is not None:  # asynchronous, as txt2img
-            return submit_generation(services, who, "img2img", body, task_id, str(request.base_url))
-        task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
-        job = Job(user=who.user, mode="img2img", request=body, task_id=task_id, base_url=str(request.base_url))
-        return (services.runner or execute_job)(job, services)
+        return generation(services, who, "img2img", body, request, task_id)
 
     @app.get("/sdapi/v1/loras")
     def loras(who: Tenant = Depends(tenant)):
@@ -177,6 +169,16 @@ def create_app(services: Services) -> FastAPI:
     # Model uploads stream to disk under their own cap (EASEL_MAX_UPLOAD_MB, enforced in handlers.models_api).
     app.add_middleware(BodyLimit, max_bytes=services.settings.max_body_mb * 2**20, exempt=("/models/",))
     return app
+
+
+def generation(services: Services, who: Tenant, mode: str, body, request: Request, task_id: str | None):
+    """`?task_id=` queues the job and answers at once; otherwise it runs now, within the user's share."""
+    if task_id is not None:
+        return submit_generation(services, who, mode, body, task_id, str(request.base_url))
+    task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
+    job = Job(user=who.user, mode=mode, request=body, task_id=task_id, base_url=str(request.base_url))
+    with services.user_slots.hold(who.user):  # one user cannot take every server thread (SECURITY.md #8)
+        return (services.runner or execute_job)(job, services)
 
 
 def file_response(services: Services, who: Tenant, key: str) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -23,6 +24,7 @@ from loaders.adapters import Adapters
 from loaders.models import ModelManager, build_pipeline, set_public_kinds
 from loaders.prompt_models import PromptModels
 from loaders.safety_checker import SafetyChecker, load_safety_checker
+from loaders.errors import TooManyRequests
 from loaders.storage import ObjectStore, open_store
 
 
@@ -38,6 +40,28 @@ class StepProgress:
         if self.step == 0:
             return 0.0
         return (time.monotonic() - self.started) / self.step * (self.total - self.step)
+
+
+class UserSlots:
+    """At most `limit` synchronous generations per user at once; more is a 429, not a pile-up."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._running: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def hold(self, user: str):
+        with self._lock:
+            if self._running.get(user, 0) >= self.limit:
+                raise TooManyRequests(f"you already have {self.limit} generations running; wait for one to "
+                                      "finish, or queue more with ?task_id=")
+            self._running[user] = self._running.get(user, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running[user] -= 1
 
 
 class ProgressBoard:
@@ -75,6 +99,7 @@ class Services:
     controlnets: ControlNetCache
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
+    user_slots: UserSlots = field(default_factory=lambda: UserSlots(4))
     batcher: Batcher | None = None  # look-alike txt2img requests share one device batch (handlers/batching.py)
     censor: SafetyChecker | None = None  # set when EASEL_ENABLE_NSFW_CENSOR is on
     prompt_models: PromptModels | None = None
@@ -122,7 +147,8 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     services = Services(settings, store, models, tokens, controlnets=controlnets,
                         meter=Meter(settings, models.device), censor=censor,
                         prompt_models=PromptModels(store, settings.cache_dir, device=models.device),
-                        device_lock=device_lock, batcher=Batcher.from_settings(settings, device_lock))
+                        device_lock=device_lock, batcher=Batcher.from_settings(settings, device_lock),
+                        user_slots=UserSlots(settings.max_running_per_user))
     from handlers.workers import LocalExecutor  # late: workers import Services
 
     services.executor = LocalExecutor(services)  # Modal's web container replaces it with ModalExecutor

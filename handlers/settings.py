@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     controlnet_cache_size: int = Field(4, ge=1, description="ControlNet models kept loaded (LRU)")
     gpu_price_per_second: float = Field(0.0, ge=0, description="price of one billed device-second")
     url_expiry_s: int = Field(3600, ge=60, description="lifetime of signed output URLs")
+    max_running_per_user: int = Field(4, ge=1, description="synchronous generations one user may run at once (429 beyond)")
     max_body_mb: int = Field(64, ge=1, description="largest request body accepted")
     tokenizers_dir: Path | None = Field(None, description="folder of CLIP tokenizers baked into the image "
                                         "(<name>/tokenizer.json); else the bucket's system/tokenizers/")

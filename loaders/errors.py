@@ -43,3 +43,7 @@ class Unavailable(EaselError):
     """The server lacks something only an operator can install (a tokenizer, a preprocessor's weights)."""
 
     status = 503
+
+
+class TooManyRequests(EaselError):
+    status = 429

@@ -165,3 +165,36 @@ def test_listing_routes(client):
     assert client.get("/sdapi/v1/options", headers=auth()).json()["sd_model_checkpoint"] == "easel-demo.safetensors"
     assert client.get("/sdapi/v1/progress", headers=auth()).json()["state"]["sampling_step"] == 0
     assert client.get("/openapi.json").status_code == 200
+
+
+def test_one_user_cannot_take_every_worker(store, make_services):
+    """SECURITY.md #8: past the per-user cap a sync request is a 429 at once; other users are unaffected."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from handlers.api import create_app
+
+    services = make_services(store, max_running_per_user=1)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_step(done, total):
+        started.set()
+        release.wait(30)
+
+    real_progress = services.progress.step
+    services.progress.step = lambda user, step: (real_progress(user, step), user == "alice" and slow_step(step, 0))
+    with TestClient(create_app(services)) as client:
+        first = threading.Thread(target=txt2img, args=(client,))
+        first.start()
+        assert started.wait(60)
+        second = txt2img(client)
+        assert second.status_code == 429 and "?task_id=" in second.json()["detail"]
+        bobs = []
+        bob = threading.Thread(target=lambda: bobs.append(txt2img(client, user="bob").status_code))
+        bob.start()  # bob has his own share: admitted, and runs once the device is free
+        release.set()
+        first.join(60)
+        bob.join(60)
+        assert bobs == [200]
+        assert txt2img(client).status_code == 200
