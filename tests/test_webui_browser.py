@@ -303,6 +303,7 @@ def test_files_tab_browses_and_deletes_own_outputs(page, site):
     files = page.locator("#tab-files")
     for folder in ("outputs", "txt2img-images"):
         files.locator(f"tr[data-folder='{folder}'] button").click()
+    expect(files.locator(".crumbs")).to_contain_text("txt2img-images")  # that folder's listing is shown
     files.locator("tr[data-folder] button").first.click()  # the day folder
     row = files.locator("tr[data-file]")
     expect(row).to_have_count(1)
@@ -311,6 +312,7 @@ def test_files_tab_browses_and_deletes_own_outputs(page, site):
     expect(files.locator("td.empty")).to_have_text("empty folder")
     assert api(site, "GET", "/outputs", user="root")["items"] == []
     files.locator("[data-root=public]").click()
+    expect(files.locator("[data-root=public]")).to_have_attribute("aria-pressed", "true")  # public listing shown
     files.locator("tr[data-folder='models'] button").click()
     files.locator("tr[data-folder='Stable-diffusion'] button").click()
     expect(files.locator(f"tr[data-file='{DEMO_NAME}']")).to_be_visible()
@@ -359,6 +361,7 @@ def test_public_files_have_no_delete_button_for_users(page, site):
     page.click("#tabs [data-tab=files]")
     files = page.locator("#tab-files")
     files.locator("[data-root=public]").click()
+    expect(files.locator("[data-root=public]")).to_have_attribute("aria-pressed", "true")  # public listing shown
     files.locator("tr[data-folder='models'] button").click()
     files.locator("tr[data-folder='Stable-diffusion'] button").click()
     row = files.locator(f"tr[data-file='{DEMO_NAME}']")
@@ -463,6 +466,7 @@ def test_zz_screenshots_of_every_tab(browser, site):
     shoot_both(page, "gallery")
     page.click("#tabs [data-tab=files]")
     page.locator("#tab-files [data-root=public]").click()
+    expect(page.locator("#tab-files [data-root=public]")).to_have_attribute("aria-pressed", "true")
     page.locator("#tab-files tr[data-folder='models'] button").click()
     expect(page.locator("#tab-files tr[data-folder='prompt']")).to_be_visible()
     shoot_both(page, "files")
