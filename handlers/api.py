@@ -6,7 +6,7 @@ import mimetypes
 import uuid
 from http import HTTPStatus
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from handlers import beautifulprompt, controlnet, filebrowser, gallery, listing, task_routes, webui
 from handlers.accounts_api import accounts_router
-from handlers.auth import Tenant
+from handlers.auth import Tenant, tenant_dependency
 from handlers.generate import Job, execute_job
 from handlers.models_api import models_router
 from handlers.schemas import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
@@ -100,8 +100,7 @@ def create_app(services: Services) -> FastAPI:
     async def validation_error(request: Request, exc: RequestValidationError):
         return JSONResponse({"error": "InvalidRequest", "detail": _validation_message(exc)}, status_code=422)
 
-    def tenant(authorization: str | None = Header(None)) -> Tenant:
-        return services.tokens.authenticate(authorization)
+    tenant = tenant_dependency(services.tokens)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():
