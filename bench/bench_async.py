@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from handlers.api import create_app
-from handlers.services import build_services
+from functions.wiring import build_services
+from handlers.http.api import create_app
 from handlers.settings import Settings
-from loaders.demo_model import install_demo
+from loaders.demo.model import install_demo
 
 
 def free_port() -> int:

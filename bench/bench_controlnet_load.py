@@ -21,14 +21,15 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from handlers.generate import Job, execute_job
+from functions.wiring import build_services
+from handlers.generation.generate import execute_job
+from handlers.jobs import Job
 from handlers.schemas import Txt2ImgRequest
-from handlers.services import build_services
 from handlers.settings import Settings
-from loaders.controlnet import ControlNetCache, controlnet_config_dir
-from loaders.demo_controlnet import DEMO_CONTROLNET_NAME, demo_controlnet_bytes, install_demo_controlnet
-from loaders.demo_model import install_demo
-from loaders.storage import LocalStore
+from loaders.adapters.controlnet import ControlNetCache, controlnet_config_dir
+from loaders.demo.controlnet import DEMO_CONTROLNET_NAME, demo_controlnet_bytes, install_demo_controlnet
+from loaders.demo.model import install_demo
+from loaders.storage.store import LocalStore
 
 
 def timed(fn):

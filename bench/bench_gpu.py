@@ -91,7 +91,7 @@ def write_bench_family(root: Path, unet, vae, te) -> Path:
     """A diffusers config folder for these modules: the demo's tokenizer/scheduler + the modules' configs."""
     import shutil
 
-    from loaders.families import config_dir
+    from loaders.models.families import config_dir
 
     folder = root / "bench-sd15"
     shutil.copytree(config_dir("demo"), folder)
@@ -105,7 +105,7 @@ def write_checkpoint(path: Path, unet, vae, te, family: str, seed: int) -> Path:
     """An A1111 single-file checkpoint (LDM key names, fp16 on GPU) with fresh random weights."""
     from safetensors.torch import save_file
 
-    from loaders import ldm_keys
+    from loaders.models import ldm_keys
 
     torch.manual_seed(seed)
     for m in (unet, vae, te):
@@ -217,7 +217,7 @@ def bench_builder(config: Path):
 
 
 def request(user="bench", seed=1, checkpoint="bench-a.safetensors", **fields):
-    from handlers.generate import Job
+    from handlers.jobs import Job
     from handlers.schemas import Txt2ImgRequest
 
     req = Txt2ImgRequest(prompt="a photo of a cat", negative_prompt="blurry", steps=STEPS, width=SIZE, height=SIZE,
@@ -227,7 +227,7 @@ def request(user="bench", seed=1, checkpoint="bench-a.safetensors", **fields):
 
 
 def timed_request(services, **kw) -> tuple[float, object]:
-    from handlers.generate import execute_job
+    from handlers.generation.generate import execute_job
 
     sync()
     t0 = time.perf_counter()
@@ -237,7 +237,7 @@ def timed_request(services, **kw) -> tuple[float, object]:
 
 
 def run_sd15(services, runs: int):
-    from handlers.warmup import warm_checkpoint
+    from handlers.generation.warmup import warm_checkpoint
 
     t0 = time.perf_counter()
     report = warm_checkpoint(services, "bench-a.safetensors")
@@ -265,7 +265,7 @@ def run_sd15(services, runs: int):
 
 
 def run_concurrent(services, clients: int = 8, rounds: int = 1 if TINY else 4):
-    from handlers.generate import execute_job
+    from handlers.generation.generate import execute_job
 
     errors = []
 
@@ -292,8 +292,8 @@ def run_concurrent(services, clients: int = 8, rounds: int = 1 if TINY else 4):
 
 
 def run_sdxl():
-    from loaders import fastpath
-    from loaders.fastpath import FastPathConfig
+    from loaders.speed import fastpath
+    from loaders.speed.fastpath import FastPathConfig
 
     pipe, (ctx, pooled) = sdxl_pipeline()
     dtype = pipe.unet.dtype
@@ -341,8 +341,8 @@ def run_first_image(data: Path, config: Path):
 
 def first_image_child():
     """Runs in the child: what a new serving process does before its first answer."""
-    from handlers.warmup import warm_checkpoint
-    from handlers.services import build_services
+    from functions.wiring import build_services
+    from handlers.generation.warmup import warm_checkpoint
 
     data, config = Path(os.environ["BENCH_DATA"]), Path(os.environ["BENCH_CONFIG"])
     services = build_services(settings_for(data, Path(os.environ["BENCH_CACHE"]), fast_batch_sizes="1",
@@ -373,8 +373,8 @@ def run_switch(services, data: Path, builder):
         return
     import boto3
 
-    from handlers.services import build_services
-    from loaders.storage import S3Store
+    from functions.wiring import build_services
+    from loaders.storage.store import S3Store
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -400,7 +400,7 @@ def main():
         run_anchor()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        from handlers.services import build_services
+        from functions.wiring import build_services
 
         with torch.device(DEV if not TINY else "cpu"):
             unet, vae, te = sd15_modules()
@@ -431,7 +431,7 @@ def main():
 
 def _family_label(family: str) -> str:
     """The family the checkpoint declares: one the loader accepts (the demo config in this branch)."""
-    from loaders.families import config_dir
+    from loaders.models.families import config_dir
 
     for candidate in ("sd15", "demo"):
         try:
@@ -459,7 +459,7 @@ def summarize():
     out_dir = os.environ.get("RESULTS_DIR", default)
     if out_dir:
         out_dir = Path(out_dir)
-        from loaders.compile_cache import slug
+        from loaders.speed.compile_cache import slug
 
         out_dir.mkdir(parents=True, exist_ok=True)
         gpu = slug(torch.cuda.get_device_name()) if DEV == "cuda" else "cpu"

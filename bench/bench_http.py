@@ -20,11 +20,11 @@ import httpx
 import torch
 import uvicorn
 
-from handlers.api import create_app
+from functions.wiring import build_services
+from handlers.http.api import create_app
 from handlers.samplers import find_sampler, make_scheduler
-from handlers.services import build_services
 from handlers.settings import Settings
-from loaders.demo_model import install_demo
+from loaders.demo.model import install_demo
 
 BODY = {"prompt": "a cute dog", "steps": 20, "width": 512, "height": 512, "seed": 42, "sampler_name": "Euler a"}
 

@@ -4,14 +4,18 @@ A script, not a test: prints one JSON line per strategy.  SIZE_MB=256 python ben
 moto serves from one Python process, so absolute MB/s says little about real S3/R2; the ratio says whether
 parallel ranges pay off over loopback HTTP at all.
 """
-import json, os, statistics, tempfile, time
+import json
+import os
+import statistics
+import tempfile
+import time
 from pathlib import Path
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from moto.server import ThreadedMotoServer
 
-from loaders.storage import S3Store
+from loaders.storage.store import S3Store
 
 SIZE = int(os.environ.get("SIZE_MB", "256")) << 20
 RUNS = int(os.environ.get("RUNS", "3"))

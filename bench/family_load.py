@@ -11,10 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from loaders.demo_model import DEMO_NAMES, write_demo_checkpoint
-from loaders.families import detect, header_shapes
-from loaders.models import build_pipeline
-from loaders.safetensors_check import read_header
+from loaders.demo.model import DEMO_NAMES, write_demo_checkpoint
+from loaders.models.families import detect, header_shapes
+from loaders.models.manager import build_pipeline
+from loaders.models.safetensors_check import read_header
 
 
 def main() -> None:

@@ -18,14 +18,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from handlers import budgets, generate, metering  # noqa: E402
-from handlers.generate import Job  # noqa: E402
+from functions.wiring import build_services  # noqa: E402
+from handlers.accounts.users import Budget, UserRegistry  # noqa: E402
+from handlers.billing import budgets, metering  # noqa: E402
+from handlers.generation import generate
+from handlers.jobs import Job  # noqa: E402
 from handlers.schemas import Txt2ImgRequest  # noqa: E402
-from handlers.services import build_services  # noqa: E402
 from handlers.settings import Settings  # noqa: E402
-from handlers.users import Budget, UserRegistry  # noqa: E402
-from loaders.demo_model import install_demo  # noqa: E402
-from loaders.storage import open_store  # noqa: E402
+from loaders.demo.model import install_demo  # noqa: E402
+from loaders.storage.store import open_store  # noqa: E402
 
 
 def ms(values: list[float]) -> str:

@@ -24,14 +24,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    from handlers.generate import Job, execute_job
+    from functions.wiring import build_services
+    from handlers.generation.generate import execute_job
+    from handlers.jobs import Job
     from handlers.schemas import Img2ImgRequest, Txt2ImgRequest
-    from handlers.services import build_services
     from handlers.settings import Settings
-    from loaders.demo_adapters import demo_embedding_bytes, demo_lora_bytes, demo_vae_bytes
-    from loaders.demo_model import DEMO_NAME, demo_checkpoint_bytes
-    from loaders.pipelines import task_view
-    from loaders.storage import LocalStore
+    from loaders.demo.adapters import demo_embedding_bytes, demo_lora_bytes, demo_vae_bytes
+    from loaders.demo.model import DEMO_NAME, demo_checkpoint_bytes
+    from loaders.models.pipelines import task_view
+    from loaders.storage.store import LocalStore
 
     root = Path(tempfile.mkdtemp())
     store = LocalStore(root / "data")

@@ -6,34 +6,24 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def _settings(args):
-    from handlers.settings import Settings
-
-    overrides = {}
-    if getattr(args, "data_dir", None):
-        overrides["store"] = f"file://{Path(args.data_dir).resolve()}"
-    if getattr(args, "enable_nsfw_censor", False):
-        overrides["enable_nsfw_censor"] = True
-    if getattr(args, "always_hide_tabs", None) is not None:
-        overrides["hide_tabs"] = args.always_hide_tabs
-    return Settings(**overrides)
+from functions.cli_settings import settings_from_args
 
 
 def cmd_serve(args) -> None:
     from functions.local import serve
 
-    serve(_settings(args), args.host, args.port, Path(args.data_dir) if args.data_dir else None)
+    serve(settings_from_args(args), args.host, args.port, Path(args.data_dir) if args.data_dir else None)
 
 
 def cmd_generate(args) -> None:
     from tqdm import tqdm
 
     from functions.local import LOCAL_USER, prepare
-    from handlers.generate import Job, execute_job
+    from handlers.generation.generate import execute_job
+    from handlers.jobs import Job
     from handlers.schemas import Txt2ImgRequest
 
-    services = prepare(_settings(args))
+    services = prepare(settings_from_args(args))
     body = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "steps": args.steps,
             "width": args.width, "height": args.height, "seed": args.seed, "cfg_scale": args.cfg_scale}
     if args.sampler:
@@ -57,10 +47,10 @@ def cmd_generate(args) -> None:
 def cmd_tasks(args) -> None:
     import json
 
-    from handlers.services import build_services
-    from handlers.tasks import cancel_task, list_tasks, load_task
+    from functions.wiring import build_services
+    from handlers.tasks.records import cancel_task, list_tasks, load_task
 
-    services = build_services(_settings(args))
+    services = build_services(settings_from_args(args))
     if args.tasks_command == "list":
         for r in list_tasks(services, args.user, args.status, args.limit):
             print(f"{r.task_id}\t{r.status}\t{r.mode}\t{r.progress.step}/{r.progress.total}\t{r.error}")
@@ -75,10 +65,10 @@ def cmd_watch(args) -> None:
     import threading
 
     from functions.local import prepare
-    from handlers.events import poll_inbox, watch
+    from handlers.tasks.events import poll_inbox, watch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    services = prepare(_settings(args))
+    services = prepare(settings_from_args(args))
     services.executor.recover()
     if args.once:
         for o in poll_inbox(services):
@@ -89,15 +79,15 @@ def cmd_watch(args) -> None:
 
 
 def cmd_demo_model(args) -> None:
-    from loaders.demo_model import demo_family, install_demo, write_demo_checkpoint
-    from loaders.storage import open_store
+    from loaders.demo.model import demo_family, install_demo, write_demo_checkpoint
+    from loaders.storage.store import open_store
 
     if args.output:
         print(write_demo_checkpoint(Path(args.output), family=demo_family(args.family)))
         return
-    from loaders.demo_controlnet import install_demo_controlnet
+    from loaders.demo.controlnet import install_demo_controlnet
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     store = open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
     print(install_demo(store, demo_family(args.family)))
     print(install_demo_controlnet(store))  # a tiny ControlNet that fits the demo checkpoint

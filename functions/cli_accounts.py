@@ -2,7 +2,7 @@
 
 Wiring only: each command builds Services from Settings and calls one handler. The CLI acts as the
 operator (it holds the store's credentials), so it may name any user and write public models.
-Revocations made here reach a running server within handlers.auth.CACHE_TTL_S (5 s).
+Revocations made here reach a running server within handlers.accounts.auth.CACHE_TTL_S (5 s).
 """
 
 from __future__ import annotations
@@ -11,22 +11,23 @@ import argparse
 from datetime import date
 from pathlib import Path
 
+from functions.cli_settings import settings_from_args
+
 
 def _services(args):
-    from functions.cli import _settings
-    from handlers.services import build_services
+    from functions.wiring import build_services
 
-    return build_services(_settings(args))
+    return build_services(settings_from_args(args))
 
 
 def _registry(services):
-    from handlers.users import UserRegistry
+    from handlers.accounts.users import UserRegistry
 
     return UserRegistry(services.store, services.tokens)
 
 
 def _operator(user: str):
-    from handlers.auth import Tenant
+    from handlers.accounts.auth import Tenant
 
     return Tenant(user=user, role="admin")
 
@@ -60,7 +61,7 @@ def cmd_users_rotate(args) -> None:
 
 
 def cmd_users_budget(args) -> None:
-    from handlers.users import Budget
+    from handlers.accounts.users import Budget
 
     budget = None if args.clear else Budget(seconds=args.seconds, cost=args.cost)
     record = _registry(_services(args)).set_budget(args.name, budget)
@@ -72,7 +73,7 @@ def cmd_users_budget(args) -> None:
 def _upload(args, size: int, chunks, name: str) -> None:
     from tqdm import tqdm
 
-    from handlers.models_api import save_model
+    from handlers.http.models import save_model
 
     services = _services(args)
     with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name) as bar:
@@ -87,7 +88,7 @@ def _upload(args, size: int, chunks, name: str) -> None:
 
 
 def cmd_models_upload(args) -> None:
-    from loaders.model_files import file_chunks
+    from loaders.models.model_files import file_chunks
 
     path = Path(args.path)
     _upload(args, path.stat().st_size, file_chunks(path), args.name or path.name)
@@ -96,17 +97,16 @@ def cmd_models_upload(args) -> None:
 def cmd_models_import(args) -> None:
     import boto3
 
-    from functions.cli import _settings
-    from loaders.model_files import parse_s3_url, s3_chunks
+    from loaders.models.model_files import parse_s3_url, s3_chunks
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     client = boto3.client("s3", endpoint_url=args.endpoint_url or settings.s3_endpoint_url)
     size, chunks = s3_chunks(args.url, client=client, max_bytes=settings.max_upload_mb * 2**20)
     _upload(args, size, chunks, args.name or parse_s3_url(args.url)[1].rsplit("/", 1)[-1])
 
 
 def cmd_models_list(args) -> None:
-    from handlers.models_api import visible_models
+    from handlers.http.models import visible_models
 
     rows = visible_models(_services(args), _operator(args.user), args.kind)
     print(table([[m["scope"], m["name"], m["size"], (m["sha256"] or "-")[:16]] for m in rows],
@@ -114,7 +114,7 @@ def cmd_models_list(args) -> None:
 
 
 def cmd_models_delete(args) -> None:
-    from handlers.models_api import delete_model
+    from handlers.http.models import delete_model
 
     print(delete_model(_services(args), _operator(args.user), args.kind, args.name, public=args.public))
 
@@ -122,7 +122,7 @@ def cmd_models_delete(args) -> None:
 # --- usage ---
 
 def cmd_usage(args) -> None:
-    from handlers.accounts_api import usage_report
+    from handlers.http.accounts import usage_report
 
     report = usage_report(_services(args), _operator("cli"), args.start, args.end, args.group_by, args.user)
     rows = [[r.user, r.key, r.executions, r.succeeded, r.failed, r.canceled, f"{r.billed_s:.3f}", f"{r.cost:.6f}"]
@@ -134,7 +134,7 @@ def cmd_usage(args) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from loaders.models import KIND_DIRS
+    from loaders.models.manager import KIND_DIRS
 
     def data_dir(p):
         p.add_argument("--data-dir", help="local store directory (sets EASEL_STORE=file://DIR)")

@@ -6,13 +6,14 @@ import os
 import secrets
 from pathlib import Path
 
-from handlers.api import create_app
-from handlers.services import Services, build_services
+from functions.wiring import build_services
+from handlers.accounts.users import UserRegistry
+from handlers.http.api import create_app
+from handlers.services import Services
 from handlers.settings import Settings
-from loaders.demo_controlnet import install_demo_controlnet
-from handlers.users import UserRegistry
-from handlers.workers import start_background
-from loaders.demo_model import DEMO_NAME, install_demo
+from handlers.tasks.workers import start_background
+from loaders.demo.controlnet import install_demo_controlnet
+from loaders.demo.model import DEMO_NAME, install_demo
 
 LOCAL_USER = "local"
 

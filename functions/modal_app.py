@@ -12,8 +12,14 @@ from pathlib import Path
 
 import modal
 
-from functions.modal_config import (GENERAL_POOL, PYTHON_VERSION, TOKENIZERS_DIR, TORCH_VERSION, ModalDeploy,
-                                    bake_tokenizers_commands)
+from functions.modal_config import (
+    GENERAL_POOL,
+    PYTHON_VERSION,
+    TOKENIZERS_DIR,
+    TORCH_VERSION,
+    ModalDeploy,
+    bake_tokenizers_commands,
+)
 from handlers.settings import Settings
 
 DEPLOY = ModalDeploy()
@@ -39,7 +45,7 @@ image = (
 
 with image.imports():  # needed only where the code runs (containers, tests), not to deploy
     from functions.modal_runtime import GpuWorker, deliver_task_webhook, poll_inbox_once, web_services
-    from handlers.api import create_app
+    from handlers.http.api import create_app
 
 app = modal.App(DEPLOY.app_name)
 secrets = [modal.Secret.from_name(DEPLOY.secret_name)]
@@ -79,7 +85,7 @@ class Generator:
 
     @modal.method()
     def generate(self, job):
-        """Run one job (a handlers.generate.Job) and return its GenerationResponse."""
+        """Run one job (a handlers.jobs.Job) and return its GenerationResponse."""
         return self.worker.execute(job)
 
     @modal.method()

@@ -29,7 +29,7 @@ TOKENIZER_NAMES = ("clip-vit-large-patch14", "clip-vit-h-14", "clip-vit-bigG-14"
 def normal_checkpoint(name: str) -> str | None:
     """A checkpoint name as the store knows it (`x [hash]` → `x.safetensors`), or None if it is not a name."""
     from loaders.errors import InvalidRequest
-    from loaders.models import clean_model_name
+    from loaders.models.manager import clean_model_name
 
     try:
         return clean_model_name(name, "sd_model_checkpoint")

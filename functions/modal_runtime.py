@@ -12,12 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from functions.modal_config import ModalDeploy, cloud_store_problem, pool_checkpoint, pool_for
-from handlers.generate import Job, execute_job, resolve_checkpoint
+from functions.wiring import build_services
+from handlers.generation.generate import execute_job, resolve_checkpoint
+from handlers.generation.warmup import Warmed, warm_checkpoint
+from handlers.jobs import Job
 from handlers.schemas import GenerationResponse
-from handlers.services import Services, build_services
+from handlers.services import Services
 from handlers.settings import Settings
-from handlers.warmup import Warmed, warm_checkpoint
-from loaders.demo_model import DEMO_NAME, install_demo
+from loaders.demo.model import DEMO_NAME, install_demo
 from loaders.errors import EaselError
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ class GpuWorker:
     def run_task(self, user: str, task_id: str, notify: Callable[[str, str], None] | None = None) -> None:
         """Run the stored task users/<user>/tasks/<task_id>.json (the async path): claim, run, finish;
         then `notify(user, task_id)` when it has a webhook (delivery with its retries runs off the GPU)."""
-        from handlers.runner import run_task
+        from handlers.tasks.runner import run_task
 
         owner = f"modal:{self.pool}:{self.call_id() or 'local'}"
         outcome = run_task(self.services, user, task_id, owner=owner)
@@ -85,8 +87,8 @@ class GpuWorker:
 
 def deliver_task_webhook(settings: Settings, user: str, task_id: str, sender=None) -> None:
     """POST a finished task's signed webhook (retries with backoff); the outcome is kept in its record."""
-    from handlers.tasks import load_task
-    from handlers.webhooks import FetchSender, deliver
+    from handlers.tasks.records import load_task
+    from handlers.tasks.webhooks import FetchSender, deliver
 
     services = cloud_services(settings)
     record = load_task(services, user, task_id)
@@ -111,7 +113,7 @@ class RemoteRunner:
 
 
 class ModalExecutor:
-    """`handlers.executor.Executor` on Modal: a stored task is spawned in its checkpoint's pool."""
+    """`handlers.tasks.executor.Executor` on Modal: a stored task is spawned in its checkpoint's pool."""
 
     def __init__(self, pools: PoolLookup, deploy: ModalDeploy, services: Services,
                  checkpoint_of: Callable[[Services, str, str], str | None] | None = None):
@@ -134,7 +136,7 @@ class ModalExecutor:
 
 def task_checkpoint(services: Services, user: str, task_id: str) -> str | None:
     """The checkpoint a stored task asks for (routing only: the GPU side validates everything again)."""
-    from handlers.tasks import load_request
+    from handlers.tasks.records import load_request
 
     try:
         return load_request(services, user, task_id).checkpoint_name()
@@ -153,7 +155,7 @@ def web_services(settings: Settings, deploy: ModalDeploy, pools: PoolLookup) -> 
 
 def poll_inbox_once(settings: Settings, deploy: ModalDeploy, pools: PoolLookup) -> None:
     """The scheduled fallback for missed bucket events: one pass over users/*/inbox/."""
-    from handlers.events import poll_inbox
+    from handlers.tasks.events import poll_inbox
 
     outcomes = poll_inbox(web_services(settings, deploy, pools))
     log.info("inbox poll: %d new uploads", len(outcomes))

@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from loaders.errors import InvalidRequest
 from handlers.samplers import SAMPLERS, SCHEDULES, find_sampler, find_schedule
+from loaders.errors import InvalidRequest
 
 MAX_IMAGES_PER_REQUEST = 16
 MAX_PROMPT_CHARS = 20_000

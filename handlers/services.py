@@ -1,4 +1,4 @@
-"""The dependencies a request needs, built once from Settings at the edge and passed down."""
+"""The dependencies a request needs (built once from Settings by functions.wiring and passed down)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,22 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from handlers import acceleration
-from handlers.auth import TokenRegistry
-from handlers.batching import Batcher
-from handlers.executor import Executor
-from handlers.metering import Meter
 from handlers.settings import Settings
-from handlers.users import UserRegistry
-from loaders.family_configs import FamilyConfigs
-from loaders.fast_loader import DeviceLock
-from loaders.controlnet import ControlNetCache
-from loaders.adapters import Adapters
-from loaders.models import ModelManager, build_pipeline, set_public_kinds
-from loaders.prompt_models import PromptModels
-from loaders.safety_checker import SafetyChecker, load_safety_checker
+from loaders.adapters.controlnet import ControlNetCache
+from loaders.adapters.networks import Adapters
 from loaders.errors import TooManyRequests
-from loaders.storage import ObjectStore, open_store
+from loaders.models.manager import ModelManager
+from loaders.storage.store import ObjectStore
+
+if TYPE_CHECKING:  # the services' types; the objects are built by functions.wiring, the composition root
+    from handlers.accounts.auth import TokenRegistry
+    from handlers.billing.metering import Meter
+    from handlers.generation.batching import Batcher
+    from handlers.tasks.executor import Executor
+    from loaders.models.prompt_models import PromptModels
+    from loaders.models.safety_checker import SafetyChecker
 
 
 @dataclass
@@ -100,18 +97,18 @@ class Services:
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
     user_slots: UserSlots = field(default_factory=lambda: UserSlots(4))
-    batcher: Batcher | None = None  # look-alike txt2img requests share one device batch (handlers/batching.py)
+    batcher: Batcher | None = None  # look-alike txt2img requests share one device batch (handlers/generation/batching.py)
     censor: SafetyChecker | None = None  # set when EASEL_ENABLE_NSFW_CENSOR is on
     prompt_models: PromptModels | None = None
-    meter: Meter | None = None  # price and budget state (handlers.metering); built lazily when None
-    # Where a sync request's job runs: None = in this process (handlers.generate.execute_job); the Modal web
+    meter: Meter | None = None  # price and budget state (handlers.billing.metering); built lazily when None
+    # Where a sync request's job runs: None = in this process (handlers.generation.generate.execute_job); the Modal web
     # container sets a callable (job, services) -> GenerationResponse that calls the GPU class instead.
     runner: Callable[[Any, Services], Any] | None = None
     # For the ledger: the device an execution ran on ("" = this process's torch device) and the platform's id
     # of the current call (Modal's function call id; None locally). The Modal GPU container sets both.
     device_label: str = ""
     call_id: Callable[[], str | None] = lambda: None
-    executor: Executor | None = None  # runs queued tasks (handlers.tasks.LocalExecutor unless replaced)
+    executor: Executor | None = None  # runs queued tasks (handlers.tasks.workers.LocalExecutor unless replaced)
     adapters: Adapters | None = None  # LoRA / VAE / embeddings on the resident pipelines
 
     def __post_init__(self):
@@ -123,33 +120,3 @@ class Services:
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route."""
         return self.store.url(key, self.settings.url_expiry_s) or f"{base_url.rstrip('/')}/files/{key}"
-
-
-def build_services(settings: Settings, *, store: ObjectStore | None = None, builder=None) -> Services:
-    store = store or open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
-    # Real families' config folders are completed with tokenizers from the image or the bucket.
-    builder = builder or partial(build_pipeline, configs=FamilyConfigs(store, settings.cache_dir,
-                                                                      settings.tokenizers_dir))
-    if settings.cpu_threads:
-        import torch
-
-        torch.set_num_threads(settings.cpu_threads)
-    device_lock = DeviceLock()  # requests before background warm-up
-    builder = acceleration.wrap_builder(settings, store, device_lock, builder)  # CUDA fast path, tiny VAE
-    models = ModelManager(store, settings.cache_dir, device=settings.device,
-                          capacity=settings.pipeline_cache_size, builder=builder)
-    set_public_kinds(store, settings.public_model_kinds())
-    tokens = TokenRegistry(store)
-    UserRegistry(store, tokens).seed(settings.token_pairs(), settings.admin_users())
-    controlnets = ControlNetCache(store, settings.cache_dir, capacity=settings.controlnet_cache_size)
-    # Loaded at start-up so a missing safety checker stops the server with a clear message, not a request.
-    censor = load_safety_checker(store, settings.cache_dir, models.device) if settings.enable_nsfw_censor else None
-    services = Services(settings, store, models, tokens, controlnets=controlnets,
-                        meter=Meter(settings, models.device), censor=censor,
-                        prompt_models=PromptModels(store, settings.cache_dir, device=models.device),
-                        device_lock=device_lock, batcher=Batcher.from_settings(settings, device_lock),
-                        user_slots=UserSlots(settings.max_running_per_user))
-    from handlers.workers import LocalExecutor  # late: workers import Services
-
-    services.executor = LocalExecutor(services)  # Modal's web container replaces it with ModalExecutor
-    return services

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from loaders.demo_model import DEMO_NAME
-from loaders.fastpath import DEFAULT_BUCKETS
+from loaders.demo.model import DEMO_NAME
+from loaders.speed.fastpath import DEFAULT_BUCKETS
 
 
 class Settings(BaseSettings):
@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     tokenizers_dir: Path | None = Field(None, description="folder of CLIP tokenizers baked into the image "
                                         "(<name>/tokenizer.json); else the bucket's system/tokenizers/")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
-    # --- tenancy, uploads, metering (handlers/users.py, handlers/models_api.py, handlers/metering.py) ---
+    # --- tenancy, uploads, metering (handlers/accounts/users.py, handlers/http/models.py, handlers/billing/metering.py) ---
     public_lora: bool = Field(True, description="users see public/models/Lora (EAS clustered edition switch)")
     public_vae: bool = Field(True, description="users see public/models/VAE")
     public_embeddings: bool = Field(True, description="users see public/embeddings")
@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     budget_cost_per_month: float | None = Field(None, ge=0, description="default monthly budget, currency")
     usage_close_after_s: int = Field(86400, ge=0, description="a day's usage roll-up is final this long after "
                                      "the day ends (longer than any request waits in a queue)")
-    # --- speed (handlers/acceleration.py, handlers/batching.py; shared/PERF.md) ---
+    # --- speed (handlers/generation/acceleration.py, handlers/generation/batching.py; shared/PERF.md) ---
     fast_path: Literal["auto", "on", "off"] = Field("auto", description="CUDA fast path (auto: on with CUDA)")
     fast_dtype: Literal["fp16", "bf16"] = "fp16"
     fast_vae_dtype: Literal["bf16", "fp32"] = Field("bf16", description="NaN-safe VAE precision on CUDA")
@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     hide_tabs: str = Field("", description='web page tabs to hide: "files,prompt" (the seed\'s --always-hide-tabs)')
     enable_nsfw_censor: bool = Field(False, description="screen outputs with public/models/safety_checker/")
 
-    # --- async tasks and bucket-upload events (handlers/tasks.py, handlers/events.py) ---
+    # --- async tasks and bucket-upload events (handlers/tasks/records.py, handlers/tasks/events.py) ---
     task_workers: int = Field(1, ge=1, le=64, description="local worker threads running queued tasks")
     task_lease_s: float = Field(600.0, gt=0, description="a running task not heard from this long is re-run once")
     task_progress_interval_s: float = Field(1.0, ge=0, description="least time between progress writes to a task record")

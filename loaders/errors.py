@@ -1,4 +1,4 @@
-"""One family of errors for the whole project; handlers.api maps each leaf to one HTTP status."""
+"""One family of errors for the whole project; handlers.http.api maps each leaf to one HTTP status."""
 
 
 class EaselError(Exception):

@@ -9,10 +9,11 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
-from handlers import generate
-from handlers.generate import Canceled, Generated, Job
+from functions.wiring import build_services
+from handlers.generation import generate
+from handlers.generation.generate import Generated
+from handlers.jobs import Canceled, Job
 from handlers.schemas import Txt2ImgRequest
-from handlers.services import build_services
 from handlers.settings import Settings
 from tests.conftest import TOKENS
 
@@ -29,7 +30,7 @@ class FakeBuilder:
 
 
 class ScriptedGeneration:
-    """Replaces handlers.generate.generate (every mode): runs `steps` callbacks (sleeping `step_s` each), then
+    """Replaces handlers.generation.generate.generate (every mode): runs `steps` callbacks (sleeping `step_s` each), then
     does what the script says.
 
     outcome(job_call_index) → "ok" | "fail" | ("cancel", k) | "crash"; "crash" raises a BaseException,

@@ -10,11 +10,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 from fastapi.testclient import TestClient
 
-from handlers.api import create_app
-from handlers.services import build_services
+from functions.wiring import build_services
+from handlers.http.api import create_app
 from handlers.settings import Settings
-from loaders.demo_model import DEMO_NAME, demo_checkpoint_bytes
-from loaders.storage import LocalStore
+from loaders.demo.model import DEMO_NAME, demo_checkpoint_bytes
+from loaders.storage.store import LocalStore
 
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob", "root": "tok-root"}
 SMALL = {"width": 64, "height": 64, "steps": 2}  # tiny and fast: the suite must run on 2 CPU cores

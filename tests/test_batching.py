@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from handlers.batching import Batcher, batch_key
-from handlers.generate import Canceled, Job, execute_job
+from handlers.generation.batching import Batcher, batch_key
+from handlers.generation.generate import execute_job
+from handlers.jobs import Canceled, Job
 from handlers.schemas import Txt2ImgRequest
-from loaders.models import LoadedCheckpoint
+from loaders.models.manager import LoadedCheckpoint
 
 BASE = {"steps": 2, "width": 64, "height": 64, "sampler_name": "Euler a", "cfg_scale": 7}
 
@@ -168,7 +169,7 @@ def test_tiny_vae_decode_is_opt_in_per_request(store, make_services, tmp_path):
 
 
 def test_a_failing_batch_fails_every_member(batched, monkeypatch):
-    import handlers.batching as batching
+    import handlers.generation.batching as batching
 
     def broken(members, model, method="Full"):
         raise RuntimeError("CUDA out of memory (injected)")

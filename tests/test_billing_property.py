@@ -12,12 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handlers import generate, ledger
-from handlers.accounts_api import usage_report
-from handlers.auth import Tenant
-from handlers.generate import Canceled, execute_job
-from loaders.demo_model import DEMO_NAME, demo_checkpoint_bytes
-from loaders.storage import LocalStore
+from handlers.accounts.auth import Tenant
+from handlers.billing import ledger
+from handlers.generation import generate
+from handlers.generation.generate import execute_job
+from handlers.http.accounts import usage_report
+from handlers.jobs import Canceled
+from loaders.demo.model import DEMO_NAME, demo_checkpoint_bytes
+from loaders.storage.store import LocalStore
 from tests.billing_fakes import Crash, fake_services, job
 
 OUTCOMES = st.one_of(st.sampled_from(["ok", "fail", "crash", "crash_after_ledger"]),

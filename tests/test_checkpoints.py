@@ -8,12 +8,12 @@ import torch
 from moto import mock_aws
 from safetensors import safe_open
 
-from loaders.demo_model import DEMO_NAME, demo_components, write_demo_checkpoint
+from loaders.demo.model import DEMO_NAME, demo_components, write_demo_checkpoint
 from loaders.errors import InvalidRequest
-from loaders.families import config_dir
-from loaders.models import ModelManager, build_pipeline
-from loaders.safetensors_check import read_header
-from loaders.storage import LocalStore, open_store
+from loaders.models.families import config_dir
+from loaders.models.manager import ModelManager, build_pipeline
+from loaders.models.safetensors_check import read_header
+from loaders.storage.store import LocalStore, open_store
 
 KEY = f"public/models/Stable-diffusion/{DEMO_NAME}"
 
@@ -101,7 +101,7 @@ def test_changed_checkpoint_in_store_is_reloaded(tmp_path, demo_bytes, monkeypat
         first, load_s = models.checkpoint(store.stat(KEY))
         again, again_s = models.checkpoint(store.stat(KEY))
         assert again is first and again_s == 0.0 and load_s > 0
-        from loaders.demo_model import demo_checkpoint_bytes
+        from loaders.demo.model import demo_checkpoint_bytes
 
         store.put_bytes(KEY, demo_checkpoint_bytes(seed=1))
         second, _ = models.checkpoint(store.stat(KEY))

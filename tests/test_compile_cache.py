@@ -6,12 +6,13 @@ import threading
 
 import pytest
 
-from handlers.acceleration import fastpath_config, tiny_vae_keys
-from handlers.generate import Job, execute_job
+from handlers.generation.acceleration import fastpath_config, tiny_vae_keys
+from handlers.generation.generate import execute_job
+from handlers.jobs import Job
 from handlers.schemas import Txt2ImgRequest
-from loaders.compile_cache import CompileCache, cache_key, gpu_name, slug
-from loaders.fast_loader import Warmer
-from loaders.fastpath import FastPathConfig, FastState
+from loaders.speed.compile_cache import CompileCache, cache_key, gpu_name, slug
+from loaders.speed.fast_loader import Warmer
+from loaders.speed.fastpath import FastPathConfig, FastState
 
 
 class FakeArtifacts:
@@ -76,7 +77,7 @@ def test_a_corrupt_blob_costs_a_compile_and_is_replaced(store):
 def test_compile_cache_on_s3(tmp_path):
     from moto import mock_aws
 
-    from loaders.storage import S3Store
+    from loaders.storage.store import S3Store
 
     with mock_aws():
         import boto3
@@ -127,7 +128,7 @@ def test_background_warm_failure_keeps_serving(store, caplog):
 
 
 def test_warm_up_loads_the_checkpoint_so_the_first_request_pays_no_load(store, services):
-    from handlers.warmup import warm_checkpoint
+    from handlers.generation.warmup import warm_checkpoint
 
     report = warm_checkpoint(services, "easel-demo.safetensors")
     assert report.load_s > 0 and report.buckets == []  # no fast path on CPU: nothing to compile
@@ -149,7 +150,7 @@ def test_speed_settings_parse(services, make_services, store):
 def test_requests_get_the_device_before_background_warm_up():
     import time
 
-    from loaders.fast_loader import DeviceLock
+    from loaders.speed.fast_loader import DeviceLock
 
     lock, order = DeviceLock(), []
     lock.acquire()  # a request is generating

@@ -10,11 +10,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from handlers.controlnet import parse_units
+from handlers.generation.controlnet import parse_units
 from handlers.schemas import Txt2ImgRequest
-from loaders.controlnet import ControlNetCache, build_controlnet
-from loaders.demo_controlnet import DEMO_CONTROLNET_NAME, demo_controlnet, demo_controlnet_bytes
-from loaders.errors import InvalidRequest
+from loaders.adapters.controlnet import ControlNetCache, build_controlnet
+from loaders.demo.controlnet import DEMO_CONTROLNET_NAME, demo_controlnet, demo_controlnet_bytes
 from tests.conftest import SMALL, auth
 from tests.test_fetch_ssrf import Canary
 

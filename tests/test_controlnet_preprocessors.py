@@ -7,10 +7,10 @@ import pytest
 from PIL import Image, ImageDraw
 from safetensors.torch import save
 
-from loaders.annotators import AnnotatorCache, _lineart_generator
+from loaders.adapters.annotators import AnnotatorCache, _lineart_generator
+from loaders.adapters.preprocessors import find_module, fit, pixel_perfect_resolution, run_module
 from loaders.errors import InvalidRequest
-from loaders.preprocessors import find_module, fit, pixel_perfect_resolution, run_module
-from loaders.storage import LocalStore
+from loaders.storage.store import LocalStore
 
 
 def square(size=(64, 64)) -> Image.Image:

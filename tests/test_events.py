@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from handlers.api import create_app
-from handlers.events import poll_inbox
+from handlers.http.api import create_app
+from handlers.tasks.events import poll_inbox
 from tests.conftest import SMALL, auth
 
 
@@ -197,7 +197,7 @@ def test_easel_watch_once_runs_the_inbox(store, services, tmp_path, capsys, monk
 
 
 def test_a_revoked_users_uploads_are_ignored(client, store, services):
-    from handlers.users import UserRegistry
+    from handlers.accounts.users import UserRegistry
 
     UserRegistry(store, services.tokens).revoke("bob")
     upload(store, "users/bob/inbox/late.json", request_json())
@@ -207,7 +207,7 @@ def test_a_revoked_users_uploads_are_ignored(client, store, services):
 
 
 def test_a_store_failure_is_a_503_and_the_next_delivery_makes_the_task(client, store, monkeypatch):
-    from handlers import tasks
+    from handlers.tasks import records as tasks
     from loaders.errors import StorageError
 
     real, calls = tasks.submit_task, []

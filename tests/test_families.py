@@ -9,13 +9,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from loaders import ldm_keys
-from loaders.demo_model import family_components, write_demo_checkpoint
+from loaders.demo.model import family_components, write_demo_checkpoint
 from loaders.errors import InvalidRequest
-from loaders.family_configs import FamilyConfigs, TokenizerMissing
-from loaders.families import CONFIGS, UNET_IN, config_dir, detect
-from loaders.models import ModelManager, build_pipeline
-from loaders.storage import LocalStore
+from loaders.models import ldm_keys
+from loaders.models.families import CONFIGS, UNET_IN, config_dir, detect
+from loaders.models.family_configs import FamilyConfigs, TokenizerMissing
+from loaders.models.manager import ModelManager, build_pipeline
+from loaders.storage.store import LocalStore
 
 # --- synthetic key sets of the real families: shipped configs on the meta device, written in LDM layout ---
 
@@ -290,7 +290,7 @@ def test_tiny_families_pick_their_pipeline_and_tokenizers(tiny_files):
 
 def test_cli_writes_tiny_sdxl_into_the_store(tmp_path):
     from functions.cli import main
-    from loaders.safetensors_check import read_header
+    from loaders.models.safetensors_check import read_header
 
     assert main(["demo-model", "--family", "sdxl", "--data-dir", str(tmp_path)]) == 0
     path = tmp_path / "public/models/Stable-diffusion/easel-demo-sdxl.safetensors"
@@ -303,7 +303,7 @@ def test_assembled_config_folder_loads_through_from_single_file(tmp_path, tiny_f
     """The route real families take: shipped JSON + the bucket's tokenizer, assembled in the cache, then loaded."""
     from dataclasses import replace
 
-    from loaders import families
+    from loaders.models import families
 
     monkeypatch.setitem(families.FAMILIES, "demo-inpaint",
                         replace(families.FAMILIES["demo-inpaint"], tokenizers={"tokenizer": families.CLIP_L}))
@@ -319,7 +319,7 @@ def test_assembled_config_folder_loads_through_from_single_file(tmp_path, tiny_f
 
 
 def test_txt2img_with_an_inpainting_model_is_422(client, store):
-    from loaders.demo_model import demo_checkpoint_bytes
+    from loaders.demo.model import demo_checkpoint_bytes
     from tests.conftest import SMALL, auth
 
     store.put_bytes("public/models/Stable-diffusion/inp.safetensors", demo_checkpoint_bytes(family="demo-inpaint"))

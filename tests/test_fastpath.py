@@ -10,12 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from handlers.generate import Job, execute_job
+from handlers.generation.generate import execute_job
+from handlers.jobs import Job
 from handlers.schemas import Txt2ImgRequest
-from loaders import fastpath, shape_dispatch
-from loaders.fast_loader import Warmer, accelerated
-from loaders.fastpath import FastPathConfig, fast_state, parse_buckets
-from loaders.models import build_pipeline
+from loaders.models.manager import build_pipeline
+from loaders.speed import fastpath, shape_dispatch
+from loaders.speed.fast_loader import Warmer, accelerated
+from loaders.speed.fastpath import FastPathConfig, fast_state, parse_buckets
 
 CPU_CONFIG = FastPathConfig(buckets=((64, 64),), batch_sizes=(1,))
 

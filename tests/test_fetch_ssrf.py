@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from loaders.errors import InvalidRequest, NotFound, PayloadTooLarge
-from loaders.fetch import FetchPolicy, check_url, fetch_bytes, post_json
-from loaders.images import decode_base64_image, load_image, open_image
-from loaders.storage import LocalStore
+from loaders.storage.fetch import FetchPolicy, check_url, fetch_bytes, post_json
+from loaders.storage.images import decode_base64_image, load_image, open_image
+from loaders.storage.store import LocalStore
 
 PUBLIC = "127.0.0.2"  # stands in for a public host: allow-listed explicitly, everything else on loopback is not
 

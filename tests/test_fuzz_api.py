@@ -15,20 +15,23 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 import schemathesis
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                                status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
-from handlers.api import create_app
-from handlers.services import build_services
+from functions.wiring import build_services
+from handlers.http.api import create_app
 from handlers.settings import Settings
-from handlers.tasks import TASK_ID
-from loaders.storage import LocalStore
+from handlers.tasks.records import TASK_ID
+from loaders.storage.store import LocalStore
 from tests.billing_fakes import fake_services
 from tests.conftest import TOKENS
 

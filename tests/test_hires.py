@@ -77,13 +77,14 @@ def test_hires_bounds_are_422_naming_the_field(client, fields, needle):
 
 
 def test_progress_counts_both_passes(client, services):
-    from handlers.generate import Job, planned_steps
+    from handlers.generation.generate import planned_steps
+    from handlers.jobs import Job
     from handlers.schemas import Txt2ImgRequest
 
     req = Txt2ImgRequest(prompt="x", **{**SMALL, "steps": 4}, enable_hr=True, denoising_strength=0.5)
     assert planned_steps(Job(user="alice", mode="txt2img", request=req, task_id="t")) == 4 + 2
     seen = []
-    from handlers.generate import execute_job
+    from handlers.generation.generate import execute_job
 
     execute_job(Job(user="alice", mode="txt2img", request=req, task_id="t"), services, lambda d, t: seen.append((d, t)))
     assert seen[-1] == (6, 6)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from loaders.demo_model import demo_checkpoint_bytes
+from loaders.demo.model import demo_checkpoint_bytes
 from tests.conftest import SMALL, auth
 
 
@@ -216,7 +216,7 @@ def test_image_links_to_private_addresses_are_refused_with_no_connection(client)
 
 def test_mode_pipelines_share_the_resident_modules(services, store):
     """Residency: img2img / inpaint views reuse the loaded weights and never change the shared pipeline."""
-    from loaders.pipelines import task_view
+    from loaders.models.pipelines import task_view
 
     model, _ = services.models.checkpoint(store.stat("public/models/Stable-diffusion/easel-demo.safetensors"))
     base = model.pipe

@@ -113,7 +113,7 @@ def test_bucket_declares_versioning_private_access_and_output_expiry(template):
                ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"))
     assert props["NotificationConfiguration"] == {"EventBridgeConfiguration": {"EventBridgeEnabled": True}}
     expire = next(r for r in props["LifecycleConfiguration"]["Rules"] if r["Id"] == "expire-outputs")
-    from loaders.storage import retention_tag
+    from loaders.storage.store import retention_tag
 
     key, value = retention_tag("users/alice/outputs/txt2img-images/2025-01-01/a.png").split("=")
     assert expire["TagFilters"] == [{"Key": key, "Value": value}]  # the tag the store writes

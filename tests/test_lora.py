@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loaders.demo_adapters import demo_lora_bytes
+from loaders.demo.adapters import demo_lora_bytes
 from tests.conftest import SMALL, auth
 
 LORA_DIR = "models/Lora"
@@ -156,7 +156,8 @@ def test_loras_listing_is_per_tenant_in_a1111_shape(client, with_loras):
 
 
 def test_lora_adapters_stay_cached_and_are_bounded(store, make_services, lora_bytes):
-    from handlers.generate import Job, execute_job
+    from handlers.generation.generate import execute_job
+    from handlers.jobs import Job
     from handlers.schemas import Txt2ImgRequest
 
     for k in range(3):
@@ -178,7 +179,8 @@ def test_lora_adapters_stay_cached_and_are_bounded(store, make_services, lora_by
 
 
 def test_a_request_with_more_loras_than_the_cache_holds_still_applies_them_all(store, make_services):
-    from handlers.generate import Job, execute_job
+    from handlers.generation.generate import execute_job
+    from handlers.jobs import Job
     from handlers.schemas import Txt2ImgRequest
 
     for k in range(3):

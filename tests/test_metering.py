@@ -8,11 +8,13 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from handlers import ledger, schemas, usage
-from handlers.accounts_api import usage_report
-from handlers.auth import Tenant
-from handlers.generate import Canceled, execute_job
-from handlers.users import Budget, UserRegistry
+from handlers import schemas
+from handlers.accounts.auth import Tenant
+from handlers.accounts.users import Budget, UserRegistry
+from handlers.billing import ledger, usage
+from handlers.generation.generate import execute_job
+from handlers.http.accounts import usage_report
+from handlers.jobs import Canceled
 from loaders.errors import InvalidRequest, NotFound, QuotaExceeded
 from tests.billing_fakes import fake_services, job
 from tests.conftest import SMALL, auth
@@ -29,7 +31,7 @@ def ledger_records(store, user=None):
 def client_for():
     from fastapi.testclient import TestClient
 
-    from handlers.api import create_app
+    from handlers.http.api import create_app
 
     clients = []
 

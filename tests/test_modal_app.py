@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 from moto import mock_aws
 
 from functions.modal_config import GENERAL_POOL, ModalDeploy
-from handlers.generate import Job
+from handlers.jobs import Job
 from handlers.schemas import Txt2ImgRequest
-from loaders.demo_model import DEMO_NAME
+from loaders.demo.model import DEMO_NAME
 from tests.conftest import SMALL, TOKENS, auth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def modal_app(cloud):
 
 @pytest.fixture
 def reconnects(monkeypatch):
-    from loaders.storage import S3Store
+    from loaders.storage.store import S3Store
 
     calls = []
     original = S3Store.reconnect
@@ -302,7 +302,7 @@ def test_asgi_app_answers_async_requests_through_the_modal_executor(web):
 def test_webhooks_of_spawned_tasks_are_delivered_off_the_gpu(web, modal_app, monkeypatch):
     from functions.modal_runtime import deliver_task_webhook
     from handlers.settings import Settings
-    from handlers.webhooks import verify_signature
+    from handlers.tasks.webhooks import verify_signature
 
     client, pools = web
     pools.run_spawned = True

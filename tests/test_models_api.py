@@ -10,9 +10,9 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 
-from handlers.api import create_app
+from handlers.http.api import create_app
 from loaders.errors import NotFound
-from loaders.models import KIND_DIRS, resolve_model
+from loaders.models.manager import KIND_DIRS, resolve_model
 from tests.conftest import SMALL, auth
 
 KINDS = sorted(KIND_DIRS)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loaders.demo_adapters import demo_lora_bytes
-from loaders.demo_controlnet import DEMO_CONTROLNET_NAME, demo_controlnet_bytes
+from loaders.demo.adapters import demo_lora_bytes
+from loaders.demo.controlnet import DEMO_CONTROLNET_NAME, demo_controlnet_bytes
 from tests.conftest import SMALL, auth
 from tests.test_img2img_api import centre_mask, decode, outside, picture, png_b64
 

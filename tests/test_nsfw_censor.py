@@ -10,10 +10,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from functions import cli
-from handlers.api import create_app
-from handlers.censor import censor_images
+from handlers.generation.censor import censor_images
+from handlers.http.api import create_app
 from loaders.errors import NotFound
-from loaders.safety_checker import SAFETY_CHECKER_PREFIX, load_safety_checker
+from loaders.models.safety_checker import SAFETY_CHECKER_PREFIX, load_safety_checker
 from tests.conftest import SMALL, auth
 from tests.tiny_models import put_folder, save_safety_checker, tiny_safety_checker
 

@@ -9,9 +9,10 @@ import json
 import pytest
 from PIL import Image
 
-from handlers.generate import Job, execute_job
+from handlers.generation.generate import execute_job
+from handlers.jobs import Job
 from handlers.schemas import Txt2ImgRequest
-from loaders.demo_model import demo_checkpoint_bytes
+from loaders.demo.model import demo_checkpoint_bytes
 from tests.conftest import SMALL, auth
 
 MODELS = "users/alice/models/Stable-diffusion/"

@@ -12,7 +12,7 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from loaders.errors import InvalidRequest, NotFound
-from loaders.storage import LocalStore, S3Store, open_store
+from loaders.storage.store import LocalStore, S3Store, open_store
 
 
 @pytest.fixture(scope="module")

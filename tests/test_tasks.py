@@ -9,9 +9,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from handlers.api import create_app
-from handlers.webhooks import verify_signature
-from handlers.workers import LocalExecutor
+from handlers.http.api import create_app
+from handlers.tasks.webhooks import verify_signature
+from handlers.tasks.workers import LocalExecutor
 from loaders.errors import InvalidRequest
 from tests.conftest import SMALL, auth
 
@@ -283,7 +283,7 @@ def test_graceful_release_requeues_a_running_task_which_recovery_then_finishes(c
 
 
 def test_real_fetcher_refuses_a_loopback_webhook_at_submission(client, async_services):
-    from handlers.webhooks import FetchSender
+    from handlers.tasks.webhooks import FetchSender
 
     async_services.executor.sender = FetchSender()
     r = submit(client, "wh-loop", webhook="http://127.0.0.1:8080/hook")
@@ -292,7 +292,7 @@ def test_real_fetcher_refuses_a_loopback_webhook_at_submission(client, async_ser
 
 
 def test_img2img_with_a_lora_runs_as_a_task_with_the_sync_routes_pixels(client, store):
-    from loaders.demo_adapters import demo_lora_bytes
+    from loaders.demo.adapters import demo_lora_bytes
     from tests.test_img2img_api import centre_mask, picture, png_b64
 
     store.put_bytes("users/alice/models/Lora/mine.safetensors", demo_lora_bytes(seed=1))

@@ -173,7 +173,7 @@ def test_one_user_cannot_take_every_worker(store, make_services):
 
     from fastapi.testclient import TestClient
 
-    from handlers.api import create_app
+    from handlers.http.api import create_app
 
     services = make_services(store, max_running_per_user=1)
     started, release = threading.Event(), threading.Event()

@@ -7,10 +7,10 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from handlers import auth as auth_module
-from handlers.api import create_app
-from handlers.auth import TokenRegistry
-from handlers.users import UserRegistry
+from handlers.accounts import auth as auth_module
+from handlers.accounts.auth import TokenRegistry
+from handlers.accounts.users import UserRegistry
+from handlers.http.api import create_app
 from tests.conftest import TOKENS, auth
 
 
@@ -118,7 +118,7 @@ def test_cli_users_add_list_rotate_revoke(tmp_path, capsys, monkeypatch):
     assert main(["users", "revoke", "erin", *data]) == 0
     assert main(["users", "rotate", "erin", *data]) == 2  # a revoked user must be added again
     assert "revoked" in capsys.readouterr().err
-    from handlers.services import build_services
+    from functions.wiring import build_services
     from handlers.settings import Settings
 
     services = build_services(Settings(store=f"file://{tmp_path / 'data'}", cache_dir=tmp_path / "cache"))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loaders.demo_adapters import demo_embedding_bytes, demo_vae_bytes
-from loaders.demo_model import demo_checkpoint_bytes
+from loaders.demo.adapters import demo_embedding_bytes, demo_vae_bytes
+from loaders.demo.model import demo_checkpoint_bytes
 from tests.conftest import SMALL, auth
 
 
@@ -79,7 +79,7 @@ def test_malformed_vae_file_is_refused(client, with_vaes, demo_bytes):
     with_vaes.put_bytes("users/alice/models/VAE/broken.safetensors", b"\x80\x04\x95pickle")
     r = txt2img(client, alwayson_scripts={"sd_vae": "broken"})
     assert r.status_code == 422 and "broken" in r.json()["detail"]
-    from loaders.demo_adapters import demo_lora_bytes
+    from loaders.demo.adapters import demo_lora_bytes
 
     with_vaes.put_bytes("users/alice/models/VAE/lora-not-vae.safetensors", demo_lora_bytes())
     r = txt2img(client, alwayson_scripts={"sd_vae": "lora-not-vae"})
@@ -166,7 +166,7 @@ def test_switching_checkpoints_per_request_returns_the_named_models_images(clien
     # the same request on a server whose default is that model gives the same pixels
     from fastapi.testclient import TestClient
 
-    from handlers.api import create_app
+    from handlers.http.api import create_app
 
     fresh = make_services(with_second_checkpoint, default_checkpoint="other.safetensors")
     with TestClient(create_app(fresh)) as c2:
@@ -206,7 +206,7 @@ def test_with_batching_on_embeddings_and_vaes_still_apply(store, with_embeddings
     """The batcher cannot express adapters; such a request runs alone with them rather than without them."""
     from fastapi.testclient import TestClient
 
-    from handlers.api import create_app
+    from handlers.http.api import create_app
 
     services = make_services(store, batching="on", batch_wait_ms=10)
     with TestClient(create_app(services)) as c:

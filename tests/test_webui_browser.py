@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 import time
-import os
 from pathlib import Path
 
 import httpx
@@ -20,15 +20,17 @@ from fastapi import Header, Request
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from handlers.api import create_app
-from handlers.generate import Job, execute_job
+from functions.wiring import build_services
+from handlers.generation.generate import execute_job
+from handlers.http.api import create_app
+from handlers.jobs import Job
 from handlers.schemas import Txt2ImgRequest
-from handlers.services import ProgressBoard, build_services
+from handlers.services import ProgressBoard
 from handlers.settings import Settings
-from loaders.demo_controlnet import DEMO_CONTROLNET_NAME, install_demo_controlnet
-from loaders.demo_model import DEMO_NAME
-from loaders.models import KIND_DIRS, clean_model_name, list_models
-from loaders.storage import LocalStore
+from loaders.demo.controlnet import DEMO_CONTROLNET_NAME, install_demo_controlnet
+from loaders.demo.model import DEMO_NAME
+from loaders.models.manager import KIND_DIRS, clean_model_name, list_models
+from loaders.storage.store import LocalStore
 from tests.browser_support import CHROMIUM_ARGS, ServerThread, ensure_chromium
 from tests.conftest import TOKENS
 from tests.tiny_models import PAIRS, put_folder, tiny_lm_dir

@@ -6,7 +6,7 @@ import functools
 import tempfile
 from pathlib import Path
 
-from loaders.storage import ObjectStore
+from loaders.storage.store import ObjectStore
 
 # Short prompt -> the detailed prompt the tiny model learns to write (so a test can expect exact text).
 PAIRS = {
@@ -21,7 +21,7 @@ def save_tiny_causal_lm(path: Path, steps: int = 60, seed: int = 0) -> Path:
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    from loaders.prompt_models import TEMPLATE
+    from loaders.models.prompt_models import TEMPLATE
 
     texts = [TEMPLATE.format(prompt=k) + " " + v + "<|endoftext|>" for k, v in PAIRS.items()]
     bpe = ByteLevelBPETokenizer()

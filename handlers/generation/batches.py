@@ -1,0 +1,61 @@
+"""n_iter batches of batch_size images, each image with its own generator, and step progress across them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from handlers.generation.extra_networks import Prompts
+from handlers.jobs import StepCallback
+
+
+@dataclass(frozen=True)
+class Batch:
+    iteration: int
+    first: int  # index of this batch's first image in the request
+    seeds: list[int]
+
+    @property
+    def indices(self) -> range:
+        return range(self.first, self.first + len(self.seeds))
+
+    def generators(self) -> list:
+        import torch
+
+        return [torch.Generator("cpu").manual_seed(s) for s in self.seeds]  # same pixels on any device
+
+
+def batches(seeds: list[int], batch_size: int) -> list[Batch]:
+    return [Batch(i, start, seeds[start:start + batch_size]) for i, start in enumerate(range(0, len(seeds), batch_size))]
+
+
+def denoise_steps(steps: int, strength: float) -> int:
+    """Steps an img2img pass runs (diffusers and A1111 both run int(steps × strength))."""
+    return min(steps, int(steps * strength))
+
+
+def at_least_one_step(steps: int, strength: float) -> float:
+    """A strength that runs ≥ 1 step: A1111 still samples once at denoising 0; diffusers would refuse."""
+    return max(strength, 1.0 / steps)
+
+
+class StepCounter:
+    """A diffusers `callback_on_step_end` counting every denoising step of the request, whichever pass runs it."""
+
+    def __init__(self, on_step: StepCallback, total: int):
+        self.on_step, self.total, self.done = on_step, total, 0
+
+    def __call__(self, pipe, step, timestep, kwargs):
+        self.done += 1
+        self.on_step(min(self.done, self.total), self.total)
+        return kwargs
+
+
+@dataclass
+class RunContext:
+    """What every mode's generation shares: the encoder texts, a replacement VAE, progress, ControlNet, refiner."""
+
+    prompts: Prompts
+    vae: object | None  # None: the checkpoint's own
+    steps: StepCounter
+    control: object | None = None  # handlers.generation.controlnet.ControlPlan
+    refiner: object | None = None  # a LoadedCheckpoint

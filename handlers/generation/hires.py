@@ -1,0 +1,87 @@
+"""Hires fix on txt2img (A1111): a first pass at width × height (the ordinary txt2img pass, with its LoRA,
+ControlNet...), an upscale (of the latents, or of the decoded picture), then an img2img pass at the target
+size with `denoising_strength`, `hr_prompt` and `hr_sampler_name`. ControlNet steers the first pass only.
+"""
+
+from __future__ import annotations
+
+import math
+
+from PIL import Image
+
+from handlers.generation.batches import RunContext, batches, denoise_steps
+from handlers.samplers import find_sampler, make_scheduler
+from handlers.schemas import IMAGE_UPSCALERS, LATENT_UPSCALERS, Txt2ImgRequest
+from loaders.models.manager import LoadedCheckpoint
+from loaders.models.pipelines import task_view
+
+PIL_FILTERS = {"lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
+
+
+def second_pass_steps(req: Txt2ImgRequest) -> int:
+    return max(1, denoise_steps(req.hr_second_pass_steps or req.steps, _strength(req)))
+
+
+def _strength(req: Txt2ImgRequest) -> float:
+    return max(req.denoising_strength, 1.0 / (req.hr_second_pass_steps or req.steps))
+
+
+def infotext(req: Txt2ImgRequest) -> dict:
+    return {"Denoising strength": f"{req.denoising_strength:g}", "Hires upscale": f"{req.hr_scale:g}",
+            "Hires resize": "{}x{}".format(*req.hr_size), "Hires upscaler": req.hr_upscaler,
+            "Hires steps": req.hr_second_pass_steps}
+
+
+def first_pass_output(req: Txt2ImgRequest) -> str:
+    """Latent upscalers work on the first pass's latents; the others on its decoded picture."""
+    return "latent" if req.hr_upscaler in LATENT_UPSCALERS else "pil"
+
+
+def second_pass(req: Txt2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, seeds: list[int],
+                first: list) -> list[Image.Image]:
+    """Upscale each first-pass result to `hr_size` and denoise it again there (one img2img call per batch)."""
+    import torch
+
+    base = model.pipe
+    pipe = task_view(base, "img2img", vae=ctx.vae or base.vae, scheduler=make_scheduler(
+        base.scheduler.config, find_sampler(req.hr_sampler_name or req.sampler), req.hr_scheduler or req.schedule))
+    width, height = req.hr_size
+    images: list[Image.Image] = []
+    for batch in batches(seeds, req.batch_size):
+        n = len(batch.seeds)
+        done = [first[k] for k in batch.indices]
+        if first_pass_output(req) == "latent":
+            upscaled = upscale_latents(torch.cat(done), width, height, *LATENT_UPSCALERS[req.hr_upscaler],
+                                       factor=base.vae_scale_factor)
+        else:
+            upscaled = [resize_crop(im, width, height, PIL_FILTERS[IMAGE_UPSCALERS[req.hr_upscaler]]) for im in done]
+        out = pipe(
+            prompt=[ctx.prompts.hr_prompt] * n, negative_prompt=[ctx.prompts.hr_negative_prompt] * n, image=upscaled,
+            strength=_strength(req), num_inference_steps=req.hr_second_pass_steps or req.steps,
+            guidance_scale=req.cfg_scale, generator=batch.generators(), callback_on_step_end=ctx.steps,
+        )
+        images.extend(out.images)
+    return images
+
+
+def upscale_latents(latents, width: int, height: int, mode: str, antialias: bool, *, factor: int):
+    """Interpolate latents to cover the target, then centre-crop them to it (A1111's truncate_x/y)."""
+    import torch
+
+    h, w = latents.shape[-2:]
+    th, tw = height // factor, width // factor
+    scale = max(tw / w, th / h)
+    ch, cw = max(th, math.ceil(h * scale)), max(tw, math.ceil(w * scale))
+    kwargs = {"antialias": antialias} if mode in ("bilinear", "bicubic") else {}
+    big = torch.nn.functional.interpolate(latents, size=(ch, cw), mode=mode, **kwargs)
+    top, left = (ch - th) // 2, (cw - tw) // 2
+    return big[:, :, top:top + th, left:left + tw]
+
+
+def resize_crop(image: Image.Image, width: int, height: int, resample) -> Image.Image:
+    """Scale to cover width × height keeping the aspect ratio, then centre-crop (A1111 resize mode 1)."""
+    scale = max(width / image.width, height / image.height)
+    w, h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+    big = image.resize((w, h), resample)
+    left, top = (w - width) // 2, (h - height) // 2
+    return big.crop((left, top, left + width, top + height))

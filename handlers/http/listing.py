@@ -1,0 +1,98 @@
+"""The A1111 read-only listing routes, scoped to the caller's namespaces."""
+
+from __future__ import annotations
+
+from handlers.samplers import SAMPLERS, SCHEDULES
+from handlers.services import Services
+from loaders.errors import EaselError
+from loaders.models.manager import list_models
+from loaders.models.safetensors_check import read_header
+
+MAX_LISTED_EMBEDDING_BYTES = 16 * 2**20  # embeddings are KBs; anything bigger is not read to be listed
+
+
+def sd_models(services: Services, user: str) -> list[dict]:
+    out = []
+    for info in list_models(services.store, user, "checkpoint"):
+        name = info.key.rsplit("/", 1)[-1]
+        sha = services.models.known_sha256(info)
+        title = f"{name} [{sha[:10]}]" if sha else name
+        out.append({"title": title, "model_name": name.removesuffix(".safetensors"), "hash": sha[:10] if sha else None,
+                    "sha256": sha, "filename": info.key, "config": None})
+    return out
+
+
+def loras(services: Services, user: str) -> list[dict]:
+    """A1111's shape; metadata (kohya's ss_* fields) where the file is readable in place."""
+    out = []
+    for info in list_models(services.store, user, "lora"):
+        name = info.key.rsplit("/", 1)[-1].removesuffix(".safetensors")
+        metadata = {}
+        path = services.store.local_path(info.key)
+        if path is not None:
+            try:
+                metadata = read_header(path, name).metadata
+            except EaselError:
+                pass  # listed anyway; using it gives the reason
+        out.append({"name": name, "alias": metadata.get("ss_output_name", name), "path": info.key,
+                    "metadata": metadata})
+    return out
+
+
+def sd_vae(services: Services, user: str) -> list[dict]:
+    return [{"model_name": info.key.rsplit("/", 1)[-1], "filename": info.key}
+            for info in list_models(services.store, user, "vae")]
+
+
+def embeddings(services: Services, user: str) -> dict:
+    """A1111's {"loaded": {name: {shape, vectors, ...}}, "skipped": {...}} for the caller's embeddings."""
+    loaded, skipped = {}, {}
+    for info in list_models(services.store, user, "embedding"):
+        name = info.key.rsplit("/", 1)[-1].removesuffix(".safetensors")
+        shape = _embedding_shape(services, info) if info.size <= MAX_LISTED_EMBEDDING_BYTES else None
+        entry = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None}
+        if shape is None:
+            skipped[name] = entry | {"shape": None, "vectors": None}
+        else:
+            loaded[name] = entry | {"shape": shape[-1], "vectors": shape[0] if len(shape) == 2 else 1}
+    return {"loaded": loaded, "skipped": skipped}
+
+
+def _embedding_shape(services: Services, info) -> list[int] | None:
+    from safetensors import safe_open
+
+    try:
+        path = services.models.files.ensure(info)
+        read_header(path, info.key)
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            key = "emb_params" if "emb_params" in keys else (keys[0] if len(keys) == 1 else None)
+            return list(f.get_slice(key).get_shape()) if key else None
+    except (EaselError, OSError):
+        return None
+
+
+def samplers() -> list[dict]:
+    return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in SAMPLERS]
+
+
+def schedulers() -> list[dict]:
+    return [{"name": key, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+            for key, (label, _) in SCHEDULES.items()]
+
+
+def options(services: Services) -> dict:
+    return {"sd_model_checkpoint": services.settings.default_checkpoint, "sd_vae": "Automatic",
+            "samples_format": "png", "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}
+
+
+def progress(services: Services, user: str) -> dict:
+    current = services.progress.get(user)
+    if current is None:
+        return {"progress": 0.0, "eta_relative": 0.0, "state": {"job": "", "job_count": 0, "sampling_step": 0,
+                                                                "sampling_steps": 0, "interrupted": False},
+                "current_image": None, "textinfo": None}
+    return {"progress": round(current.step / max(current.total, 1), 4), "eta_relative": round(current.eta_s, 3),
+            "state": {"job": current.task_id, "job_count": 1, "sampling_step": current.step,
+                      "sampling_steps": current.total, "interrupted": False},
+            "current_image": None, "textinfo": None}

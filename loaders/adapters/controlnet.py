@@ -1,0 +1,118 @@
+"""ControlNet models: A1111 single-file `.safetensors` → diffusers ControlNetModel with shipped configs, cached.
+
+A ControlNet only fits the UNet it was trained against, so each file's family is read from its keys (or easel's
+own metadata) and must equal the checkpoint's family; a mismatch is a clear 422 instead of a shape error mid-run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from loaders.adapters.annotators import AnnotatorCache
+from loaders.errors import InvalidRequest
+from loaders.models.families import CONFIGS
+from loaders.models.manager import FileCache
+from loaders.models.safetensors_check import read_header
+from loaders.storage.store import ObjectInfo, ObjectStore
+
+# checkpoint family -> shipped diffusers ControlNetModel config folder
+CONTROLNET_CONFIGS = {"demo": "demo-controlnet", "sd15": "controlnet-sd15"}
+# the width of the text embedding the ControlNet's cross-attention reads tells SD 1.x (768) from 2.x (1024)
+_CROSS_ATTN_WIDTH = {768: "sd15", 1024: "sd2"}
+LDM_PREFIX = "control_model."
+
+
+def controlnet_config_dir(family: str) -> Path:
+    folder = CONTROLNET_CONFIGS.get(family)
+    if folder is None:
+        raise KeyError(family)
+    return CONFIGS / folder
+
+
+def detect_controlnet_family(path: Path, name: str) -> str:
+    """'demo' / 'sd15' / 'sd2' / 'sdxl' for a ControlNet file; InvalidRequest when it is not a ControlNet at all."""
+    from safetensors import safe_open
+
+    header = read_header(path, name)
+    keys = header.keys
+    if not any(k.startswith(LDM_PREFIX) or k.startswith("controlnet_cond_embedding.") for k in keys):
+        raise InvalidRequest(f"{name!r} is not a ControlNet model (no `control_model.*` weights)")
+    if header.metadata.get("easel.family"):
+        return header.metadata["easel.family"]
+    if any(k.startswith("add_embedding.") or k.startswith(LDM_PREFIX + "label_emb.") for k in keys):
+        return "sdxl"
+    probe = next((k for k in sorted(keys) if k.endswith("attn2.to_k.weight")), None)
+    if probe is None:
+        return "sd15"
+    with safe_open(str(path), framework="pt") as f:
+        width = f.get_slice(probe).get_shape()[-1]
+    return _CROSS_ATTN_WIDTH.get(width, f"unknown (cross-attention width {width})")
+
+
+def build_controlnet(path: Path, family: str, device: str, dtype):
+    """A diffusers ControlNetModel from a single file, configured only from the shipped config (no hub)."""
+    from diffusers import ControlNetModel
+
+    model = ControlNetModel.from_single_file(
+        str(path), config=str(controlnet_config_dir(family)), local_files_only=True, torch_dtype=dtype)
+    return model.to(device).eval()
+
+
+@dataclass
+class LoadedControlNet:
+    model: object  # diffusers ControlNetModel (never modified after loading; shared between requests)
+    key: str
+    etag: str
+    family: str
+    name: str
+
+
+class ControlNetCache:
+    """Loaded ControlNet models keyed by (key, ETag) — a changed file loads again — with LRU eviction.
+
+    `annotators` holds the weights of model-based preprocessors, loaded the same way.
+    """
+
+    def __init__(self, store: ObjectStore, cache_dir: Path, *, capacity: int = 4):
+        self.files = FileCache(store, Path(cache_dir) / "controlnet")
+        self.annotators = AnnotatorCache(store, cache_dir)
+        self.capacity = capacity
+        self._loaded: OrderedDict[tuple[str, str, str], LoadedControlNet] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, info: ObjectInfo, *, base_family: str, device: str, dtype, field: str) -> tuple[LoadedControlNet, float]:
+        """The model for this object version on `device`, and the seconds spent loading it (0 when resident)."""
+        cache_key = (info.key, info.etag, f"{device}/{dtype}")
+        with self._lock:
+            if cache_key in self._loaded:
+                self._loaded.move_to_end(cache_key)
+                return self._loaded[cache_key], 0.0
+            started = time.perf_counter()
+            loaded = self._load(info, base_family, device, dtype, field)
+            for stale in [k for k in self._loaded if k[0] == info.key and k[1] != info.etag]:
+                del self._loaded[stale]
+            self._loaded[cache_key] = loaded
+            while len(self._loaded) > self.capacity:
+                self._loaded.popitem(last=False)
+            return loaded, time.perf_counter() - started
+
+    def _load(self, info: ObjectInfo, base_family: str, device: str, dtype, field: str) -> LoadedControlNet:
+        name = info.key.rsplit("/", 1)[-1]
+        path = self.files.ensure(info)
+        family = detect_controlnet_family(path, name)
+        if family != base_family:
+            raise InvalidRequest(f"`{field}` {name!r} is a ControlNet for {family} models; "
+                                 f"the checkpoint is a {base_family} model")
+        try:
+            controlnet_config_dir(family)
+        except KeyError:
+            raise InvalidRequest(f"`{field}` {name!r} is a {family} ControlNet, which this server cannot load") from None
+        try:
+            model = build_controlnet(path, family, device, dtype)
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:  # weights that do not fit the shipped config
+            raise InvalidRequest(f"`{field}` {name!r} could not be loaded as a {family} ControlNet: {e}"[:500]) from None
+        return LoadedControlNet(model, info.key, info.etag, family, name.removesuffix(".safetensors"))

@@ -1,0 +1,184 @@
+"""Model families: which shipped diffusers config a single-file checkpoint loads with, read from its keys.
+
+How a family is told (first answer wins):
+1. easel's own metadata `easel.family` (the demo checkpoints carry it);
+2. the keys (and one shape): SDXL base has `conditioner.embedders.1.*`, the SDXL refiner only
+   `conditioner.embedders.0.model.*` (OpenCLIP bigG), SD 2.x `cond_stage_model.model.*` (OpenCLIP ViT-H),
+   SD 1.x `cond_stage_model.transformer.*` (OpenAI CLIP-L); 9 UNet input channels mean an inpainting model;
+3. SD 2.x only: v-prediction (768-v) and epsilon (512 base) have identical keys. Like A1111 we look, in
+   order, at safetensors metadata (`modelspec.prediction_type`, kohya's `ss_v_parameterization`), at a
+   `<name>.yaml` sidecar next to the checkpoint (`parameterization: "v"`), and else at the loaded UNet
+   itself (`looks_like_v_prediction`, A1111's `is_using_v_parameterization_for_sd2` test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loaders.errors import InvalidRequest
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+CLIP_L = "clip-vit-large-patch14"  # OpenAI CLIP ViT-L/14: SD 1.x, SDXL's first encoder
+OPENCLIP_H = "clip-vit-h-14"  # OpenCLIP ViT-H/14 (same BPE vocab, pad "!"): SD 2.x
+OPENCLIP_BIGG = "clip-vit-bigG-14"  # OpenCLIP ViT-bigG/14 (same BPE vocab, pad "!"): SDXL's second encoder
+
+UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    arch: str  # "sd1" | "sd2" | "sdxl" | "sdxl-refiner": what adapters (LoRA, ControlNet) must match
+    config: str  # folder under loaders/configs/
+    pipeline: str  # diffusers class the single file loads as (img2img/inpaint are made from it with from_pipe)
+    tokenizers: dict[str, str] = field(default_factory=dict)  # subfolder → tokenizer source (empty: shipped)
+    inpainting: bool = False  # 9-channel UNet (latents + mask + masked-image latents)
+    unet_overrides: dict = field(default_factory=dict)  # applied to a shared config folder when assembling
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.arch in ("sdxl", "sdxl-refiner")
+
+
+_SD, _XL, _XL_REFINER = "StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"
+_NINE = {"in_channels": 9}  # inpainting variants share their base family's folder
+FAMILIES = {f.name: f for f in [
+    Family("sd15", "sd1", "sd15", _SD, {"tokenizer": CLIP_L}),
+    Family("sd15-inpaint", "sd1", "sd15", _SD, {"tokenizer": CLIP_L}, inpainting=True, unet_overrides=_NINE),
+    Family("sd2", "sd2", "sd2", _SD, {"tokenizer": OPENCLIP_H}),
+    Family("sd2-v", "sd2", "sd2-v", _SD, {"tokenizer": OPENCLIP_H}),
+    Family("sd2-inpaint", "sd2", "sd2", _SD, {"tokenizer": OPENCLIP_H}, inpainting=True, unet_overrides=_NINE),
+    Family("sdxl", "sdxl", "sdxl", _XL, {"tokenizer": CLIP_L, "tokenizer_2": OPENCLIP_BIGG}),
+    Family("sdxl-inpaint", "sdxl", "sdxl", _XL, {"tokenizer": CLIP_L, "tokenizer_2": OPENCLIP_BIGG}, inpainting=True,
+           unet_overrides=_NINE),
+    Family("sdxl-refiner", "sdxl-refiner", "sdxl-refiner", _XL_REFINER, {"tokenizer_2": OPENCLIP_BIGG}),
+    # tiny random models for tests and demos; their tokenizers are shipped
+    Family("demo", "sd1", "demo", _SD),
+    Family("demo-inpaint", "sd1", "demo-inpaint", _SD, inpainting=True),
+    Family("demo-sd2", "sd2", "demo-sd2", _SD),
+    Family("demo-sdxl", "sdxl", "demo-sdxl", _XL),
+    Family("demo-sdxl-refiner", "sdxl-refiner", "demo-sdxl-refiner", _XL_REFINER),
+]}
+
+
+def family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise KeyError(f"no shipped config for model family {name!r}")
+    return FAMILIES[name]
+
+
+def config_dir(name: str) -> Path:
+    path = CONFIGS / family(name).config
+    if not (path / "model_index.json").is_file():
+        raise KeyError(f"no shipped config for model family {name!r}")
+    return path
+
+
+@dataclass(frozen=True)
+class Detection:
+    family: str
+    settled: bool = True  # False: SD 2.x whose prediction type only the loaded UNet can tell
+
+
+def detect_family(keys: set[str], metadata: dict[str, str] | None, shapes: dict[str, tuple] | None = None,
+                  sidecar: str | None = None) -> str:
+    """The family a checkpoint loads as (SD 2.x with no declared prediction type: `sd2`, the 512 base)."""
+    return detect(keys, metadata, shapes, sidecar).family
+
+
+def detect(keys: set[str], metadata: dict[str, str] | None, shapes: dict[str, tuple] | None = None,
+           sidecar: str | None = None) -> Detection:
+    """Family from easel metadata, else keys + the UNet input shape (+ metadata/sidecar for SD 2.x v-prediction)."""
+    metadata = metadata or {}
+    if metadata.get("easel.family"):
+        return Detection(metadata["easel.family"])
+    arch = _arch_from_keys(keys)
+    inpainting = _inpainting(shapes or {})
+    if arch == "sdxl-refiner":
+        return Detection("sdxl-refiner")
+    if inpainting:
+        return Detection(f"{'sd15' if arch == 'sd1' else arch}-inpaint")
+    if arch == "sd2":
+        v = declared_v_prediction(metadata, sidecar)
+        return Detection("sd2" if v is None else ("sd2-v" if v else "sd2"), settled=v is not None)
+    return Detection("sd15" if arch == "sd1" else arch)
+
+
+def header_shapes(path: Path) -> dict[str, tuple]:
+    """The few tensor shapes detection needs, read from the header (no tensor data is loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in (UNET_IN,) if k in f.keys()}
+
+
+def _arch_from_keys(keys: set[str]) -> str:
+    if UNET_IN not in keys:
+        raise InvalidRequest("this file has no Stable Diffusion UNet (`model.diffusion_model.*`); "
+                             "only SD 1.x, SD 2.x and SDXL single-file checkpoints can be loaded")
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in keys)
+
+    if has("conditioner.embedders.1."):
+        return "sdxl"
+    if has("conditioner.embedders.0.model."):
+        return "sdxl-refiner"
+    if has("cond_stage_model.model."):
+        return "sd2"
+    if has("cond_stage_model.transformer."):
+        return "sd1"
+    raise InvalidRequest("cannot tell this checkpoint's family: it has a UNet but no text encoder "
+                         "(`cond_stage_model.*` or `conditioner.embedders.*`)")
+
+
+def _inpainting(shapes: dict[str, tuple]) -> bool:
+    shape = shapes.get(UNET_IN)
+    if shape is None or shape[1] == 4:
+        return False
+    if shape[1] == 9:
+        return True
+    raise InvalidRequest(f"the UNet takes {shape[1]} input channels; only 4 (normal) and 9 (inpainting) "
+                         "checkpoints are supported")
+
+
+def declared_v_prediction(metadata: dict[str, str], sidecar: str | None) -> bool | None:
+    """True/False where the file's metadata or its A1111 `.yaml` sidecar says, None where nothing does."""
+    pred = metadata.get("modelspec.prediction_type", "").strip().lower()
+    if pred in ("v", "v_prediction", "v-prediction"):
+        return True
+    if pred in ("epsilon", "eps"):
+        return False
+    arch = metadata.get("modelspec.architecture", "")
+    if arch.startswith("stable-diffusion-v2"):
+        return "-v" in arch.split("/")[0][len("stable-diffusion-v2"):]  # "stable-diffusion-v2-768-v"
+    kohya = metadata.get("ss_v_parameterization", "").strip().lower()
+    if kohya in ("true", "false"):
+        return kohya == "true"
+    if sidecar:
+        return _sidecar_parameterization(sidecar)
+    return None
+
+
+def _sidecar_parameterization(text: str) -> bool | None:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text)
+        params = doc["model"]["params"]
+    except Exception:  # an unreadable sidecar is as good as none: A1111 falls back the same way
+        return None
+    return params.get("parameterization", "eps") == "v" if isinstance(params, dict) else None
+
+
+def looks_like_v_prediction(unet) -> bool:
+    """A1111's test: at t=999 an epsilon model returns about its input, a v model strongly below it."""
+    import torch
+
+    p = next(unet.parameters())
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=p.device, dtype=p.dtype)
+    cond = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, device=p.device, dtype=p.dtype)
+    with torch.no_grad():
+        out = unet(x, torch.tensor([999], device=p.device), cond).sample
+    return (out.float() - x.float()).mean().item() < -1

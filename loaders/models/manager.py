@@ -1,0 +1,283 @@
+"""Model files: name resolution per tenant, a download cache keyed by ETag, and loaded pipelines (LRU)."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from loaders.errors import InvalidRequest, NotFound, Unavailable
+from loaders.models.families import config_dir, detect, header_shapes, looks_like_v_prediction
+from loaders.models.families import family as family_spec
+from loaders.models.safetensors_check import check_model_filename, read_header
+from loaders.storage.store import ObjectInfo, ObjectStore, sha256_file
+
+# Folder of each model kind inside a namespace (mirrors the A1111 / EAS data dir).
+KIND_DIRS = {
+    "checkpoint": "models/Stable-diffusion",
+    "lora": "models/Lora",
+    "vae": "models/VAE",
+    "controlnet": "models/ControlNet",
+    "embedding": "embeddings",
+}
+_NAME = re.compile(r"^[\w][\w .+=@,()\[\]-]{0,254}$")
+_A1111_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
+
+
+ALL_KINDS = frozenset(KIND_DIRS)
+
+
+def set_public_kinds(store: ObjectStore, kinds: Collection[str]) -> None:
+    """Which public model folders this deployment shares (EAS clustered edition: public LoRA/VAE/embeddings on
+    or off). Kept on the store, the one object every resolver is handed, so all callers honour it."""
+    unknown = set(kinds) - ALL_KINDS
+    if unknown:
+        raise ValueError(f"unknown model kinds {sorted(unknown)}; known: {sorted(ALL_KINDS)}")
+    store.public_model_kinds = frozenset(kinds)
+
+
+def public_kinds(store: ObjectStore) -> frozenset[str]:
+    return getattr(store, "public_model_kinds", ALL_KINDS)
+
+
+def namespaces(user: str, kind: str | None = None, shared: Collection[str] = ALL_KINDS) -> list[str]:
+    """Where a user's names resolve, in order: their own models, then the public ones (if that kind is shared)."""
+    own = [f"users/{user}/"]
+    return own if kind is not None and kind not in shared else own + ["public/"]
+
+
+def model_key(namespace: str, kind: str, filename: str) -> str:
+    return f"{namespace}{KIND_DIRS[kind]}/{filename}"
+
+
+def clean_model_name(name: str, field: str) -> str:
+    """A model name as a file name: A1111 titles (`name.safetensors [hash]`) accepted, paths refused."""
+    name = _A1111_TITLE_HASH.sub("", name.strip())
+    if not _NAME.match(name) or ".." in name:
+        raise InvalidRequest(f"`{field}` {name[:100]!r} is not a model file name")
+    check_model_filename(name, field)
+    return name if name.lower().endswith(".safetensors") else name + ".safetensors"
+
+
+def resolve_model(store: ObjectStore, user: str, kind: str, name: str, field: str) -> ObjectInfo:
+    """The object a tenant means by `name`: their own first, then public; NotFound names the model."""
+    filename = clean_model_name(name, field)
+    for ns in namespaces(user, kind, public_kinds(store)):
+        try:
+            return store.stat(model_key(ns, kind, filename))
+        except NotFound:
+            continue
+    raise NotFound(f"`{field}` {name!r}: no such {kind} in your models or the public ones")
+
+
+def list_models(store: ObjectStore, user: str, kind: str) -> list[ObjectInfo]:
+    """Models visible to a user; a private file hides a public one of the same name."""
+    seen: dict[str, ObjectInfo] = {}
+    for ns in namespaces(user, kind, public_kinds(store)):
+        for info in store.list(f"{ns}{KIND_DIRS[kind]}/"):
+            name = info.key.rsplit("/", 1)[-1]
+            if name.endswith(".safetensors") and name not in seen:
+                seen[name] = info
+    return [seen[n] for n in sorted(seen)]
+
+
+class FileCache:
+    """Local copies of store objects, keyed by key + ETag (a changed object is fetched again)."""
+
+    def __init__(self, store: ObjectStore, root: Path):
+        self.store = store
+        self.root = Path(root)
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def ensure(self, info: ObjectInfo) -> Path:
+        direct = self.store.local_path(info.key)
+        if direct is not None:
+            return direct
+        digest = hashlib.sha256(f"{info.key}\0{info.etag}".encode()).hexdigest()[:24]
+        path = self.root / digest / info.key.rsplit("/", 1)[-1]
+        with self._guard:
+            lock = self._locks.setdefault(digest, threading.Lock())
+        with lock:
+            if not path.exists():
+                self.store.get_file(info.key, path)  # writes a .part file, renames on success
+        return path
+
+
+@dataclass
+class LoadedCheckpoint:
+    pipe: object  # a diffusers StableDiffusionPipeline (or family equivalent)
+    key: str
+    etag: str
+    family: str
+    name: str
+    sha256: str
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:10]
+
+
+@contextmanager
+def device_memory_guard(what: str):
+    """Out of device memory → free what the failed run held and raise Unavailable (503); the next request runs."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise Unavailable(f"the device ran out of memory {what}; try fewer or smaller images") from None
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pipeline_dtype(family: str, device: str):
+    """fp16 on CUDA for every family (SDXL's VAE upcasts itself: `force_upcast` in its config), fp32 on CPU."""
+    import torch
+
+    return torch.float16 if device == "cuda" else torch.float32
+
+
+def build_pipeline(path: Path, family: str, device: str, *, configs=None):
+    """A diffusers pipeline from an A1111 single file, configured only from configs shipped in the package.
+
+    `configs` (a loaders.models.family_configs.FamilyConfigs) completes the real families' folders with tokenizers;
+    without it only families whose shipped folder is complete (the demos) load.
+    """
+    import diffusers
+
+    spec = family_spec(family)
+    config = configs.ensure(family) if configs is not None else config_dir(family)
+    cls = getattr(diffusers, spec.pipeline)
+    # A1111 runs no safety checker and adds no invisible watermark
+    extra = {"add_watermarker": False} if spec.is_sdxl else {"safety_checker": None, "requires_safety_checker": False}
+    pipe = cls.from_single_file(
+        str(path),
+        config=str(config),
+        local_files_only=True,  # no model hub, ever
+        torch_dtype=pipeline_dtype(family, device),
+        device=device,  # UNet and VAE weights go from the mmapped file straight to the device: no host copy
+        **extra,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def pipeline_view(base, cls=None, **components):
+    """A per-request pipeline over `base`'s modules (optionally another class, e.g. img2img, or another scheduler).
+
+    Nothing of `base` changes. Built directly rather than with diffusers' `from_pipe`, which costs ~5× more per
+    request and casts every shared module to float32 unless told the dtype.
+    """
+    import inspect
+
+    cls = cls or type(base)
+    accepted = inspect.signature(cls.__init__).parameters
+    parts = {k: v for k, v in {**base.components, **components}.items() if k in accepted}
+    options = {k: base.config[k] for k in _PIPELINE_OPTIONS if k in accepted and k in base.config}
+    if "add_watermarker" in accepted:
+        options["add_watermarker"] = False  # A1111 adds no invisible watermark
+    pipe = cls(**parts, **options)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# Pipeline-level options a checkpoint's config decides (and a view keeps)
+_PIPELINE_OPTIONS = ("requires_safety_checker", "force_zeros_for_empty_prompt", "requires_aesthetics_score")
+
+
+def settle_v_prediction(pipe) -> None:
+    """An SD 2.x model found to be v-prediction after loading: its scheduler predicts v from now on."""
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
+
+
+class ModelManager:
+    """Loads checkpoints through the file cache and keeps the most recently used pipelines resident."""
+
+    def __init__(self, store: ObjectStore, cache_dir: Path, *, device: str = "auto", capacity: int = 2,
+                 builder: Callable[[Path, str, str], object] = build_pipeline):
+        self.store = store
+        self.files = FileCache(store, cache_dir)
+        self.device = resolve_device(device)
+        self.capacity = capacity
+        self.builder = builder
+        self._loaded: OrderedDict[tuple[str, str], LoadedCheckpoint] = OrderedDict()
+        self._hashes: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def checkpoint(self, info: ObjectInfo) -> tuple[LoadedCheckpoint, float]:
+        """The loaded pipeline for this exact object version, and the seconds spent loading it (0 if resident)."""
+        cache_key = (info.key, info.etag)
+        with self._lock:
+            if cache_key in self._loaded:
+                self._loaded.move_to_end(cache_key)
+                return self._loaded[cache_key], 0.0
+            started = time.perf_counter()
+            loaded = self._load(info)
+            for stale in [k for k in self._loaded if k[0] == info.key]:  # an older version of this file
+                del self._loaded[stale]
+            self._loaded[cache_key] = loaded
+            while len(self._loaded) > self.capacity:
+                self._loaded.popitem(last=False)
+            return loaded, time.perf_counter() - started
+
+    def known_sha256(self, info: ObjectInfo) -> str | None:
+        """The file's SHA-256 if it was loaded (hashing multi-GB files just to list them is not worth it)."""
+        return self._hashes.get((info.key, info.etag))
+
+    def _load(self, info: ObjectInfo) -> LoadedCheckpoint:
+        name = info.key.rsplit("/", 1)[-1]
+        path = self.files.ensure(info)
+        header = read_header(path, name)
+        found = detect(set(header.keys), header.metadata, header_shapes(path), self._sidecar(info))
+        family = found.family
+        try:
+            config_dir(family)
+        except KeyError:
+            raise InvalidRequest(f"checkpoint {name!r} is a {family} model, which this server cannot load") from None
+        with ThreadPoolExecutor(1) as pool:  # hashing GBs takes seconds: overlap it with the build (no GIL)
+            digest = pool.submit(sha256_file, path)
+            pipe = self._build(path, family, name)
+            if not found.settled and looks_like_v_prediction(pipe.unet):  # SD 2.x that declares nothing
+                settle_v_prediction(pipe)
+                family = "sd2-v"
+            sha = self._hashes[(info.key, info.etag)] = digest.result()
+        return LoadedCheckpoint(pipe, info.key, info.etag, family, name.removesuffix(".safetensors"), sha)
+
+    def _build(self, path: Path, family: str, name: str):
+        """The builder's pipeline; a file whose tensors do not fit its family is the uploader's error (422)."""
+        import torch
+
+        try:
+            return self.builder(path, family, self.device)
+        except torch.OutOfMemoryError:
+            raise
+        except (ValueError, KeyError, RuntimeError) as e:  # shape/key mismatches from from_single_file
+            raise InvalidRequest(f"checkpoint {name!r} does not load as a {family} model: {str(e)[:300]}") from e
+
+    def _sidecar(self, info: ObjectInfo) -> str | None:
+        """A1111's `<name>.yaml` next to the checkpoint (small; only SD 2.x's prediction type is read from it)."""
+        key = info.key.removesuffix(".safetensors") + ".yaml"
+        try:
+            if self.store.stat(key).size > 64 * 1024:
+                return None
+            return self.store.get_bytes(key).decode("utf-8", "replace")
+        except NotFound:
+            return None
