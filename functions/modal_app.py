@@ -19,12 +19,32 @@ from functions.modal_config import (
     TORCH_VERSION,
     ModalDeploy,
     bake_tokenizers_commands,
+    deploy_problems,
+    deploy_time,
 )
 from handlers.settings import Settings
 
 DEPLOY = ModalDeploy()
 SETTINGS = Settings()  # only the bucket is taken from here; containers build their own from their env
 PROJECT = Path(__file__).resolve().parents[1]
+CACHE_MOUNT = "/cache"  # EASEL_CACHE_DIR lives below it: the container's disk, or the Volume when one is set
+
+
+def _secret_missing(name: str) -> str | None:
+    """Asked of Modal at deploy time only (the deployer has a token): a Secret that is not there."""
+    try:
+        modal.Secret.from_name(name).hydrate()
+    except modal.exception.NotFoundError:
+        return f"Modal Secret {name!r} (EASEL_MODAL_SECRET_NAME) does not exist: create it first " \
+               f"(`modal secret create {name} ...`, infra/README.md step 2)"
+    return None
+
+
+if deploy_time(modal.is_local()):  # `modal deploy|serve|run` on the deployer; never in a container or a test
+    _problems = deploy_problems(DEPLOY, SETTINGS)
+    _problems = _problems or [p for p in [_secret_missing(DEPLOY.secret_name)] if p]
+    if _problems:
+        raise SystemExit("easel: not deploying: " + "; ".join(_problems))
 
 
 def _not_bytecode(path: Path) -> bool:
@@ -50,6 +70,9 @@ with image.imports():  # needed only where the code runs (containers, tests), no
 app = modal.App(DEPLOY.app_name)
 secrets = [modal.Secret.from_name(DEPLOY.secret_name)]
 container_env = DEPLOY.container_env(SETTINGS)
+# Opt-in: checkpoints and downloads shared by every GPU container through a Volume (infra/README.md, "Caches")
+cache_volume = modal.Volume.from_name(DEPLOY.cache_volume, create_if_missing=True) if DEPLOY.cache_volume else None
+gpu_volumes = {CACHE_MOUNT: cache_volume} if cache_volume else {}
 
 
 def _device_label() -> str:
@@ -64,9 +87,13 @@ def _device_label() -> str:
     return torch.cuda.get_device_name(0)
 
 
-@app.cls(image=image, secrets=secrets, env=container_env, **DEPLOY.gpu_class_options())
+@app.cls(image=image, secrets=secrets, env=container_env, volumes=gpu_volumes, **DEPLOY.gpu_class_options())
+@modal.concurrent(**DEPLOY.gpu_concurrency())  # threads in one container: look-alike jobs share a batch
 class Generator:
-    """One pool per `checkpoint` value: a request for model X runs in containers that already hold X."""
+    """One pool per `checkpoint` value: a request for model X runs in containers that already hold X.
+
+    Up to EASEL_MODAL_GPU_MAX_INPUTS jobs run at once per container; the device lock lets one batch at a
+    time onto the GPU, so concurrency adds batch mates, not device memory."""
 
     checkpoint: str = modal.parameter(default=GENERAL_POOL)
 
@@ -75,7 +102,8 @@ class Generator:
         # Before the snapshot: imports, services, the pool's checkpoint on the GPU and one tiny generation,
         # all kept by the GPU snapshot. With a CPU-only snapshot the GPU is not attached yet: start on restore.
         self.worker = GpuWorker(self.checkpoint, device_label=_device_label,
-                                call_id=modal.current_function_call_id)
+                                call_id=modal.current_function_call_id,
+                                persist_cache=cache_volume.commit if cache_volume else None)
         if DEPLOY.snapshots_gpu() or not DEPLOY.memory_snapshot:
             self.worker.start()
 
@@ -84,9 +112,10 @@ class Generator:
         self.worker.restore()  # runs after `load` (definition order) when snapshots are off
 
     @modal.method()
-    def generate(self, job):
-        """Run one job (a handlers.jobs.Job) and return its GenerationResponse."""
-        return self.worker.execute(job)
+    def generate(self, job, web_deadline: float | None = None):
+        """Run one job (a handlers.jobs.Job) and return its GenerationResponse; past `web_deadline` the web
+        side has stopped waiting and the outcome goes to the job's task record (functions/modal_sync.py)."""
+        return self.worker.execute(job, web_deadline)
 
     @modal.method()
     def run_task(self, user: str, task_id: str) -> None:

@@ -7,6 +7,7 @@ environment variables (`container_env`), so a container re-importing the app res
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -24,6 +25,12 @@ TOKENIZERS_DIR = "/opt/easel/tokenizers"
 TOKENIZER_REPO = "openai/clip-vit-large-patch14"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 TOKENIZER_NAMES = ("clip-vit-large-patch14", "clip-vit-h-14", "clip-vit-bigG-14")
+# Modal's GPU types (modal.com/docs/guide/gpu, Modal 1.x; matched case-insensitively, optionally ":COUNT").
+# A type Modal adds later is refused at deploy until it is listed here: one line to change, never a failed start.
+KNOWN_GPUS = ("T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB", "RTX-PRO-6000", "H100", "H100!",
+              "H200", "B200", "B200+")
+WEB_LIMIT_S = 150  # Modal answers 303 to a result URL when a web request runs longer (guide "Request timeouts")
+WEB_SLACK_S = 60  # the web function outlives its longest sync wait by this much, so our 202 always goes out
 
 
 def normal_checkpoint(name: str) -> str | None:
@@ -44,6 +51,15 @@ class ModalDeploy(BaseSettings):
 
     app_name: str = Field("easel", description="Modal app name (`modal deploy` creates or updates it)")
     secret_name: str = Field("easel", description="Modal Secret holding EASEL_TOKENS and the S3 credentials")
+    sync_wait_s: int = Field(600, ge=1, le=86400, description="longest a sync request waits for its GPU "
+                             "container; then 202 with a task URL (past 150 s Modal redirects clients that "
+                             "follow redirects, e.g. curl -L)")
+    gpu_max_inputs: int = Field(8, ge=1, le=64, description="concurrent inputs per GPU container (look-alike "
+                                "txt2img requests among them share one device batch)")
+    gpu_target_inputs: int = Field(0, ge=0, le=64, description="inputs per GPU container the autoscaler aims at "
+                                   "(0: gpu_max_inputs); lower = more GPUs, less queueing")
+    cache_volume: str = Field("", description="Modal Volume mounted at the checkpoint cache dir (empty: the "
+                              "container's own disk, filled from the bucket)")
     gpu: str = Field("H100", description='GPU type, or a fallback list "H100,A100-80GB"')
     timeout_s: int = Field(600, ge=10, le=86400, description="longest one generation may run")
     startup_timeout_s: int = Field(900, ge=10, le=86400, description="longest a cold start (model download, "
@@ -70,6 +86,14 @@ class ModalDeploy(BaseSettings):
             raise ValueError(f"EASEL_MODAL_GPU must be a GPU type or a comma-separated list, not {v!r}")
         return ",".join(names)
 
+    @field_validator("gpu_target_inputs")
+    @classmethod
+    def _target_within_max(cls, v: int, info) -> int:
+        top = info.data.get("gpu_max_inputs", v)
+        if v > top:
+            raise ValueError(f"EASEL_MODAL_GPU_TARGET_INPUTS ({v}) must not exceed EASEL_MODAL_GPU_MAX_INPUTS ({top})")
+        return v
+
     @field_validator("pools")
     @classmethod
     def _pool_names(cls, v: str) -> str:
@@ -93,6 +117,10 @@ class ModalDeploy(BaseSettings):
         """GPU memory is snapshotted only on top of a memory snapshot."""
         return self.memory_snapshot and self.gpu_snapshot
 
+    def gpu_concurrency(self) -> dict[str, int]:
+        """Keyword arguments of `@modal.concurrent` on the GPU class."""
+        return {"max_inputs": self.gpu_max_inputs, "target_inputs": self.gpu_target_inputs or self.gpu_max_inputs}
+
     def experimental_options(self) -> dict[str, Any]:
         return {"enable_gpu_snapshot": True} if self.snapshots_gpu() else {}
 
@@ -112,8 +140,8 @@ class ModalDeploy(BaseSettings):
 
     def web_options(self) -> dict[str, Any]:
         """Keyword arguments of `@app.function` for the web endpoint (a CPU container)."""
-        # a sync request waits for a GPU container's cold start and its generation
-        return {"min_containers": self.web_min_containers, "timeout": self.startup_timeout_s + self.timeout_s,
+        # a sync request waits at most sync_wait_s for its GPU container, then answers 202 with a task URL
+        return {"min_containers": self.web_min_containers, "timeout": self.sync_wait_s + WEB_SLACK_S,
                 "scaledown_window": self.scaledown_window_s}
 
     def container_env(self, settings: Settings) -> dict[str, str]:
@@ -157,6 +185,54 @@ def cloud_store_problem(settings: Settings) -> str | None:
     return None
 
 
+def gpu_problem(deploy: ModalDeploy) -> str | None:
+    """A GPU type Modal does not offer (or a bad count), named, or None."""
+    known = {g.upper() for g in KNOWN_GPUS}
+    for entry in deploy.gpu.split(","):
+        kind, _, count = entry.partition(":")
+        if kind.upper() not in known:
+            return f"EASEL_MODAL_GPU names {kind!r}, not a Modal GPU type ({', '.join(KNOWN_GPUS)})"
+        if count and not (count.isdigit() and 1 <= int(count) <= 8):
+            return f"EASEL_MODAL_GPU {entry!r}: the count after ':' must be 1-8"
+    return None
+
+
+def name_problem(variable: str, value: str, *, optional: bool = False) -> str | None:
+    """Modal's object-name rule (modal/_utils/name_utils.py), checked before anything is created."""
+    if optional and not value:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        return f"{variable} must be a Modal object name (1-64 of letters, digits, '.', '_', '-'), not {value!r}"
+    return None
+
+
+def deploy_problems(deploy: ModalDeploy, settings: Settings) -> list[str]:
+    """Everything that would make every container fail at start, found before deploying (offline checks)."""
+    found = (cloud_store_problem(settings), name_problem("EASEL_MODAL_SECRET_NAME", deploy.secret_name),
+             name_problem("EASEL_MODAL_CACHE_VOLUME", deploy.cache_volume, optional=True), gpu_problem(deploy))
+    return [p for p in found if p]
+
+
+def deploy_time(is_local: bool) -> bool:
+    """True when this import is a deployer's `modal deploy|serve|run`, not a container's import or a test's.
+
+    Modal's CLI imports the app file inside its click command (modal/cli/run.py), so the current click
+    context names the command; containers are not local (modal.is_local()). EASEL_MODAL_CHECK=1 / 0 forces
+    the checks on / off (for `app.deploy()` from a script, or a test)."""
+    if not is_local:
+        return False
+    forced = os.environ.get("EASEL_MODAL_CHECK")
+    if forced is not None:
+        return forced == "1"
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    root = ctx.find_root().command
+    return type(root).__module__.startswith("modal.") and ctx.info_name in {"deploy", "serve", "run"}
+
+
 def describe(deploy: ModalDeploy, settings: Settings) -> dict[str, Any]:
     """The resolved deployment, as `easel deploy --dry-run` prints it."""
     pools = {name: {"min_containers": deploy.pool_min_containers} for name in deploy.pool_names()}
@@ -167,12 +243,14 @@ def describe(deploy: ModalDeploy, settings: Settings) -> dict[str, Any]:
         "gpu_class": {k: v for k, v in deploy.gpu_class_options().items() if k != "gpu"},
         "snapshots": {"memory": deploy.memory_snapshot, "gpu": deploy.snapshots_gpu()},
         "pools": pools,
-        "web": {**deploy.web_options(), "max_inputs": deploy.web_max_inputs},
+        "gpu_concurrency": deploy.gpu_concurrency(),
+        "web": {**deploy.web_options(), "max_inputs": deploy.web_max_inputs, "sync_wait_s": deploy.sync_wait_s},
+        "cache_volume": deploy.cache_volume or None,
         "inbox_poller_minutes": deploy.poll_minutes or None,
         "secrets": [deploy.secret_name],
         "bucket": settings.store,
         "s3_endpoint_url": settings.s3_endpoint_url,
         "image": {"python": PYTHON_VERSION, "torch": TORCH_VERSION,
                   "tokenizers": [f"{TOKENIZERS_DIR}/{n}" for n in TOKENIZER_NAMES]},
-        "problems": [p for p in [cloud_store_problem(settings)] if p],
+        "problems": deploy_problems(deploy, settings),
     }

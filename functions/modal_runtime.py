@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from functions.modal_config import ModalDeploy, cloud_store_problem, pool_checkpoint, pool_for
+from functions.modal_sync import HandoffWatch, wait_or_hand_over
 from functions.wiring import build_services
 from handlers.generation.generate import execute_job, resolve_checkpoint
 from handlers.generation.warmup import Warmed, warm_checkpoint
@@ -40,10 +41,12 @@ def cloud_services(settings: Settings) -> Services:
 class GpuWorker:
     """One GPU container of one pool: load and warm before the snapshot, reconnect after it, run jobs."""
 
-    def __init__(self, pool: str, *, device_label: Callable[[], str], call_id: Callable[[], str | None]):
+    def __init__(self, pool: str, *, device_label: Callable[[], str], call_id: Callable[[], str | None],
+                 persist_cache: Callable[[], None] | None = None):
         self.pool = pool
         self.device_label = device_label
         self.call_id = call_id
+        self.persist_cache = persist_cache  # the cache Volume's commit, when one is mounted
         self.services: Services | None = None
         self.warmed: Warmed | None = None
 
@@ -60,6 +63,8 @@ class GpuWorker:
         if self.warmed:
             log.info("pool %s warm: %s loaded in %.2fs, first generation %.2fs", self.pool,
                      self.warmed.checkpoint, self.warmed.load_s, self.warmed.generate_s)
+        if self.persist_cache is not None:
+            self.persist_cache()  # the next container of any pool mounts the checkpoint already downloaded
 
     def restore(self) -> None:
         """After a snapshot restore: fresh network clients (the old sockets are dead), or the late start."""
@@ -68,9 +73,21 @@ class GpuWorker:
         else:
             self.services.store.reconnect()
 
-    def execute(self, job: Job) -> GenerationResponse:
-        """One job through the same entry as every other channel; generate_s is measured in here."""
-        return execute_job(job, self.services)
+    def execute(self, job: Job, web_deadline: float | None = None) -> GenerationResponse:
+        """One job through the same entry as every other channel; generate_s is measured in here.
+
+        `web_deadline`: when the web side stops waiting for a sync job (functions/modal_sync.py); a job still
+        running then reports into its task record instead."""
+        if web_deadline is None:
+            return execute_job(job, self.services)
+        watch = HandoffWatch(self.services, job, web_deadline)
+        try:
+            response = execute_job(job, self.services, watch.on_step)
+        except Exception as e:
+            watch.settle(error=e)
+            raise
+        watch.settle(response)
+        return response
 
     def run_task(self, user: str, task_id: str, notify: Callable[[str, str], None] | None = None) -> None:
         """Run the stored task users/<user>/tasks/<task_id>.json (the async path): claim, run, finish;
@@ -97,7 +114,8 @@ def deliver_task_webhook(settings: Settings, user: str, task_id: str, sender=Non
 
 
 class RemoteRunner:
-    """`Services.runner` for the web container: a sync job runs in the GPU pool that holds its checkpoint."""
+    """`Services.runner` for the web container: a sync job runs in the GPU pool that holds its checkpoint;
+    one still running after `sync_wait_s` is answered 202 with its task URL and keeps running."""
 
     def __init__(self, pools: PoolLookup, deploy: ModalDeploy):
         self.pools = pools
@@ -109,7 +127,10 @@ class RemoteRunner:
         # 2. The pool whose containers already hold this checkpoint (or the general one)
         pool = pool_for(job.request.checkpoint_name(), self.deploy, services.settings.default_checkpoint)
         # 3. Run there; a remote EaselError is re-raised here and mapped to its status by the app
-        return self.pools(pool).generate.remote(job)
+        deadline = job.queued_at + self.deploy.sync_wait_s
+        call = self.pools(pool).generate.spawn(job, deadline)
+        # 4. Its response, or (past the wait) a 202 naming the task it became
+        return wait_or_hand_over(call, job, services, deadline)
 
 
 class ModalExecutor:

@@ -10,6 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import boto3
@@ -196,6 +197,38 @@ def test_a_dedicated_pool_preloads_its_own_checkpoint(modal_app, cloud):
     assert obj._cached_user_cls_instance().worker.warmed.checkpoint == "easel-demo"
 
 
+def roundtrip(value):
+    """Modal pickles arguments, results and raised errors between containers: so do the stand-ins."""
+    return pickle.loads(pickle.dumps(value))
+
+
+class LocalCall:
+    """A spawned call (modal.FunctionCall): runs in a thread like a GPU container; `get(timeout)` raises the
+    builtin TimeoutError while it runs, as modal's poll_function does."""
+
+    def __init__(self, run, hold: threading.Event | None):
+        self.done = threading.Event()
+        self.result = self.error = None
+
+        def target():
+            if hold is not None:
+                hold.wait(60)  # a cold start, or a long generation, until the test lets it go on
+            try:
+                self.result = roundtrip(run())
+            except Exception as e:
+                self.error = roundtrip(e)
+            self.done.set()
+
+        threading.Thread(target=target, daemon=True).start()
+
+    def get(self, timeout=None):
+        if not self.done.wait(timeout):
+            raise TimeoutError()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 class LocalPools:
     """Stands in for `Generator(checkpoint=...)` remote calls: the same class, run with `.local()`,
     one warm instance per pool as Modal keeps containers per parameter value."""
@@ -205,6 +238,7 @@ class LocalPools:
         self.instances = {}
         self.calls = []
         self.run_spawned = False
+        self.hold: threading.Event | None = None  # set: spawned generations wait for it
 
     def __call__(self, pool: str):
         obj = self.instances.setdefault(pool, self.cls(checkpoint=pool))
@@ -224,6 +258,9 @@ class LocalPools:
                 return pickle.loads(pickle.dumps(result))
 
             def spawn(self, *args):
+                if self.name == "generate":  # a sync job: the web side waits on the call
+                    calls.append((pool, self.name))
+                    return LocalCall(lambda: getattr(obj, self.name).local(*roundtrip(args)), pools.hold)
                 calls.append((pool, self.name + ".spawn", *args))
                 if pools.run_spawned:  # run it now (Modal would, in a container of that pool)
                     getattr(obj, self.name).local(*pickle.loads(pickle.dumps(args)))
