@@ -11,6 +11,7 @@ import pickle
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -118,8 +119,8 @@ def test_snapshots_off_and_poller_off_still_declare_a_valid_app(monkeypatch, mod
 
 # --- the containers' code, run locally through Modal's .local() ---
 
-@pytest.fixture
-def cloud(tmp_path, monkeypatch):
+@contextmanager
+def moto_cloud(tmp_path, monkeypatch):
     """A moto bucket and the env a Modal container would get from the Secret and the app."""
     env = {"EASEL_STORE": f"s3://{BUCKET}", "EASEL_TOKENS": ",".join(f"{u}={t}" for u, t in TOKENS.items()),
            "EASEL_ADMINS": "root", "EASEL_CACHE_DIR": str(tmp_path / "cache"), "AWS_ACCESS_KEY_ID": "testing",
@@ -131,6 +132,12 @@ def cloud(tmp_path, monkeypatch):
     with mock_aws():
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket=BUCKET)
+        yield s3
+
+
+@pytest.fixture
+def cloud(tmp_path, monkeypatch):
+    with moto_cloud(tmp_path, monkeypatch) as s3:
         yield s3
 
 
