@@ -80,3 +80,60 @@ def test_deploy_refuses_a_local_store(monkeypatch, capsys):
     with pytest.raises(SystemExit, match="s3://"):
         main(["deploy"])
     assert "s3://BUCKET" in json.loads(capsys.readouterr().out)["problems"][0]
+
+
+def test_deploy_problems_name_the_store_the_secret_name_and_the_gpu():
+    from functions.modal_config import deploy_problems
+
+    good = Settings(store="s3://bkt")
+    assert deploy_problems(ModalDeploy(gpu="H100,a100-80gb,L40S:2"), good) == []
+    problems = deploy_problems(ModalDeploy(gpu="H100,Z900", secret_name="no spaces"), Settings(store="file://./d"))
+    assert len(problems) == 3
+    assert "s3://" in problems[0] and "'file://./d'" in problems[0]
+    assert "EASEL_MODAL_SECRET_NAME" in problems[1] and "'no spaces'" in problems[1]
+    assert "'Z900'" in problems[2] and "H200" in problems[2]  # the types it could have been
+    assert "count" in deploy_problems(ModalDeploy(gpu="H100:9"), good)[0]
+    assert "EASEL_MODAL_CACHE_VOLUME" in deploy_problems(ModalDeploy(cache_volume="a/b"), good)[0]
+
+
+def test_checks_run_for_a_deployer_only(monkeypatch):
+    import click
+
+    from functions.modal_config import deploy_time
+
+    monkeypatch.delenv("EASEL_MODAL_CHECK", raising=False)
+    assert deploy_time(False) is False  # a container (modal.is_local() is False there)
+    assert deploy_time(True) is False  # a test, a script, `easel deploy --dry-run`: no Modal CLI command
+    with click.Context(click.Command("deploy"), info_name="deploy"):
+        assert deploy_time(True) is False  # some other program's "deploy" command is not Modal's
+    monkeypatch.setenv("EASEL_MODAL_CHECK", "1")
+    assert deploy_time(True) is True and deploy_time(False) is False
+    monkeypatch.setenv("EASEL_MODAL_CHECK", "0")
+    assert deploy_time(True) is False
+
+
+def test_modal_deploy_refuses_a_bad_deployment_in_one_line_before_any_network(tmp_path, monkeypatch):
+    """Modal's own `modal deploy` command (in-process), with no token and sockets refused: the app file's
+    import-time check stops it with one line, before Modal builds or creates anything."""
+    import socket
+    from pathlib import Path
+
+    from click.testing import CliRunner
+    from modal.cli.entry_point import entrypoint_cli
+
+    def refuse(*a, **k):
+        raise OSError("network used")
+
+    for name in ("connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("EASEL_STORE", "file://./data")
+    monkeypatch.setenv("EASEL_MODAL_GPU", "H100,Z900")
+    monkeypatch.delenv("EASEL_MODAL_CHECK", raising=False)
+    app_file = Path(__file__).resolve().parents[1] / "functions" / "modal_app.py"
+    result = CliRunner().invoke(entrypoint_cli, ["deploy", str(app_file)])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("easel: not deploying: EASEL_STORE must be s3://") and "'Z900'" in lines[0]
