@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     webhook_secret: str = Field("", description="HMAC-SHA256 key signing webhook POSTs; webhooks are refused unset")
     webhook_attempts: int = Field(5, ge=1, le=20, description="deliveries tried per webhook before giving up")
     webhook_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
+    # --- EAS queue service (handlers/tasks/sink.py, handlers/http/eas.py) ---
+    eas_service: str = Field("", description="the service name in /api/predict/<name>[/sink] (empty: any name)")
+    eas_max_payload_bytes: int = Field(8 * 2**20, ge=1024, description="largest queue item; bigger results "
+                                       "reach the sink without their base64 images")
+    eas_watch_poll_s: float = Field(0.25, gt=0, le=10, description="how often a sink watcher looks for new items")
     watch_interval_s: float = Field(0.0, ge=0, description="poll users/*/inbox/ every this many seconds in `easel serve` (0 = off)")
 
     def hidden_tabs(self) -> list[str]:
