@@ -33,8 +33,9 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     device_lock = DeviceLock()  # requests before background warm-up
     builder = acceleration.wrap_builder(settings, store, device_lock, builder)  # CUDA fast path, tiny VAE
     models = ModelManager(store, settings.cache_dir, device=settings.device,
-                          capacity=settings.pipeline_cache_size, builder=builder)
-    set_public_kinds(store, settings.public_model_kinds())
+                          capacity=settings.pipeline_capacity(), builder=builder,
+                          min_free_ram=settings.min_free_ram_bytes())
+    set_public_kinds(store, settings.public_model_kinds(), only=settings.public_only_kinds())
     tokens = TokenRegistry(store)
     UserRegistry(store, tokens).seed(settings.token_pairs(), settings.admin_users())
     controlnets = ControlNetCache(store, settings.cache_dir, capacity=settings.controlnet_cache_size)

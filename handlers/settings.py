@@ -12,6 +12,11 @@ from loaders.demo.model import DEMO_NAME
 from loaders.speed.fastpath import DEFAULT_BUCKETS
 
 
+DYNAMIC_CACHE_MAX = 16  # pipelines the dynamic cache may keep; free RAM is what really bounds it
+PUBLIC_FOLDERS = {"lora_dir": "models/Lora", "vae_dir": "models/VAE", "embeddings_dir": "embeddings",
+                  "hypernetwork_dir": "models/hypernetworks", "gfpgan_dir": "models/GFPGAN"}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EASEL_", extra="ignore")
 
@@ -34,9 +39,20 @@ class Settings(BaseSettings):
                                         "(<name>/tokenizer.json); else the bucket's system/tokenizers/")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
     # --- tenancy, uploads, metering (handlers/accounts/users.py, handlers/http/models.py, handlers/billing/metering.py) ---
-    public_lora: bool = Field(True, description="users see public/models/Lora (EAS clustered edition switch)")
-    public_vae: bool = Field(True, description="users see public/models/VAE")
-    public_embeddings: bool = Field(True, description="users see public/embeddings")
+    # EAS defaults: each user's LoRAs, VAEs and embeddings are their own unless a *_dir names the public folder.
+    public_lora: bool = Field(False, description="users also see public/models/Lora (as --lora-dir does)")
+    public_vae: bool = Field(False, description="users also see public/models/VAE")
+    public_embeddings: bool = Field(False, description="users also see public/embeddings")
+    lora_dir: str = Field("", description="EAS --lora-dir: the public LoRA folder; users see it and their own")
+    vae_dir: str = Field("", description="EAS --vae-dir: the public VAE folder; users load VAEs from it only")
+    embeddings_dir: str = Field("", description="EAS --embeddings-dir: the public embeddings folder, used alone")
+    hypernetwork_dir: str = Field("", description="EAS --hypernetwork-dir (accepted: no hypernetworks here)")
+    gfpgan_dir: str = Field("", description="EAS --gfpgan-dir (accepted: no GFPGAN here)")
+    root_extensions: bool = Field(False, description="EAS --root-extensions (accepted: no extensions here)")
+    filebrowser: bool = Field(True, description="EAS --filebrowser: the web page's file browser and its routes")
+    sd_dynamic_cache: bool = Field(False, description="EAS --sd-dynamic-cache: keep pipelines while RAM allows")
+    min_ram_reserved: float = Field(0.0, ge=0, description="EAS --min-ram-reserved GB: RAM the dynamic cache "
+                                    "leaves free (pipelines are evicted below it)")
     max_upload_mb: int = Field(8192, ge=1, description="largest model file accepted by POST /models/{kind}")
     prices: dict[str, float] = Field(default_factory=dict, description='price per billed second by device type, '
                                      'matched in the device name: \'{"cpu":0,"H100":0.0011}\'')
@@ -97,8 +113,33 @@ class Settings(BaseSettings):
 
     def public_model_kinds(self) -> set[str]:
         """Model kinds whose public folder users may resolve (checkpoints and ControlNet are always shared)."""
-        switches = {"lora": self.public_lora, "vae": self.public_vae, "embedding": self.public_embeddings}
+        switches = {"lora": self.public_lora or bool(self.lora_dir), "vae": self.public_vae,
+                    "embedding": self.public_embeddings}
         return {"checkpoint", "controlnet"} | {kind for kind, on in switches.items() if on}
+
+    def public_only_kinds(self) -> set[str]:
+        """Kinds resolved from the public folder alone (EAS: --vae-dir, --embeddings-dir)."""
+        return {kind for kind, folder in (("vae", self.vae_dir), ("embedding", self.embeddings_dir)) if folder}
+
+    def pipeline_capacity(self) -> int:
+        return DYNAMIC_CACHE_MAX if self.sd_dynamic_cache else self.pipeline_cache_size
+
+    def min_free_ram_bytes(self) -> int | None:
+        return int(self.min_ram_reserved * 2**30) if self.sd_dynamic_cache else None
+
+    @field_validator("lora_dir", "vae_dir", "embeddings_dir", "hypernetwork_dir", "gfpgan_dir")
+    @classmethod
+    def _public_folder(cls, v: str, info) -> str:
+        """An EAS path (`/code/stable-diffusion-webui/data-oss/models/Lora`) or bucket key naming the public folder."""
+        if not v:
+            return v
+        folder = PUBLIC_FOLDERS[info.field_name]
+        tail = v.strip().rstrip("/")
+        if tail.removeprefix("public/") != folder and not tail.endswith("/" + folder):
+            flag = "--" + info.field_name.replace("_", "-")
+            raise ValueError(f"{flag} {v!r}: the public folder here is public/{folder} (an EAS path ending "
+                             f"in /{folder} means it too)")
+        return f"public/{folder}"
 
     @field_validator("prices")
     @classmethod

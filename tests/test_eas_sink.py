@@ -137,3 +137,41 @@ def test_put_validates_the_body_and_tags_before_queueing(client):
     with pytest.raises(WebSocketDisconnect):
         with client.websocket_connect(SINK + "?_watch_=true", headers={"Authorization": "nope"}) as ws:
             ws.receive_bytes()
+
+
+EAS_ASYNC = {"alwayson_scripts": {"id_task": "14837", "uid": "123", "save_dir": "tmp/outputs"},
+             "prompt": "girls", "batch_size": 1, "n_iter": 1, "width": 64, "height": 64, "steps": 2,
+             "negative_prompt": "ugly, out of frame"}
+
+
+def wait_done(client, task_id, user="alice"):
+    import time
+    deadline = time.monotonic() + 60
+    while (task := client.get(f"/tasks/{task_id}", headers=auth(user)).json())["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, task
+        time.sleep(0.1)
+    return task
+
+
+def test_id_task_and_uid_as_the_documents_async_request_uses_them(client):
+    # Sent to the queue endpoint (the async <service_url>): queued under id_task, uid kept as a tag.
+    r = client.post("/api/predict/sd_api/sdapi/v1/txt2img", json=EAS_ASYNC, headers=auth())
+    assert r.json() == {"task_id": "14837", "status": "queued"}, r.text
+    task = wait_done(client, "14837")
+    assert task["status"] == "succeeded" and task["tags"] == {"uid": "123"}
+    assert task["result"]["parameters"]["id_task"] == "14837"
+    (item,) = frames(client.get(SINK, params={"_timeout_": "5s"}, headers=auth()))
+    assert item.tags["task_id"] == "14837" and item.tags["uid"] == "123"
+    assert json.loads(item.data)["parameters"]["id_task"] == "14837"
+    again = client.post("/sdapi/v1/txt2img?task_id=14837", json=EAS_ASYNC, headers=auth())
+    assert again.json()["task_id"] == "14837"  # the same task, not a second run
+    other = client.post("/sdapi/v1/txt2img?task_id=other", json=EAS_ASYNC, headers=auth())
+    assert other.status_code == 422 and "alwayson_scripts.id_task" in other.json()["detail"]
+
+
+def test_id_task_on_the_sync_route_is_the_runs_id(client):
+    body = {**EAS_ASYNC, "alwayson_scripts": {"id_task": "sync-7", "uid": "u"}}
+    r = client.post("/sdapi/v1/txt2img", json=body, headers=auth())
+    assert r.status_code == 200 and r.json()["parameters"]["id_task"] == "sync-7"
+    bad = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"id_task": "../x"}}, headers=auth())
+    assert bad.status_code == 422 and "id_task" in bad.json()["detail"]

@@ -19,11 +19,10 @@ from handlers.http import files as file_browser  # `files` is the /files/ route 
 from handlers.http import eas, gallery, listing, prompt, tasks, webui
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
-from handlers.http.tasks import TaskAccepted, submit_generation
+from handlers.http.tasks import TaskAccepted
 from handlers.jobs import Job
 from handlers.schemas import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
 from handlers.services import Services
-from handlers.tasks.records import check_task_id
 from loaders.errors import EaselError, InvalidRequest, NotFound, PayloadTooLarge
 from loaders.storage.store import check_key
 
@@ -166,7 +165,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(eas.router)  # the EAS queue service: /api/predict/<service>[/sink]
     app.include_router(models_router(services))
     # The web page and the routes only it needed at first (gallery, file browser, prompt expansion).
-    for module in (gallery, file_browser, prompt):
+    browser = (file_browser,) if services.settings.filebrowser else ()  # EAS --filebrowser / --no-filebrowser
+    for module in (gallery, *browser, prompt):
         app.include_router(module.router(services))
     webui.mount(app, services)
     # Model uploads stream to disk under their own cap (EASEL_MAX_UPLOAD_MB, enforced in handlers.http.models).
@@ -177,8 +177,8 @@ def create_app(services: Services) -> FastAPI:
 def generation(services: Services, who: Tenant, mode: str, body, request: Request, task_id: str | None):
     """`?task_id=` queues the job and answers at once; otherwise it runs now, within the user's share."""
     if task_id is not None:
-        return submit_generation(services, who, mode, body, task_id, str(request.base_url))
-    task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
+        return eas.queued_generation(services, who, mode, body, task_id, str(request.base_url))
+    task_id = eas.request_task_id(body, None) or uuid.uuid4().hex  # force_task_id or EAS's id_task
     job = Job(user=who.user, mode=mode, request=body, task_id=task_id, base_url=str(request.base_url))
     with services.user_slots.hold(who.user):  # one user cannot take every server thread (SECURITY.md #8)
         return (services.runner or execute_job)(job, services)

@@ -26,7 +26,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from handlers.accounts.auth import Tenant
-from handlers.http.tasks import get_services, get_tenant
+from handlers.http.tasks import TaskAccepted, get_services, get_tenant
+from handlers.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from handlers.services import Services
 from handlers.tasks import queue_proto, records, sink
 from handlers.tasks.queue_stream import Stream
@@ -106,9 +107,7 @@ def _check_service(services: Services, service: str) -> None:
 
 def put_task(services: Services, who: Tenant, body: bytes, tags: dict[str, str], base_url: str) -> Response:
     """A QueueClient.put: the body is an A1111 request; it becomes the task `task_id` (idempotent as ?task_id=)."""
-    task_id = tags.pop("task_id", "") or uuid.uuid4().hex
     mode = tags.pop("mode", "txt2img")
-    records.check_task_id(task_id, "tag task_id")
     schema = records.request_class(mode)
     try:
         request = schema.model_validate_json(body or b"{}")
@@ -116,18 +115,64 @@ def put_task(services: Services, who: Tenant, body: bytes, tags: dict[str, str],
         first = e.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "body"
         raise InvalidRequest(f"{where}: {first.get('msg', 'invalid')}") from None
-    sink.remember_tags(services, who.user, task_id, sink.check_tags({**tags, **uid_tag(request)}))
+    task_id = request_task_id(request, tags.pop("task_id", None), "tag task_id") or uuid.uuid4().hex
+    record = submit_queued(services, who, mode, request, task_id, base_url, tags)
     queued = sink.input_stream(services, who.user)
-    record = records.submit_task(services, who.user, mode, request, task_id, base_url=base_url)
     index = queued.append(task_id, json.dumps({"task_id": task_id, "mode": mode}).encode(), {"task_id": task_id})
     if record.done:  # an earlier submission already finished: it is in the sink, not waiting here
         queued.consume(index)
     return Response(str(index), media_type="text/plain", headers={REQUEST_ID_HEADER: task_id})
 
 
-def uid_tag(request) -> dict[str, str]:
+def request_task_id(request: GenerationRequest, given: str | None, given_as: str = "task_id") -> str | None:
+    """The one task id a request names: `?task_id=` / a tag, `force_task_id`, EAS `alwayson_scripts.id_task`."""
+    id_task = request.script("id_task")
+    if isinstance(id_task, int) and not isinstance(id_task, bool):
+        id_task = str(id_task)  # EAS clients send "14837" or 14837
+    named = {name: value for name, value in ((given_as, given), ("force_task_id", request.force_task_id),
+                                             ("alwayson_scripts.id_task", id_task)) if value not in (None, "")}
+    for name, value in named.items():
+        if not isinstance(value, str):
+            raise InvalidRequest(f"`{name}` must be a string, not {value!r:.80}")
+        records.check_task_id(value, name)
+    if len(set(named.values())) > 1:
+        raise InvalidRequest("the task id is named twice, differently: " +
+                             ", ".join(f"`{k}` {v[:80]!r}" for k, v in named.items()))
+    return next(iter(named.values()), None)
+
+
+def submit_queued(services: Services, who: Tenant, mode: str, request: GenerationRequest, task_id: str,
+                  base_url: str, tags: dict[str, str] | None = None) -> records.TaskRecord:
+    """Queue the task with its tags (the caller's `uid` among them), which its sink item will carry."""
     uid = request.script("uid")
-    return {"uid": str(uid)} if uid not in (None, "") else {}
+    extra = {"uid": str(uid)} if uid not in (None, "") and not isinstance(uid, (dict, list)) else {}
+    sink.remember_tags(services, who.user, task_id, sink.check_tags({**(tags or {}), **extra}))
+    return records.submit_task(services, who.user, mode, request, task_id, base_url=base_url)
+
+
+def queued_generation(services: Services, who: Tenant, mode: str, request: GenerationRequest,
+                      query_task_id: str | None, base_url: str) -> TaskAccepted:
+    """`?task_id=` on a generation route, or any generation sent to the queue endpoint: async."""
+    task_id = request_task_id(request, query_task_id) or uuid.uuid4().hex
+    record = submit_queued(services, who, mode, request, task_id, base_url)
+    return TaskAccepted(task_id=record.task_id, status=record.status)
+
+
+@router.post("/api/predict/{service}/sdapi/v1/txt2img", response_model=TaskAccepted)
+def queued_txt2img(service: str, body: Txt2ImgRequest, request: Request, task_id: str | None = None,
+                   who: Tenant = Depends(get_tenant)):
+    """The document's async call with `<service_url>` = this server's `/api/predict/<service>`: always queued."""
+    services = get_services(request)
+    _check_service(services, service)
+    return queued_generation(services, who, "txt2img", body, task_id, str(request.base_url))
+
+
+@router.post("/api/predict/{service}/sdapi/v1/img2img", response_model=TaskAccepted)
+def queued_img2img(service: str, body: Img2ImgRequest, request: Request, task_id: str | None = None,
+                   who: Tenant = Depends(get_tenant)):
+    services = get_services(request)
+    _check_service(services, service)
+    return queued_generation(services, who, "img2img", body, task_id, str(request.base_url))
 
 
 # --- the sink (and the reads both queues answer) ---
