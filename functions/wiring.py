@@ -18,6 +18,8 @@ from loaders.models.manager import ModelManager, build_pipeline, set_public_kind
 from loaders.models.prompt_models import PromptModels
 from loaders.models.safety_checker import load_safety_checker
 from loaders.speed.fast_loader import DeviceLock
+from loaders.storage.fetch import FetchPolicy
+from loaders.storage.images import configure_links
 from loaders.storage.store import ObjectStore, open_store
 
 
@@ -36,6 +38,9 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
                           capacity=settings.pipeline_capacity(), builder=builder,
                           min_free_ram=settings.min_free_ram_bytes())
     set_public_kinds(store, settings.public_model_kinds(), only=settings.public_only_kinds())
+    configure_links(store, FetchPolicy(allow_networks=settings.allow_networks()),
+                    {name: open_store(f"s3://{name}", endpoint_url=url)
+                     for name, url in settings.link_bucket_endpoints().items()})
     tokens = TokenRegistry(store)
     UserRegistry(store, tokens).seed(settings.token_pairs(), settings.admin_users())
     controlnets = ControlNetCache(store, settings.cache_dir, capacity=settings.controlnet_cache_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +13,11 @@ from loaders.demo.model import DEMO_NAME
 from loaders.speed.fastpath import DEFAULT_BUCKETS
 
 
+# An operator's allow-list may open a VPC range, never these (SECURITY.md #4): loopback, "this host",
+# link-local (169.254.169.254 included), Alibaba Cloud's and AWS's IPv6 metadata addresses.
+NEVER_FETCHED = tuple(ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "0.0.0.0/8", "169.254.0.0/16", "100.100.100.200/32", "::1/128", "::/128", "fe80::/10",
+    "fd00:ec2::254/128"))
 DYNAMIC_CACHE_MAX = 16  # pipelines the dynamic cache may keep; free RAM is what really bounds it
 PUBLIC_FOLDERS = {"lora_dir": "models/Lora", "vae_dir": "models/VAE", "embeddings_dir": "embeddings",
                   "hypernetwork_dir": "models/hypernetworks", "gfpgan_dir": "models/GFPGAN"}
@@ -88,6 +94,14 @@ class Settings(BaseSettings):
     webhook_secret: str = Field("", description="HMAC-SHA256 key signing webhook POSTs; webhooks are refused unset")
     webhook_attempts: int = Field(5, ge=1, le=20, description="deliveries tried per webhook before giving up")
     webhook_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
+    image_url_style: Literal["url", "path"] = Field("url", description="`image_url` as fetchable URLs, or as "
+                                                    "EAS paths under eas_mount_path (mount → store URL = object)")
+    eas_mount_path: str = Field("/code/stable-diffusion-webui/data-oss", description="where EAS mounted the "
+                                "bucket (EASEL_STORE); `path` style image URLs start here")
+    fetch_allow_networks: str = Field("", description='CIDRs image links may reach though private, e.g. a VPC '
+                                      '"10.0.0.0/8"; loopback, link-local and metadata addresses never')
+    link_buckets: str = Field("", description='extra buckets oss:// and s3:// links may read, with their '
+                              'endpoints: "examplebucket=https://oss-cn-hangzhou-internal.aliyuncs.com"')
     # --- EAS queue service (handlers/tasks/sink.py, handlers/http/eas.py) ---
     eas_service: str = Field("", description="the service name in /api/predict/<name>[/sink] (empty: any name)")
     eas_max_payload_bytes: int = Field(8 * 2**20, ge=1024, description="largest queue item; bigger results "
@@ -140,6 +154,33 @@ class Settings(BaseSettings):
             raise ValueError(f"{flag} {v!r}: the public folder here is public/{folder} (an EAS path ending "
                              f"in /{folder} means it too)")
         return f"public/{folder}"
+
+    @field_validator("fetch_allow_networks")
+    @classmethod
+    def _allowable_networks(cls, v: str) -> str:
+        for cidr in filter(None, (c.strip() for c in v.split(","))):
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"EASEL_FETCH_ALLOW_NETWORKS: {cidr!r} is not a CIDR like 10.0.0.0/8") from None
+            bad = [str(n) for n in NEVER_FETCHED if n.version == net.version and net.overlaps(n)]
+            if bad:
+                raise ValueError(f"EASEL_FETCH_ALLOW_NETWORKS: {cidr!r} covers {', '.join(bad)} "
+                                 "(loopback, link-local or metadata), which links may never reach")
+        return v
+
+    def allow_networks(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.fetch_allow_networks.split(",") if c.strip())
+
+    def link_bucket_endpoints(self) -> dict[str, str]:
+        """EASEL_LINK_BUCKETS as {bucket: endpoint URL}."""
+        out = {}
+        for item in filter(None, (p.strip() for p in self.link_buckets.split(","))):
+            name, sep, endpoint = item.partition("=")
+            if not sep or not name.strip() or not endpoint.strip().startswith(("http://", "https://")):
+                raise ValueError(f"EASEL_LINK_BUCKETS entries look like bucket=https://endpoint, not {item!r}")
+            out[name.strip()] = endpoint.strip()
+        return out
 
     @field_validator("prices")
     @classmethod
