@@ -251,14 +251,21 @@ async def queue_request(services: Services, who: Tenant, request: Request, strea
     return await run_in_threadpool(commit_or_delete, stream, flags)
 
 
-@router.api_route("/api/predict/{service}", methods=["GET", "POST"])
+# What /openapi.json promises: the flags decide which of these a call answers.
+QUEUE_RESPONSES = {200: {"description": "put: the index (text); get: DataFrameListProto; attributes and search: JSON",
+                         "content": {"text/plain": {}, PROTOBUF: {}, "application/json": {}}}}
+
+
+@router.api_route("/api/predict/{service}", methods=["GET", "POST"], response_class=Response,
+                  responses=QUEUE_RESPONSES)
 async def input_queue(service: str, request: Request, who: Tenant = Depends(get_tenant)):
     services = get_services(request)
     _check_service(services, service)
     return await queue_request(services, who, request, sink.input_stream(services, who.user), is_input=True)
 
 
-@router.api_route("/api/predict/{service}/sink", methods=["GET", "POST", "PUT", "DELETE"])
+@router.api_route("/api/predict/{service}/sink", methods=["GET", "POST", "PUT", "DELETE"], response_class=Response,
+                  responses=QUEUE_RESPONSES)
 async def sink_queue(service: str, request: Request, who: Tenant = Depends(get_tenant)):
     services = get_services(request)
     _check_service(services, service)
@@ -310,7 +317,7 @@ async def _deliver(websocket: WebSocket, stream: Stream, options: WatchOptions, 
     in_flight: list[int] = []
     while not closed.done():
         if in_flight:
-            consumed = await run_in_threadpool(lambda: [i for i in in_flight if stream.item(i).consumed])
+            consumed = await run_in_threadpool(lambda: [i for i in in_flight if stream.is_consumed(i)])
             in_flight = [i for i in in_flight if i not in consumed]
         item = None
         if len(in_flight) < options.window:

@@ -124,13 +124,20 @@ class Stream:
         if item.consumed or self.store.exists(self._done_key(index)):
             item.consumed = True
             return item
-        if self._own(item.id, index) != index:  # the appender died before claiming its id: settle it now
+        owner = self.index_of(item.id)
+        if owner is None:  # the appender has not claimed its id yet (or died first): settle it now
+            owner = self._own(item.id, index)
+        if owner != index:  # a duplicate of an earlier item
             self._consume(index, item.id)
             item.consumed = True
             return item
         item.tags, item.message = raw.get("tags", {}), raw.get("message", "")
         item.data = base64.b64decode(raw.get("data", ""))
         return item
+
+    def is_consumed(self, index: int) -> bool:
+        """Cheaper than `item` (no data read): every way of consuming creates the done marker first."""
+        return self.store.exists(self._done_key(index))
 
     def first_open(self) -> int:
         """The lowest index that may hold an unconsumed item (or the next index to be handed out)."""
