@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from functions.cli_settings import settings_from_args
+from functions.cli_settings import add_eas_flags, settings_from_args
 
 
 def cmd_serve(args) -> None:
@@ -119,9 +119,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--data-dir", help="local store directory (sets EASEL_STORE=file://DIR)")
-    s.add_argument("--enable-nsfw-censor", action="store_true",
-                   help="screen outputs with public/models/safety_checker/ (EASEL_ENABLE_NSFW_CENSOR)")
-    s.add_argument("--always-hide-tabs", metavar="TABS", help='web page tabs to hide, e.g. "files,prompt"')
+    add_eas_flags(s)
     s.set_defaults(func=cmd_serve)
 
     g = sub.add_parser("generate", help="generate one image in-process")

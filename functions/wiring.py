@@ -18,6 +18,8 @@ from loaders.models.manager import ModelManager, build_pipeline, set_public_kind
 from loaders.models.prompt_models import PromptModels
 from loaders.models.safety_checker import load_safety_checker
 from loaders.speed.fast_loader import DeviceLock
+from loaders.storage.fetch import FetchPolicy
+from loaders.storage.images import configure_links
 from loaders.storage.store import ObjectStore, open_store
 
 
@@ -33,8 +35,12 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     device_lock = DeviceLock()  # requests before background warm-up
     builder = acceleration.wrap_builder(settings, store, device_lock, builder)  # CUDA fast path, tiny VAE
     models = ModelManager(store, settings.cache_dir, device=settings.device,
-                          capacity=settings.pipeline_cache_size, builder=builder)
-    set_public_kinds(store, settings.public_model_kinds())
+                          capacity=settings.pipeline_capacity(), builder=builder,
+                          min_free_ram=settings.min_free_ram_bytes())
+    set_public_kinds(store, settings.public_model_kinds(), only=settings.public_only_kinds())
+    configure_links(store, FetchPolicy(allow_networks=settings.allow_networks()),
+                    {name: open_store(f"s3://{name}", endpoint_url=url)
+                     for name, url in settings.link_bucket_endpoints().items()})
     tokens = TokenRegistry(store)
     UserRegistry(store, tokens).seed(settings.token_pairs(), settings.admin_users())
     controlnets = ControlNetCache(store, settings.cache_dir, capacity=settings.controlnet_cache_size)

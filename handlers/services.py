@@ -118,5 +118,8 @@ class Services:
                                      vae_capacity=self.settings.vae_cache_size)
 
     def url_for(self, key: str, base_url: str) -> str:
-        """A signed URL where the store gives one, else the app's own owner-checked /files/ route."""
+        """A signed URL where the store gives one, else the app's own owner-checked /files/ route; with
+        EASEL_IMAGE_URL_STYLE=path, EAS's path under the mount (the mount replaced by the store URL is the object)."""
+        if self.settings.image_url_style == "path":
+            return f"{self.settings.eas_mount_path.rstrip('/')}/{key}"
         return self.store.url(key, self.settings.url_expiry_s) or f"{base_url.rstrip('/')}/files/{key}"

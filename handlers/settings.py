@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +11,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loaders.demo.model import DEMO_NAME
 from loaders.speed.fastpath import DEFAULT_BUCKETS
+
+
+# An operator's allow-list may open a VPC range, never these (SECURITY.md #4): loopback, "this host",
+# link-local (169.254.169.254 included), Alibaba Cloud's and AWS's IPv6 metadata addresses.
+NEVER_FETCHED = tuple(ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "0.0.0.0/8", "169.254.0.0/16", "100.100.100.200/32", "::1/128", "::/128", "fe80::/10",
+    "fd00:ec2::254/128"))
+DYNAMIC_CACHE_MAX = 16  # pipelines the dynamic cache may keep; free RAM is what really bounds it
+PUBLIC_FOLDERS = {"lora_dir": "models/Lora", "vae_dir": "models/VAE", "embeddings_dir": "embeddings",
+                  "hypernetwork_dir": "models/hypernetworks", "gfpgan_dir": "models/GFPGAN"}
 
 
 class Settings(BaseSettings):
@@ -34,9 +45,20 @@ class Settings(BaseSettings):
                                         "(<name>/tokenizer.json); else the bucket's system/tokenizers/")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
     # --- tenancy, uploads, metering (handlers/accounts/users.py, handlers/http/models.py, handlers/billing/metering.py) ---
-    public_lora: bool = Field(True, description="users see public/models/Lora (EAS clustered edition switch)")
-    public_vae: bool = Field(True, description="users see public/models/VAE")
-    public_embeddings: bool = Field(True, description="users see public/embeddings")
+    # EAS defaults: each user's LoRAs, VAEs and embeddings are their own unless a *_dir names the public folder.
+    public_lora: bool = Field(False, description="users also see public/models/Lora (as --lora-dir does)")
+    public_vae: bool = Field(False, description="users also see public/models/VAE")
+    public_embeddings: bool = Field(False, description="users also see public/embeddings")
+    lora_dir: str = Field("", description="EAS --lora-dir: the public LoRA folder; users see it and their own")
+    vae_dir: str = Field("", description="EAS --vae-dir: the public VAE folder; users load VAEs from it only")
+    embeddings_dir: str = Field("", description="EAS --embeddings-dir: the public embeddings folder, used alone")
+    hypernetwork_dir: str = Field("", description="EAS --hypernetwork-dir (accepted: no hypernetworks here)")
+    gfpgan_dir: str = Field("", description="EAS --gfpgan-dir (accepted: no GFPGAN here)")
+    root_extensions: bool = Field(False, description="EAS --root-extensions (accepted: no extensions here)")
+    filebrowser: bool = Field(True, description="EAS --filebrowser: the web page's file browser and its routes")
+    sd_dynamic_cache: bool = Field(False, description="EAS --sd-dynamic-cache: keep pipelines while RAM allows")
+    min_ram_reserved: float = Field(0.0, ge=0, description="EAS --min-ram-reserved GB: RAM the dynamic cache "
+                                    "leaves free (pipelines are evicted below it)")
     max_upload_mb: int = Field(8192, ge=1, description="largest model file accepted by POST /models/{kind}")
     prices: dict[str, float] = Field(default_factory=dict, description='price per billed second by device type, '
                                      'matched in the device name: \'{"cpu":0,"H100":0.0011}\'')
@@ -72,6 +94,19 @@ class Settings(BaseSettings):
     webhook_secret: str = Field("", description="HMAC-SHA256 key signing webhook POSTs; webhooks are refused unset")
     webhook_attempts: int = Field(5, ge=1, le=20, description="deliveries tried per webhook before giving up")
     webhook_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
+    image_url_style: Literal["url", "path"] = Field("url", description="`image_url` as fetchable URLs, or as "
+                                                    "EAS paths under eas_mount_path (mount → store URL = object)")
+    eas_mount_path: str = Field("/code/stable-diffusion-webui/data-oss", description="where EAS mounted the "
+                                "bucket (EASEL_STORE); `path` style image URLs start here")
+    fetch_allow_networks: str = Field("", description='CIDRs image links may reach though private, e.g. a VPC '
+                                      '"10.0.0.0/8"; loopback, link-local and metadata addresses never')
+    link_buckets: str = Field("", description='extra buckets oss:// and s3:// links may read, with their '
+                              'endpoints: "examplebucket=https://oss-cn-hangzhou-internal.aliyuncs.com"')
+    # --- EAS queue service (handlers/tasks/sink.py, handlers/http/eas.py) ---
+    eas_service: str = Field("", description="the service name in /api/predict/<name>[/sink] (empty: any name)")
+    eas_max_payload_bytes: int = Field(8 * 2**20, ge=1024, description="largest queue item; bigger results "
+                                       "reach the sink without their base64 images")
+    eas_watch_poll_s: float = Field(0.25, gt=0, le=10, description="how often a sink watcher looks for new items")
     watch_interval_s: float = Field(0.0, ge=0, description="poll users/*/inbox/ every this many seconds in `easel serve` (0 = off)")
 
     def hidden_tabs(self) -> list[str]:
@@ -92,8 +127,60 @@ class Settings(BaseSettings):
 
     def public_model_kinds(self) -> set[str]:
         """Model kinds whose public folder users may resolve (checkpoints and ControlNet are always shared)."""
-        switches = {"lora": self.public_lora, "vae": self.public_vae, "embedding": self.public_embeddings}
+        switches = {"lora": self.public_lora or bool(self.lora_dir), "vae": self.public_vae,
+                    "embedding": self.public_embeddings}
         return {"checkpoint", "controlnet"} | {kind for kind, on in switches.items() if on}
+
+    def public_only_kinds(self) -> set[str]:
+        """Kinds resolved from the public folder alone (EAS: --vae-dir, --embeddings-dir)."""
+        return {kind for kind, folder in (("vae", self.vae_dir), ("embedding", self.embeddings_dir)) if folder}
+
+    def pipeline_capacity(self) -> int:
+        return DYNAMIC_CACHE_MAX if self.sd_dynamic_cache else self.pipeline_cache_size
+
+    def min_free_ram_bytes(self) -> int | None:
+        return int(self.min_ram_reserved * 2**30) if self.sd_dynamic_cache else None
+
+    @field_validator("lora_dir", "vae_dir", "embeddings_dir", "hypernetwork_dir", "gfpgan_dir")
+    @classmethod
+    def _public_folder(cls, v: str, info) -> str:
+        """An EAS path (`/code/stable-diffusion-webui/data-oss/models/Lora`) or bucket key naming the public folder."""
+        if not v:
+            return v
+        folder = PUBLIC_FOLDERS[info.field_name]
+        tail = v.strip().rstrip("/")
+        if tail.removeprefix("public/") != folder and not tail.endswith("/" + folder):
+            flag = "--" + info.field_name.replace("_", "-")
+            raise ValueError(f"{flag} {v!r}: the public folder here is public/{folder} (an EAS path ending "
+                             f"in /{folder} means it too)")
+        return f"public/{folder}"
+
+    @field_validator("fetch_allow_networks")
+    @classmethod
+    def _allowable_networks(cls, v: str) -> str:
+        for cidr in filter(None, (c.strip() for c in v.split(","))):
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"EASEL_FETCH_ALLOW_NETWORKS: {cidr!r} is not a CIDR like 10.0.0.0/8") from None
+            bad = [str(n) for n in NEVER_FETCHED if n.version == net.version and net.overlaps(n)]
+            if bad:
+                raise ValueError(f"EASEL_FETCH_ALLOW_NETWORKS: {cidr!r} covers {', '.join(bad)} "
+                                 "(loopback, link-local or metadata), which links may never reach")
+        return v
+
+    def allow_networks(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.fetch_allow_networks.split(",") if c.strip())
+
+    def link_bucket_endpoints(self) -> dict[str, str]:
+        """EASEL_LINK_BUCKETS as {bucket: endpoint URL}."""
+        out = {}
+        for item in filter(None, (p.strip() for p in self.link_buckets.split(","))):
+            name, sep, endpoint = item.partition("=")
+            if not sep or not name.strip() or not endpoint.strip().startswith(("http://", "https://")):
+                raise ValueError(f"EASEL_LINK_BUCKETS entries look like bucket=https://endpoint, not {item!r}")
+            out[name.strip()] = endpoint.strip()
+        return out
 
     @field_validator("prices")
     @classmethod

@@ -17,6 +17,8 @@ from loaders.demo.model import DEMO_NAME, demo_checkpoint_bytes
 from loaders.storage.store import LocalStore
 
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob", "root": "tok-root"}
+# Most tests share public LoRAs/VAEs/embeddings; EAS's default (each user's own only) is tested in test_eas_flags.
+SHARED_PUBLIC = {"public_lora": True, "public_vae": True, "public_embeddings": True}
 SMALL = {"width": 64, "height": 64, "steps": 2}  # tiny and fast: the suite must run on 2 CPU cores
 
 
@@ -40,7 +42,7 @@ def make_services(tmp_path):
             tokens=",".join(f"{u}={t}" for u, t in TOKENS.items()),
             admins="root",
             cache_dir=tmp_path / "cache",
-            **overrides,
+            **{**SHARED_PUBLIC, **overrides},
         )
         return build_services(settings, store=store)
 

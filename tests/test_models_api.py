@@ -163,6 +163,7 @@ def test_cli_models_upload_list_delete(tmp_path, capsys, monkeypatch):
     from functions.cli import main
 
     monkeypatch.setenv("EASEL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EASEL_LORA_DIR", "public/models/Lora")  # EAS default: no public LoRAs unless named
     data = ["--data-dir", str(tmp_path / "data")]
     path = tmp_path / "style.safetensors"
     path.write_bytes(tiny(3.0))

@@ -66,7 +66,7 @@ def test_gallery_refuses_a_forged_cursor_and_an_absurd_limit(client):
 def test_file_browser_lists_levels_and_deletes_own_outputs(client, store):
     generate(client, "to delete", seed=1)
     top = client.get("/browse", headers=auth()).json()
-    assert top["folders"] == ["embeddings", "inbox", "models", "outbox", "outputs"] and top["writable"]
+    assert top["folders"] == ["embeddings", "inbox", "inputs", "models", "outbox", "outputs"] and top["writable"]
     day = client.get("/browse", params={"path": "outputs/txt2img-images"}, headers=auth()).json()["folders"][0]
     listing = client.get("/browse", params={"path": f"outputs/txt2img-images/{day}"}, headers=auth()).json()
     (file,) = listing["files"]

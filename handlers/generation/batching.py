@@ -29,7 +29,7 @@ BATCH_AWARE = {"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width
                "n_iter", "sampler_name", "sampler_index", "scheduler", "send_images", "save_images",
                "override_settings", "alwayson_scripts", "force_task_id"}
 AWARE_SETTINGS = {"sd_model_checkpoint", "sd_vae_decode_method"}
-AWARE_SCRIPTS = {"sd_model_checkpoint", "save_dir"}
+AWARE_SCRIPTS = {"sd_model_checkpoint", "save_dir", "id_task", "uid"}  # the last two name, never change
 SHARED_NOISE_SCHEDULERS = {"DPMSolverSDEScheduler"}  # one Brownian tree per batch, not per image
 
 

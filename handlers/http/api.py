@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import uuid
 from http import HTTPStatus
@@ -16,14 +17,13 @@ from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation import controlnet
 from handlers.generation.generate import execute_job
 from handlers.http import files as file_browser  # `files` is the /files/ route below
-from handlers.http import gallery, listing, prompt, tasks, webui
+from handlers.http import eas, gallery, listing, prompt, tasks, uploads, webui
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
-from handlers.http.tasks import TaskAccepted, submit_generation
+from handlers.http.tasks import TaskAccepted
 from handlers.jobs import Job
 from handlers.schemas import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
 from handlers.services import Services
-from handlers.tasks.records import check_task_id
 from loaders.errors import EaselError, InvalidRequest, NotFound, PayloadTooLarge
 from loaders.storage.store import check_key
 
@@ -65,20 +65,39 @@ class BodyLimit:
 
 
 def _too_large(max_bytes: int) -> JSONResponse:
-    return JSONResponse({"error": "PayloadTooLarge", "detail": f"request body is over {max_bytes // 2**20} MB"},
+    return JSONResponse(error_body("PayloadTooLarge", f"request body is over {max_bytes // 2**20} MB", 413, ""),
                         status_code=413)
 
 
+class ErrorParameters(BaseModel):
+    """The same error as PAI-EAS's SD WebUI reports it, for clients written against EAS."""
+
+    status: int  # the HTTP status
+    error_msg: str
+    id_task: str  # the request's task id, "" when it never got one
+
+
 class ErrorBody(BaseModel):
-    """What every 4xx carries (see `easel_error` / `validation_error` below)."""
+    """What every 4xx/5xx carries (see `easel_error` / `validation_error` below)."""
 
     error: str  # the error class: InvalidRequest, NotFound, Unauthorized...
     detail: str  # names the field and the bad value
+    parameters: ErrorParameters
+
+
+def error_body(name: str, detail: str, status: int, id_task: str) -> dict:
+    return {"error": name, "detail": detail, "parameters": {"status": status, "error_msg": detail, "id_task": id_task}}
+
+
+def _id_task(request: Request) -> str:
+    """The id a generation was running under (set by `generation`), or the `?task_id=` it was sent with."""
+    return str(getattr(request.state, "id_task", "") or request.query_params.get("task_id", ""))[:128]
 
 
 # Declared once for every route, so /openapi.json tells clients (and the schema fuzzer) the truth: FastAPI's
 # default 422 body (`detail` as a list) is not what `validation_error` sends.
-ERROR_RESPONSES = {"4XX": {"model": ErrorBody, "description": "The request was refused; `detail` says why"}}
+ERROR_RESPONSES = {"4XX": {"model": ErrorBody, "description": "The request was refused; `detail` says why"},
+                   "5XX": {"model": ErrorBody, "description": "The server failed; `detail` says why"}}
 
 
 def create_app(services: Services) -> FastAPI:
@@ -89,19 +108,28 @@ def create_app(services: Services) -> FastAPI:
     # --- errors: the one mapping from error class to status ---
     @app.exception_handler(EaselError)
     async def easel_error(request: Request, exc: EaselError):
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=exc.status)
+        return JSONResponse(error_body(type(exc).__name__, str(exc), exc.status, _id_task(request)),
+                            status_code=exc.status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         # Raised by the framework itself (unparsable JSON body → 400, unknown path → 404, wrong method → 405):
         # same body shape as ours, so clients parse one error format.
         name = HTTPStatus(exc.status_code).phrase.replace(" ", "").replace("-", "")
-        return JSONResponse({"error": name, "detail": str(exc.detail)}, status_code=exc.status_code,
-                            headers=exc.headers)
+        return JSONResponse(error_body(name, str(exc.detail), exc.status_code, _id_task(request)),
+                            status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        return JSONResponse({"error": "InvalidRequest", "detail": _validation_message(exc)}, status_code=422)
+        return JSONResponse(error_body("InvalidRequest", _validation_message(exc), 422, _id_task(request)),
+                            status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        # A bug, not the caller's fault: logged with its traceback by the server; the body keeps the one shape.
+        logging.getLogger("easel").exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body("InternalError", f"internal error ({type(exc).__name__})", 500,
+                                       _id_task(request)), status_code=500)
 
     tenant = tenant_dependency(services.tokens)
 
@@ -163,9 +191,11 @@ def create_app(services: Services) -> FastAPI:
 
     app.include_router(accounts_router(services))
     app.include_router(tasks.router)
+    app.include_router(eas.router)  # the EAS queue service: /api/predict/<service>[/sink]
     app.include_router(models_router(services))
     # The web page and the routes only it needed at first (gallery, file browser, prompt expansion).
-    for module in (gallery, file_browser, prompt):
+    browser = (file_browser, uploads) if services.settings.filebrowser else ()  # EAS --filebrowser / --no-filebrowser
+    for module in (gallery, *browser, prompt):
         app.include_router(module.router(services))
     webui.mount(app, services)
     # Model uploads stream to disk under their own cap (EASEL_MAX_UPLOAD_MB, enforced in handlers.http.models).
@@ -176,8 +206,9 @@ def create_app(services: Services) -> FastAPI:
 def generation(services: Services, who: Tenant, mode: str, body, request: Request, task_id: str | None):
     """`?task_id=` queues the job and answers at once; otherwise it runs now, within the user's share."""
     if task_id is not None:
-        return submit_generation(services, who, mode, body, task_id, str(request.base_url))
-    task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
+        return eas.queued_generation(services, who, mode, body, task_id, str(request.base_url))
+    task_id = eas.request_task_id(body, None) or uuid.uuid4().hex  # force_task_id or EAS's id_task
+    request.state.id_task = task_id  # named in the error body if the run fails
     job = Job(user=who.user, mode=mode, request=body, task_id=task_id, base_url=str(request.base_url))
     with services.user_slots.hold(who.user):  # one user cannot take every server thread (SECURITY.md #8)
         return (services.runner or execute_job)(job, services)

@@ -16,7 +16,7 @@ from handlers.services import Services
 from loaders.errors import InvalidRequest, NotFound
 
 Root = Literal["me", "public"]
-USER_FOLDERS = ("models", "embeddings", "outputs", "inbox", "outbox")  # not tasks/: those are records, not files
+USER_FOLDERS = ("models", "embeddings", "inputs", "outputs", "inbox", "outbox")  # not tasks/: those are records, not files
 _SEGMENT = re.compile(r"^[^/\\\x00]{1,255}$")
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from handlers.accounts.auth import Tenant
 from handlers.schemas import GenerationRequest
 from handlers.services import Services
-from handlers.tasks import events, records
+from handlers.tasks import events, records, sink
 from loaders.errors import Forbidden, InvalidRequest
 
 router = APIRouter()
@@ -61,7 +61,9 @@ def list_tasks(status: records.Status | None = None, limit: int = Query(50, ge=1
 
 @router.get("/tasks/{task_id}", tags=["tasks"])
 def get_task(task_id: str, who: Tenant = Depends(get_tenant), services: Services = Depends(get_services)):
-    return task_view(records.load_task(services, who.user, task_id))
+    view = task_view(records.load_task(services, who.user, task_id))
+    view["tags"] = sink.task_tags(services, who.user, task_id)  # EAS: the caller's uid and put's tags
+    return view
 
 
 @router.post("/tasks/{task_id}/cancel", tags=["tasks"])

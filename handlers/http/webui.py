@@ -37,6 +37,8 @@ def features(app: FastAPI) -> dict[str, bool]:
 
 def page_config(services: Services, who: Tenant, app: FastAPI) -> dict:
     hidden = [t for t in services.settings.hidden_tabs() if t in TABS]
+    if not services.settings.filebrowser and "files" not in hidden:
+        hidden.append("files")  # --no-filebrowser: no browse routes, so no tab
     return {"user": who.user, "role": who.role, "hidden_tabs": hidden, "features": features(app),
             "nsfw_censor": services.censor is not None}
 

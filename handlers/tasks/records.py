@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from handlers.schemas import GenerationRequest, Img2ImgRequest, Timings, Txt2ImgRequest
 from handlers.services import Services
+from handlers.tasks import sink
 from loaders.errors import Conflict, InvalidRequest, NotFound
 from loaders.storage import fetch
 
@@ -311,6 +312,7 @@ def finish(services: Services, record: TaskRecord, status: Status, *, result: di
 
 
 def close_open(services: Services, record: TaskRecord) -> None:
+    sink.append_finished(services, record)  # before the open marker goes: a crash here is redone on restart
     services.store.delete(open_key(record.user, record.task_id))
 
 

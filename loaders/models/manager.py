@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import re
 import threading
 import time
@@ -35,23 +36,33 @@ _A1111_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
 ALL_KINDS = frozenset(KIND_DIRS)
 
 
-def set_public_kinds(store: ObjectStore, kinds: Collection[str]) -> None:
+def set_public_kinds(store: ObjectStore, kinds: Collection[str], only: Collection[str] = ()) -> None:
     """Which public model folders this deployment shares (EAS clustered edition: public LoRA/VAE/embeddings on
-    or off). Kept on the store, the one object every resolver is handed, so all callers honour it."""
-    unknown = set(kinds) - ALL_KINDS
+    or off), and which kinds resolve from the public folder only (EAS --vae-dir, --embeddings-dir). Kept on
+    the store, the one object every resolver is handed, so all callers honour it."""
+    unknown = (set(kinds) | set(only)) - ALL_KINDS
     if unknown:
         raise ValueError(f"unknown model kinds {sorted(unknown)}; known: {sorted(ALL_KINDS)}")
-    store.public_model_kinds = frozenset(kinds)
+    store.public_model_kinds = frozenset(kinds) | frozenset(only)
+    store.public_only_kinds = frozenset(only)
 
 
 def public_kinds(store: ObjectStore) -> frozenset[str]:
     return getattr(store, "public_model_kinds", ALL_KINDS)
 
 
-def namespaces(user: str, kind: str | None = None, shared: Collection[str] = ALL_KINDS) -> list[str]:
-    """Where a user's names resolve, in order: their own models, then the public ones (if that kind is shared)."""
+def namespaces(user: str, kind: str | None = None, shared: Collection[str] = ALL_KINDS,
+               only_public: Collection[str] = ()) -> list[str]:
+    """Where a user's names resolve, in order: their own models, then the public ones (if that kind is shared);
+    only the public ones for a kind the operator made public-only."""
+    if kind is not None and kind in only_public:
+        return ["public/"]
     own = [f"users/{user}/"]
     return own if kind is not None and kind not in shared else own + ["public/"]
+
+
+def public_only_kinds(store: ObjectStore) -> frozenset[str]:
+    return getattr(store, "public_only_kinds", frozenset())
 
 
 def model_key(namespace: str, kind: str, filename: str) -> str:
@@ -70,7 +81,7 @@ def clean_model_name(name: str, field: str) -> str:
 def resolve_model(store: ObjectStore, user: str, kind: str, name: str, field: str) -> ObjectInfo:
     """The object a tenant means by `name`: their own first, then public; NotFound names the model."""
     filename = clean_model_name(name, field)
-    for ns in namespaces(user, kind, public_kinds(store)):
+    for ns in namespaces(user, kind, public_kinds(store), public_only_kinds(store)):
         try:
             return store.stat(model_key(ns, kind, filename))
         except NotFound:
@@ -81,7 +92,7 @@ def resolve_model(store: ObjectStore, user: str, kind: str, name: str, field: st
 def list_models(store: ObjectStore, user: str, kind: str) -> list[ObjectInfo]:
     """Models visible to a user; a private file hides a public one of the same name."""
     seen: dict[str, ObjectInfo] = {}
-    for ns in namespaces(user, kind, public_kinds(store)):
+    for ns in namespaces(user, kind, public_kinds(store), public_only_kinds(store)):
         for info in store.list(f"{ns}{KIND_DIRS[kind]}/"):
             name = info.key.rsplit("/", 1)[-1]
             if name.endswith(".safetensors") and name not in seen:
@@ -208,12 +219,27 @@ def settle_v_prediction(pipe) -> None:
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
 
 
+def available_ram() -> int:
+    """Bytes the host can still give (Linux MemAvailable; elsewhere, free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 class ModelManager:
     """Loads checkpoints through the file cache and keeps the most recently used pipelines resident."""
 
     def __init__(self, store: ObjectStore, cache_dir: Path, *, device: str = "auto", capacity: int = 2,
-                 builder: Callable[[Path, str, str], object] = build_pipeline):
+                 builder: Callable[[Path, str, str], object] = build_pipeline, min_free_ram: int | None = None,
+                 free_ram: Callable[[], int] | None = None):
         self.store = store
+        # EAS --sd-dynamic-cache: keep pipelines (up to `capacity`) while the host has `min_free_ram` bytes free.
+        self.min_free_ram, self.free_ram = min_free_ram, free_ram or available_ram
         self.files = FileCache(store, cache_dir)
         self.device = resolve_device(device)
         self.capacity = capacity
@@ -234,9 +260,16 @@ class ModelManager:
             for stale in [k for k in self._loaded if k[0] == info.key]:  # an older version of this file
                 del self._loaded[stale]
             self._loaded[cache_key] = loaded
-            while len(self._loaded) > self.capacity:
+            while len(self._loaded) > self.capacity or self._short_of_ram():
                 self._loaded.popitem(last=False)
             return loaded, time.perf_counter() - started
+
+    def _short_of_ram(self) -> bool:
+        """Over the reserve with more than the pipeline just loaded resident (that one is always kept)."""
+        if self.min_free_ram is None or len(self._loaded) <= 1:
+            return False
+        gc.collect()  # an evicted pipeline's memory is only free once collected
+        return self.free_ram() < self.min_free_ram
 
     def known_sha256(self, info: ObjectInfo) -> str | None:
         """The file's SHA-256 if it was loaded (hashing multi-GB files just to list them is not worth it)."""

@@ -17,6 +17,9 @@ from loaders.storage.store import ObjectStore
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
 MAX_IMAGE_BYTES = 20 * 2**20
 MAX_PIXELS = 4096 * 4096  # our own budget, far below Pillow's bomb threshold
+# A key in the caller's files (base64 never starts like this: PNG is iVBOR, JPEG /9j/, WEBP UklGR).
+KEY_LINK = re.compile(r"(?:users/[^/]+/|public/)?(?:inputs|inbox|outputs)/[^\x00]{1,900}\.(?:png|jpe?g|webp)",
+                      re.IGNORECASE)
 _DATA_URL = re.compile(r"^data:image/[a-z+.-]+;base64,", re.IGNORECASE)
 
 
@@ -52,18 +55,55 @@ def decode_base64_image(data: str, field: str, max_bytes: int = MAX_IMAGE_BYTES)
 
 def load_image(value: str, field: str, *, store: ObjectStore, user: str,
                policy: FetchPolicy = DEFAULT_POLICY) -> Image.Image:
-    """An image given as base64, an http(s) link (SSRF-safe fetch) or an s3:// link inside the caller's namespaces."""
+    """An image given as base64, an http(s) link (SSRF-safe fetch) or an s3:// / oss:// link inside the caller's
+    namespaces or an operator's extra bucket."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequest(f"`{field}` must be a base64 image or a link")
     value = value.strip()
     scheme = value.split(":", 1)[0].lower() if ":" in value[:8] else ""
     if scheme in ("http", "https"):
-        return open_image(fetch_bytes(value, policy, field), field)
-    if scheme == "s3":
-        return open_image(store.get_bytes(store_key_for_link(value, store, user, field)), field)
+        return open_image(fetch_bytes(value, link_policy(store, policy), field), field)
+    if scheme in ("s3", "oss"):  # EAS clients link OSS objects as oss://bucket/key
+        return open_image(bucket_link_bytes(value, store, user, field), field)
+    if not scheme and KEY_LINK.fullmatch(value):  # a FileBrowser upload named by its key: inputs/boy.png
+        return open_image(store.get_bytes(_own_key(value, user, field)), field)
     if scheme and scheme != "data":
-        raise InvalidRequest(f"`{field}`: {scheme}:// links are not accepted (use http(s), s3 or base64)")
+        raise InvalidRequest(f"`{field}`: {scheme}:// links are not accepted (use http(s), s3, oss or base64)")
     return decode_base64_image(value, field)
+
+
+def _own_key(value: str, user: str, field: str) -> str:
+    """A key the caller may read: relative keys are theirs; users/<someone else>/ is a 404, as for names."""
+    key = value if value.startswith(("users/", "public/")) else f"users/{user}/{value}"
+    if ".." in key.split("/") or not (key.startswith(f"users/{user}/") or key.startswith("public/")):
+        raise NotFound(f"`{field}` {value[:200]!r}: no such object in your files")
+    return key
+
+
+def configure_links(store: ObjectStore, policy: FetchPolicy, buckets: dict[str, ObjectStore]) -> None:
+    """The deployment's link rules (EASEL_FETCH_ALLOW_NETWORKS, EASEL_LINK_BUCKETS), kept on the store that
+    every image loader is handed, like the public model kinds."""
+    store.link_policy = policy
+    store.link_buckets = dict(buckets)
+
+
+def link_policy(store: ObjectStore, given: FetchPolicy) -> FetchPolicy:
+    return getattr(store, "link_policy", given) if given is DEFAULT_POLICY else given
+
+
+def bucket_link_bytes(link: str, store: ObjectStore, user: str, field: str) -> bytes:
+    """`s3://` / `oss://` bytes: our own bucket (the caller's keys only) or an extra bucket the operator named."""
+    parts = urlsplit(link)
+    extra = getattr(store, "link_buckets", {}).get(parts.netloc)
+    if extra is None:
+        return store.get_bytes(store_key_for_link(link, store, user, field))
+    key = parts.path.lstrip("/")
+    if not key or ".." in key.split("/"):
+        raise InvalidRequest(f"`{field}` {link[:200]!r} names no object")
+    size = extra.stat(key).size  # checked before the bytes are read (SECURITY.md #7)
+    if size > MAX_IMAGE_BYTES:
+        raise PayloadTooLarge(f"`{field}` {link[:200]!r} is over {MAX_IMAGE_BYTES // 2**20} MB")
+    return extra.get_bytes(key)
 
 
 def store_key_for_link(link: str, store: ObjectStore, user: str, field: str) -> str:

@@ -1,0 +1,87 @@
+"""A real `easel serve` on loopback and the unmodified `eas-prediction` client, for the EAS fidelity tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENS = {"alice": "tok-eas-alice", "bob": "tok-eas-bob"}
+CLIENT = Path(__file__).with_name("eas_client_run.py")
+# eas-prediction's generated protobuf code needs protobuf<=3.20 (its own pin); the venv's is newer for other
+# libraries, so `make` installs the old one beside it (--target) for the client's process only.
+CLIENT_PROTOBUF = ROOT / ".venv" / "eas-client"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def client_env() -> dict[str, str]:
+    probe = subprocess.run([sys.executable, "-c", "import google.protobuf as p; print(p.__version__)"],
+                           capture_output=True, text=True)
+    paths = [str(ROOT)]
+    if not probe.stdout.startswith("3."):
+        if not (CLIENT_PROTOBUF / "google" / "protobuf").is_dir():
+            pytest.fail(f"the eas-prediction client needs protobuf<=3.20: run "
+                        f"`pip install --no-deps --target {CLIENT_PROTOBUF} 'protobuf==3.20.3'` (make does)")
+        paths.insert(0, str(CLIENT_PROTOBUF))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def run_client(url: str, user: str, queue: str, *args: str, timeout: float = 60) -> list[dict]:
+    out = subprocess.run([sys.executable, str(CLIENT), url, TOKENS[user], queue, *args], env=client_env(),
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def start_watcher(url: str, user: str, queue: str, count: int, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(CLIENT), url, TOKENS[user], queue, "watch", str(count)],
+                            env=client_env(), stdout=subprocess.PIPE, stderr=log.open("ab"), text=True)
+
+
+def read_frames(proc: subprocess.Popen, count: int, timeout: float) -> list[dict]:
+    """`count` frames from a watcher process (it exits after them)."""
+    out, _ = proc.communicate(timeout=timeout)
+    frames = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert len(frames) == count, frames
+    return frames
+
+
+def start_server(data_dir: Path, port: int, log: Path, *flags: str, **env: str) -> subprocess.Popen:
+    environ = {**os.environ, "EASEL_TOKENS": ",".join(f"{u}={t}" for u, t in TOKENS.items()),
+               "EASEL_TASK_LEASE_S": "2", "EASEL_CACHE_DIR": str(data_dir.parent / "cache"),
+               "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "EASEL_CPU_THREADS": "1", **env}
+    return subprocess.Popen([sys.executable, "-m", "functions.cli", "serve", "--data-dir", str(data_dir),
+                             "--port", str(port), *flags], cwd=ROOT, env=environ, stdout=log.open("ab"),
+                            stderr=subprocess.STDOUT)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server did not start:\n" + log.read_text()[-3000:])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
