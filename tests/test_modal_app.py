@@ -376,19 +376,3 @@ def test_webhooks_of_spawned_tasks_are_delivered_off_the_gpu(web, modal_app, mon
     assert url == "https://hooks.example.com/easel" and json.loads(body)["status"] == "succeeded"
     assert verify_signature("s3cret", headers["X-Easel-Timestamp"], body, headers["X-Easel-Signature"])
 
-
-def test_a_deploy_naming_a_secret_the_workspace_lacks_is_refused_in_one_line(monkeypatch):
-    import modal
-
-    class Missing:
-        def hydrate(self):
-            raise modal.exception.NotFoundError("Secret 'easel-prod' not found")
-
-    asked = []
-    monkeypatch.setattr(modal.Secret, "from_name", lambda name, **kw: (asked.append(name), Missing())[1])
-    monkeypatch.setenv("EASEL_MODAL_CHECK", "1")  # as `modal deploy` would: checks on
-    monkeypatch.setenv("EASEL_STORE", "s3://bkt")
-    monkeypatch.setenv("EASEL_MODAL_SECRET_NAME", "easel-prod")
-    with pytest.raises(SystemExit, match=r"^easel: not deploying: Modal Secret 'easel-prod' .* does not exist"):
-        load_app_module()
-    assert asked == ["easel-prod"]
