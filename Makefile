@@ -12,8 +12,9 @@ $(BIN)/easel: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
-	# eas-prediction's generated code needs protobuf<=3.20: kept beside the venv for the client's process only
-	$(BIN)/pip install -q --no-deps --target $(VENV)/eas-client 'protobuf==3.20.3'
+	# eas-prediction (the unmodified PAI-EAS client) and the protobuf<=3.20 its generated code needs, kept beside
+	# the venv for the client's test process only, so the venv's own protobuf stays what modal needs
+	$(BIN)/pip install -q --no-deps --target $(VENV)/eas-client 'protobuf==3.20.3' 'eas-prediction==0.36'
 	touch $@
 
 serve: $(BIN)/easel

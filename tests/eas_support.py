@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENS = {"alice": "tok-eas-alice", "bob": "tok-eas-bob"}
 CLIENT = Path(__file__).with_name("eas_client_run.py")
 # eas-prediction's generated protobuf code needs protobuf<=3.20 (its own pin); the venv's is newer for other
-# libraries, so `make` installs the old one beside it (--target) for the client's process only.
+# libraries, so `make` installs the client and the old protobuf beside it (--target) for the client's process only.
 CLIENT_PROTOBUF = ROOT / ".venv" / "eas-client"
 
 
@@ -28,15 +28,11 @@ def free_port() -> int:
 
 
 def client_env() -> dict[str, str]:
-    probe = subprocess.run([sys.executable, "-c", "import google.protobuf as p; print(p.__version__)"],
-                           capture_output=True, text=True)
-    paths = [str(ROOT)]
-    if not probe.stdout.startswith("3."):
-        if not (CLIENT_PROTOBUF / "google" / "protobuf").is_dir():
-            pytest.fail(f"the eas-prediction client needs protobuf<=3.20: run "
-                        f"`pip install --no-deps --target {CLIENT_PROTOBUF} 'protobuf==3.20.3'` (make does)")
-        paths.insert(0, str(CLIENT_PROTOBUF))
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    """The unmodified eas-prediction client runs with its own protobuf<=3.20, installed apart by `make`."""
+    if not (CLIENT_PROTOBUF / "eas_prediction").is_dir() or not (CLIENT_PROTOBUF / "google" / "protobuf").is_dir():
+        pytest.fail(f"the eas-prediction client is not installed: run `pip install --no-deps --target "
+                    f"{CLIENT_PROTOBUF} 'protobuf==3.20.3' 'eas-prediction==0.36'` (make does)")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(CLIENT_PROTOBUF), str(ROOT)])}
 
 
 def run_client(url: str, user: str, queue: str, *args: str, timeout: float = 60) -> list[dict]:
