@@ -23,7 +23,7 @@ from handlers.http.tasks import TaskAccepted, submit_generation
 from handlers.jobs import Job
 from handlers.schemas import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
 from handlers.services import Services
-from handlers.tasks.records import check_task_id
+from handlers.tasks import sync_claims
 from loaders.errors import EaselError, InvalidRequest, NotFound, PayloadTooLarge
 from loaders.storage.store import check_key
 
@@ -177,10 +177,12 @@ def generation(services: Services, who: Tenant, mode: str, body, request: Reques
     """`?task_id=` queues the job and answers at once; otherwise it runs now, within the user's share."""
     if task_id is not None:
         return submit_generation(services, who, mode, body, task_id, str(request.base_url))
-    task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
+    task_id = sync_claims.check_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
     job = Job(user=who.user, mode=mode, request=body, task_id=task_id, base_url=str(request.base_url))
     with services.user_slots.hold(who.user):  # one user cannot take every server thread (SECURITY.md #8)
-        return (services.runner or execute_job)(job, services)
+        # One task id = one execution = one ledger record: a reused id answers from its claim (issue 19 #1).
+        return sync_claims.run_once(services, who.user, mode, body, task_id,
+                                    lambda: (services.runner or execute_job)(job, services))
 
 
 def file_response(services: Services, who: Tenant, key: str) -> Response:

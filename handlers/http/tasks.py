@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from handlers.accounts.auth import Tenant
 from handlers.schemas import GenerationRequest
 from handlers.services import Services
-from handlers.tasks import events, records
+from handlers.tasks import events, records, sync_claims
 from loaders.errors import Forbidden, InvalidRequest
 
 router = APIRouter()
@@ -42,8 +42,7 @@ def submit_generation(services: Services, who: Tenant, mode: Literal["txt2img", 
     """`?task_id=` on a generation route: store the task, queue it, answer at once."""
     if body.force_task_id and task_id and body.force_task_id != task_id:
         raise InvalidRequest(f"`task_id` {task_id[:80]!r} and `force_task_id` {body.force_task_id[:80]!r} differ")
-    task_id = task_id or body.force_task_id or ""
-    records.check_task_id(task_id)
+    task_id = sync_claims.check_id(task_id or body.force_task_id or "", "task_id")
     record = records.submit_task(services, who.user, mode, body, task_id, base_url=base_url)
     return TaskAccepted(task_id=record.task_id, status=record.status)
 
