@@ -47,7 +47,8 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     info = resolve_checkpoint(job, services)
     units = controlnet.parse_units(req.alwayson_scripts)
     networks = extra_networks.resolve(req, services.store, job.user, info)
-    inputs = img2img.load_inputs(req, services.store, job.user) if job.mode == "img2img" else None
+    inputs = (img2img.load_inputs(req, services.store, job.user, services.settings.max_input_pixels,
+                                  services.settings.max_encode_pixels) if job.mode == "img2img" else None)
     # 2. Load the checkpoint (free when resident), the refiner, the ControlNet units' models and detected
     #    maps, and fetch the LoRA / VAE / embedding files
     model, load_s = services.models.checkpoint(info)
