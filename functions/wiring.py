@@ -35,7 +35,7 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     models = ModelManager(store, settings.cache_dir, device=settings.device,
                           capacity=settings.pipeline_cache_size, builder=builder)
     set_public_kinds(store, settings.public_model_kinds())
-    tokens = TokenRegistry(store)
+    tokens = TokenRegistry(store, negative_cache_size=settings.negative_token_cache_size)
     UserRegistry(store, tokens).seed(settings.token_pairs(), settings.admin_users())
     controlnets = ControlNetCache(store, settings.cache_dir, capacity=settings.controlnet_cache_size)
     # Loaded at start-up so a missing safety checker stops the server with a clear message, not a request.

@@ -197,7 +197,7 @@ def event_digest(services: Services, info: ObjectInfo) -> str:
 def inbox_location(key: str) -> tuple[str, str, str] | None:
     """users/<user>/inbox/<folder>/<name> → (user, folder ('' at the root), name)."""
     parts = key.split("/")
-    if len(parts) < 4 or parts[0] != "users" or parts[2] != "inbox" or not USER_NAME.match(parts[1]):
+    if len(parts) < 4 or parts[0] != "users" or parts[2] != "inbox" or not USER_NAME.fullmatch(parts[1]):
         return None
     name = parts[-1]
     if not name or name.startswith("."):

@@ -32,7 +32,7 @@ def check_key(key: str) -> str:
         or len(key) > 1024
         or key.startswith("/")
         or "\\" in key
-        or "\x00" in key
+        or any(c < " " for c in key)  # NUL, CR, LF...: a key is never a header or log line injection
         or any(p in ("..", ".") for p in parts)
         or key.endswith("/")
     ):
