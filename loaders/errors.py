@@ -47,3 +47,7 @@ class Unavailable(EaselError):
 
 class TooManyRequests(EaselError):
     status = 429
+
+
+class RangeNotSatisfiable(EaselError):
+    status = 416
