@@ -82,7 +82,11 @@ async def _stream(services: Services, user: str, task_id: str):
     # The record is the source of truth (the task may run in another process or on Modal): read it when
     # this process wrote it, or every SSE_POLL_S.
     last_status, last_step, last_sent, n = None, None, time.monotonic(), 0
+    closes_at = time.monotonic() + services.settings.max_sse_s  # no stream holds a connection for ever (#14)
     while True:
+        if time.monotonic() > closes_at:
+            yield f"event: timeout\ndata: {json.dumps({'task_id': task_id, 'reconnect': True})}\n\n"
+            return
         version, read_at = records.record_version(user, task_id), time.monotonic()
         record = await run_in_threadpool(records.load_task, services, user, task_id)
         if record.done:

@@ -276,7 +276,8 @@ def write_outbox(services: Services, record: records.TaskRecord, result: dict | 
                  status: str = "succeeded") -> None:
     """Images then the manifest, so a reader who sees the manifest finds every image."""
     stem = record.origin["outbox"]
-    base_url = record.base_url or "http://127.0.0.1:7860"
+    # A manifest written outside a request (`easel watch`, the poller) links to the configured public URL.
+    base_url = record.base_url or services.settings.public_url or "http://127.0.0.1:7860"
     keys = []
     for k, image in enumerate((result or {}).get("images", [])):
         key = f"{stem}-{k:02d}.png"
