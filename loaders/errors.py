@@ -51,3 +51,7 @@ class TooManyRequests(EaselError):
 
 class RangeNotSatisfiable(EaselError):
     status = 416
+
+
+class TimeLimitExceeded(EaselError):
+    status = 503

@@ -122,3 +122,15 @@ def test_task_ids_with_line_feeds_are_refused_on_both_routes(http, bad):
     assert r.status_code == 422 and "force_task_id" in r.json()["detail"]
     r = http.post("/sdapi/v1/txt2img", params={"task_id": bad}, json={"prompt": "x", **SMALL}, headers=auth())
     assert r.status_code == 422 and "task_id" in r.json()["detail"]
+
+
+def test_device_time_limit_cancels_the_run_and_bills_what_ran(store, tmp_path, monkeypatch):
+    services, builder, gen = fake_services(store, tmp_path, monkeypatch, max_request_device_s=0.3)
+    gen.step_s = 0.1
+    with TestClient(create_app(services)) as http:
+        r = http.post("/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 30,
+                                                 "force_task_id": "slow-1"}, headers=auth())
+    assert r.status_code == 503 and "EASEL_MAX_REQUEST_DEVICE_S" in r.json()["detail"]
+    [rec] = ledger_records(store)
+    assert rec.status == "canceled" and 0 < rec.steps_run < 30
+    assert rec.billed_s == pytest.approx(rec.timings.generate_s) and 0.2 < rec.billed_s < 2.0

@@ -20,11 +20,11 @@ from handlers.http import gallery, listing, prompt, tasks, webui
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
 from handlers.http.tasks import TaskAccepted, submit_generation
-from handlers.jobs import Job
+from handlers.jobs import DeviceTimeExceeded, Job
 from handlers.schemas import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
 from handlers.services import Services
 from handlers.tasks import sync_claims
-from loaders.errors import EaselError, InvalidRequest, NotFound, PayloadTooLarge
+from loaders.errors import EaselError, InvalidRequest, NotFound, PayloadTooLarge, TimeLimitExceeded
 from loaders.storage.store import check_key
 from loaders.storage.streams import parse_range
 
@@ -192,8 +192,11 @@ def generation(services: Services, who: Tenant, mode: str, body, request: Reques
     job = Job(user=who.user, mode=mode, request=body, task_id=task_id, base_url=str(request.base_url))
     with services.user_slots.hold(who.user):  # one user cannot take every server thread (SECURITY.md #8)
         # One task id = one execution = one ledger record: a reused id answers from its claim (issue 19 #1).
-        return sync_claims.run_once(services, who.user, mode, body, task_id,
-                                    lambda: (services.runner or execute_job)(job, services))
+        try:
+            return sync_claims.run_once(services, who.user, mode, body, task_id,
+                                        lambda: (services.runner or execute_job)(job, services))
+        except DeviceTimeExceeded as e:  # billed for what ran (the ledger says canceled)
+            raise TimeLimitExceeded(f"task {task_id!r} {e}; ask for fewer steps or pixels") from None
 
 
 def file_response(services: Services, who: Tenant, key: str, range_header: str | None = None) -> Response:
