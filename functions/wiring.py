@@ -41,7 +41,7 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     configure_links(store, FetchPolicy(allow_networks=settings.allow_networks()),
                     {name: open_store(f"s3://{name}", endpoint_url=url)
                      for name, url in settings.link_bucket_endpoints().items()})
-    tokens = TokenRegistry(store)
+    tokens = TokenRegistry(store, negative_cache_size=settings.negative_token_cache_size)
     UserRegistry(store, tokens).seed(settings.token_pairs(), settings.admin_users())
     controlnets = ControlNetCache(store, settings.cache_dir, capacity=settings.controlnet_cache_size)
     # Loaded at start-up so a missing safety checker stops the server with a clear message, not a request.

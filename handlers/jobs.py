@@ -16,6 +16,10 @@ class Canceled(Exception):
     """Raised from a step callback to stop a generation at the next step."""
 
 
+class DeviceTimeExceeded(Canceled):
+    """The generation ran past EASEL_MAX_REQUEST_DEVICE_S: stopped like a cancel, billed what ran."""
+
+
 @dataclass
 class Job:
     user: str

@@ -115,7 +115,9 @@ class Services:
         if self.adapters is None:
             self.adapters = Adapters(self.models.files, self.models.device,
                                      lora_capacity=self.settings.lora_cache_size,
-                                     vae_capacity=self.settings.vae_cache_size)
+                                     vae_capacity=self.settings.vae_cache_size,
+                                     embedding_capacity=self.settings.embedding_cache_size,
+                                     max_vectors=self.settings.max_embedding_vectors)
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route; with

@@ -109,6 +109,28 @@ class Settings(BaseSettings):
     eas_watch_poll_s: float = Field(0.25, gt=0, le=10, description="how often a sink watcher looks for new items")
     watch_interval_s: float = Field(0.0, ge=0, description="poll users/*/inbox/ every this many seconds in `easel serve` (0 = off)")
 
+    # --- security limits (issue 19; README "Security limits"): every resource one request can spend ---
+    max_input_pixels: int = Field(4096 * 4096, ge=64 * 64, description="pixels of a decoded input image "
+                                  "(init image, mask, ControlNet image)")
+    max_intermediate_pixels: int = Field(4096 * 4096, ge=64 * 64, description="pixels of any image made while "
+                                         "serving a request (a ControlNet map at processor_res)")
+    max_encode_pixels: int = Field(2048 * 2048, ge=64 * 64, description="pixels of an image VAE-encoded at its "
+                                   "own size (img2img resize_mode 3, latent upscale)")
+    max_embedding_vectors: int = Field(75, ge=1, le=1000, description="vectors of one textual-inversion "
+                                       "embedding (a whole prompt chunk is 75)")
+    embedding_cache_size: int = Field(16, ge=1, description="embeddings kept in a pipeline's tokenizer (LRU); "
+                                      "the rest are removed")
+    negative_token_cache_size: int = Field(4096, ge=0, description="unknown tokens remembered (LRU) so a "
+                                           "flood of bogus tokens costs no store reads and bounded memory")
+    max_request_device_s: float = Field(0.0, ge=0, description="device seconds one generation may run before "
+                                        "it is canceled (billed what ran); 0 = no limit")
+    max_usage_days: int = Field(366, ge=1, le=3660, description="longest /usage date range")
+    max_sse_s: float = Field(3600.0, gt=0, description="longest a /tasks/ID/events stream stays open")
+    max_listing_metadata_bytes: int = Field(16384, ge=0, description="metadata bytes a /sdapi/v1/loras entry "
+                                            "carries (larger metadata is left out)")
+    public_url: str = Field("", description="URL clients reach this server at, for links in manifests "
+                            "written outside a request (`easel watch`); default http://127.0.0.1:7860")
+
     def hidden_tabs(self) -> list[str]:
         return [t.strip().lower() for t in self.hide_tabs.split(",") if t.strip()]
 

@@ -47,3 +47,11 @@ class Unavailable(EaselError):
 
 class TooManyRequests(EaselError):
     status = 429
+
+
+class RangeNotSatisfiable(EaselError):
+    status = 416
+
+
+class TimeLimitExceeded(EaselError):
+    status = 503

@@ -9,6 +9,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from typing import Literal
 
 from pydantic import BaseModel
@@ -16,7 +17,7 @@ from pydantic import BaseModel
 from loaders.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from loaders.storage.store import ObjectStore
 
-USER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+USER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # matched in full: `$` lets "alice\n" through
 # Revocation bound: a revocation made through this process's registry (admin route) takes effect at
 # once; one made by another process (the `easel users revoke` CLI, another replica) is seen within this.
 CACHE_TTL_S = 5.0
@@ -32,8 +33,8 @@ class Tenant(BaseModel):
 
 
 def check_user_name(name: str) -> str:
-    if not USER_NAME.match(name):
-        raise InvalidRequest(f"user name {name!r} must be 1-64 of a-z, 0-9, '_' or '-', starting with a letter or digit")
+    if not isinstance(name, str) or not USER_NAME.fullmatch(name):
+        raise InvalidRequest(f"user name {str(name)[:80]!r} must be 1-64 of a-z, 0-9, '_' or '-', starting with a letter or digit")
     return name
 
 
@@ -51,9 +52,12 @@ def _token_key(token: str) -> str:
 
 
 class TokenRegistry:
-    def __init__(self, store: ObjectStore):
+    def __init__(self, store: ObjectStore, negative_cache_size: int = 4096):
         self.store = store
-        self._cache: dict[str, tuple[float, Tenant | None]] = {}
+        self._cache: dict[str, tuple[float, Tenant]] = {}  # known tokens: as many as there are tokens
+        # Unknown tokens come from anyone, unauthenticated: remembered in a bounded LRU (issue 19 #5).
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        self.negative_cache_size = negative_cache_size
         self._lock = threading.Lock()
 
     def add(self, user: str, role: str = "user", token: str | None = None) -> str:
@@ -74,26 +78,42 @@ class TokenRegistry:
         self.store.delete(key)
         with self._lock:
             self._cache.pop(key, None)
+            self._unknown.pop(key, None)
 
     def lookup(self, token: str) -> Tenant | None:
         key = _token_key(token)
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
+            missed = self._unknown.get(key)
         if hit and now - hit[0] < CACHE_TTL_S:
             return hit[1]
+        if missed is not None and now - missed < CACHE_TTL_S:
+            return None
         try:
             record = json.loads(self.store.get_bytes(key))
             tenant = Tenant(user=record["user"], role=record.get("role", "user"))
         except NotFound:
             tenant = None
         with self._lock:
-            self._cache[key] = (now, tenant)
+            if tenant is not None:
+                self._cache[key] = (now, tenant)
+                self._unknown.pop(key, None)
+            else:
+                self._cache.pop(key, None)
+                self._remember_unknown(key, now)
         return tenant
+
+    def _remember_unknown(self, key: str, now: float) -> None:
+        self._unknown[key] = now
+        self._unknown.move_to_end(key)
+        while len(self._unknown) > self.negative_cache_size:
+            self._unknown.popitem(last=False)
 
     def _forget(self, token: str) -> None:
         with self._lock:
             self._cache.pop(_token_key(token), None)
+            self._unknown.pop(_token_key(token), None)
 
     def authenticate(self, authorization: str | None) -> Tenant:
         """`<token>`, `Bearer <token>` or HTTP Basic `user:token` (as A1111 clients send for --api-auth)."""

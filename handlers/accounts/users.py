@@ -120,7 +120,10 @@ class UserRegistry:
             digest = token_digest(token)
             if digest in record.revoked_tokens:
                 continue
-            record.role = "admin" if name in admins else "user"
+            # Promote the listed admins; never demote: another process started without EASEL_ADMINS must not
+            # strip the roles this one (or an admin route) set (issue 19 #14).
+            if name in admins:
+                record.role = "admin"
             record.active = True
             self.tokens.add(name, record.role, token)
             if digest not in record.tokens:

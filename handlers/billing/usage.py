@@ -114,7 +114,9 @@ def day_rollup(store: ObjectStore, day: str, user: str, *, now: datetime, close_
     changed = refresh(store, rollup)
     if is_closed(day, now, close_after_s):
         rollup.closed, rollup.seen, changed = True, {}, True  # final: the id list is no longer needed
-    if changed and save:
+    # A day with no ledger entries is never written: a report over 1901 would otherwise create a file per day
+    # (issue 19 #8); listing an empty ledger prefix again is cheap.
+    if changed and save and rollup.total.executions:
         store.put_bytes(rollup_key(day, user), rollup.model_dump_json().encode(), "application/json")
     return rollup
 
@@ -143,23 +145,26 @@ class UsageReport(BaseModel):
     model_config = {"populate_by_name": True}
 
 
-def days(start: date, end: date) -> list[str]:
+def days(start: date, end: date, *, today: date | None = None, max_days: int = MAX_RANGE_DAYS) -> list[str]:
+    """The days of the range that can hold ledger records: none lies after tomorrow (records are dated when
+    accepted; a day of clock skew allowed), which also keeps date arithmetic off year 9999."""
     if end < start:
         raise InvalidRequest(f"`from` {start} is after `to` {end}")
-    if (end - start).days >= MAX_RANGE_DAYS:
-        raise InvalidRequest(f"`from`..`to` spans {(end - start).days + 1} days; at most {MAX_RANGE_DAYS}")
-    return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+    if (end - start).days >= max_days:
+        raise InvalidRequest(f"`from`..`to` spans {(end - start).days + 1} days; at most {max_days}")
+    last = min(end, (today or datetime.now(timezone.utc).date()) + timedelta(days=1))
+    return [(start + timedelta(days=i)).isoformat() for i in range((last - start).days + 1)]
 
 
 def report(store: ObjectStore, users: Iterable[str], start: date, end: date, group_by: GroupBy, *,
-           now: datetime, close_after_s: int) -> UsageReport:
+           now: datetime, close_after_s: int, max_days: int = MAX_RANGE_DAYS) -> UsageReport:
     """Per user, rows grouped by day, model or mode; empty rows left out."""
     users = sorted(set(users))
     rows: list[UsageRow] = []
     total = Agg()
     for user in users:
         groups: dict[str, Agg] = {}
-        for day in days(start, end):
+        for day in days(start, end, today=now.date(), max_days=max_days):
             rollup = day_rollup(store, day, user, now=now, close_after_s=close_after_s)
             parts = {"day": {day: rollup.total}, "model": rollup.by_model, "mode": rollup.by_mode}[group_by]
             for key, agg in parts.items():

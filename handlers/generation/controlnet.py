@@ -250,7 +250,7 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
                       else 512 if unit.processor_res == -1 else unit.processor_res)
         detected = run_module(unit.module, image, resolution=min(resolution, 2048), threshold_a=unit.threshold_a,
                               threshold_b=unit.threshold_b, load_annotator=annotators.loader(user, f"{where}.module"),
-                              field=f"{where}.module")
+                              field=f"{where}.module", max_pixels=services.settings.max_intermediate_pixels)
         plan.units.append(unit)
         plan.nets.append(loaded.model)
         plan.model_names.append(loaded.name)
@@ -264,9 +264,11 @@ def unit_image(services, user: str, unit: ControlNetUnit, where: str, init_image
     if unit.mask is not None:
         raise InvalidRequest(f"`{where}.image.mask`: inpaint masks in ControlNet units are not supported; send null")
     if unit.image is not None:
-        return load_image(unit.image, f"{where}.image", store=services.store, user=user).convert("RGB")
+        return load_image(unit.image, f"{where}.image", store=services.store, user=user,
+                          max_pixels=services.settings.max_input_pixels).convert("RGB")
     if unit.image_link is not None:
-        return load_image(unit.image_link, f"{where}.image_link", store=services.store, user=user).convert("RGB")
+        return load_image(unit.image_link, f"{where}.image_link", store=services.store, user=user,
+                          max_pixels=services.settings.max_input_pixels).convert("RGB")
     if init_image is not None:
         return init_image.convert("RGB")
     raise InvalidRequest(f"`{where}.image`: the unit has no image (give `image` as base64 or `image_link`); "

@@ -15,7 +15,7 @@ from handlers.generation import controlnet, extra_networks, hires, img2img, outp
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
 from handlers.generation.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
-from handlers.jobs import Canceled, Job, StepCallback
+from handlers.jobs import Canceled, DeviceTimeExceeded, Job, StepCallback
 from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import GenerationRequest, GenerationResponse, ResponseParameters, Timings
 from handlers.services import Services
@@ -47,7 +47,8 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     info = resolve_checkpoint(job, services)
     units = controlnet.parse_units(req.alwayson_scripts)
     networks = extra_networks.resolve(req, services.store, job.user, info)
-    inputs = img2img.load_inputs(req, services.store, job.user) if job.mode == "img2img" else None
+    inputs = (img2img.load_inputs(req, services.store, job.user, services.settings.max_input_pixels,
+                                  services.settings.max_encode_pixels) if job.mode == "img2img" else None)
     # 2. Load the checkpoint (free when resident), the refiner, the ControlNet units' models and detected
     #    maps, and fetch the LoRA / VAE / embedding files
     model, load_s = services.models.checkpoint(info)
@@ -118,8 +119,18 @@ def resolve_checkpoint(job: Job, services: Services) -> ObjectInfo:
 
 
 def _with_progress(job: Job, services: Services, on_step: StepCallback | None) -> StepCallback:
+    limit = services.settings.max_request_device_s
+    first_step: float | None = None
+
     def step(done: int, total: int) -> None:
+        nonlocal first_step
         services.progress.step(job.user, done)
+        # The per-request device-time limit (issue 19 #7), checked after each step: from the first step on,
+        # so time spent waiting for the device behind other requests never counts against it.
+        now = time.monotonic()
+        first_step = now if first_step is None else first_step
+        if limit and done < total and now - first_step > limit:
+            raise DeviceTimeExceeded(f"ran past EASEL_MAX_REQUEST_DEVICE_S={limit:g} s after {done} of {total} steps")
         if on_step is not None:
             on_step(done, total)
 

@@ -13,7 +13,7 @@ from handlers.schemas import Img2ImgRequest
 from loaders.errors import InvalidRequest
 from loaders.models.manager import LoadedCheckpoint
 from loaders.models.pipelines import is_inpainting_unet
-from loaders.storage.images import load_image
+from loaders.storage.images import MAX_PIXELS, load_image
 from loaders.storage.store import ObjectStore
 
 RESIZE_MODES = {0: "Just resize", 1: "Crop and resize", 2: "Resize and fill", 3: "Just resize (latent upscale)"}
@@ -25,7 +25,8 @@ class Img2ImgInputs:
     mask: Image.Image | None  # L; white is repainted
 
 
-def load_inputs(req: Img2ImgRequest, store: ObjectStore, user: str) -> Img2ImgInputs:
+def load_inputs(req: Img2ImgRequest, store: ObjectStore, user: str, max_pixels: int = MAX_PIXELS,
+                max_encode_pixels: int = MAX_PIXELS) -> Img2ImgInputs:
     """Decode every image input (capped, SSRF-safe for links) before any model work."""
     values = [(f"init_images[{i}]", v) for i, v in enumerate(req.init_images)]
     link = req.script("image_link")
@@ -35,9 +36,21 @@ def load_inputs(req: Img2ImgRequest, store: ObjectStore, user: str) -> Img2ImgIn
         values = [("image_link", link)]
     if not values:
         raise InvalidRequest("`init_images` is empty: send a base64 image or alwayson_scripts.image_link")
-    images = [flatten(load_image(value, field, store=store, user=user)) for field, value in values]
-    mask = load_image(req.mask, "mask", store=store, user=user) if req.mask else None
+    images = [flatten(load_image(value, field, store=store, user=user, max_pixels=max_pixels))
+              for field, value in values]
+    mask = load_image(req.mask, "mask", store=store, user=user, max_pixels=max_pixels) if req.mask else None
+    if req.resize_mode == 3 and not req.mask:
+        check_encode_size(images, [field for field, _ in values], max_encode_pixels)
     return Img2ImgInputs(images, mask_from(mask) if mask is not None else None)
+
+
+def check_encode_size(images: list[Image.Image], fields: list[str], max_pixels: int) -> None:
+    """Latent upscale encodes each init image at its own size (as A1111 does), so the work grows with the
+    input, not the output: a 4096² input for a 64² output ran 108 s (issue 19 #7). Bound it."""
+    for image, field in zip(images, fields):
+        if image.width * image.height > max_pixels:
+            raise InvalidRequest(f"`{field}` is {image.width}x{image.height}: resize_mode 3 (latent upscale) encodes "
+                                 f"it whole, at most {max_pixels} pixels; send a smaller image or use resize_mode 0-2")
 
 
 def flatten(image: Image.Image) -> Image.Image:

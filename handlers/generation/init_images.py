@@ -9,6 +9,7 @@ from PIL import Image
 from handlers.generation import controlnet
 from handlers.generation.batches import RunContext
 from handlers.samplers import find_sampler, make_scheduler
+from loaders.adapters.preprocessors import cover_box
 from loaders.models.pipelines import task_view
 
 if TYPE_CHECKING:
@@ -19,7 +20,9 @@ def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Imag
     """A1111 `images.resize_image`: 0 just resize, 1 crop and resize, 2 resize and fill (3 resizes later, in latents)."""
     from diffusers.image_processor import VaeImageProcessor
 
-    kind = {1: "crop", 2: "fill"}.get(mode, "default")
+    if mode == 1:  # resample only the part that shows: scaling the whole cover first is unbounded (issue 19 #2)
+        return image.resize((width, height), Image.LANCZOS, box=cover_box(image.width, image.height, width, height))
+    kind = {2: "fill"}.get(mode, "default")
     out = VaeImageProcessor(resample="lanczos").resize(image, height=height, width=width, resize_mode=kind)
     return out.convert(image.mode)
 

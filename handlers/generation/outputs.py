@@ -21,7 +21,7 @@ EAS_OUTPUT_ROOTS = (
     "/code/stable-diffusion-webui/data/outputs",
     "/code/stable-diffusion-webui/outputs",
 )
-_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # fullmatch: `$` accepts "abc\n"
 MAX_SAVE_DIR_CHARS = 256
 
 
@@ -44,7 +44,7 @@ def save_dir_label(save_dir: str | None) -> str:
                 f"({EAS_OUTPUT_ROOTS[0]}) are not allowed; use a relative label like 'my/folder'"
             )
     segments = [s for s in path.split("/") if s]
-    if any(not _SEGMENT.match(s) or s.strip(".") == "" for s in segments):
+    if any(not _SEGMENT.fullmatch(s) or s.strip(".") == "" for s in segments):
         raise InvalidRequest(f"`save_dir` {save_dir[:80]!r} is not a valid folder label (letters, digits, _ . -)")
     return "/".join(segments)
 

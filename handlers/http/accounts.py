@@ -7,7 +7,7 @@ from datetime import date, datetime, timezone
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from handlers.accounts.auth import Tenant, require_admin, tenant_dependency
+from handlers.accounts.auth import Tenant, check_user_name, require_admin, tenant_dependency
 from handlers.accounts.users import Budget, Role, UserRegistry
 from handlers.billing import usage
 from handlers.services import Services
@@ -24,6 +24,7 @@ def usage_report(services: Services, who: Tenant, start: date | None, end: date 
     now = now or datetime.now(timezone.utc)
     if user is not None and user != who.user:
         require_admin(who, "see another user's usage")
+        check_user_name(user)
     if user is not None:
         users = [user]
     elif who.is_admin:
@@ -33,7 +34,8 @@ def usage_report(services: Services, who: Tenant, start: date | None, end: date 
     end = end or now.date()
     start = start or end.replace(day=1)
     return usage.report(services.store, users, start, end, group_by, now=now,
-                        close_after_s=services.settings.usage_close_after_s)
+                        close_after_s=services.settings.usage_close_after_s,
+                        max_days=services.settings.max_usage_days)
 
 
 def accounts_router(services: Services) -> APIRouter:

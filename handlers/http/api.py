@@ -9,7 +9,7 @@ from http import HTTPStatus
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
@@ -21,11 +21,13 @@ from handlers.http import eas, gallery, listing, prompt, tasks, uploads, webui
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
 from handlers.http.tasks import TaskAccepted
-from handlers.jobs import Job
+from handlers.jobs import DeviceTimeExceeded, Job
 from handlers.schemas import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
 from handlers.services import Services
-from loaders.errors import EaselError, InvalidRequest, NotFound, PayloadTooLarge
+from handlers.tasks import sync_claims
+from loaders.errors import EaselError, InvalidRequest, NotFound, PayloadTooLarge, TimeLimitExceeded
 from loaders.storage.store import check_key
+from loaders.storage.streams import parse_range
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -61,7 +63,17 @@ class BodyLimit:
                 raise PayloadTooLarge(f"request body is over {self.max_bytes // 2**20} MB")
             return message
 
-        return await self.app(scope, limited, send)
+        async def answer(message):
+            # A chunked body has no Content-Length: the cap trips while the framework parses it, and the
+            # framework calls any parse failure a 400. Over the cap is a 413 (issue 19 #9).
+            if seen <= self.max_bytes:
+                return await send(message)
+            if message["type"] == "http.response.start":
+                body = _too_large(self.max_bytes)
+                await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+                await send({"type": "http.response.body", "body": body.body})
+
+        return await self.app(scope, limited, answer)
 
 
 def _too_large(max_bytes: int) -> JSONResponse:
@@ -186,8 +198,8 @@ def create_app(services: Services) -> FastAPI:
         return controlnet.module_list()
 
     @app.get("/files/{key:path}")
-    def files(key: str, who: Tenant = Depends(tenant)):
-        return file_response(services, who, key)
+    def files(key: str, request: Request, who: Tenant = Depends(tenant)):
+        return file_response(services, who, key, request.headers.get("range"))
 
     app.include_router(accounts_router(services))
     app.include_router(tasks.router)
@@ -211,17 +223,31 @@ def generation(services: Services, who: Tenant, mode: str, body, request: Reques
     request.state.id_task = task_id  # named in the error body if the run fails
     job = Job(user=who.user, mode=mode, request=body, task_id=task_id, base_url=str(request.base_url))
     with services.user_slots.hold(who.user):  # one user cannot take every server thread (SECURITY.md #8)
-        return (services.runner or execute_job)(job, services)
+        # One task id = one execution = one ledger record: a reused id answers from its claim (issue 19 #1).
+        try:
+            return sync_claims.run_once(services, who.user, mode, body, task_id,
+                                        lambda: (services.runner or execute_job)(job, services))
+        except DeviceTimeExceeded as e:  # billed for what ran (the ledger says canceled)
+            raise TimeLimitExceeded(f"task {task_id!r} {e}; ask for fewer steps or pixels") from None
 
 
-def file_response(services: Services, who: Tenant, key: str) -> Response:
-    """Bytes of an object the caller owns (users/<them>/...) or a public one; anything else is a 404."""
+def file_response(services: Services, who: Tenant, key: str, range_header: str | None = None) -> Response:
+    """Bytes of an object the caller owns (users/<them>/...) or a public one; anything else is a 404.
+
+    Streamed in chunks, a `Range: bytes=a-b` as a 206: 4 GETs of a 400 MB file took 2.4 GB (issue 19 #4)."""
     try:
         check_key(key)
     except InvalidRequest:
         raise NotFound(f"no file {key[:200]!r}") from None
     if not (key.startswith(f"users/{who.user}/") or key.startswith("public/")):
         raise NotFound(f"no file {key[:200]!r}")
-    data = services.store.get_bytes(key)
+    size = services.store.stat(key).size
+    span = parse_range(range_header, size)
+    start, end = span or (0, size - 1)
     media = mimetypes.guess_type(key)[0] or "application/octet-stream"
-    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+    headers = {"Cache-Control": "private, max-age=3600", "Accept-Ranges": "bytes",
+               "Content-Length": str(max(0, end - start + 1))}
+    if span:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    chunks = services.store.iter_range(key, start, end) if size else iter([b""])
+    return StreamingResponse(chunks, status_code=206 if span else 200, media_type=media, headers=headers)

@@ -17,13 +17,13 @@ from loaders.errors import InvalidRequest, NotFound
 
 Root = Literal["me", "public"]
 USER_FOLDERS = ("models", "embeddings", "inputs", "outputs", "inbox", "outbox")  # not tasks/: those are records, not files
-_SEGMENT = re.compile(r"^[^/\\\x00]{1,255}$")
+_SEGMENT = re.compile(r"[^/\\\x00\r\n]{1,255}")  # fullmatch, no line breaks
 
 
 def clean_path(path: str) -> list[str]:
     """`path` as segments; '..', '.', backslashes and NULs are refused, never normalised away."""
     segments = [s for s in path.strip("/").split("/") if s] if path else []
-    if len(path) > 1024 or any(not _SEGMENT.match(s) or s in (".", "..") for s in segments):
+    if len(path) > 1024 or any(not _SEGMENT.fullmatch(s) or s in (".", "..") for s in segments):
         raise InvalidRequest(f"`path` {path[:100]!r} is not a folder or file path")
     return segments
 

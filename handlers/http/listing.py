@@ -31,12 +31,28 @@ def loras(services: Services, user: str) -> list[dict]:
         path = services.store.local_path(info.key)
         if path is not None:
             try:
-                metadata = read_header(path, name).metadata
+                metadata = listed_metadata(path, name, services.settings.max_listing_metadata_bytes)
             except EaselError:
                 pass  # listed anyway; using it gives the reason
         out.append({"name": name, "alias": metadata.get("ss_output_name", name), "path": info.key,
                     "metadata": metadata})
     return out
+
+
+def listed_metadata(path, name: str, cap: int) -> dict:
+    """A LoRA's metadata for a listing, at most `cap` bytes of it: a 58 MB header made every listing 57 MB
+    (issue 19 #14). A header far over the cap is not even read; large fields (tag frequencies) are left out."""
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+    if header_len > max(cap, 1) * 64:
+        return {}
+    kept, size = {}, 0
+    for key, value in read_header(path, name).metadata.items():
+        size += len(key) + len(str(value)) + 6
+        if size > cap:
+            break
+        kept[key] = value
+    return kept
 
 
 def sd_vae(services: Services, user: str) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -13,7 +13,6 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from handlers.accounts.auth import Tenant
-from handlers.schemas import GenerationRequest
 from handlers.services import Services
 from handlers.tasks import events, records, sink
 from loaders.errors import Forbidden, InvalidRequest
@@ -35,17 +34,6 @@ def get_services(request: Request) -> Services:
 
 def get_tenant(request: Request, authorization: str | None = Header(None)) -> Tenant:
     return get_services(request).tokens.authenticate(authorization)
-
-
-def submit_generation(services: Services, who: Tenant, mode: Literal["txt2img", "img2img"],
-                      body: GenerationRequest, task_id: str, base_url: str) -> TaskAccepted:
-    """`?task_id=` on a generation route: store the task, queue it, answer at once."""
-    if body.force_task_id and task_id and body.force_task_id != task_id:
-        raise InvalidRequest(f"`task_id` {task_id[:80]!r} and `force_task_id` {body.force_task_id[:80]!r} differ")
-    task_id = task_id or body.force_task_id or ""
-    records.check_task_id(task_id)
-    record = records.submit_task(services, who.user, mode, body, task_id, base_url=base_url)
-    return TaskAccepted(task_id=record.task_id, status=record.status)
 
 
 def task_view(record: records.TaskRecord) -> dict[str, Any]:
@@ -85,7 +73,11 @@ async def _stream(services: Services, user: str, task_id: str):
     # The record is the source of truth (the task may run in another process or on Modal): read it when
     # this process wrote it, or every SSE_POLL_S.
     last_status, last_step, last_sent, n = None, None, time.monotonic(), 0
+    closes_at = time.monotonic() + services.settings.max_sse_s  # no stream holds a connection for ever (#14)
     while True:
+        if time.monotonic() > closes_at:
+            yield f"event: timeout\ndata: {json.dumps({'task_id': task_id, 'reconnect': True})}\n\n"
+            return
         version, read_at = records.record_version(user, task_id), time.monotonic()
         record = await run_in_threadpool(records.load_task, services, user, task_id)
         if record.done:

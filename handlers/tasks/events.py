@@ -197,7 +197,7 @@ def event_digest(services: Services, info: ObjectInfo) -> str:
 def inbox_location(key: str) -> tuple[str, str, str] | None:
     """users/<user>/inbox/<folder>/<name> → (user, folder ('' at the root), name)."""
     parts = key.split("/")
-    if len(parts) < 4 or parts[0] != "users" or parts[2] != "inbox" or not USER_NAME.match(parts[1]):
+    if len(parts) < 4 or parts[0] != "users" or parts[2] != "inbox" or not USER_NAME.fullmatch(parts[1]):
         return None
     name = parts[-1]
     if not name or name.startswith("."):
@@ -276,7 +276,8 @@ def write_outbox(services: Services, record: records.TaskRecord, result: dict | 
                  status: str = "succeeded") -> None:
     """Images then the manifest, so a reader who sees the manifest finds every image."""
     stem = record.origin["outbox"]
-    base_url = record.base_url or "http://127.0.0.1:7860"
+    # A manifest written outside a request (`easel watch`, the poller) links to the configured public URL.
+    base_url = record.base_url or services.settings.public_url or "http://127.0.0.1:7860"
     keys = []
     for k, image in enumerate((result or {}).get("images", [])):
         key = f"{stem}-{k:02d}.png"

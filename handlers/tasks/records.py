@@ -33,7 +33,7 @@ OPEN_PREFIX = "system/tasks/open/"
 
 
 def check_task_id(task_id: str, field: str = "task_id") -> str:
-    if not isinstance(task_id, str) or not TASK_ID.match(task_id):
+    if not isinstance(task_id, str) or not TASK_ID.fullmatch(task_id):
         raise InvalidRequest(f"`{field}` {str(task_id)[:80]!r} must be 1-128 of letters, digits, '_', '.', ':' or '-'")
     return task_id
 

@@ -68,7 +68,8 @@ class Applied:
 class _PipeState:
     lock: threading.RLock = field(default_factory=threading.RLock)
     loras: OrderedDict = field(default_factory=OrderedDict)  # (key, etag) → adapter name, LRU order
-    tokens: dict = field(default_factory=dict)  # (key, etag) → token, or None when the embedding does not fit
+    tokens: OrderedDict = field(default_factory=OrderedDict)  # (key, etag) → token (None: does not fit), LRU
+    token_names: dict = field(default_factory=dict)  # (key, etag) → every tokenizer token it added
 
 
 def reserved_free(text: str) -> str:
@@ -87,11 +88,14 @@ def _file_name(info: ObjectInfo) -> str:
 class Adapters:
     """Loaded adapter files per resident pipeline (LoRA LRU per pipeline, VAE LRU shared)."""
 
-    def __init__(self, files: FileCache, device: str, *, lora_capacity: int = 8, vae_capacity: int = 2):
+    def __init__(self, files: FileCache, device: str, *, lora_capacity: int = 8, vae_capacity: int = 2,
+                 embedding_capacity: int = 16, max_vectors: int = 75):
         self.files = files
         self.device = device
         self.lora_capacity = lora_capacity
         self.vae_capacity = vae_capacity
+        self.embedding_capacity = embedding_capacity
+        self.max_vectors = max_vectors
         self._pipes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._vaes: OrderedDict = OrderedDict()
         self._guard = threading.Lock()
@@ -120,6 +124,7 @@ class Adapters:
                 names = [(self._ensure_lora(pipe, state, use), use) for use in plan.loras]
                 self._evict_loras(pipe, state, keep={name for name, _ in names})
                 tokens = {e.word: tok for e in plan.embeddings if (tok := self._ensure_embedding(pipe, state, e))}
+                self._evict_embeddings(pipe, state, keep={(e.info.key, e.info.etag) for e in plan.embeddings})
                 vae = self._vae(plan.vae, model) if plan.vae else None
                 _activate(pipe, names)
                 applied = Applied(vae=vae, tokens=tokens, load_s=time.perf_counter() - started)
@@ -170,6 +175,7 @@ class Adapters:
     def _ensure_embedding(self, pipe, state: _PipeState, use: EmbeddingUse) -> str | None:
         cache_key = (use.info.key, use.info.etag)
         if cache_key in state.tokens:
+            state.tokens.move_to_end(cache_key)
             return state.tokens[cache_key]
         from safetensors.torch import load_file
 
@@ -179,11 +185,30 @@ class Adapters:
         width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
         token = None
         if vectors is not None and vectors.shape[-1] == width:  # A1111 skips embeddings of another family too
+            self._check_vectors(use, vectors.shape[0])
             token = f"<{TOKEN_PREFIX}{_digest(use.info)}>"
-            vectors = vectors.to(pipe.text_encoder.dtype)
-            pipe.load_textual_inversion(vectors, token=token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+            state.token_names[cache_key] = _add_embedding(pipe, token, vectors)
         state.tokens[cache_key] = token
         return token
+
+    def _check_vectors(self, use: EmbeddingUse, count: int) -> None:
+        """Each vector is a tokenizer token every prompt on this pipeline is matched against, and a
+        position in the 75-token chunk: 20 000 of them held the device ~50 min (issue 19 #3)."""
+        if count < 1 or count > self.max_vectors:
+            raise InvalidRequest(f"embedding {use.word!r} has {count} vectors; 1 to {self.max_vectors} are accepted")
+
+    def _evict_embeddings(self, pipe, state: _PipeState, keep: set) -> None:
+        """Remove the least recently used embeddings beyond capacity from the tokenizer and text encoder, so
+        what one tenant loaded does not slow every other tenant's prompt encoding for ever."""
+        loaded = [k for k in state.tokens if state.tokens[k] is not None and k not in keep]
+        excess = len([k for k in state.tokens if state.tokens[k] is not None]) - self.embedding_capacity
+        gone = loaded[:max(0, excess)]
+        if not gone:
+            return
+        names = [name for k in gone for name in state.token_names.pop(k, [])]
+        for k in gone:
+            del state.tokens[k]
+        pipe.unload_textual_inversion(tokens=names, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
 
     # --- VAE ---
 
@@ -228,6 +253,23 @@ def _weakrefable(obj) -> bool:
         return True
     except TypeError:
         return False
+
+
+def _add_embedding(pipe, token: str, vectors) -> list[str]:
+    """Add an n-vector embedding as `token`, `token_1` … `token_{n-1}` (the names diffusers'
+    `maybe_convert_prompt` expands) in one tokenizer call and one embedding resize; diffusers adds them one
+    at a time, each a rebuild of the tokenizer's added vocabulary (quadratic in n)."""
+    import torch
+
+    names = [token] + [f"{token}_{i}" for i in range(1, vectors.shape[0])]
+    pipe.tokenizer.add_tokens(names)
+    encoder = pipe.text_encoder
+    encoder.resize_token_embeddings(len(pipe.tokenizer))
+    ids = pipe.tokenizer.convert_tokens_to_ids(names)
+    weight = encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[ids] = vectors.to(device=weight.device, dtype=weight.dtype)
+    return names
 
 
 def _embedding_vectors(state: dict):

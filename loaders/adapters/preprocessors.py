@@ -147,8 +147,12 @@ def module_names() -> list[str]:
     return list(PREPROCESSORS) + list(UNAVAILABLE)
 
 
+MAX_MAP_PIXELS = 4096 * 4096  # default bound on a detected map (EASEL_MAX_INTERMEDIATE_PIXELS)
+
+
 def run_module(name: str, image: Image.Image, *, resolution: int, threshold_a: float | None,
-               threshold_b: float | None, load_annotator: Callable[[str], object], field: str) -> Image.Image:
+               threshold_b: float | None, load_annotator: Callable[[str], object], field: str,
+               max_pixels: int = MAX_MAP_PIXELS) -> Image.Image:
     """The detected map of `image` (RGB), computed at `resolution` on its short side."""
     if name in UNAVAILABLE:
         load_annotator(UNAVAILABLE[name])  # a missing file is the first thing to tell the client
@@ -156,11 +160,24 @@ def run_module(name: str, image: Image.Image, *, resolution: int, threshold_a: f
                              "use a weight-free module or `lineart`")
     pre = PREPROCESSORS[name]
     if pre.uses_resolution:
+        check_map_size(image, resolution, max_pixels, field)
         image = resize_short_side(image, resolution)
     a = pre.default_a if threshold_a is None else threshold_a
     b = pre.default_b if threshold_b is None else threshold_b
     out = pre.run(np.asarray(image.convert("RGB")), a, b, load_annotator)
     return Image.fromarray(out).convert("RGB")
+
+
+def check_map_size(image: Image.Image, resolution: int, max_pixels: int, field: str) -> None:
+    """The short side goes to `resolution`, so an elongated image makes a long side without bound: a 4096×64
+    input at 2048 is a 131072×2048 map (issue 19 #2). Refuse before allocating it."""
+    w, h = image.size
+    k = resolution / min(w, h)
+    out_w, out_h = max(1, round(w * k)), max(1, round(h * k))
+    if out_w * out_h > max_pixels:
+        unit = field.rsplit(".", 1)[0]
+        raise InvalidRequest(f"`{unit}.processor_res` {resolution} on a {w}x{h} image makes a {out_w}x{out_h} map, "
+                             f"over {max_pixels} pixels: lower processor_res or send a less elongated image")
 
 
 def resize_short_side(image: Image.Image, side: int) -> Image.Image:
@@ -187,8 +204,18 @@ def fit(image: Image.Image, width: int, height: int, resize_mode: int) -> Image.
     if resize_mode == 0:
         return image.resize((width, height), Image.Resampling.LANCZOS)
     w, h = image.size
-    k = max(width / w, height / h) if resize_mode == 1 else min(width / w, height / h)
+    if resize_mode == 1:  # resample only the part that shows: scaling the whole cover first is unbounded
+        return image.resize((width, height), Image.Resampling.LANCZOS, box=cover_box(w, h, width, height))
+    k = min(width / w, height / h)
     scaled = image.resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (width, height))
     canvas.paste(scaled, ((width - scaled.width) // 2, (height - scaled.height) // 2))
     return canvas
+
+
+def cover_box(w: int, h: int, width: int, height: int) -> tuple[float, float, float, float]:
+    """The centred region of a w×h image that "crop and resize" shows in a width×height output."""
+    k = max(width / w, height / h)
+    box_w, box_h = width / k, height / k
+    left, top = (w - box_w) / 2, (h - box_h) / 2
+    return left, top, left + box_w, top + box_h

@@ -135,6 +135,8 @@ def _arch_from_keys(keys: set[str]) -> str:
 
 def _inpainting(shapes: dict[str, tuple]) -> bool:
     shape = shapes.get(UNET_IN)
+    if shape is not None and len(shape) != 4:  # a lying file: the first conv's weight is always 4-D
+        raise InvalidRequest(f"`{UNET_IN}` has shape {list(shape)}; a UNet's first convolution is 4-D")
     if shape is None or shape[1] == 4:
         return False
     if shape[1] == 9:

@@ -12,7 +12,7 @@ from loaders.storage.store import ObjectStore
 
 # Weights that unpickle on load are never fetched: from_pretrained(use_safetensors=True) reads safetensors only.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-FOLDER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")
+FOLDER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")  # fullmatch
 
 _locks: dict[str, threading.Lock] = {}
 _guard = threading.Lock()
@@ -20,7 +20,7 @@ _guard = threading.Lock()
 
 def check_folder_name(name: str, field: str) -> str:
     """A model folder is named by one path segment, never a path."""
-    if not isinstance(name, str) or not FOLDER_NAME.match(name) or name.strip(".") == "":
+    if not isinstance(name, str) or not FOLDER_NAME.fullmatch(name) or name.strip(".") == "":
         raise InvalidRequest(f"`{field}` {str(name)[:100]!r} is not a model folder name (letters, digits, _ . + -)")
     return name
 

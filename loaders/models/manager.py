@@ -29,8 +29,8 @@ KIND_DIRS = {
     "controlnet": "models/ControlNet",
     "embedding": "embeddings",
 }
-_NAME = re.compile(r"^[\w][\w .+=@,()\[\]-]{0,254}$")
-_A1111_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
+_NAME = re.compile(r"[\w][\w .+=@,()\[\]-]{0,254}")  # fullmatch: `$` accepts "x\n"
+_A1111_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]\Z")
 
 
 ALL_KINDS = frozenset(KIND_DIRS)
@@ -72,7 +72,7 @@ def model_key(namespace: str, kind: str, filename: str) -> str:
 def clean_model_name(name: str, field: str) -> str:
     """A model name as a file name: A1111 titles (`name.safetensors [hash]`) accepted, paths refused."""
     name = _A1111_TITLE_HASH.sub("", name.strip())
-    if not _NAME.match(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:
         raise InvalidRequest(f"`{field}` {name[:100]!r} is not a model file name")
     check_model_filename(name, field)
     return name if name.lower().endswith(".safetensors") else name + ".safetensors"
@@ -297,12 +297,15 @@ class ModelManager:
     def _build(self, path: Path, family: str, name: str):
         """The builder's pipeline; a file whose tensors do not fit its family is the uploader's error (422)."""
         import torch
+        from diffusers.loaders.single_file_utils import SingleFileComponentError
 
         try:
             return self.builder(path, family, self.device)
         except torch.OutOfMemoryError:
             raise
-        except (ValueError, KeyError, RuntimeError) as e:  # shape/key mismatches from from_single_file
+        # shape/key mismatches from from_single_file; a file that declares a family but holds no weights for
+        # one of its parts raises SingleFileComponentError (issue 19 #9)
+        except (ValueError, KeyError, RuntimeError, SingleFileComponentError) as e:
             raise InvalidRequest(f"checkpoint {name!r} does not load as a {family} model: {str(e)[:300]}") from e
 
     def _sidecar(self, info: ObjectInfo) -> str | None:

@@ -39,25 +39,54 @@ class FetchPolicy:
 DEFAULT_POLICY = FetchPolicy()
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known prefix: the IPv4 address is the low 32 bits
+_SIIT = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated (RFC 2765)
+_NEVER_V6 = (ipaddress.ip_network("64:ff9b:1::/48"),  # NAT64 local-use: maps to whatever the operator routes
+             ipaddress.ip_network("fec0::/10"))  # site-local (deprecated, still routed by some stacks)
+
+
 def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form carries (mapped, IPv4-compatible, SIIT, 6to4, Teredo, NAT64), so the
+    IPv4 rules apply to it: `::7f00:1` is 127.0.0.1 (issue 19 #13)."""
+    low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if ip.ipv4_mapped:
         return ip.ipv4_mapped
+    if int(ip) >> 32 == 0 and int(ip) > 1:  # IPv4-compatible ::a.b.c.d (deprecated, not :: or ::1)
+        return low
+    if ip in _SIIT or ip in _NAT64:
+        return low
     if ip.sixtofour:
         return ip.sixtofour
     if ip.teredo:
         return ip.teredo[1]
-    if ip in ipaddress.ip_network("64:ff9b::/96"):  # NAT64
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
+
+
+def _never_allowed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """What no operator allow-list may open: link-local (incl. the 169.254.169.254 metadata service),
+    unspecified, multicast."""
+    return ip.is_link_local or ip.is_unspecified or ip.is_multicast
+
+
+def _listed(ip, entry: str) -> bool:
+    """In an allow-list entry; loopback only through an entry that is itself loopback (`127.0.0.2/32`), so
+    a VPC range or a careless `0.0.0.0/0` never opens it."""
+    net = ipaddress.ip_network(entry, strict=False)
+    return ip in net and (not ip.is_loopback or net.network_address.is_loopback and net.broadcast_address.is_loopback)
 
 
 def address_allowed(addr: str, policy: FetchPolicy) -> bool:
     ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    if any(ip in ipaddress.ip_network(n, strict=False) for n in policy.allow_networks):
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in net for net in _NEVER_V6):
+            return False
+        if (v4 := _embedded_v4(ip)) is not None:
+            return address_allowed(str(v4), policy)
+    if _never_allowed(ip):
+        return False
+    if any(_listed(ip, n) for n in policy.allow_networks):
         return True
-    if isinstance(ip, ipaddress.IPv6Address) and (v4 := _embedded_v4(ip)) is not None:
-        return address_allowed(str(v4), policy)
-    return ip.is_global and not ip.is_multicast
+    return ip.is_global
 
 
 def _target(url: str, policy: FetchPolicy, field: str) -> tuple[httpx.URL, str, str]:

@@ -41,7 +41,8 @@ def open_image(data: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Image.I
     return img.convert("RGBA" if img.mode in ("RGBA", "LA", "PA") else "RGB")
 
 
-def decode_base64_image(data: str, field: str, max_bytes: int = MAX_IMAGE_BYTES) -> Image.Image:
+def decode_base64_image(data: str, field: str, max_bytes: int = MAX_IMAGE_BYTES,
+                        max_pixels: int = MAX_PIXELS) -> Image.Image:
     """A base64 image (with or without a data: URL prefix), its length checked before decoding."""
     data = _DATA_URL.sub("", data.strip(), count=1)
     if len(data) > max_bytes * 4 // 3 + 4:
@@ -50,11 +51,11 @@ def decode_base64_image(data: str, field: str, max_bytes: int = MAX_IMAGE_BYTES)
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest(f"`{field}` is not valid base64") from None
-    return open_image(raw, field)
+    return open_image(raw, field, max_pixels)
 
 
 def load_image(value: str, field: str, *, store: ObjectStore, user: str,
-               policy: FetchPolicy = DEFAULT_POLICY) -> Image.Image:
+               policy: FetchPolicy = DEFAULT_POLICY, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """An image given as base64, an http(s) link (SSRF-safe fetch) or an s3:// / oss:// link inside the caller's
     namespaces or an operator's extra bucket."""
     if not isinstance(value, str) or not value.strip():
@@ -62,14 +63,14 @@ def load_image(value: str, field: str, *, store: ObjectStore, user: str,
     value = value.strip()
     scheme = value.split(":", 1)[0].lower() if ":" in value[:8] else ""
     if scheme in ("http", "https"):
-        return open_image(fetch_bytes(value, link_policy(store, policy), field), field)
+        return open_image(fetch_bytes(value, link_policy(store, policy), field), field, max_pixels)
     if scheme in ("s3", "oss"):  # EAS clients link OSS objects as oss://bucket/key
-        return open_image(bucket_link_bytes(value, store, user, field), field)
+        return open_image(bucket_link_bytes(value, store, user, field), field, max_pixels)
     if not scheme and KEY_LINK.fullmatch(value):  # a FileBrowser upload named by its key: inputs/boy.png
-        return open_image(store.get_bytes(_own_key(value, user, field)), field)
+        return open_image(store.get_bytes(_own_key(value, user, field)), field, max_pixels)
     if scheme and scheme != "data":
         raise InvalidRequest(f"`{field}`: {scheme}:// links are not accepted (use http(s), s3, oss or base64)")
-    return decode_base64_image(value, field)
+    return decode_base64_image(value, field, max_pixels=max_pixels)
 
 
 def _own_key(value: str, user: str, field: str) -> str:
