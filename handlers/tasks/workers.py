@@ -220,6 +220,8 @@ class LocalExecutor:
             with self._lock:
                 claims = list(self._claims.values())
             for claimed in claims:
+                if claimed.lost:
+                    continue  # handed back or taken over: its run is stopping
                 try:
                     claimed.renew()
                 except lifecycle.LeaseLost:
