@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
+from pathlib import Path
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
@@ -55,6 +56,9 @@ def free_disk(services: Services) -> dict:
         places["store"] = root
     free = {}
     for name, path in places.items():
+        path = Path(path).expanduser()
+        while not path.exists() and path != path.parent:  # the cache folder appears with its first model
+            path = path.parent
         try:
             free[name] = shutil.disk_usage(path).free // 2**20
         except OSError:
