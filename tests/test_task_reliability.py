@@ -16,6 +16,7 @@ from handlers.tasks.records import Lease, TaskRecord, submit_task
 from handlers.tasks.workers import LocalExecutor
 from loaders.errors import TooManyRequests
 from tests.billing_fakes import Crash, fake_services
+from tests.conftest import SMALL
 from tests.reliability_fakes import HookedStore, server, wait
 
 FAST = {"task_lease_s": 1.0, "task_progress_interval_s": 0.0}
@@ -218,4 +219,27 @@ def test_a_graceful_stop_hands_back_without_counting_a_run_and_another_server_fi
     assert final.status == "succeeded" and final.attempts == 1 and final.lost == 0
     assert [r["status"] for r in ledger_of(store, "deploys")] == ["succeeded"]
     assert len(outputs_of(store, "deploys")) == 1
+    services.executor.stop()
+
+
+def test_an_event_that_stopped_half_way_is_completed_by_its_redelivery(hooked, tmp_path, monkeypatch):
+    from handlers.tasks.events import handle_object
+
+    services, _, gen = fake_services(hooked, tmp_path, monkeypatch, **FAST)
+    hooked.inner.put_bytes("users/alice/inbox/dog.json", json.dumps({"prompt": "a dog", **SMALL}).encode())
+
+    def die_creating_the_task(op, k, data):
+        if k.startswith("users/alice/tasks/ev-") and k.endswith(".json") and "/requests/" not in k \
+                and op in ("create", "put_if_match"):
+            hooked.hooks.clear()
+            raise Crash("killed between the event's first write and the task")
+
+    hooked.hooks.append(die_creating_the_task)
+    with pytest.raises(Crash):
+        handle_object(services, hooked.stat("users/alice/inbox/dog.json"))
+    again = handle_object(services, hooked.stat("users/alice/inbox/dog.json"))  # the re-delivery
+    assert again.status == "task"
+    wait(lambda: settled(hooked.inner, again.task_id), timeout_s=10)
+    assert task(hooked.inner, again.task_id).status == "succeeded" and gen.calls == 1
+    assert handle_object(services, hooked.stat("users/alice/inbox/dog.json")).status == "duplicate"
     services.executor.stop()
