@@ -48,7 +48,8 @@ def cmd_tasks(args) -> None:
     import json
 
     from functions.wiring import build_services
-    from handlers.tasks.records import cancel_task, list_tasks, load_task
+    from handlers.tasks.lifecycle import cancel_task
+    from handlers.tasks.records import list_tasks, load_task
 
     services = build_services(settings_from_args(args))
     if args.tasks_command == "list":

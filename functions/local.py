@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from pathlib import Path
@@ -45,6 +46,7 @@ def prepare(settings: Settings) -> Services:
 def serve(settings: Settings, host: str, port: int, data_dir: Path | None) -> None:
     import uvicorn
 
+    GracefulServer = graceful_server_class()
     services = prepare(settings)
     app = create_app(services)
     start_background(services)  # re-queue tasks a previous run left open; poll inboxes when enabled
@@ -54,8 +56,25 @@ def serve(settings: Settings, host: str, port: int, data_dir: Path | None) -> No
     else:
         token, who = local_token(services, data_dir or Path("data")), f"user '{LOCAL_USER}'"
     print(banner(url, token, who, settings), flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
-    services.executor.release()  # graceful stop: running tasks go back to the queue for the next start
+    GracefulServer(uvicorn.Config(app, host=host, port=port, log_level="info"), services.executor.release).run()
+
+
+def graceful_server_class():
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn, handing running tasks back first when SIGTERM / SIGINT stops it: uvicorn re-raises the
+        signal once it has served, so code after `run()` never runs; `shutdown` is the last thing that does."""
+
+        def __init__(self, config, on_stop):
+            super().__init__(config)
+            self.on_stop = on_stop
+
+        async def shutdown(self, sockets=None):
+            await asyncio.to_thread(self.on_stop)  # queued again at once, not failed, not counted as a run
+            await super().shutdown(sockets)
+
+    return GracefulServer
 
 
 def banner(url: str, token: str, who: str, settings: Settings) -> str:

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from handlers.jobs import Canceled, Job
 from handlers.schemas import GenerationResponse
 from handlers.services import Services
-from handlers.tasks import records
+from handlers.tasks import lifecycle, records
 from loaders.errors import EaselError
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,10 @@ def _settle(services: Services, record: records.TaskRecord, get):
     try:
         response = get()
     except EaselError as e:
-        records.finish(services, record, "failed", error=str(e))
+        lifecycle.settle(services, record.user, record.task_id, "failed", error=str(e))
         raise
-    records.finish(services, record, "succeeded", result=response.model_dump(mode="json"),
-                   timings=response.parameters.timings)
+    lifecycle.settle(services, record.user, record.task_id, "succeeded", result=response.model_dump(mode="json"),
+                     timings=response.parameters.timings)
     return response
 
 
@@ -95,8 +95,8 @@ def open_task(job: Job, services: Services) -> records.TaskRecord:
     submitted again is the same task)."""
     quiet = dataclasses.replace(services, executor=_NoExecutor())
     records.submit_task(quiet, job.user, job.mode, job.request, job.task_id, base_url=job.base_url)
-    record, _ = records.claim(services, job.user, job.task_id, owner=sync_owner(job.task_id))
-    return record or records.load_task(services, job.user, job.task_id)
+    claimed = lifecycle.claim(services, job.user, job.task_id, owner=sync_owner(job.task_id))
+    return claimed.record if claimed else records.load_task(services, job.user, job.task_id)
 
 
 def accepted(job: Job, services: Services) -> JSONResponse:
@@ -130,21 +130,21 @@ class HandoffWatch:
             self.record = records.load_task(self.services, self.job.user, self.job.task_id)
         if self.record is None:
             return
-        if records.cancel_requested(self.services, self.job.user, self.job.task_id):
+        if lifecycle.cancel_requested(self.services, self.job.user, self.job.task_id):
             raise Canceled()
-        records.write_progress(self.services, self.record, done, total, self.started)
+        lifecycle.report_progress(self.services, self.job.user, self.job.task_id, done, total, self.started)
 
     def settle(self, response: GenerationResponse | None = None, error: BaseException | None = None) -> None:
         """After the job: nothing when the web side is (still) waiting for it, else the record's final state."""
         if time.time() < self.gate or self.services.store.create(self.key, b"gpu"):
             return
-        record = self.record or records.load_task(self.services, self.job.user, self.job.task_id)
+        user, task_id = self.job.user, self.job.task_id
         if error is None:
-            records.finish(self.services, record, "succeeded", result=response.model_dump(mode="json"),
-                           timings=response.parameters.timings)
+            lifecycle.settle(self.services, user, task_id, "succeeded", result=response.model_dump(mode="json"),
+                             timings=response.parameters.timings)
         elif isinstance(error, Canceled):
-            records.finish(self.services, record, "canceled", error="canceled while running")
+            lifecycle.settle(self.services, user, task_id, "canceled", error="canceled while running")
         else:
             message = str(error) if isinstance(error, EaselError) else f"{type(error).__name__}: {error}"
-            records.finish(self.services, record, "failed", error=message)
+            lifecycle.settle(self.services, user, task_id, "failed", error=message)
         self.services.store.delete(self.key)

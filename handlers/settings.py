@@ -89,7 +89,11 @@ class Settings(BaseSettings):
 
     # --- async tasks and bucket-upload events (handlers/tasks/records.py, handlers/tasks/events.py) ---
     task_workers: int = Field(1, ge=1, le=64, description="local worker threads running queued tasks")
-    task_lease_s: float = Field(600.0, gt=0, description="a running task not heard from this long is re-run once")
+    task_lease_s: float = Field(60.0, gt=0, description="a running task whose worker is not heard from this long "
+                                "(it renews every third of it) is taken over by another worker")
+    task_max_queued_per_user: int = Field(64, ge=1, description="open async tasks one user may have (429 beyond)")
+    task_max_queued_mb_per_user: float = Field(256.0, gt=0, description="MB of stored request bodies of one "
+                                               "user's open tasks (429 beyond)")
     task_progress_interval_s: float = Field(1.0, ge=0, description="least time between progress writes to a task record")
     webhook_secret: str = Field("", description="HMAC-SHA256 key signing webhook POSTs; webhooks are refused unset")
     webhook_attempts: int = Field(5, ge=1, le=20, description="deliveries tried per webhook before giving up")

@@ -36,7 +36,22 @@ class QuotaExceeded(EaselError):
 
 
 class StorageError(EaselError):
+    """The store refused or failed an operation; retrying will not help (permission, read-only disk)."""
+
     status = 503
+
+
+class TransientStorageError(StorageError):
+    """The store failed in a way that may pass (503 SlowDown, a reset connection, a timeout): retried with
+    backoff by loaders.storage.faults before it reaches anyone."""
+
+    status = 503
+
+
+class StorageFull(StorageError):
+    """The disk or quota under the store is full."""
+
+    status = 507
 
 
 class Unavailable(EaselError):

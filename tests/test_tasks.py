@@ -227,10 +227,11 @@ def test_cancel_running_stops_at_next_step_and_queued_never_runs(client, store):
     assert client.post("/tasks/after/cancel", headers=auth()).json()["status"] == "succeeded"
 
 
-def test_failed_task_reports_the_error(client):
-    submit(client, "nomodel", alwayson_scripts={"sd_model_checkpoint": "missing.safetensors"})
-    task = wait_for(client, "nomodel")
-    assert task["status"] == "failed" and "missing.safetensors" in task["error"] and task["result"] is None
+def test_a_task_that_cannot_run_is_refused_before_its_body_is_stored(client, store):
+    r = submit(client, "nomodel", alwayson_scripts={"sd_model_checkpoint": "missing.safetensors"})
+    assert r.status_code == 404 and "missing.safetensors" in r.json()["detail"]
+    assert client.get("/tasks/nomodel", headers=auth()).status_code == 404
+    assert not store.exists("users/alice/tasks/requests/nomodel.json")  # nothing stored for a refused task
 
 
 def test_progress_route_reports_the_running_task(client):
@@ -274,6 +275,7 @@ def test_graceful_release_requeues_a_running_task_which_recovery_then_finishes(c
     assert task["status"] == "queued" and task["attempts"] == 0
     assert async_services.executor.wait_idle(30)  # the old run notices and stops at its next step
     assert outputs_of(store, "alice", "handback") == []
+    async_services.executor = LocalExecutor(async_services, sender=async_services.executor.sender)  # next start
     assert async_services.executor.recover() == 1
     task = wait_for(client, "handback")
     assert task["status"] == "succeeded" and task["attempts"] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -33,9 +34,18 @@ class Generated:
     nsfw: list[bool] | None = None  # per image, when the NSFW censor screened them
 
 
-def execute_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
-    """The one entry every channel uses (sync route, task workers, Modal, CLI): budget, run, one ledger record."""
-    return metering.metered(job, services, on_step, run_job)
+def execute_job(job: Job, services: Services, on_step: StepCallback | None = None, *,
+                before_record: Callable[[GenerationResponse], None] | None = None) -> GenerationResponse:
+    """The one entry every channel uses (sync route, task workers, Modal, CLI): budget, run, one ledger record.
+    `before_record` sees a successful response before its ledger record is written (a task keeps its result
+    there, so a worker killed after billing is finished from the ledger, not run again)."""
+    def run(job: Job, services: Services, on_step: StepCallback | None) -> GenerationResponse:
+        response = run_job(job, services, on_step)
+        if before_record is not None:
+            before_record(response)
+        return response
+
+    return metering.metered(job, services, on_step, run)
 
 
 def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:

@@ -17,7 +17,7 @@ from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation import controlnet
 from handlers.generation.generate import execute_job
 from handlers.http import files as file_browser  # `files` is the /files/ route below
-from handlers.http import eas, gallery, listing, prompt, tasks, uploads, webui
+from handlers.http import eas, gallery, health, listing, prompt, tasks, uploads, webui
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
 from handlers.http.tasks import TaskAccepted
@@ -145,9 +145,7 @@ def create_app(services: Services) -> FastAPI:
 
     tenant = tenant_dependency(services.tokens)
 
-    @app.get("/healthz", include_in_schema=False)
-    def healthz():
-        return {"ok": True}
+    app.include_router(health.health_router(services, tenant))
 
     @app.post("/sdapi/v1/txt2img", response_model=GenerationResponse | TaskAccepted)
     def txt2img(body: Txt2ImgRequest, request: Request, task_id: str | None = None, who: Tenant = Depends(tenant)):

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from handlers.accounts.auth import Tenant
 from handlers.services import Services
-from handlers.tasks import events, records, sink
+from handlers.tasks import events, lifecycle, records, sink
 from loaders.errors import Forbidden, InvalidRequest
 
 router = APIRouter()
@@ -57,7 +57,7 @@ def get_task(task_id: str, who: Tenant = Depends(get_tenant), services: Services
 @router.post("/tasks/{task_id}/cancel", tags=["tasks"])
 def cancel_task(task_id: str, who: Tenant = Depends(get_tenant), services: Services = Depends(get_services)):
     """Queued: it never runs. Running: it stops at the next step. Finished: unchanged."""
-    return records.cancel_task(services, who.user, task_id).summary()
+    return lifecycle.cancel_task(services, who.user, task_id).summary()
 
 
 @router.get("/tasks/{task_id}/events", tags=["tasks"])

@@ -1,8 +1,9 @@
 """Generation triggered by uploads to users/<user>/inbox/: S3 / EventBridge notifications and a poller.
 
 Both feed `handle_object`. S3 delivers events at least once and unordered, and the poller may see an
-object an event already brought, so each (bucket, key, ETag) is taken once by a conditional create under
-system/events/. Then:
+object an event already brought, so each object version is taken once: the task's id is derived from
+(bucket, key, version id or ETag + mtime), so creating the task is the dedupe, and a marker under
+system/events/ records that the event was handled. Then:
   users/<u>/inbox/**/<name>.json   a txt2img (or img2img, with init_images) request   → a task
   users/<u>/inbox/<folder>/<img>   an image beside a recipe.json (an img2img template)  → a task on it
 Results land in users/<u>/outbox/<same folders>/: the images and <name>.result.json (task id, image
@@ -17,6 +18,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -27,7 +29,7 @@ from handlers.accounts.auth import USER_NAME
 from handlers.accounts.users import UserRegistry
 from handlers.services import Services
 from handlers.tasks import records
-from loaders.errors import EaselError, InvalidRequest, NotFound
+from loaders.errors import Conflict, EaselError, InvalidRequest, NotFound
 from loaders.storage.store import ObjectInfo
 
 log = logging.getLogger("easel.events")
@@ -137,12 +139,15 @@ def handle_object(services: Services, info: ObjectInfo, base_url: str | None = N
     kind = input_kind(services, info.key, folder, name)
     if kind is None:
         return _ignored(info.key, "not a request .json, nor an image beside a recipe.json")
-    # 2. Once per object version, whoever tells us about it
+    # 2. Once per object version, whoever tells us about it: the task's id is derived from the version, so
+    #    creating the task is the dedupe; the marker after it only says the event is fully handled, and a
+    #    re-delivery of an event that stopped half-way (task created, no marker) completes it.
+    if info.version is None and getattr(services.store, "bucket", None):
+        info = services.store.stat(info.key)  # a listing carries no version id; the event's stat does
     digest = event_digest(services, info)
     marker = f"system/events/{digest}.json"
     task_id = f"ev-{digest[:40]}"
-    if services.store.exists(marker) or not services.store.create(
-            marker, json.dumps({"key": info.key, "etag": info.etag, "task_id": task_id, "at": time.time()}).encode()):
+    if services.store.exists(marker):
         return EventOutcome(info.key, "duplicate", task_id)
     # 3. The request (malformed → an error manifest, not a crash)
     origin = {"key": info.key, "etag": info.etag, "outbox": outbox_stem(user, folder, name)}
@@ -151,14 +156,21 @@ def handle_object(services: Services, info: ObjectInfo, base_url: str | None = N
         if request.webhook:
             raise InvalidRequest("`webhook` is not available for uploads; read the manifest in outbox/")
         records.submit_task(services, user, mode, request, task_id, base_url=base_url, origin=origin)
+        outcome = EventOutcome(info.key, "task", task_id)
     except EaselError as e:
-        if e.status >= 500:  # the store failed, not the upload: let the next delivery or poll try again
-            services.store.delete(marker)
-            raise
-        return _refused(services, info, origin, e)
+        if e.status >= 500 or e.status == 429:  # the store failed or the queue is full, not the upload:
+            raise  # the next delivery or poll tries again
+        if isinstance(e, Conflict):  # the recipe changed since the task was made: that task stands
+            outcome = EventOutcome(info.key, "task", task_id)
+        else:
+            outcome = _refused(services, info, origin, e)
     except (ValidationError, ValueError) as e:
-        return _refused(services, info, origin, e)
-    return EventOutcome(info.key, "task", task_id)
+        outcome = _refused(services, info, origin, e)
+    note = {"key": info.key, "etag": info.etag, "version": info.version, "task_id": outcome.task_id,
+            "at": time.time(), "nonce": uuid.uuid4().hex}
+    if not services.store.create(marker, json.dumps(note).encode()):
+        return EventOutcome(info.key, "duplicate", task_id)  # a concurrent delivery finished first
+    return outcome
 
 
 def _refused(services: Services, info: ObjectInfo, origin: dict, e: Exception) -> EventOutcome:
@@ -190,8 +202,11 @@ def _message(e: Exception) -> str:
 
 
 def event_digest(services: Services, info: ObjectInfo) -> str:
+    """One digest per object version: the bucket's version id, else the ETag and modification time (so an
+    identical re-upload to an unversioned bucket is a new version, a re-delivery is not)."""
     bucket, prefix = store_bucket(services)
-    return hashlib.sha256(f"{bucket}\0{prefix}{info.key}\0{info.etag}".encode()).hexdigest()
+    version = f"v={info.version}" if info.version else f"e={info.etag}\0m={info.modified:.3f}"
+    return hashlib.sha256(f"{bucket}\0{prefix}{info.key}\0{version}".encode()).hexdigest()
 
 
 def inbox_location(key: str) -> tuple[str, str, str] | None:

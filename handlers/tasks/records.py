@@ -1,33 +1,41 @@
-"""Async task records in the bucket: idempotent submission, claiming with a lease, progress, cancel, listing.
+"""Async task records in the bucket: idempotent, capped submission; compare-and-swap writes; listing.
+(Claiming, leases, finishing and cancel are handlers/tasks/lifecycle.py.)
 
 A task is two objects plus two markers, all keyed by (user, task_id) so ids never collide across users:
-  users/<user>/tasks/<id>.json            the record clients poll (status, progress, timings, result)
+  users/<user>/tasks/<id>.json            the record clients poll (status, progress, timings, result);
+                                          every write is conditional on the version read (If-Match)
   users/<user>/tasks/requests/<id>.json   the request body (kept apart: img2img bodies are large and
-                                          the record is rewritten on every progress write)
+                                          the record is rewritten on every progress write); deleted
+                                          when the task finishes
   users/<user>/tasks/cancel/<id>          cancel asked for (a marker, so it never races a record write)
-  system/tasks/open/<user>/<id>           open (not finished) tasks, listed on start to recover them
+  system/tasks/open/<user>/<id>           open (not finished) tasks, which every server's reaper scans
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from handlers.generation import controlnet, outputs
+from handlers.generation.generate import resolve_checkpoint
+from handlers.jobs import Job
 from handlers.schemas import GenerationRequest, Img2ImgRequest, Timings, Txt2ImgRequest
 from handlers.services import Services
-from handlers.tasks import sink
-from loaders.errors import Conflict, InvalidRequest, NotFound
+from loaders.errors import Conflict, InvalidRequest, NotFound, TooManyRequests, TransientStorageError
 from loaders.storage import fetch
 
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
-MAX_ATTEMPTS = 2  # the first run and one re-run after a lost worker (expired lease)
+MAX_LOST = 2  # a task whose worker died under it twice is failed, not run a third time
 TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 OPEN_PREFIX = "system/tasks/open/"
 
@@ -66,7 +74,10 @@ class TaskRecord(BaseModel):
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
-    attempts: int = 0
+    attempts: int = 0  # runs started (a run handed back at a graceful stop is not counted)
+    lost: int = 0  # runs whose worker died under it (lease expired)
+    runs: int = 0  # runs started, handed-back ones included (more than one: look for abandoned outputs)
+    store_retries: int = 0  # runs handed back because the store failed under them
     progress: Progress = Field(default_factory=Progress)
     timings: Timings | None = None
     error: str = ""
@@ -76,6 +87,7 @@ class TaskRecord(BaseModel):
     webhook_delivery: WebhookDelivery | None = None
     base_url: str | None = None  # where /files/ URLs point when the store cannot sign URLs
     origin: dict[str, Any] | None = None  # set for bucket-upload tasks: where the input came from
+    rev: str = ""  # unique per write: a conditional write whose answer was lost is recognised by it
 
     @property
     def done(self) -> bool:
@@ -83,7 +95,7 @@ class TaskRecord(BaseModel):
 
     def summary(self) -> dict[str, Any]:
         """The record without its (possibly large) result body, for listings and SSE progress."""
-        return self.model_dump(mode="json", exclude={"result", "lease", "request_hash", "base_url"})
+        return self.model_dump(mode="json", exclude={"result", "lease", "request_hash", "base_url", "rev"})
 
 
 def record_key(user: str, task_id: str) -> str:
@@ -102,20 +114,10 @@ def open_key(user: str, task_id: str) -> str:
     return f"{OPEN_PREFIX}{user}/{task_id}"
 
 
-# Read-modify-write of one record is serialised within a process; across processes only the lease owner
-# writes a running record, and cancel goes through a separate marker, so no cross-process write races.
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def record_lock(user: str, task_id: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(record_key(user, task_id), threading.Lock())
-
-
 # Bumped on every record write in this process, so SSE streams look at the store the moment a local
 # worker writes, and only every so often for writers elsewhere (another process, Modal).
 _versions: dict[str, int] = {}
+_versions_guard = threading.Lock()
 
 
 def record_version(user: str, task_id: str) -> int:
@@ -146,22 +148,46 @@ def load_request(services: Services, user: str, task_id: str) -> GenerationReque
     return request_class(stored["mode"]).model_validate(stored["body"])
 
 
-# --- records ----------------------------------------------------------------------------------------
+# --- records: every write is a compare-and-swap on the version read -----------------------------------
 
 def load_task(services: Services, user: str, task_id: str) -> TaskRecord:
     """The caller's own task; another user's id is simply absent (404, never 403)."""
+    return read_task(services, user, task_id)[0]
+
+
+def read_task(services: Services, user: str, task_id: str) -> tuple[TaskRecord, str]:
+    """The record and its version tag, for `swap_task`."""
     check_task_id(task_id)
     try:
-        return TaskRecord.model_validate_json(services.store.get_bytes(record_key(user, task_id)))
+        data, tag = services.store.get_versioned(record_key(user, task_id))
     except NotFound:
         raise NotFound(f"no task {task_id!r}") from None
+    return TaskRecord.model_validate_json(data), tag
 
 
-def save_task(services: Services, record: TaskRecord) -> None:
+def swap_task(services: Services, record: TaskRecord, tag: str | None) -> str:
+    """Write the record only if it is still at version `tag` (None: only if absent); the new tag, or Conflict.
+    Each write carries a fresh `rev`, so a lost answer read back is recognised as ours or not."""
+    record.rev = uuid.uuid4().hex
     key = record_key(record.user, record.task_id)
-    services.store.put_bytes(key, record.model_dump_json().encode(), "application/json")
-    with _locks_guard:
+    new_tag = services.store.put_if_match(key, record.model_dump_json().encode(), tag)
+    with _versions_guard:
         _versions[key] = _versions.get(key, 0) + 1
+    return new_tag
+
+
+def update_task(services: Services, user: str, task_id: str,
+                change: Callable[[TaskRecord], bool]) -> tuple[TaskRecord, str]:
+    """Read, `change` (False: leave it as it is), swap; read again and redo when another writer got there first."""
+    for _ in range(20):
+        record, tag = read_task(services, user, task_id)
+        if not change(record):
+            return record, tag
+        try:
+            return record, swap_task(services, record, tag)
+        except Conflict:
+            time.sleep(random.uniform(0.005, 0.05))
+    raise TransientStorageError(f"task {task_id!r} kept changing under this write; try again")
 
 
 def list_tasks(services: Services, user: str, status: str | None = None, limit: int = 50) -> list[TaskRecord]:
@@ -198,14 +224,21 @@ def submit_task(services: Services, user: str, mode: str, request: GenerationReq
                 base_url: str | None = None, origin: dict[str, Any] | None = None) -> TaskRecord:
     """Create the task once and hand it to the executor; the same id again returns the same task.
 
-    The same id with a different body is a Conflict (409), like a reused Stripe idempotency key.
+    The same id with a different body is a Conflict (409), like a reused Stripe idempotency key. What can be
+    checked is checked before anything is stored, and a user's open tasks are capped in number and bytes.
     """
     check_task_id(task_id)
     body = request_body(request)
+    digest = body_hash(mode, body)
+    if (existing := _existing(services, user, task_id, digest)) is not None:
+        return existing
     if request.webhook:
         check_webhook_url(services, request.webhook)
-    digest = body_hash(mode, body)
+    if services.executor is None:
+        raise InvalidRequest("this server runs no task executor; call without ?task_id=")
+    check_request(services, user, mode, request, task_id)
     stored = json.dumps({"mode": mode, "hash": digest, "body": body}).encode()
+    check_queue_caps(services, user, len(stored))
     if not services.store.create(request_key(user, task_id), stored):
         existing = json.loads(services.store.get_bytes(request_key(user, task_id)))
         if existing.get("hash") != digest:
@@ -214,15 +247,45 @@ def submit_task(services: Services, user: str, mode: str, request: GenerationReq
                         base_url=base_url, origin=origin, progress=Progress(total=request.steps * request.n_iter))
     # Mark it open first: a crash right after creating the record still leaves it recoverable.
     services.store.put_bytes(open_key(user, task_id), b"")
-    if not services.store.create(record_key(user, task_id), record.model_dump_json().encode()):
-        existing = load_task(services, user, task_id)  # a concurrent or earlier submission won: never run twice
-        if existing.done:
-            close_open(services, existing)
-        return existing
-    if services.executor is None:
-        raise InvalidRequest("this server runs no task executor; call without ?task_id=")
+    try:
+        swap_task(services, record, None)
+    except Conflict:  # a concurrent submission won (a lost answer of our own is resolved by the store)
+        return _existing(services, user, task_id, digest) or load_task(services, user, task_id)
     services.executor.submit(user, task_id)
     return record
+
+
+def _existing(services: Services, user: str, task_id: str, digest: str) -> TaskRecord | None:
+    """The task already stored under this id (409 when it was for another body), or None."""
+    try:
+        existing = load_task(services, user, task_id)
+    except NotFound:
+        return None
+    if existing.request_hash != digest:
+        raise Conflict(f"task_id {task_id!r} was already used for a different request; use a new task_id")
+    return existing
+
+
+def check_request(services: Services, user: str, mode: str, request: GenerationRequest, task_id: str) -> None:
+    """What a worker would refuse at once, refused before the body is stored (422/404 now, not a failed task)."""
+    outputs.save_dir_label(request.save_dir())
+    resolve_checkpoint(Job(user=user, mode=mode, request=request, task_id=task_id), services)
+    controlnet.parse_units(request.alwayson_scripts)
+
+
+def check_queue_caps(services: Services, user: str, size: int) -> None:
+    """At most N open tasks and M MB of stored bodies per user: one user's flood cannot fill the queue or the
+    bucket. Bodies are deleted when their task finishes, so the stored ones are the open tasks'."""
+    settings = services.settings
+    count, total = 0, size
+    for info in services.store.list(f"users/{user}/tasks/requests/"):
+        count, total = count + 1, total + info.size
+    if count >= settings.task_max_queued_per_user:
+        raise TooManyRequests(f"you have {count} open tasks (the limit is {settings.task_max_queued_per_user}); "
+                              "wait for some to finish")
+    if total > settings.task_max_queued_mb_per_user * 2**20:
+        raise TooManyRequests(f"your open tasks' requests would take {total / 2**20:.1f} MB (the limit is "
+                              f"{settings.task_max_queued_mb_per_user:g} MB); wait for some to finish")
 
 
 def check_webhook_url(services: Services, url: str) -> None:
@@ -238,91 +301,3 @@ def check_webhook_url(services: Services, url: str) -> None:
         check(url)
     except InvalidRequest as e:
         raise InvalidRequest(f"`webhook` {url[:200]!r}: {e}") from None
-
-
-# --- lifecycle (called by whichever executor runs the task) -----------------------------------------
-
-def claim(services: Services, user: str, task_id: str, owner: str) -> tuple[TaskRecord | None, float | None]:
-    """Take the task to run it: (record, None) to run; (None, retry_at) while another owner's lease holds it;
-    (None, None) when there is nothing to run (finished, canceled, gone)."""
-    lease_s = services.settings.task_lease_s
-    with record_lock(user, task_id):
-        try:
-            record = load_task(services, user, task_id)
-        except NotFound:
-            return None, None
-        now = time.time()
-        if record.done:
-            close_open(services, record)
-            return None, None
-        if cancel_requested(services, user, task_id):
-            finish(services, record, "canceled", error="canceled before it ran")
-            return None, None
-        if record.status == "running" and record.lease and record.lease.expires > now:
-            return None, record.lease.expires
-        if record.attempts >= MAX_ATTEMPTS:
-            finish(services, record, "failed",
-                   error=f"the worker running this task was lost {record.attempts} times (lease expired)")
-            return None, None
-        record.status = "running"
-        record.attempts += 1
-        record.started_at = now
-        record.progress = Progress(total=record.progress.total)
-        record.lease = Lease(owner=owner, expires=now + lease_s)
-        save_task(services, record)
-        return record, None
-
-
-def cancel_requested(services: Services, user: str, task_id: str) -> bool:
-    return services.store.exists(cancel_key(user, task_id))
-
-
-def still_owner(services: Services, record: TaskRecord) -> bool:
-    """False when another worker took the task over after our lease expired."""
-    current = load_task(services, record.user, record.task_id)
-    return current.status == "running" and current.lease is not None and record.lease is not None \
-        and current.lease.owner == record.lease.owner
-
-
-def write_progress(services: Services, record: TaskRecord, step: int, total: int, gen_started: float) -> None:
-    """Progress and a renewed lease, by the lease owner."""
-    now = time.time()
-    elapsed = time.monotonic() - gen_started
-    record.progress = Progress(step=step, total=total, fraction=round(step / max(total, 1), 4),
-                               eta_s=round(elapsed / step * (total - step), 3) if step else None)
-    record.lease = Lease(owner=record.lease.owner if record.lease else "?",
-                         expires=now + services.settings.task_lease_s)
-    save_task(services, record)
-
-
-def finish(services: Services, record: TaskRecord, status: Status, *, result: dict | None = None,
-           timings: Timings | None = None, error: str = "") -> TaskRecord:
-    record.status = status
-    record.finished_at = time.time()
-    record.result = result
-    record.timings = timings
-    record.error = error
-    record.lease = None
-    if status == "succeeded":
-        record.progress.step = record.progress.total
-        record.progress.fraction, record.progress.eta_s = 1.0, 0.0
-    save_task(services, record)
-    close_open(services, record)
-    return record
-
-
-def close_open(services: Services, record: TaskRecord) -> None:
-    sink.append_finished(services, record)  # before the open marker goes: a crash here is redone on restart
-    services.store.delete(open_key(record.user, record.task_id))
-
-
-def cancel_task(services: Services, user: str, task_id: str) -> TaskRecord:
-    """Queued: canceled now and never runs. Running: the worker stops at its next progress check."""
-    with record_lock(user, task_id):
-        record = load_task(services, user, task_id)
-        if record.done:
-            return record
-        services.store.put_bytes(cancel_key(user, task_id), b"")
-        if record.status == "queued":
-            return finish(services, record, "canceled", error="canceled before it ran")
-        return record

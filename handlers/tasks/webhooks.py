@@ -95,7 +95,8 @@ def deliver(services: Services, record: TaskRecord, sender: WebhookSender,
 
 
 def _remember(services: Services, record: TaskRecord, state: WebhookDelivery) -> None:
-    with records.record_lock(record.user, record.task_id):
-        current = records.load_task(services, record.user, record.task_id)
+    def note(current: TaskRecord) -> bool:
         current.webhook_delivery = state
-        records.save_task(services, current)
+        return True
+
+    records.update_task(services, record.user, record.task_id, note)

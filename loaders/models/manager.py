@@ -271,6 +271,11 @@ class ModelManager:
         gc.collect()  # an evicted pipeline's memory is only free once collected
         return self.free_ram() < self.min_free_ram
 
+    def resident(self) -> list[str]:
+        """Keys of the checkpoints loaded now, least recently used first."""
+        with self._lock:
+            return [key for key, _ in self._loaded]
+
     def known_sha256(self, info: ObjectInfo) -> str | None:
         """The file's SHA-256 if it was loaded (hashing multi-GB files just to list them is not worth it)."""
         return self._hashes.get((info.key, info.etag))

@@ -2,104 +2,30 @@
 
 from __future__ import annotations
 
-import errno
+import fcntl
 import hashlib
 import os
 import re
 import tempfile
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from loaders.errors import EaselError, InvalidRequest, NotFound, StorageError
+from loaders.errors import Conflict, NotFound
+from loaders.storage.base import ObjectInfo, ObjectStore, check_key  # noqa: F401 (the store's names, re-exported)
+from loaders.storage.faults import RetryPolicy, classify_s3
+from loaders.storage.faults import disk_errors as _disk
 from loaders.storage.streams import CHUNK, read_range, s3_chunks
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-    etag: str
-    modified: float  # seconds since the epoch
-
-
-def check_key(key: str) -> str:
-    """Refuse keys that could escape a prefix; keys are built by us, this is the last line of defence."""
-    parts = PurePosixPath(key).parts
-    if (
-        not key
-        or len(key) > 1024
-        or key.startswith("/")
-        or "\\" in key
-        or any(c < " " for c in key)  # NUL, CR, LF...: a key is never a header or log line injection
-        or any(p in ("..", ".") for p in parts)
-        or key.endswith("/")
-    ):
-        raise InvalidRequest(f"invalid object key {key!r}")
-    return key
-
-
-class ObjectStore(ABC):
-    """Bytes by key. Keys are '/'-separated, relative, never containing '..'."""
-
-    @abstractmethod
-    def get_bytes(self, key: str) -> bytes: ...
-
-    @abstractmethod
-    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo: ...
-
-    @abstractmethod
-    def create(self, key: str, data: bytes) -> bool:
-        """Put only if absent (atomically); False when the key already exists."""
-
-    @abstractmethod
-    def get_file(self, key: str, path: Path) -> ObjectInfo: ...
-
-    @abstractmethod
-    def put_file(self, key: str, path: Path) -> ObjectInfo: ...
-
-    @abstractmethod
-    def stat(self, key: str) -> ObjectInfo:
-        """Size, ETag and mtime; NotFound when absent."""
-
-    @abstractmethod
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every object whose key starts with `prefix`, in key order."""
-
-    @abstractmethod
-    def delete(self, key: str) -> None: ...
-
-    @abstractmethod
-    def url(self, key: str, expires_s: int = 3600) -> str | None:
-        """A URL a client can fetch directly, or None when the app must serve the bytes itself."""
-
-    @abstractmethod
-    def local_path(self, key: str) -> Path | None:
-        """The object's own file when the store is a local directory (no copy needed), else None."""
-
-    def reconnect(self) -> None:
-        """Drop network connections and open fresh ones (after a process snapshot is restored)."""
-
-    def iter_range(self, key: str, start: int, end: int, chunk: int = 2**20) -> Iterator[bytes]:
-        """Bytes start..end (inclusive) of an object in chunks, never the whole object in memory."""
-        yield self.get_bytes(key)[start:end + 1]  # stores without ranged reads (fakes in tests)
-
-    def exists(self, key: str) -> bool:
-        try:
-            self.stat(key)
-        except NotFound:
-            return False
-        return True
-
-
 class LocalStore(ObjectStore):
-    """A directory: atomic writes (temp + rename), put-if-absent by hard link, no symlinks followed."""
+    """A directory: atomic writes (temp + rename), put-if-absent by hard link, no symlinks followed.
+    Compare-and-swap holds an flock on one lock file, so it is atomic across processes on this disk too."""
 
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._cas_lock = self.root / ".tmp-cas.lock"  # `.tmp-` names are never listed
 
     def _path(self, key: str) -> Path:
         path = self.root / check_key(key)
@@ -135,9 +61,10 @@ class LocalStore(ObjectStore):
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)
         self._info(key, path)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as f:
-            return f.read()
+        with _disk("get", key):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                return f.read()
 
     def iter_range(self, key: str, start: int, end: int, chunk: int = CHUNK) -> Iterator[bytes]:
         path = self._path(key)
@@ -147,19 +74,38 @@ class LocalStore(ObjectStore):
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
         path = self._path(key)
-        os.replace(self._write_temp(path, data), path)
+        with _disk("put", key):
+            os.replace(self._write_temp(path, data), path)
         return self._info(key, path)
 
     def create(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        tmp = self._write_temp(path, data)
-        try:
-            os.link(tmp, path)  # atomic and fails if present: readers never see a partial object
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
+        with _disk("create", key):
+            tmp = self._write_temp(path, data)
+            try:
+                os.link(tmp, path)  # atomic and fails if present: readers never see a partial object
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
         return True
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self.get_bytes(key)
+        return data, hashlib.md5(data).hexdigest()  # the content's digest: mtimes are too coarse to compare
+
+    def put_if_match(self, key: str, data: bytes, tag: str | None) -> str:
+        path = self._path(key)
+        with _disk("put", key), open(self._cas_lock, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+            try:
+                current = self.get_versioned(key)[1]
+            except NotFound:
+                current = None
+            if current != tag:
+                raise Conflict(f"put {key!r}: the object changed (precondition failed)")
+            os.replace(self._write_temp(path, data), path)
+        return hashlib.md5(data).hexdigest()
 
     def get_file(self, key: str, path: Path) -> ObjectInfo:
         src = self._path(key)
@@ -167,7 +113,7 @@ class LocalStore(ObjectStore):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path).with_name(Path(path).name + ".part")
         try:
-            with open(src, "rb") as r, open(tmp, "wb") as w:
+            with _disk("get", key), open(src, "rb") as r, open(tmp, "wb") as w:
                 while chunk := r.read(1 << 22):
                     w.write(chunk)
             os.replace(tmp, path)
@@ -178,15 +124,16 @@ class LocalStore(ObjectStore):
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
         dst = self._path(key)
-        fd, tmp = self._temp(dst)
-        try:
-            with os.fdopen(fd, "wb") as w, open(path, "rb") as r:
-                while chunk := r.read(1 << 22):
-                    w.write(chunk)
-            os.replace(tmp, dst)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with _disk("put", key):
+            fd, tmp = self._temp(dst)
+            try:
+                with os.fdopen(fd, "wb") as w, open(path, "rb") as r:
+                    while chunk := r.read(1 << 22):
+                        w.write(chunk)
+                os.replace(tmp, dst)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         return self._info(key, dst)
 
     def stat(self, key: str) -> ObjectInfo:
@@ -212,13 +159,12 @@ class LocalStore(ObjectStore):
                 continue
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         try:
-            os.unlink(self._path(key))
-        except FileNotFoundError:
+            with _disk("delete", key):
+                os.unlink(path)
+        except NotFound:
             pass
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                raise StorageError(f"cannot delete {key!r}: {e.strerror}") from e
 
     def url(self, key: str, expires_s: int = 3600) -> str | None:
         return None
@@ -239,12 +185,14 @@ def retention_tag(key: str) -> str | None:
 
 
 class S3Store(ObjectStore):
-    """Any S3-compatible bucket through boto3 (standard retries, multipart transfers, signed URLs)."""
+    """Any S3-compatible bucket through boto3 (our retries: loaders.storage.faults; multipart transfers,
+    signed URLs). Compare-and-swap is PutObject with If-Match / If-None-Match."""
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, client=None,
-                 tag_outputs: bool | None = None):
+                 tag_outputs: bool | None = None, retry: RetryPolicy | None = None):
         from boto3.s3.transfer import TransferConfig
 
+        self.retry = retry or RetryPolicy()
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._endpoint_url = endpoint_url
@@ -258,8 +206,11 @@ class S3Store(ObjectStore):
         import boto3
         from botocore.config import Config
 
+        # One try per call in botocore: RetryPolicy retries, with a quota that 404s do not drain, and resolves
+        # a lost answer to a conditional write by reading back.
         return boto3.client("s3", endpoint_url=self._endpoint_url,
-                            config=Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=32))
+                            config=Config(retries={"mode": "standard", "total_max_attempts": 1},
+                                          connect_timeout=5, read_timeout=30, max_pool_connections=32))
 
     def reconnect(self) -> None:
         # A restored snapshot holds the old process's sockets (dead) and credentials: build a new client.
@@ -269,22 +220,18 @@ class S3Store(ObjectStore):
     def _k(self, key: str) -> str:
         return self.prefix + check_key(key)
 
-    def _error(self, key: str, e: Exception) -> Exception:
-        from botocore.exceptions import ClientError
-
-        if isinstance(e, EaselError):
-            return e
-        if isinstance(e, ClientError):
-            code = e.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404", "NotFound"):
-                return NotFound(f"no object {key!r}")
-        return StorageError(f"storage error on {key!r}: {e}")
+    def _call(self, op: str, key: str, call, on_retry=None):
+        return self.retry.run(op, key, call, classify_s3, on_retry)
 
     def get_bytes(self, key: str) -> bytes:
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
-        except Exception as e:
-            raise self._error(key, e) from e
+        return self.get_versioned(key)[0]
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        def get():
+            reply = self.client.get_object(Bucket=self.bucket, Key=self._k(key))
+            return reply["Body"].read(), reply["ETag"].strip('"')
+
+        return self._call("get", key, get)
 
     def iter_range(self, key: str, start: int, end: int, chunk: int = CHUNK) -> Iterator[bytes]:
         try:
@@ -297,65 +244,77 @@ class S3Store(ObjectStore):
         extra = {"ContentType": content_type} if content_type else {}
         if self.tag_outputs and (tag := retention_tag(key)):
             extra["Tagging"] = tag
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, **extra)
-        except Exception as e:
-            raise self._error(key, e) from e
+        self._call("put", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data,
+                                                              **extra))
         return self.stat(key)
 
     def create(self, key: str, data: bytes) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, IfNoneMatch="*")
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return False
-            raise self._error(key, e) from e
+            self.put_if_match(key, data, None)
+        except Conflict:
+            return False
         return True
+
+    def put_if_match(self, key: str, data: bytes, tag: str | None) -> str:
+        condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": f'"{tag}"'}
+        retried = []
+        try:
+            reply = self._call("put", key, lambda: self.client.put_object(
+                Bucket=self.bucket, Key=self._k(key), Body=data, ContentType="application/json", **condition),
+                lambda: retried.append(1))
+        except Conflict:
+            # An earlier try may have landed with only its answer lost: the object is ours if it holds our bytes.
+            if retried and self._holds(key, data):
+                return self.get_versioned(key)[1]
+            raise
+        return reply["ETag"].strip('"')
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        try:
+            return self.get_bytes(key) == data
+        except NotFound:
+            return False
 
     def get_file(self, key: str, path: Path) -> ObjectInfo:
         info = self.stat(key)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path).with_name(Path(path).name + ".part")
         try:
-            self.client.download_file(self.bucket, self._k(key), str(tmp), Config=self.transfer)
+            self._call("get", key, lambda: self.client.download_file(self.bucket, self._k(key), str(tmp),
+                                                                     Config=self.transfer))
             os.replace(tmp, path)
-        except Exception as e:
+        except BaseException:
             tmp.unlink(missing_ok=True)
-            raise self._error(key, e) from e
+            raise
         return info
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
-        try:
-            extra = {"Tagging": tag} if self.tag_outputs and (tag := retention_tag(key)) else None
-            self.client.upload_file(str(path), self.bucket, self._k(key), Config=self.transfer, ExtraArgs=extra)
-        except Exception as e:
-            raise self._error(key, e) from e
+        extra = {"Tagging": tag} if self.tag_outputs and (tag := retention_tag(key)) else None
+        self._call("put", key, lambda: self.client.upload_file(str(path), self.bucket, self._k(key),
+                                                               Config=self.transfer, ExtraArgs=extra))
         return self.stat(key)
 
     def stat(self, key: str) -> ObjectInfo:
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._k(key))
-        except Exception as e:
-            raise self._error(key, e) from e
-        return ObjectInfo(key, head["ContentLength"], head["ETag"].strip('"'), head["LastModified"].timestamp())
+        head = self._call("stat", key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._k(key)))
+        version = head.get("VersionId")
+        return ObjectInfo(key, head["ContentLength"], head["ETag"].strip('"'), head["LastModified"].timestamp(),
+                          None if version in (None, "null") else version)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
-        try:
-            for page in pages:
-                for obj in page.get("Contents", []):
-                    key = obj["Key"][len(self.prefix):]
-                    yield ObjectInfo(key, obj["Size"], obj["ETag"].strip('"'), obj["LastModified"].timestamp())
-        except Exception as e:
-            raise self._error(prefix, e) from e
+        token = None
+        while True:
+            extra = {"ContinuationToken": token} if token else {}
+            page = self._call("list", prefix, lambda: self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self.prefix + prefix, **extra))
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(self.prefix):]
+                yield ObjectInfo(key, obj["Size"], obj["ETag"].strip('"'), obj["LastModified"].timestamp())
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
 
     def delete(self, key: str) -> None:
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
-        except Exception as e:
-            raise self._error(key, e) from e
+        self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._k(key)))
 
     def url(self, key: str, expires_s: int = 3600) -> str | None:
         return self.client.generate_presigned_url(
