@@ -42,6 +42,8 @@ def run_once(services: Services, user: str, mode: str, request: GenerationReques
         status = "canceled" if getattr(e, "generate_s", None) is not None else "failed"
         lifecycle.settle(services, user, task_id, status, error=f"{type(e).__name__}: {e}"[:500])
         raise
+    if not isinstance(response, GenerationResponse):
+        return response  # handed over to the task (Modal's 202 past its web limit): the task record is its now
     lifecycle.settle(services, user, task_id, "succeeded", result=response.model_dump(mode="json"),
                      timings=response.parameters.timings)
     return response
