@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from handlers.generation.extra_networks import Prompts
+from handlers.generation.fidelity import Fidelity
 from handlers.jobs import StepCallback
 
 
@@ -59,3 +60,4 @@ class RunContext:
     steps: StepCounter
     control: object | None = None  # handlers.generation.controlnet.ControlPlan
     refiner: object | None = None  # a LoadedCheckpoint
+    fidelity: Fidelity = field(default_factory=Fidelity)  # variation seeds, tiling, CLIP skip, eta / s_*

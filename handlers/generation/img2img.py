@@ -86,6 +86,7 @@ def generate(req: Img2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, inpu
             prompt=[ctx.prompts.prompt] * len(inits), negative_prompt=[ctx.prompts.negative_prompt] * len(inits),
             image=image, strength=at_least_one_step(req.steps, req.denoising_strength), num_inference_steps=req.steps,
             guidance_scale=req.cfg_scale, generator=generators, callback_on_step_end=ctx.steps,
+            **ctx.fidelity.encoder_kwargs(pipe),
             **(ctx.control.call_kwargs(image_key="control_image") if ctx.control else {}),
         )
         images.extend(out.images)
