@@ -21,6 +21,7 @@ class Fidelity:
     noise: NoiseParams = field(default_factory=NoiseParams)
     tiling: bool = False
     clip_skip: int = 1  # A1111 CLIP_stop_at_last_layers: 1 uses the last layer
+    preview_every: int = 0  # live preview period in steps (A1111 show_progress_every_n_steps); 0: none
 
     def seeds(self, seed: int, count: int) -> list[int]:
         """A1111: image k uses seed + k, except with a variation strength, where every image shares the seed."""
@@ -34,6 +35,7 @@ class Fidelity:
         A1111 (its encoders use their fixed penultimate layer), and so do we."""
         if self.clip_skip <= 1 or getattr(pipe, "text_encoder_2", None) is not None:
             return {}
+        _text_model_alias(pipe.text_encoder)
         return {"clip_skip": self.clip_skip - 1}
 
     def latents(self, pipe, seeds: list[int], subseeds: list[int], width: int, height: int) -> dict:
@@ -59,6 +61,14 @@ class Fidelity:
         if self.tiling:
             out["Tiling"] = "True"
         return out
+
+
+def _text_model_alias(encoder) -> None:
+    """diffusers' clip_skip reaches `text_encoder.text_model.final_layer_norm`; transformers 5 flattened
+    CLIPTextModel (`final_layer_norm` sits on the model itself). A plain attribute alias (not a submodule,
+    so weights, state dicts and module walks are unchanged) lets diffusers find it on either version."""
+    if encoder is not None and not hasattr(encoder, "text_model") and hasattr(encoder, "final_layer_norm"):
+        object.__setattr__(encoder, "text_model", encoder)
 
 
 def _number(options: dict, key: str, default: float) -> float:
@@ -97,7 +107,9 @@ def resolve(req, options: dict, mode: str) -> Fidelity:
                              "its default or pick Euler / Euler a / DDIM")
     subseed = req.subseed if req.subseed not in (None, -1) else secrets.randbelow(2**32 - 1 - req.image_count)
     tiling = bool(options.get("tiling", False)) if req.tiling is None else req.tiling
-    return Fidelity(variation, subseed, noise, tiling, clip_skip)
+    every = int(_number(options, "show_progress_every_n_steps", 10))
+    preview_every = every if options.get("live_previews_enable", True) and every > 0 else 0
+    return Fidelity(variation, subseed, noise, tiling, clip_skip, preview_every)
 
 
 def _pick(value: float | None, options: dict, key: str, default: float) -> float:

@@ -94,11 +94,13 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
     Returns (images, generate_s, seconds spent loading adapters)."""
     with services.device_lock, services.adapters.applied(model, networks.plan) as adapters:
         t0 = time.perf_counter()
-        steps = StepCounter(progress, planned_steps(job))
-        services.progress.start(job.user, job.task_id, steps.total)
+        total = planned_steps(job)
+        fidelity = fidelity or Fidelity()
+        live = services.progress.start(job.user, job.task_id, total, preview_every=fidelity.preview_every)
+        live.preview_family = "sdxl" if getattr(model.pipe, "text_encoder_2", None) is not None else "sd"
+        steps = StepCounter(progress, total, live)
         try:
-            ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner,
-                             fidelity or Fidelity())
+            ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner, fidelity)
             with circular(ctx.fidelity.tiling, model.pipe.unet, model.pipe.vae, adapters.vae,
                           *((refiner.pipe.unet, refiner.pipe.vae) if refiner else ())):
                 generated = generate(job, model, ctx, inputs)
@@ -189,6 +191,8 @@ def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, ctx: RunCo
     switch_at = req.refiner()[1] if ctx.refiner is not None else None
     images: list = []
     for batch in batches(seeds, req.batch_size):
+        if batch.iteration and not ctx.steps.next_batch():
+            break  # interrupted: A1111 returns the images made so far
         n = len(batch.seeds)
         call = dict(
             prompt=[ctx.prompts.prompt] * n,

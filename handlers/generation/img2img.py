@@ -76,6 +76,8 @@ def generate(req: Img2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, inpu
     pipe = mode_pipeline(req, model.pipe, ctx, "img2img")
     images: list[Image.Image] = []
     for batch in batches(seeds, req.batch_size):
+        if batch.iteration and not ctx.steps.next_batch():
+            break  # interrupted: A1111 returns the images made so far
         generators = batch.generators()
         inits = [inputs.images[k % len(inputs.images)] for k in batch.indices]
         if req.resize_mode == 3:

@@ -16,7 +16,7 @@ from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation import controlnet
 from handlers.generation.generate import execute_job
 from handlers.http import files as file_browser  # `files` is the /files/ route below
-from handlers.http import gallery, listing, prompt, tasks, webui
+from handlers.http import a1111, gallery, listing, prompt, tasks, webui
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
 from handlers.http.tasks import TaskAccepted, submit_generation
@@ -141,13 +141,9 @@ def create_app(services: Services) -> FastAPI:
     def schedulers(who: Tenant = Depends(tenant)):
         return listing.schedulers()
 
-    @app.get("/sdapi/v1/options")
-    def options(who: Tenant = Depends(tenant)):
-        return listing.options(services)
-
     @app.get("/sdapi/v1/progress")
-    def progress(who: Tenant = Depends(tenant)):
-        return listing.progress(services, who.user)
+    def progress(skip_current_image: bool = False, who: Tenant = Depends(tenant)):
+        return listing.progress(services, who.user, skip_current_image)
 
     @app.get("/controlnet/model_list")
     def controlnet_models(who: Tenant = Depends(tenant)):
@@ -165,6 +161,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(models_router(services))
     # The web page and the routes only it needed at first (gallery, file browser, prompt expansion).
+    app.include_router(a1111.router(services))  # options, styles, interrupt / skip, png-info, cmd-flags...
     for module in (gallery, file_browser, prompt):
         app.include_router(module.router(services))
     webui.mount(app, services)

@@ -238,6 +238,20 @@ class ModelManager:
                 self._loaded.popitem(last=False)
             return loaded, time.perf_counter() - started
 
+    def unload_all(self) -> int:
+        """Drop every resident pipeline (A1111 unload-checkpoint); the next request loads again. Returns how many."""
+        import gc
+
+        with self._lock:
+            count = len(self._loaded)
+            self._loaded.clear()
+        gc.collect()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        return count
+
     def known_sha256(self, info: ObjectInfo) -> str | None:
         """The file's SHA-256 if it was loaded (hashing multi-GB files just to list them is not worth it)."""
         return self._hashes.get((info.key, info.etag))
