@@ -49,13 +49,12 @@ class StepCounter:
 
     def __call__(self, pipe, step, timestep, kwargs):
         self.done += 1
-        self.on_step(min(self.done, self.total), self.total)
         live = self.live
-        if live is not None:
-            if live.interrupted or live.skipped:
-                pipe._interrupt = True  # diffusers: the remaining steps of this call are skipped
-            if live.preview_every > 0 and self.done % live.preview_every == 0 and "latents" in kwargs:
-                live.latents = kwargs["latents"][:1].detach()  # a reference; decoded only when /progress asks
+        if live is not None and live.preview_every > 0 and self.done % live.preview_every == 0 and "latents" in kwargs:
+            live.latents = kwargs["latents"][:1].detach()  # a reference; decoded only when /progress asks
+        self.on_step(min(self.done, self.total), self.total)
+        if live is not None and (live.interrupted or live.skipped):
+            pipe._interrupt = True  # diffusers: the remaining steps of this call are skipped
         return kwargs
 
     def next_batch(self) -> bool:
