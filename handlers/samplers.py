@@ -13,28 +13,48 @@ import diffusers
 class Sampler:
     name: str
     scheduler: str  # diffusers class name
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # diffusers config for it
     aliases: tuple[str, ...] = ()
+    default_schedule: str | None = None  # A1111 1.10: the schedule "Automatic" means for this sampler
+    flags: tuple[str, ...] = ()  # A1111's sampler option flags, as /sdapi/v1/samplers lists them
+
+    @property
+    def a1111_options(self) -> dict:
+        return ({"scheduler": self.default_schedule} if self.default_schedule else {}) | {f: True for f in self.flags}
 
 
+_SDE = {"algorithm_type": "sde-dpmsolver++"}
 SAMPLERS = [
-    Sampler("Euler a", "EulerAncestralDiscreteScheduler", aliases=("k_euler_a", "k_euler_ancestral")),
+    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", aliases=("k_dpmpp_2m",), default_schedule="karras"),
+    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde",), default_schedule="karras",
+            flags=("second_order", "brownian_noise")),
+    Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", _SDE, aliases=("k_dpmpp_2m_sde",),
+            default_schedule="exponential", flags=("brownian_noise",)),
+    Sampler("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler", {**_SDE, "solver_type": "heun"},
+            aliases=("k_dpmpp_2m_sde_heun",), default_schedule="exponential", flags=("brownian_noise",)),
+    Sampler("DPM++ 3M SDE", "DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3},
+            aliases=("k_dpmpp_3m_sde",), default_schedule="exponential",
+            flags=("discard_next_to_last_sigma", "brownian_noise")),
+    Sampler("Euler a", "EulerAncestralDiscreteScheduler", aliases=("k_euler_a", "k_euler_ancestral"),
+            flags=("uses_ensd",)),
     Sampler("Euler", "EulerDiscreteScheduler", aliases=("k_euler",)),
     Sampler("LMS", "LMSDiscreteScheduler", aliases=("k_lms",)),
-    Sampler("Heun", "HeunDiscreteScheduler", aliases=("k_heun",)),
-    Sampler("DPM2", "KDPM2DiscreteScheduler", aliases=("k_dpm_2",)),
-    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",)),
-    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", aliases=("k_dpmpp_2m",)),
-    Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"},
-            aliases=("k_dpmpp_2m_sde",)),
-    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde",)),
-    Sampler("DPM++ SDE Karras", "DPMSolverSDEScheduler", {"use_karras_sigmas": True}),
+    Sampler("Heun", "HeunDiscreteScheduler", aliases=("k_heun",), flags=("second_order",)),
+    Sampler("DPM2", "KDPM2DiscreteScheduler", aliases=("k_dpm_2",), default_schedule="karras",
+            flags=("discard_next_to_last_sigma", "second_order")),
+    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",), default_schedule="karras",
+            flags=("discard_next_to_last_sigma", "uses_ensd", "second_order")),
     Sampler("DDIM", "DDIMScheduler", aliases=("ddim",)),
     Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",)),
     Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
-    Sampler("LCM", "LCMScheduler", aliases=("lcm",)),
+    Sampler("LCM", "LCMScheduler", aliases=("lcm", "k_lcm")),
+    # A1111 < 1.9 names with the schedule in them (1.10 still accepts them): the sampler with that schedule
+    Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", aliases=("k_dpmpp_2m_ka",), default_schedule="karras"),
+    Sampler("DPM++ SDE Karras", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde_ka",), default_schedule="karras",
+            flags=("second_order", "brownian_noise")),
 ]
+# A1111 1.10 samplers with no diffusers scheduler here yet: refused by name rather than run as another sampler.
+MISSING_SAMPLERS = ("DPM++ 2S a", "DPM fast", "DPM adaptive", "Restart", "DDIM CFG++")
 
 # A1111 >= 1.9 "Schedule type": label → scheduler config options. Only applied where the class has them.
 SCHEDULES = {
@@ -62,6 +82,8 @@ def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automat
     """A fresh scheduler for one request, from the checkpoint's own scheduler config; `noise` carries the
     request's eta / s_* where the sampler has them (see `noise_step_kwargs`)."""
     cls = getattr(diffusers, sampler.scheduler)
+    if schedule == "automatic":
+        schedule = sampler.default_schedule or "automatic"
     kwargs = noise_step_kwargs(sampler, noise) if noise is not None else {}
     if sampler.scheduler == "EulerAncestralDiscreteScheduler" and kwargs:
         cls = EtaEulerAncestral
@@ -106,9 +128,11 @@ _TAKES = {
     "Euler a": ("eta", "s_noise"), "DPM2 a": ("eta", "s_noise"), "DPM++ SDE": ("eta", "s_noise"),
     "DPM++ SDE Karras": ("eta", "s_noise"), "DPM++ 2M SDE": ("eta", "s_noise"), "DDIM": ("eta",),
 }
+_TAKES |= {"DPM++ 2M SDE Heun": ("eta", "s_noise"), "DPM++ 3M SDE": ("eta", "s_noise")}
 _HONOURED = {"Euler": _CHURN, "Euler a": ("eta", "s_noise"), "DPM++ SDE": ("s_noise",),
              "DPM++ SDE Karras": ("s_noise",), "DDIM": ("eta",)}
-_ANCESTRAL = {"Euler a", "DPM2 a", "DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE"}
+_ANCESTRAL = {"Euler a", "DPM2 a", "DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Heun",
+              "DPM++ 3M SDE"}
 
 
 def _value(sampler: Sampler, noise: NoiseParams, knob: str) -> float:

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from handlers.samplers import SAMPLERS, SCHEDULES, find_sampler, find_schedule
+from handlers.samplers import MISSING_SAMPLERS, SAMPLERS, SCHEDULES, find_sampler, find_schedule
 from loaders.errors import InvalidRequest
 
 MAX_IMAGES_PER_REQUEST = 16
@@ -83,6 +83,9 @@ class GenerationRequest(BaseModel):
         sampler = find_sampler(v)
         if sampler is None:
             names = ", ".join(s.name for s in SAMPLERS)
+            if v.strip() in MISSING_SAMPLERS:
+                raise ValueError(f"`{info.field_name}` {v!r}: this A1111 sampler is not available here yet; "
+                                 f"use one of: {names}")
             raise ValueError(f"`{info.field_name}` {v!r} is not a sampler; use one of: {names}")
         return sampler.name
 
@@ -130,7 +133,8 @@ class GenerationRequest(BaseModel):
 
     @property
     def schedule(self) -> str:
-        return self.scheduler or "automatic"
+        """The schedule type this request samples with: A1111's "Automatic" is the sampler's own default."""
+        return self.scheduler or find_sampler(self.sampler).default_schedule or "automatic"
 
     @property
     def seed_or_none(self) -> int | None:

@@ -136,3 +136,17 @@ def test_sampler_index_is_the_sampler_when_sampler_name_is_unset(client):
 def test_firstphase_size_replaces_width_and_height(client):
     body = txt2img(client, seed=1, width=128, height=128, firstphase_width=64, firstphase_height=64).json()
     assert Image.open(io.BytesIO(base64.b64decode(body["images"][0]))).size == (64, 64)
+
+
+def test_new_samplers_are_listed_with_a1111_options_and_deterministic(client):
+    listed = {s["name"]: s for s in client.get("/sdapi/v1/samplers", headers=auth()).json()}
+    assert listed["DPM++ 3M SDE"]["options"]["scheduler"] == "exponential"
+    assert "k_dpmpp_2m_sde_heun" in listed["DPM++ 2M SDE Heun"]["aliases"]
+    a = image(client, seed=8, sampler_name="DPM++ 2M SDE Heun", steps=3)
+    assert np.array_equal(a, image(client, seed=8, sampler_name="k_dpmpp_2m_sde_heun", steps=3))
+    assert np.abs(a - image(client, seed=8, sampler_name="DPM++ 2M SDE", steps=3)).max() > 0
+
+
+def test_a1111_samplers_not_available_here_are_refused_by_name(client):
+    r = txt2img(client, seed=1, sampler_name="DPM adaptive")
+    assert r.status_code == 422 and "DPM adaptive" in r.json()["detail"] and "not available" in r.json()["detail"]

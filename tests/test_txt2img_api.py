@@ -107,9 +107,13 @@ def test_every_listed_sampler_runs(client):
 
 
 def test_schedule_type_changes_the_image(client):
-    plain = txt2img(client, seed=3, sampler_name="DPM++ 2M", steps=4).json()["images"][0]
+    plain = txt2img(client, seed=3, sampler_name="DPM++ 2M", scheduler="Uniform", steps=4).json()["images"][0]
     karras = txt2img(client, seed=3, sampler_name="DPM++ 2M", scheduler="Karras", steps=4).json()["images"][0]
     assert pixels(plain) != pixels(karras)
+    # A1111 1.10: "Automatic" is the sampler's own default schedule (Karras for DPM++ 2M), and says so
+    auto = txt2img(client, seed=3, sampler_name="DPM++ 2M", steps=4).json()
+    assert pixels(auto["images"][0]) == pixels(karras)
+    assert "Schedule type: Karras" in json.loads(auto["info"])["infotexts"][0]
 
 
 def test_send_images_false_and_save_dir_return_urls_only(client):

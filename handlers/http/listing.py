@@ -74,7 +74,7 @@ def _embedding_shape(services: Services, info) -> list[int] | None:
 
 
 def samplers() -> list[dict]:
-    return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in SAMPLERS]
+    return [{"name": s.name, "aliases": list(s.aliases), "options": s.a1111_options} for s in SAMPLERS]
 
 
 def schedulers() -> list[dict]:
