@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -152,7 +153,8 @@ class GenerationRequest(BaseModel):
         return value
 
     def checkpoint_name(self) -> str | None:
-        return self._script_str("sd_model_checkpoint") or self._setting_str("sd_model_checkpoint")
+        name = self._script_str("sd_model_checkpoint") or self._setting_str("sd_model_checkpoint")
+        return strip_title_hash(name) if name else None
 
     def refiner(self) -> tuple[str, float] | None:
         """(refiner checkpoint name, switch fraction) when a refiner will actually run."""
@@ -173,6 +175,11 @@ class GenerationRequest(BaseModel):
 
     def _setting_str(self, name: str) -> str | None:
         return _optional_str(self.override_settings.get(name), name)
+
+
+def strip_title_hash(name: str) -> str:
+    """A1111 names a checkpoint by its title, `file.safetensors [0123abcdef]`; the file name is the part before."""
+    return re.sub(r" \[[0-9a-fA-F]{8,64}\]$", "", name)
 
 
 def _optional_str(value: Any, name: str) -> str | None:

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from handlers.accounts.a1111_options import DEFAULTS, HONOURED, REFUSED, SERVED_DEFAULTS
+from handlers.schemas import strip_title_hash
 from loaders.errors import InvalidRequest, NotFound
 from loaders.storage.store import ObjectStore
 
@@ -52,6 +53,8 @@ def check(changes: dict, field: str) -> dict:
     honoured = {k: v for k, v in changes.items() if k in HONOURED}
     for key, value in honoured.items():
         _check_value(field, key, value)
+    if isinstance(honoured.get("sd_model_checkpoint"), str):
+        honoured["sd_model_checkpoint"] = strip_title_hash(honoured["sd_model_checkpoint"])
     return honoured
 
 
