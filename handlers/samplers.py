@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 
@@ -12,28 +13,48 @@ import diffusers
 class Sampler:
     name: str
     scheduler: str  # diffusers class name
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # diffusers config for it
     aliases: tuple[str, ...] = ()
+    default_schedule: str | None = None  # A1111 1.10: the schedule "Automatic" means for this sampler
+    flags: tuple[str, ...] = ()  # A1111's sampler option flags, as /sdapi/v1/samplers lists them
+
+    @property
+    def a1111_options(self) -> dict:
+        return ({"scheduler": self.default_schedule} if self.default_schedule else {}) | {f: True for f in self.flags}
 
 
+_SDE = {"algorithm_type": "sde-dpmsolver++"}
 SAMPLERS = [
-    Sampler("Euler a", "EulerAncestralDiscreteScheduler", aliases=("k_euler_a", "k_euler_ancestral")),
+    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", aliases=("k_dpmpp_2m",), default_schedule="karras"),
+    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde",), default_schedule="karras",
+            flags=("second_order", "brownian_noise")),
+    Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", _SDE, aliases=("k_dpmpp_2m_sde",),
+            default_schedule="exponential", flags=("brownian_noise",)),
+    Sampler("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler", {**_SDE, "solver_type": "heun"},
+            aliases=("k_dpmpp_2m_sde_heun",), default_schedule="exponential", flags=("brownian_noise",)),
+    Sampler("DPM++ 3M SDE", "DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3},
+            aliases=("k_dpmpp_3m_sde",), default_schedule="exponential",
+            flags=("discard_next_to_last_sigma", "brownian_noise")),
+    Sampler("Euler a", "EulerAncestralDiscreteScheduler", aliases=("k_euler_a", "k_euler_ancestral"),
+            flags=("uses_ensd",)),
     Sampler("Euler", "EulerDiscreteScheduler", aliases=("k_euler",)),
     Sampler("LMS", "LMSDiscreteScheduler", aliases=("k_lms",)),
-    Sampler("Heun", "HeunDiscreteScheduler", aliases=("k_heun",)),
-    Sampler("DPM2", "KDPM2DiscreteScheduler", aliases=("k_dpm_2",)),
-    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",)),
-    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", aliases=("k_dpmpp_2m",)),
-    Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"},
-            aliases=("k_dpmpp_2m_sde",)),
-    Sampler("DPM++ SDE", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde",)),
-    Sampler("DPM++ SDE Karras", "DPMSolverSDEScheduler", {"use_karras_sigmas": True}),
+    Sampler("Heun", "HeunDiscreteScheduler", aliases=("k_heun",), flags=("second_order",)),
+    Sampler("DPM2", "KDPM2DiscreteScheduler", aliases=("k_dpm_2",), default_schedule="karras",
+            flags=("discard_next_to_last_sigma", "second_order")),
+    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",), default_schedule="karras",
+            flags=("discard_next_to_last_sigma", "uses_ensd", "second_order")),
     Sampler("DDIM", "DDIMScheduler", aliases=("ddim",)),
     Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",)),
     Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
-    Sampler("LCM", "LCMScheduler", aliases=("lcm",)),
+    Sampler("LCM", "LCMScheduler", aliases=("lcm", "k_lcm")),
+    # A1111 < 1.9 names with the schedule in them (1.10 still accepts them): the sampler with that schedule
+    Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", aliases=("k_dpmpp_2m_ka",), default_schedule="karras"),
+    Sampler("DPM++ SDE Karras", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde_ka",), default_schedule="karras",
+            flags=("second_order", "brownian_noise")),
 ]
+# A1111 1.10 samplers with no diffusers scheduler here yet: refused by name rather than run as another sampler.
+MISSING_SAMPLERS = ("DPM++ 2S a", "DPM fast", "DPM adaptive", "Restart", "DDIM CFG++")
 
 # A1111 >= 1.9 "Schedule type": label → scheduler config options. Only applied where the class has them.
 SCHEDULES = {
@@ -57,9 +78,120 @@ def find_schedule(name: str) -> str | None:
     return _SCHEDULE_BY_NAME.get(name.strip().lower())
 
 
-def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic"):
-    """A fresh scheduler for one request, from the checkpoint's own scheduler config."""
+def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None):
+    """A fresh scheduler for one request, from the checkpoint's own scheduler config; `noise` carries the
+    request's eta / s_* where the sampler has them (see `noise_step_kwargs`)."""
     cls = getattr(diffusers, sampler.scheduler)
+    if schedule == "automatic":
+        schedule = sampler.default_schedule or "automatic"
+    kwargs = noise_step_kwargs(sampler, noise) if noise is not None else {}
+    if sampler.scheduler == "EulerAncestralDiscreteScheduler" and kwargs:
+        cls = EtaEulerAncestral
     accepted = inspect.signature(cls.__init__).parameters
     extra = {k: v for k, v in SCHEDULES[schedule][1].items() if k in accepted}
-    return cls.from_config(base_config, **sampler.options, **extra)
+    scheduler = cls.from_config(base_config, **sampler.options, **extra)
+    if kwargs:
+        scheduler.step = _forcing(scheduler.step, kwargs)  # this request's object only
+    return scheduler
+
+
+def _forcing(step, forced: dict):
+    """`step` with `forced` keyword values winning over the pipeline's own (diffusers passes its `eta`
+    argument, 0 by default, to any step that names it). The signature stays visible (functools.wraps), so
+    pipelines still hand the step their generator."""
+    @functools.wraps(step)
+    def wrapped(*args, **kwargs):
+        return step(*args, **{**kwargs, **forced})
+
+    return wrapped
+
+
+@dataclass(frozen=True)
+class NoiseParams:
+    """A1111's per-request sampler noise knobs, resolved against the options (processing.py __post_init__)."""
+
+    eta: float | None = None  # None: the option (eta_ancestral for ancestral samplers, eta_ddim for DDIM)
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    s_noise: float = 1.0
+    eta_ancestral: float = 1.0
+    eta_ddim: float = 0.0
+
+
+# Which knobs each sampler takes in A1111 (k-diffusion's sample_* signatures), and which of those the diffusers
+# scheduler here honours. A knob the sampler takes but we cannot honour is refused when it differs from the
+# default (`refused_noise_params`); a knob the sampler does not take is ignored, as A1111 ignores it.
+_CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+_TAKES = {
+    "Euler": _CHURN, "Heun": _CHURN, "DPM2": _CHURN,
+    "Euler a": ("eta", "s_noise"), "DPM2 a": ("eta", "s_noise"), "DPM++ SDE": ("eta", "s_noise"),
+    "DPM++ SDE Karras": ("eta", "s_noise"), "DPM++ 2M SDE": ("eta", "s_noise"), "DDIM": ("eta",),
+}
+_TAKES |= {"DPM++ 2M SDE Heun": ("eta", "s_noise"), "DPM++ 3M SDE": ("eta", "s_noise")}
+_HONOURED = {"Euler": _CHURN, "Euler a": ("eta", "s_noise"), "DPM++ SDE": ("s_noise",),
+             "DPM++ SDE Karras": ("s_noise",), "DDIM": ("eta",)}
+_ANCESTRAL = {"Euler a", "DPM2 a", "DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Heun",
+              "DPM++ 3M SDE"}
+
+
+def _value(sampler: Sampler, noise: NoiseParams, knob: str) -> float:
+    if knob != "eta":
+        return getattr(noise, knob)
+    if noise.eta is not None:
+        return noise.eta
+    return noise.eta_ancestral if sampler.name in _ANCESTRAL else noise.eta_ddim
+
+
+_DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}
+
+
+def _is_default(sampler: Sampler, knob: str, value: float) -> bool:
+    if knob == "eta":
+        return value == (1.0 if sampler.name in _ANCESTRAL else 0.0)
+    if knob in ("s_tmin", "s_tmax"):
+        return True  # only bound s_churn: without churn they change nothing
+    return value == _DEFAULTS[knob]
+
+
+def refused_noise_params(sampler: Sampler, noise: NoiseParams) -> list[str]:
+    """Knobs this sampler takes in A1111, set away from their default, that our scheduler cannot honour."""
+    honoured = _HONOURED.get(sampler.name, ())
+    return [k for k in _TAKES.get(sampler.name, ()) if k not in honoured
+            and not _is_default(sampler, k, _value(sampler, noise, k))]
+
+
+def noise_step_kwargs(sampler: Sampler, noise: NoiseParams) -> dict:
+    """The `scheduler.step` keyword arguments that carry the knobs this sampler honours."""
+    return {k: _value(sampler, noise, k) for k in _HONOURED.get(sampler.name, ())}
+
+
+class EtaEulerAncestral(diffusers.EulerAncestralDiscreteScheduler):
+    """k-diffusion's sample_euler_ancestral step with A1111's `eta` and `s_noise` (diffusers fixes both at 1)."""
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True, eta: float = 1.0,
+             s_noise: float = 1.0):
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        sigma_from, sigma_to = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
+        sample = sample.to(torch.float32)
+        if self.config.prediction_type == "v_prediction":
+            denoised = model_output * (-sigma_from / (sigma_from**2 + 1) ** 0.5) + sample / (sigma_from**2 + 1)
+        else:
+            denoised = sample - sigma_from * model_output
+        sigma_up = torch.clamp(eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5, max=sigma_to)
+        sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+        prev = sample + (sample - denoised) / sigma_from * (sigma_down - sigma_from)
+        if sigma_to > 0:
+            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
+                                 generator=generator)
+            prev = prev + noise * s_noise * sigma_up
+        self._step_index += 1
+        prev = prev.to(model_output.dtype)
+        if not return_dict:
+            return prev, denoised
+        return diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteSchedulerOutput(
+            prev_sample=prev, pred_original_sample=denoised)

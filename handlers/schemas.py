@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from handlers.samplers import SAMPLERS, SCHEDULES, find_sampler, find_schedule
+from handlers.samplers import MISSING_SAMPLERS, SAMPLERS, SCHEDULES, find_sampler, find_schedule
 from loaders.errors import InvalidRequest
 
 MAX_IMAGES_PER_REQUEST = 16
 MAX_PROMPT_CHARS = 20_000
 SEED_MAX = 2**32 - 1
+MAX_STYLES = 32
 
 
 class GenerationRequest(BaseModel):
@@ -32,7 +34,25 @@ class GenerationRequest(BaseModel):
     sampler_index: str | None = Field(None, description="A1111's older name for sampler_name")
     scheduler: str | None = Field(None, description=f"one of: {', '.join(l for l, _ in SCHEDULES.values())}")
     send_images: bool = True
-    save_images: bool = True
+    save_images: bool = Field(False, description="A1111: also return (and save) the grid of a multi-image request")
+    styles: list[str] = Field(default_factory=list, max_length=MAX_STYLES,
+                              description="names from /sdapi/v1/prompt-styles, applied as A1111 applies them")
+    subseed: int = Field(-1, ge=-1, le=SEED_MAX, description="variation seed; -1 picks one")
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    seed_resize_from_h: int = Field(-1, ge=-1, le=2048)
+    seed_resize_from_w: int = Field(-1, ge=-1, le=2048)
+    tiling: bool | None = Field(None, description="seamless tiling; null uses the `tiling` option")
+    eta: float | None = Field(None, ge=0.0, le=10.0, allow_inf_nan=False)
+    s_min_uncond: float | None = Field(None, ge=0.0, le=0.0, description="negative guidance minimum sigma: "
+                                       "not supported (only 0)")
+    s_churn: float | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
+    s_tmin: float | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
+    s_tmax: float | None = Field(None, ge=0.0, le=1000.0, allow_inf_nan=False)
+    s_noise: float | None = Field(None, ge=0.0, le=10.0, allow_inf_nan=False)
+    override_settings_restore_afterwards: bool = Field(True, description="only true: settings are per request; "
+                                                       "POST /sdapi/v1/options changes them for good")
+    disable_extra_networks: bool = Field(False, description="only false is supported")
+    infotext: str | None = Field(None, max_length=0, description="A1111 1.10 infotext-to-fields: not supported")
     override_settings: dict[str, Any] = Field(default_factory=dict)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     force_task_id: str | None = None
@@ -64,6 +84,9 @@ class GenerationRequest(BaseModel):
         sampler = find_sampler(v)
         if sampler is None:
             names = ", ".join(s.name for s in SAMPLERS)
+            if v.strip() in MISSING_SAMPLERS:
+                raise ValueError(f"`{info.field_name}` {v!r}: this A1111 sampler is not available here yet; "
+                                 f"use one of: {names}")
             raise ValueError(f"`{info.field_name}` {v!r} is not a sampler; use one of: {names}")
         return sampler.name
 
@@ -77,6 +100,13 @@ class GenerationRequest(BaseModel):
             labels = ", ".join(label for label, _ in SCHEDULES.values())
             raise ValueError(f"`scheduler` {v!r} is not a schedule type; use one of: {labels}")
         return key
+
+    @field_validator("disable_extra_networks", "override_settings_restore_afterwards")
+    @classmethod
+    def _only_default(cls, v: bool, info) -> bool:
+        if v != cls.model_fields[info.field_name].default:
+            raise ValueError(f"`{info.field_name}` {v} is not supported here")
+        return v
 
     @field_validator("alwayson_scripts", mode="before")
     @classmethod
@@ -104,7 +134,8 @@ class GenerationRequest(BaseModel):
 
     @property
     def schedule(self) -> str:
-        return self.scheduler or "automatic"
+        """The schedule type this request samples with: A1111's "Automatic" is the sampler's own default."""
+        return self.scheduler or find_sampler(self.sampler).default_schedule or "automatic"
 
     @property
     def seed_or_none(self) -> int | None:
@@ -122,7 +153,8 @@ class GenerationRequest(BaseModel):
         return value
 
     def checkpoint_name(self) -> str | None:
-        return self._script_str("sd_model_checkpoint") or self._setting_str("sd_model_checkpoint")
+        name = self._script_str("sd_model_checkpoint") or self._setting_str("sd_model_checkpoint")
+        return strip_title_hash(name) if name else None
 
     def refiner(self) -> tuple[str, float] | None:
         """(refiner checkpoint name, switch fraction) when a refiner will actually run."""
@@ -143,6 +175,11 @@ class GenerationRequest(BaseModel):
 
     def _setting_str(self, name: str) -> str | None:
         return _optional_str(self.override_settings.get(name), name)
+
+
+def strip_title_hash(name: str) -> str:
+    """A1111 names a checkpoint by its title, `file.safetensors [0123abcdef]`; the file name is the part before."""
+    return re.sub(r" \[[0-9a-fA-F]{8,64}\]$", "", name)
 
 
 def _optional_str(value: Any, name: str) -> str | None:
@@ -174,6 +211,21 @@ class Txt2ImgRequest(GenerationRequest):
     hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     hr_checkpoint_name: str | None = None
+    firstphase_width: int = Field(0, ge=0, le=MAX_SIDE, description="A1111 (old API): the first pass's width; "
+                                  "`width` becomes the hires target")
+    firstphase_height: int = Field(0, ge=0, le=MAX_SIDE)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _firstphase(cls, data):
+        # A1111 StableDiffusionProcessingTxt2Img.__post_init__: a first-phase size replaces width × height
+        # (the hires target is then recomputed from hr_scale / hr_resize_*, as A1111 does).
+        if isinstance(data, dict) and (data.get("firstphase_width") or data.get("firstphase_height")):
+            if not (data.get("firstphase_width") and data.get("firstphase_height")):
+                raise ValueError("`firstphase_width` and `firstphase_height` must both be set (or both 0), not "
+                                 f"{data.get('firstphase_width')} × {data.get('firstphase_height')}")
+            data = {**data, "width": data.get("firstphase_width") or 0, "height": data.get("firstphase_height") or 0}
+        return data
 
     @field_validator("hr_prompt", "hr_negative_prompt", mode="before")
     @classmethod

@@ -31,6 +31,11 @@ class StepProgress:
     step: int
     total: int
     started: float
+    interrupted: bool = False  # POST /sdapi/v1/interrupt: finish the current image from here, run no more
+    skipped: bool = False  # POST /sdapi/v1/skip: finish the current batch from here, go on with the next
+    preview_every: int = 0  # A1111 show_progress_every_n_steps (≤ 0: no live preview)
+    latents: Any = None  # the first image's latents at the last preview step (decoded only when asked for)
+    preview_family: str = "sd"
 
     @property
     def eta_s(self) -> float:
@@ -68,9 +73,19 @@ class ProgressBoard:
         self._by_user: dict[str, StepProgress] = {}
         self._lock = threading.Lock()
 
-    def start(self, user: str, task_id: str, total: int) -> None:
+    def start(self, user: str, task_id: str, total: int, preview_every: int = 0) -> StepProgress:
         with self._lock:
-            self._by_user[user] = StepProgress(task_id, 0, total, time.monotonic())
+            entry = StepProgress(task_id, 0, total, time.monotonic(), preview_every=preview_every)
+            self._by_user[user] = entry
+            return entry
+
+    def signal(self, user: str, what: str) -> bool:
+        """Mark the user's running generation interrupted or skipped; False when none is running."""
+        with self._lock:
+            entry = self._by_user.get(user)
+            if entry is not None:
+                setattr(entry, what, True)
+            return entry is not None
 
     def step(self, user: str, step: int) -> None:
         with self._lock:

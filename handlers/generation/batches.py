@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from handlers.generation.extra_networks import Prompts
+from handlers.generation.fidelity import Fidelity
 from handlers.jobs import StepCallback
 
 
@@ -39,15 +40,29 @@ def at_least_one_step(steps: int, strength: float) -> float:
 
 
 class StepCounter:
-    """A diffusers `callback_on_step_end` counting every denoising step of the request, whichever pass runs it."""
+    """A diffusers `callback_on_step_end` counting every denoising step of the request, whichever pass runs it.
+    With the request's live progress entry it also honours interrupt / skip (the pipeline skips its remaining
+    steps and decodes what it has, as A1111 does) and keeps the latents for the live preview."""
 
-    def __init__(self, on_step: StepCallback, total: int):
-        self.on_step, self.total, self.done = on_step, total, 0
+    def __init__(self, on_step: StepCallback, total: int, live=None):
+        self.on_step, self.total, self.done, self.live = on_step, total, 0, live
 
     def __call__(self, pipe, step, timestep, kwargs):
         self.done += 1
+        live = self.live
+        if live is not None and live.preview_every > 0 and self.done % live.preview_every == 0 and "latents" in kwargs:
+            live.latents = kwargs["latents"][:1].detach()  # a reference; decoded only when /progress asks
         self.on_step(min(self.done, self.total), self.total)
+        if live is not None and (live.interrupted or live.skipped):
+            pipe._interrupt = True  # diffusers: the remaining steps of this call are skipped
         return kwargs
+
+    def next_batch(self) -> bool:
+        """Whether another batch should run (A1111: interrupt stops the loop; skip only the current batch)."""
+        if self.live is None:
+            return True
+        self.live.skipped = False
+        return not self.live.interrupted
 
 
 @dataclass
@@ -59,3 +74,4 @@ class RunContext:
     steps: StepCounter
     control: object | None = None  # handlers.generation.controlnet.ControlPlan
     refiner: object | None = None  # a LoadedCheckpoint
+    fidelity: Fidelity = field(default_factory=Fidelity)  # variation seeds, tiling, CLIP skip, eta / s_*

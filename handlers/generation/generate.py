@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timezone
-
-from PIL import Image
 
 from handlers.billing import metering
 from handlers.generation import controlnet, extra_networks, hires, img2img, outputs
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
+from handlers.generation.fidelity import Fidelity
+from handlers.generation.fidelity import resolve as resolve_fidelity
+from handlers.generation.results import Generated, persist, respond
+from handlers.generation.tiling import circular
+from handlers.generation.user_options import apply_user_options, sampler_infotext
 from handlers.generation.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
 from handlers.jobs import Canceled, DeviceTimeExceeded, Job, StepCallback
 from handlers.samplers import find_sampler, make_scheduler
-from handlers.schemas import GenerationRequest, GenerationResponse, ResponseParameters, Timings
+from handlers.schemas import GenerationRequest, GenerationResponse, Timings
 from handlers.services import Services
 from loaders.errors import InvalidRequest
 from loaders.models.manager import LoadedCheckpoint, device_memory_guard, resolve_model
 from loaders.models.pipelines import task_view
 from loaders.storage.store import ObjectInfo
-
-
-@dataclass
-class Generated:
-    images: list[Image.Image]
-    seeds: list[int]
-    infotexts: list[str]
-    nsfw: list[bool] | None = None  # per image, when the NSFW censor screened them
 
 
 def execute_job(job: Job, services: Services, on_step: StepCallback | None = None, *,
@@ -51,7 +43,10 @@ def execute_job(job: Job, services: Services, on_step: StepCallback | None = Non
 def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
     """Execute one request end to end; every stage is timed and only `generate_s` is billed."""
     started = time.time()
+    # 0. The user's A1111 options and prompt styles, as A1111 applies them before processing
+    opts = apply_user_options(job, services)
     req = job.request
+    fidelity = resolve_fidelity(req, opts, job.mode)
     # 1. Check what only the request can tell, before any work: where outputs go, which models, which images
     label = outputs.save_dir_label(req.save_dir())
     info = resolve_checkpoint(job, services)
@@ -79,14 +74,14 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
             generated, generate_s = services.batcher.generate(job, services, model, progress)
         else:
             generated, generate_s, adapters_load_s = generate_alone(job, services, model, inputs, networks,
-                                                                    control, refiner, progress)
+                                                                    control, refiner, progress, fidelity)
             load_s += adapters_load_s
     # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
     if services.censor is not None:
         generated.nsfw = censor_images(generated.images, services.censor)
     # 4. Persist the images (and the grid) before anything reports success
     t0 = time.perf_counter()
-    saved = persist(job, services, generated, label)
+    saved = persist(job, services, generated, label, opts)
     mask_urls = controlnet.persist_maps(services, job.user, job.task_id, label, control, job.base_url) if control else []
     persist_s = time.perf_counter() - t0
     # 5. Respond
@@ -98,23 +93,28 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
         total_s=round(time.time() - job.queued_at, 4),
         billed_s=round(generate_s, 4),  # execute_job replaces billed_s and cost with what the ledger holds
     )
-    response = respond(job, services, model, generated, saved, timings)
+    response = respond(job, services, model, generated, saved, timings, opts, fidelity)
     if control:
         response.parameters.image_mask_url = ",".join(mask_urls)  # EAS: the detected maps, like image_url
     return response
 
 
 def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs, networks, control, refiner,
-                   progress: StepCallback) -> tuple[Generated, float, float]:
+                   progress: StepCallback, fidelity: Fidelity | None = None) -> tuple[Generated, float, float]:
     """Run one request on the device by itself, its adapters applied around it only.
     Returns (images, generate_s, seconds spent loading adapters)."""
     with services.device_lock, services.adapters.applied(model, networks.plan) as adapters:
         t0 = time.perf_counter()
-        steps = StepCounter(progress, planned_steps(job))
-        services.progress.start(job.user, job.task_id, steps.total)
+        total = planned_steps(job)
+        fidelity = fidelity or Fidelity()
+        live = services.progress.start(job.user, job.task_id, total, preview_every=fidelity.preview_every)
+        live.preview_family = "sdxl" if getattr(model.pipe, "text_encoder_2", None) is not None else "sd"
+        steps = StepCounter(progress, total, live)
         try:
-            ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner)
-            generated = generate(job, model, ctx, inputs)
+            ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner, fidelity)
+            with circular(ctx.fidelity.tiling, model.pipe.unet, model.pipe.vae, adapters.vae,
+                          *((refiner.pipe.unet, refiner.pipe.vae) if refiner else ())):
+                generated = generate(job, model, ctx, inputs)
         except Canceled as stopped:
             stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
             raise
@@ -124,6 +124,7 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
 
 
 def resolve_checkpoint(job: Job, services: Services) -> ObjectInfo:
+    # the user's `sd_model_checkpoint` option arrives in override_settings (apply_user_options)
     name = job.request.checkpoint_name() or services.settings.default_checkpoint
     return resolve_model(services.store, job.user, "checkpoint", name, "sd_model_checkpoint")
 
@@ -165,26 +166,27 @@ def generate(job: Job, model: LoadedCheckpoint, ctx: RunContext, inputs: img2img
     """The mode's images for seeds seed, seed + 1, ..., and their A1111 infotexts."""
     req = job.request
     seed = pick_seed(req)
-    seeds = [seed + k for k in range(req.image_count)]
+    seeds = ctx.fidelity.seeds(seed, req.image_count)
+    subseeds = ctx.fidelity.subseeds(req.image_count)
     if job.mode == "img2img":
         images = img2img.generate(req, model, ctx, inputs, seeds)
     elif getattr(req, "enable_hr", False):
         if ctx.refiner is not None:
             raise InvalidRequest("`refiner_checkpoint` together with `enable_hr` is not supported; use one of them")
-        first = generate_txt2img(req, model, ctx, seeds, output_type=hires.first_pass_output(req))
+        first = generate_txt2img(req, model, ctx, seeds, output_type=hires.first_pass_output(req), subseeds=subseeds)
         images = hires.second_pass(req, model, ctx, seeds, first)
     else:
-        images = generate_txt2img(req, model, ctx, seeds)
+        images = generate_txt2img(req, model, ctx, seeds, subseeds=subseeds)
     extra = {**refiner_infotext(ctx.refiner, req.refiner()[1] if ctx.refiner else None),
              **(ctx.control.infotext() if ctx.control else {}), **mode_infotext(job)}
     texts = [
         outputs.infotext(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
                          sampler=req.sampler, schedule=req.schedule, cfg_scale=req.cfg_scale, seed=s,
                          width=img.width, height=img.height, model_name=model.name, model_hash=model.short_hash,
-                         extra=extra)
-        for s, img in zip(seeds, images)
+                         extra={**ctx.fidelity.infotext(sub), **sampler_infotext(req, ctx.fidelity), **extra})
+        for s, sub, img in zip(seeds, subseeds, images)
     ]
-    return Generated(images, seeds, texts)
+    return Generated(images, seeds, texts, subseeds=subseeds)
 
 
 def mode_infotext(job: Job) -> dict:
@@ -196,12 +198,13 @@ def mode_infotext(job: Job) -> dict:
 
 
 def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, ctx: RunContext, seeds: list[int],
-                     output_type: str = "pil") -> list:
+                     output_type: str = "pil", subseeds: list[int] | None = None) -> list:
     """n_iter batches of batch_size images (latents with output_type="latent"); image k seeded with seed + k."""
     base = model.pipe
     sampler = find_sampler(req.sampler)
     # A per-request pipeline view: the shared pipeline's modules with this request's scheduler (and VAE).
-    scheduler = make_scheduler(base.scheduler.config, sampler, req.schedule)
+    scheduler = make_scheduler(base.scheduler.config, sampler, req.schedule, ctx.fidelity.noise)
+    subseeds = subseeds or ctx.fidelity.subseeds(len(seeds))
     if ctx.control:
         pipe = controlnet.pipeline(base, scheduler, ctx.control, cfg=req.cfg_scale > 1, vae=ctx.vae or base.vae)
     else:
@@ -209,6 +212,8 @@ def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, ctx: RunCo
     switch_at = req.refiner()[1] if ctx.refiner is not None else None
     images: list = []
     for batch in batches(seeds, req.batch_size):
+        if batch.iteration and not ctx.steps.next_batch():
+            break  # interrupted: A1111 returns the images made so far
         n = len(batch.seeds)
         call = dict(
             prompt=[ctx.prompts.prompt] * n,
@@ -217,8 +222,10 @@ def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, ctx: RunCo
             guidance_scale=req.cfg_scale,
             width=req.width,
             height=req.height,
-            generator=batch.generators(),  # same pixels on any device
-            callback_on_step_end=ctx.steps,
+            # A1111's first noise (variation seeds, seed resize) from each image's CPU generator: same pixels
+            # on any device, and with no variation exactly what diffusers itself would draw
+            **ctx.fidelity.latents(pipe, batch.seeds, [subseeds[k] for k in batch.indices], req.width, req.height),
+            callback_on_step_end=ctx.steps, **ctx.fidelity.encoder_kwargs(pipe),
             **(ctx.control.call_kwargs() if ctx.control else {}),
         )  # SDXL's original_size / target_size default to (height, width), as A1111 sends them
         if ctx.refiner is not None:
@@ -228,43 +235,3 @@ def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, ctx: RunCo
         else:
             images.extend(pipe(**call).images)
     return images
-
-
-def persist(job: Job, services: Services, generated: Generated, label: str) -> list[tuple[str, bytes]]:
-    """Write PNGs (grid first when there are several, as A1111/EAS list them); return (key, bytes) pairs."""
-    now = datetime.now(timezone.utc)
-    prefix = outputs.output_prefix(job.user, label, f"{job.mode}-images", now)
-    stamp = now.strftime("%H%M%S")
-    items = []
-    if len(generated.images) > 1:
-        grid_prefix = outputs.output_prefix(job.user, label, f"{job.mode}-grids", now)
-        items.append((f"{grid_prefix}grid-{stamp}-{job.task_id}.png",
-                      outputs.png_bytes(outputs.image_grid(generated.images), generated.infotexts[0])))
-    for k, (img, seed, text) in enumerate(zip(generated.images, generated.seeds, generated.infotexts)):
-        items.append((f"{prefix}{stamp}-{job.task_id}-{k:02d}-{seed}.png", outputs.png_bytes(img, text)))
-    for key, data in items:
-        services.store.put_bytes(key, data, "image/png")
-    return items
-
-
-def respond(job: Job, services: Services, model: LoadedCheckpoint, generated: Generated,
-            saved: list[tuple[str, bytes]], timings: Timings) -> GenerationResponse:
-    req = job.request
-    urls = [services.url_for(key, job.base_url) for key, _ in saved]
-    send = req.send_images and not req.save_dir()  # EAS: save_dir means "return URLs, not bytes"
-    images = [outputs.b64(data) for _, data in saved] if send else []
-    info = {
-        "prompt": req.prompt, "all_prompts": [req.prompt] * len(generated.seeds),
-        "negative_prompt": req.negative_prompt, "seed": generated.seeds[0], "all_seeds": generated.seeds,
-        "width": generated.images[0].width, "height": generated.images[0].height, "sampler_name": req.sampler, "scheduler": req.schedule,
-        "cfg_scale": req.cfg_scale, "steps": req.steps, "batch_size": req.batch_size, "n_iter": req.n_iter,
-        "sd_model_name": model.name, "sd_model_hash": model.short_hash, "infotexts": generated.infotexts,
-        "index_of_first_image": 1 if len(saved) > len(generated.images) else 0, "job_timestamp":
-            datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S"),
-    }
-    params = ResponseParameters(
-        id_task=job.task_id, status=0, image_url=",".join(urls), seed=",".join(map(str, generated.seeds)),
-        error_msg="", total_time=timings.total_s, timings=timings,
-        **({"nsfw": generated.nsfw} if generated.nsfw is not None else {}),
-    )
-    return GenerationResponse(images=images, parameters=params, info=json.dumps(info))

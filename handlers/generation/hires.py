@@ -44,7 +44,8 @@ def second_pass(req: Txt2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, s
 
     base = model.pipe
     pipe = task_view(base, "img2img", vae=ctx.vae or base.vae, scheduler=make_scheduler(
-        base.scheduler.config, find_sampler(req.hr_sampler_name or req.sampler), req.hr_scheduler or req.schedule))
+        base.scheduler.config, find_sampler(req.hr_sampler_name or req.sampler), req.hr_scheduler or req.schedule,
+        ctx.fidelity.noise))
     width, height = req.hr_size
     images: list[Image.Image] = []
     for batch in batches(seeds, req.batch_size):
@@ -59,6 +60,7 @@ def second_pass(req: Txt2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, s
             prompt=[ctx.prompts.hr_prompt] * n, negative_prompt=[ctx.prompts.hr_negative_prompt] * n, image=upscaled,
             strength=_strength(req), num_inference_steps=req.hr_second_pass_steps or req.steps,
             guidance_scale=req.cfg_scale, generator=batch.generators(), callback_on_step_end=ctx.steps,
+            **ctx.fidelity.encoder_kwargs(pipe),
         )
         images.extend(out.images)
     return images

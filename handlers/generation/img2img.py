@@ -89,6 +89,8 @@ def generate(req: Img2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, inpu
     pipe = mode_pipeline(req, model.pipe, ctx, "img2img")
     images: list[Image.Image] = []
     for batch in batches(seeds, req.batch_size):
+        if batch.iteration and not ctx.steps.next_batch():
+            break  # interrupted: A1111 returns the images made so far
         generators = batch.generators()
         inits = [inputs.images[k % len(inputs.images)] for k in batch.indices]
         if req.resize_mode == 3:
@@ -99,6 +101,7 @@ def generate(req: Img2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, inpu
             prompt=[ctx.prompts.prompt] * len(inits), negative_prompt=[ctx.prompts.negative_prompt] * len(inits),
             image=image, strength=at_least_one_step(req.steps, req.denoising_strength), num_inference_steps=req.steps,
             guidance_scale=req.cfg_scale, generator=generators, callback_on_step_end=ctx.steps,
+            **ctx.fidelity.encoder_kwargs(pipe),
             **(ctx.control.call_kwargs(image_key="control_image") if ctx.control else {}),
         )
         images.extend(out.images)

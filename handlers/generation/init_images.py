@@ -29,7 +29,7 @@ def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Imag
 
 def mode_pipeline(req, base, ctx: RunContext, task: str):
     """This request's img2img / inpaint pipeline view (the ControlNet variant when units are enabled)."""
-    scheduler = make_scheduler(base.scheduler.config, find_sampler(req.sampler), req.schedule)
+    scheduler = make_scheduler(base.scheduler.config, find_sampler(req.sampler), req.schedule, ctx.fidelity.noise)
     if ctx.control:
         return controlnet.pipeline(base, scheduler, ctx.control, cfg=req.cfg_scale > 1, task=task,
                                    vae=ctx.vae or base.vae)

@@ -96,7 +96,7 @@ def generate(req, model: LoadedCheckpoint, ctx: RunContext, images: list[Image.I
             mask_image=[r.mask for r in regions], width=req.width, height=req.height,
             strength=at_least_one_step(req.steps, req.denoising_strength), num_inference_steps=req.steps,
             guidance_scale=req.cfg_scale, generator=generators, callback_on_step_end=ctx.steps,
-            **latent_fill(pipe, req.inpainting_fill, regions, generators),
+            **latent_fill(pipe, req.inpainting_fill, regions, generators), **ctx.fidelity.encoder_kwargs(pipe),
             **(ctx.control.call_kwargs(image_key="control_image") if ctx.control else {}),
         )
         out_images.extend(finish(pipe, r, img) for r, img in zip(regions, out.images))

@@ -7,6 +7,7 @@ import io
 import math
 import re
 import unicodedata
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from PIL import Image
@@ -83,6 +84,41 @@ def png_bytes(image: Image.Image, parameters: str | None = None) -> bytes:
         meta.add_text("parameters", parameters)
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=meta, compress_level=4)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """A1111's `samples_format` with `jpeg_quality` / `webp_lossless`."""
+
+    ext: str  # png | jpg | webp
+    quality: int = 80
+    lossless: bool = False
+
+    @property
+    def media_type(self) -> str:
+        return {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[self.ext]
+
+
+def file_format(opts: dict) -> FileFormat:
+    ext = str(opts.get("samples_format", "png")).lower()
+    return FileFormat("jpg" if ext == "jpeg" else ext, int(opts.get("jpeg_quality", 80)),
+                      bool(opts.get("webp_lossless", False)))
+
+
+def encode(image: Image.Image, parameters: str | None, fmt: FileFormat) -> bytes:
+    """PNG with a `parameters` text chunk, or JPEG / WebP with the infotext as EXIF UserComment (as A1111)."""
+    if fmt.ext == "png":
+        return png_bytes(image, parameters)
+    exif = Image.Exif()
+    if parameters:
+        # EXIF UserComment (in the Exif IFD) in its UNICODE form, the way A1111 (piexif) writes it
+        exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + parameters.encode("utf-16-be")
+    buf = io.BytesIO()
+    if fmt.ext == "jpg":
+        image.convert("RGB").save(buf, format="JPEG", quality=fmt.quality, exif=exif)
+    else:
+        image.save(buf, format="WEBP", quality=fmt.quality, lossless=fmt.lossless, exif=exif)
     return buf.getvalue()
 
 

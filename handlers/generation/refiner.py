@@ -72,5 +72,5 @@ def run_refined(pipe, refiner: LoadedCheckpoint, switch_at: float, sampler: Samp
                    output_type="latent").images
     second = pipeline_view(refiner.pipe, StableDiffusionXLImg2ImgPipeline,
                            scheduler=make_scheduler(refiner.pipe.scheduler.config, sampler, schedule))
-    rest = {k: v for k, v in call.items() if k not in ("width", "height", "callback_on_step_end")}
+    rest = {k: v for k, v in call.items() if k not in ("width", "height", "callback_on_step_end", "latents")}
     return second(**rest, image=latents, denoising_start=switch_at, callback_on_step_end=refiner_step).images

@@ -17,7 +17,7 @@ from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation import controlnet
 from handlers.generation.generate import execute_job
 from handlers.http import files as file_browser  # `files` is the /files/ route below
-from handlers.http import eas, gallery, health, listing, prompt, tasks, uploads, webui
+from handlers.http import a1111, eas, gallery, health, listing, prompt, tasks, uploads, webui
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
 from handlers.http.tasks import TaskAccepted
@@ -179,13 +179,9 @@ def create_app(services: Services) -> FastAPI:
     def schedulers(who: Tenant = Depends(tenant)):
         return listing.schedulers()
 
-    @app.get("/sdapi/v1/options")
-    def options(who: Tenant = Depends(tenant)):
-        return listing.options(services)
-
     @app.get("/sdapi/v1/progress")
-    def progress(who: Tenant = Depends(tenant)):
-        return listing.progress(services, who.user)
+    def progress(skip_current_image: bool = False, who: Tenant = Depends(tenant)):
+        return listing.progress(services, who.user, skip_current_image)
 
     @app.get("/controlnet/model_list")
     def controlnet_models(who: Tenant = Depends(tenant)):
@@ -204,6 +200,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(eas.router)  # the EAS queue service: /api/predict/<service>[/sink]
     app.include_router(models_router(services))
     # The web page and the routes only it needed at first (gallery, file browser, prompt expansion).
+    app.include_router(a1111.router(services))  # options, styles, interrupt / skip, png-info, cmd-flags...
     browser = (file_browser, uploads) if services.settings.filebrowser else ()  # EAS --filebrowser / --no-filebrowser
     for module in (gallery, *browser, prompt):
         app.include_router(module.router(services))

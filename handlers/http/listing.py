@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from handlers.generation.previews import preview_png_b64
 from handlers.samplers import SAMPLERS, SCHEDULES
 from handlers.services import Services
 from loaders.errors import EaselError
@@ -89,7 +90,7 @@ def _embedding_shape(services: Services, info) -> list[int] | None:
 
 
 def samplers() -> list[dict]:
-    return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in SAMPLERS]
+    return [{"name": s.name, "aliases": list(s.aliases), "options": s.a1111_options} for s in SAMPLERS]
 
 
 def schedulers() -> list[dict]:
@@ -97,18 +98,15 @@ def schedulers() -> list[dict]:
             for key, (label, _) in SCHEDULES.items()]
 
 
-def options(services: Services) -> dict:
-    return {"sd_model_checkpoint": services.settings.default_checkpoint, "sd_vae": "Automatic",
-            "samples_format": "png", "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}
-
-
-def progress(services: Services, user: str) -> dict:
+def progress(services: Services, user: str, skip_current_image: bool = False) -> dict:
+    """A1111's ProgressResponse for the caller's running generation, with its live preview."""
     current = services.progress.get(user)
+    state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0,
+             "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
     if current is None:
-        return {"progress": 0.0, "eta_relative": 0.0, "state": {"job": "", "job_count": 0, "sampling_step": 0,
-                                                                "sampling_steps": 0, "interrupted": False},
-                "current_image": None, "textinfo": None}
+        return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+    state |= {"skipped": current.skipped, "interrupted": current.interrupted, "job": current.task_id,
+              "job_count": 1, "sampling_step": current.step, "sampling_steps": current.total}
+    image = None if skip_current_image else preview_png_b64(current.latents, current.preview_family)
     return {"progress": round(current.step / max(current.total, 1), 4), "eta_relative": round(current.eta_s, 3),
-            "state": {"job": current.task_id, "job_count": 1, "sampling_step": current.step,
-                      "sampling_steps": current.total, "interrupted": False},
-            "current_image": None, "textinfo": None}
+            "state": state, "current_image": image, "textinfo": None}

@@ -276,6 +276,18 @@ class ModelManager:
         with self._lock:
             return [key for key, _ in self._loaded]
 
+    def unload_all(self) -> int:
+        """Drop every resident pipeline (A1111 unload-checkpoint); the next request loads again. Returns how many."""
+        with self._lock:
+            count = len(self._loaded)
+            self._loaded.clear()
+        gc.collect()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        return count
+
     def known_sha256(self, info: ObjectInfo) -> str | None:
         """The file's SHA-256 if it was loaded (hashing multi-GB files just to list them is not worth it)."""
         return self._hashes.get((info.key, info.etag))
