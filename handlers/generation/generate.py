@@ -40,6 +40,12 @@ def execute_job(job: Job, services: Services, on_step: StepCallback | None = Non
     return metering.metered(job, services, on_step, run)
 
 
+def _tiled_modules(model: LoadedCheckpoint, adapters, refiner) -> tuple:
+    """What `tiling` pads circularly: the UNet and VAE of the checkpoint (and refiner), and a replacement VAE."""
+    return (model.pipe.unet, model.pipe.vae, adapters.vae,
+            *((refiner.pipe.unet, refiner.pipe.vae) if refiner else ()))
+
+
 def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
     """Execute one request end to end; every stage is timed and only `generate_s` is billed."""
     started = time.time()
@@ -112,8 +118,7 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
         steps = StepCounter(progress, total, live)
         try:
             ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner, fidelity)
-            with circular(ctx.fidelity.tiling, model.pipe.unet, model.pipe.vae, adapters.vae,
-                          *((refiner.pipe.unet, refiner.pipe.vae) if refiner else ())):
+            with circular(ctx.fidelity.tiling, *(_tiled_modules(model, adapters, refiner) if ctx.fidelity.tiling else ())):
                 generated = generate(job, model, ctx, inputs)
         except Canceled as stopped:
             stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
