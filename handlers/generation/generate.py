@@ -56,7 +56,8 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     refiner, refiner_load_s = load_refiner(job, services, model)
     load_s += refiner_load_s
     control = controlnet.prepare(services, job.user, units, model, width=req.width, height=req.height,
-                                 init_image=inputs.images[0] if inputs else None)
+                                 init_image=inputs.images[0] if inputs else None, seed=req.seed_or_none or 0,
+                                 keep_maps=controlnet.keep_detected_maps(req.override_settings))
     load_s += control.load_s if control else 0.0
     load_s += services.adapters.prefetch(networks.plan)
     # 3. Generate (denoise + decode): the billed part. Look-alike concurrent requests may share one batch;
@@ -76,7 +77,7 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     # 4. Persist the images (and the grid) before anything reports success
     t0 = time.perf_counter()
     saved = persist(job, services, generated, label)
-    mask_urls = controlnet.persist_maps(services, job.user, job.task_id, label, control, job.base_url) if control else []
+    maps = controlnet.persist_maps(services, job.user, job.task_id, label, control, job.base_url) if control else []
     persist_s = time.perf_counter() - t0
     # 5. Respond
     timings = Timings(
@@ -89,7 +90,7 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     )
     response = respond(job, services, model, generated, saved, timings)
     if control:
-        response.parameters.image_mask_url = ",".join(mask_urls)  # EAS: the detected maps, like image_url
+        controlnet.add_maps(response, control, maps, send=req.send_images and not req.save_dir())
     return response
 
 

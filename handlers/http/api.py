@@ -13,10 +13,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from handlers.accounts.auth import Tenant, tenant_dependency
-from handlers.generation import controlnet
 from handlers.generation.generate import execute_job
 from handlers.http import files as file_browser  # `files` is the /files/ route below
-from handlers.http import gallery, listing, prompt, tasks, webui
+from handlers.http import controlnet, gallery, listing, prompt, tasks, webui
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
 from handlers.http.tasks import TaskAccepted, submit_generation
@@ -149,14 +148,6 @@ def create_app(services: Services) -> FastAPI:
     def progress(who: Tenant = Depends(tenant)):
         return listing.progress(services, who.user)
 
-    @app.get("/controlnet/model_list")
-    def controlnet_models(who: Tenant = Depends(tenant)):
-        return controlnet.model_list(services, who.user)
-
-    @app.get("/controlnet/module_list")
-    def controlnet_modules(who: Tenant = Depends(tenant)):
-        return controlnet.module_list()
-
     @app.get("/files/{key:path}")
     def files(key: str, who: Tenant = Depends(tenant)):
         return file_response(services, who, key)
@@ -164,6 +155,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(accounts_router(services))
     app.include_router(tasks.router)
     app.include_router(models_router(services))
+    app.include_router(controlnet.router(services))
     # The web page and the routes only it needed at first (gallery, file browser, prompt expansion).
     for module in (gallery, file_browser, prompt):
         app.include_router(module.router(services))
