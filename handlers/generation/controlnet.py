@@ -28,6 +28,7 @@ from PIL import Image
 
 from handlers.generation import outputs
 from handlers.generation.controlnet_units import FIELD, MAX_UNITS, ControlNetUnit, parse_units, unit_infotext
+from handlers.generation.reference import ADAIN_MODULES, ATTN_MODULES, ReferenceUnit
 from loaders.adapters.preprocessors import fit, pixel_perfect_resolution, run_module
 from loaders.errors import InvalidRequest
 from loaders.models.manager import resolve_model
@@ -35,6 +36,8 @@ from loaders.storage.images import load_image
 
 __all__ = ["FIELD", "MAX_UNITS", "ControlNetUnit", "ControlPlan", "parse_units", "pipeline", "prepare"]
 SOFT_DECAY = 0.825  # sd-webui-controlnet's per-layer factor for soft injection
+HR_LOW_ONLY, HR_HIGH_ONLY = 1, 2  # hr_option values
+REFERENCE_MODULES = ATTN_MODULES | ADAIN_MODULES
 
 
 @functools.cache
@@ -83,7 +86,25 @@ class ControlPlan:
     detected: list[Image.Image] = field(default_factory=list)
     model_names: list[str] = field(default_factory=list)
     adjusted: list[str] = field(default_factory=list)  # slider values the bound check replaced, per unit
+    hr_images: list[Image.Image] = field(default_factory=list)  # the maps fitted to the hires size (hires fix)
+    references: list[ReferenceUnit] = field(default_factory=list)  # reference_* units: no model, UNet hooks
+    infotexts: dict[str, str] = field(default_factory=dict)  # every unit's, in request order
     load_s: float = 0.0
+
+    def __bool__(self) -> bool:
+        """Whether there are ControlNet models to run (a plan of reference units only needs no control pipeline)."""
+        return bool(self.nets)
+
+    def for_pass(self, hires_pass: bool) -> ControlPlan | None:
+        """The units of one hires-fix pass, by their `hr_option` (0 Both, 1 Low res only, 2 High res only);
+        the second pass sees the maps fitted to the hires size. None when no unit takes part."""
+        skip = HR_LOW_ONLY if hires_pass else HR_HIGH_ONLY
+        keep = [k for k, u in enumerate(self.units) if u.hr_option != skip]
+        if not keep:
+            return None
+        images = self.hr_images if hires_pass else self.images
+        return ControlPlan([self.units[k] for k in keep], [self.nets[k] for k in keep], [images[k] for k in keep],
+                           model_names=[self.model_names[k] for k in keep])
 
     def call_kwargs(self, image_key: str = "image") -> dict:
         """The pipeline call's ControlNet arguments (img2img / inpaint pipelines take `control_image`)."""
@@ -94,13 +115,15 @@ class ControlPlan:
 
     def infotext(self) -> dict[str, str]:
         """The extension's `ControlNet k: "Module: …, Model: …, Weight: …, …"` infotext entries."""
-        return {f"ControlNet {k}": unit_infotext(u, name) for k, (u, name) in enumerate(zip(self.units, self.model_names))}
+        return dict(self.infotexts)
 
 
 def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], checkpoint, *, width: int, height: int,
-            init_image: Image.Image | None = None, seed: int = 0, keep_maps: bool = True) -> ControlPlan | None:
+            init_image: Image.Image | None = None, seed: int = 0, keep_maps: bool = True,
+            hr_size: tuple[int, int] | None = None) -> ControlPlan | None:
     """Resolve, load and preprocess the enabled units from `parse_units` (None when there are none).
-    `keep_maps` false is the option `control_net_no_detectmap`: no unit's map is returned or saved."""
+    `keep_maps` false is the option `control_net_no_detectmap`: no unit's map is returned or saved.
+    With `hr_size` (hires fix) each map is also fitted to that size, and saved before the first pass's map."""
     if not indexed:
         return None
     plan = ControlPlan([], [], [])
@@ -108,6 +131,9 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
     annotators = services.controlnets.annotators
     for i, unit in indexed:
         where = f"{FIELD}[{i}]"
+        if unit.entry.name in REFERENCE_MODULES:
+            _add_reference(services, user, plan, unit, where, init_image, width, height, keep_maps)
+            continue
         # 1. The model: the caller's own first, then public (names are file names, never paths)
         if unit.model is None:
             raise InvalidRequest(f"`{where}.model` is required for an enabled unit")
@@ -130,10 +156,31 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
         plan.nets.append(loaded.model)
         plan.model_names.append(loaded.name)
         plan.images.append(fitted)
-        plan.adjusted += [f"ControlNet {len(plan.units) - 1}: {note}" for note in unit.adjusted]
+        _note(plan, unit, loaded.name)
+        hr_fitted = fit(detected, *hr_size, unit.resize_mode) if hr_size else None
+        if hr_fitted is not None:
+            plan.hr_images.append(hr_fitted)
         if keep_maps and unit.save_detected_map:
-            plan.detected.append(fitted)
+            plan.detected += [hr_fitted, fitted] if hr_fitted is not None else [fitted]
     return plan
+
+
+def _note(plan: ControlPlan, unit: ControlNetUnit, model_name: str) -> None:
+    k = len(plan.infotexts)
+    plan.infotexts[f"ControlNet {k}"] = unit_infotext(unit, model_name)
+    plan.adjusted += [f"ControlNet {k}: {note}" for note in unit.adjusted]
+
+
+def _add_reference(services, user, plan: ControlPlan, unit: ControlNetUnit, where: str, init_image, width: int,
+                   height: int, keep_maps: bool) -> None:
+    """A reference_* unit: its image steers the UNet through hooks (`reference.applied`); no model file."""
+    if plan.references:
+        raise InvalidRequest(f"`{where}.module`: one reference unit per request is supported here")
+    image = unit_image(services, user, unit, where, init_image)
+    plan.references.append(ReferenceUnit(unit, image))
+    _note(plan, unit, "None")
+    if keep_maps and unit.save_detected_map:  # the extension shows the reference image, fitted, as its map
+        plan.detected.append(fit(image, width, height, unit.resize_mode))
 
 
 def _check_layer_weights(unit: ControlNetUnit, net, where: str) -> None:
