@@ -271,3 +271,29 @@ def test_reference_with_a_controlnet_unit_and_refusals(client):
     assert two.status_code == 422 and "args[1].module" in two.json()["detail"]
     no_image = txt2img(client, [ref_unit(image=None)])
     assert no_image.status_code == 422 and "args[0].image" in no_image.json()["detail"]
+
+
+# --- model families: an SD 2.x ControlNet (linear projections, its own shipped config) on an SD 2.x checkpoint ---
+
+def test_sd2_controlnet_round_trips_and_steers_an_sd2_checkpoint(client, store, tmp_path):
+    import torch
+
+    from loaders.adapters.controlnet import build_controlnet
+    from loaders.demo.controlnet import demo_controlnet, demo_controlnet_bytes
+    from loaders.demo.model import demo_checkpoint_bytes
+
+    data = demo_controlnet_bytes(family="demo-sd2")
+    path = tmp_path / "cn_sd2.safetensors"
+    path.write_bytes(data)
+    loaded, expected = build_controlnet(path, "demo-sd2", "cpu", torch.float32).state_dict(), \
+        demo_controlnet(family="demo-sd2").state_dict()
+    assert set(loaded) == set(expected) and all(torch.equal(loaded[k], expected[k]) for k in expected)
+    store.put_bytes("public/models/Stable-diffusion/sd2.safetensors", demo_checkpoint_bytes(family="demo-sd2"))
+    store.put_bytes("public/models/ControlNet/cn_sd2.safetensors", data)
+    body = {"override_settings": {"sd_model_checkpoint": "sd2.safetensors"}}
+    plain = txt2img(client, None, **body).json()
+    zero = txt2img(client, [unit(model="cn_sd2", weight=0)], **body).json()
+    one = txt2img(client, [unit(model="cn_sd2")], **body).json()
+    assert pixels(zero) == pixels(plain) != pixels(one)
+    wrong = txt2img(client, [unit(model="cn_sd2")])  # the SD 1.x demo checkpoint
+    assert wrong.status_code == 422 and "demo-sd2" in wrong.json()["detail"]

@@ -107,7 +107,7 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
         try:
             ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner)
             with reference.applied(model.pipe, control.references if control is not None else [],
-                                   vae=adapters.vae or model.pipe.vae, seed=job.request.seed_or_none or 0,
+                                   vae=adapters.vae, seed=job.request.seed_or_none or 0,
                                    cfg=job.request.cfg_scale > 1):
                 generated = generate(job, model, ctx, inputs)
         except Canceled as stopped:

@@ -137,7 +137,8 @@ def _gated(modules: list, weight: float) -> list[bool]:
 
 @contextlib.contextmanager
 def applied(pipe, references: list[ReferenceUnit], *, vae, seed: int, cfg: bool):
-    """Hooks the shared UNet for this request's reference unit (at most one), and removes them on the way out."""
+    """Hooks the shared UNet for this request's reference unit (at most one), and removes them on the way out.
+    `vae` None means the checkpoint's own."""
     if not references:
         yield
         return
@@ -146,7 +147,7 @@ def applied(pipe, references: list[ReferenceUnit], *, vae, seed: int, cfg: bool)
 
     ref = references[0]
     unet = pipe.unet
-    ctl = _Controller(ref, vae, pipe.scheduler.alphas_cumprod, seed, cfg=cfg)
+    ctl = _Controller(ref, vae or pipe.vae, pipe.scheduler.alphas_cumprod, seed, cfg=cfg)
     undo = []
     try:
         if ref.unit.module in ATTN_MODULES:
