@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 from safetensors.torch import save
 
+from loaders.adapters import preprocessor_table
 from loaders.adapters.annotators import AnnotatorCache, _lineart_generator
 from loaders.adapters.preprocessors import find_module, fit, pixel_perfect_resolution, run_module
 from loaders.errors import InvalidRequest
@@ -21,6 +22,9 @@ def square(size=(64, 64)) -> Image.Image:
 
 
 def detect(module: str, image: Image.Image, a=None, b=None, resolution=64, loader=None) -> np.ndarray:
+    entry = preprocessor_table.find(module)  # an absent threshold is the module's default, as the bound check makes it
+    a = (entry.threshold_a.value if entry.threshold_a else 0.5) if a is None else a
+    b = (entry.threshold_b.value if entry.threshold_b else 0.5) if b is None else b
     out = run_module(find_module(module), image, resolution=resolution, threshold_a=a, threshold_b=b,
                      load_annotator=loader or (lambda f: None), field="args[0].module")
     return np.asarray(out.convert("L")).astype(int)

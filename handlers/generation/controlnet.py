@@ -1,167 +1,43 @@
-"""ControlNet units from `alwayson_scripts.controlnet.args[]`: parse → load models → detect maps → control pipeline.
+"""ControlNet units from `alwayson_scripts.controlnet.args[]`: load models → detect maps → control pipeline.
 
-Field meanings follow sd-webui-controlnet's API. What each maps to here:
+The units themselves (fields, aliases, enums, leniency) are `controlnet_units`. What each field does here:
 - `weight` → the unit's conditioning scale; `guidance_start`/`guidance_end` → diffusers' control_guidance_start/end.
 - `control_mode` (A1111's semantics, per unit, implemented around diffusers' ControlNetModel):
   0 "Balanced": the residuals × weight, on both the prompt and the negative-prompt halves of the CFG batch.
-  1 "My prompt is more important": A1111's soft injection — residual k of n is further scaled by 0.825^(n-1-k)
+  1 "My prompt is more important": soft injection — residual k of n is further scaled by 0.825^(n-1-k)
     (deep layers keep their strength, shallow ones fade), still on both halves.
-  2 "ControlNet is more important": soft injection and the residuals only on the prompt half (A1111's
-    cfg injection; the same idea as diffusers' `guess_mode`, but per unit instead of for the whole call).
-- `resize_mode` 0/1/2 or "Just Resize" / "Crop and Resize" / "Resize and Fill" (default 1, as in A1111): how the
-  detected map is fitted to the output size (Resize and Fill pads with black: no control there).
-- `processor_res` (-1 → 512) is the preprocessor's short side; `pixel_perfect` computes it from the output size.
-- `threshold_a`/`threshold_b` (-1 or absent → the module's default): canny low/high, threshold level, blur sigma,
-  tile down-sampling rate, mlsd value/distance threshold.
-- `low_vram` and `hr_option` are accepted and not used (no per-unit CPU offload; hires fix is not wired to
-  ControlNet yet); unknown fields (`input_mode`, `loopback`, ...) are ignored.
-- An empty `image` (or `{"image": "", "mask": null}`) means none: in txt2img such a unit is a 422 naming its
-  `image` field (there is no init image to fall back to). A non-empty `mask` is a 422: inpaint units are not
-  supported. Disabled units are skipped. Detected maps (not for module `none`) are saved to `controlnet-masks/`.
+  2 "ControlNet is more important": soft injection and the residuals only on the prompt half (cfg injection).
+- `advanced_weighting`: one factor per residual (13 for SD 1.x: 12 encoder blocks + middle), replacing soft
+  injection, as the extension does.
+- `resize_mode` (default 1 Crop and Resize): how the detected map is fitted to the output size.
+- `processor_res` is the preprocessor's short side; `pixel_perfect` computes it from the output size.
+- Detected maps: the fitted map of every enabled unit (module `none` too: its map is the fitted input), unless the
+  unit's `save_detected_map` is false or `override_settings.control_net_no_detectmap` is true — the extension's
+  rule. They are appended to `images` after the generated ones, saved to `controlnet-masks/` and listed in
+  `parameters.image_mask_url`.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from handlers.generation import outputs
-from loaders.adapters.preprocessors import find_module, fit, module_names, pixel_perfect_resolution, run_module
+from handlers.generation.controlnet_units import FIELD, MAX_UNITS, ControlNetUnit, parse_units, unit_infotext
+from handlers.generation.reference import ADAIN_MODULES, ATTN_MODULES, ReferenceUnit
+from loaders.adapters.preprocessors import fit, pixel_perfect_resolution, run_module
 from loaders.errors import InvalidRequest
-from loaders.models.manager import list_models, resolve_model
+from loaders.models.manager import resolve_model
 from loaders.storage.images import load_image
 
-FIELD = "alwayson_scripts.controlnet.args"
-MAX_UNITS = 8
-RESIZE_MODES = {"just resize": 0, "crop and resize": 1, "resize and fill": 2,
-                "inner fit (scale to fit)": 1, "scale to fit (inner fit)": 1, "envelope (outer fit)": 2}
-CONTROL_MODES = {"balanced": 0, "my prompt is more important": 1, "controlnet is more important": 2}
-CONTROL_MODE_NAMES = ["Balanced", "My prompt is more important", "ControlNet is more important"]
+__all__ = ["FIELD", "MAX_UNITS", "ControlNetUnit", "ControlPlan", "parse_units", "pipeline", "prepare"]
 SOFT_DECAY = 0.825  # sd-webui-controlnet's per-layer factor for soft injection
-
-
-def _by_name(value: Any, names: dict[str, int], what: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be 0-{max(names.values())} or one of {sorted(set(names))}")
-    if isinstance(value, (int, float)) and float(value).is_integer() and 0 <= value <= max(names.values()):
-        return int(value)
-    if isinstance(value, str):
-        key = value.strip().lower()
-        if key.isdigit() and int(key) <= max(names.values()):
-            return int(key)
-        if key in names:
-            return names[key]
-    raise ValueError(f"{what} {value!r:.60} is not 0-{max(names.values())} or one of: "
-                     + ", ".join(k.title() for k in names))
-
-
-class ControlNetUnit(BaseModel):
-    """One `alwayson_scripts.controlnet.args[i]` (sd-webui-controlnet's API names; unknown fields ignored)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    enabled: bool = True
-    module: str = "none"
-    model: str | None = None
-    weight: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
-    image: str | None = None
-    mask: str | None = None
-    image_link: str | None = None
-    resize_mode: int = 1
-    processor_res: int = Field(-1, ge=-1, le=2048)
-    threshold_a: float | None = Field(None, ge=0, le=1024, allow_inf_nan=False)  # -1 → the module's default
-    threshold_b: float | None = Field(None, ge=0, le=1024, allow_inf_nan=False)
-    guidance_start: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
-    guidance_end: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False)
-    pixel_perfect: bool = False
-    control_mode: int = 0
-    low_vram: bool = False
-    hr_option: str | int | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unpack_image(cls, data):
-        if not isinstance(data, dict):
-            raise ValueError(f"a ControlNet unit must be an object, not {data!r:.60}")
-        data = dict(data)
-        if not data.get("image") and data.get("input_image"):  # the older API's name
-            data["image"] = data["input_image"]
-        if isinstance(data.get("image"), dict):  # A1111's {"image": b64, "mask": b64 | null}
-            data["mask"] = data["image"].get("mask") or data.get("mask")
-            data["image"] = data["image"].get("image")
-        return data
-
-    @field_validator("module", mode="before")
-    @classmethod
-    def _known_module(cls, v):
-        try:
-            return find_module(v if v is None or isinstance(v, str) else str(v))
-        except KeyError:
-            raise ValueError(f"{v!r:.60} is not a preprocessor; GET /controlnet/module_list lists them") from None
-
-    @field_validator("resize_mode", mode="before")
-    @classmethod
-    def _resize_mode(cls, v):
-        return _by_name(v, RESIZE_MODES, "resize_mode")
-
-    @field_validator("control_mode", mode="before")
-    @classmethod
-    def _control_mode(cls, v):
-        return _by_name(v, CONTROL_MODES, "control_mode")
-
-    @field_validator("threshold_a", "threshold_b", mode="before")
-    @classmethod
-    def _minus_one_is_default(cls, v):
-        return None if v is None or (isinstance(v, (int, float)) and v == -1) else v
-
-    @field_validator("model", "image", "mask", "image_link", mode="before")
-    @classmethod
-    def _empty_is_none(cls, v):
-        return None if v is None or (isinstance(v, str) and v.strip() in ("", "None", "none")) else v
-
-    @field_validator("processor_res")
-    @classmethod
-    def _resolution(cls, v):
-        if v != -1 and v < 64:
-            raise ValueError(f"processor_res must be -1 (default 512) or 64-2048, not {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _guidance_window(self):
-        if self.guidance_start >= self.guidance_end:
-            raise ValueError(f"guidance_start {self.guidance_start} must be below guidance_end {self.guidance_end}")
-        return self
-
-
-def parse_units(alwayson_scripts: dict[str, Any]) -> list[tuple[int, ControlNetUnit]]:
-    """Enabled units with their index in `args`; 422 naming `alwayson_scripts.controlnet.args[i].field`."""
-    script = alwayson_scripts.get("controlnet")
-    if script is None:
-        return []
-    args = script.get("args") if isinstance(script, dict) else script
-    if not isinstance(args, list):
-        raise InvalidRequest(f"`{FIELD}` must be a list of ControlNet units, not {args!r:.80}")
-    if len(args) > MAX_UNITS:
-        raise InvalidRequest(f"`{FIELD}` has {len(args)} units; at most {MAX_UNITS} are accepted")
-    units = []
-    for i, raw in enumerate(args):
-        try:
-            unit = ControlNetUnit.model_validate(raw)
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            got = err.get("input")
-            shown = f" (got {got!r:.80})" if loc and not isinstance(got, dict) else ""
-            raise InvalidRequest(f"`{FIELD}[{i}]{'.' + loc if loc else ''}`: {msg}{shown}") from None
-        if unit.enabled:
-            units.append((i, unit))
-    return units
+HR_LOW_ONLY, HR_HIGH_ONLY = 1, 2  # hr_option values
+REFERENCE_MODULES = ATTN_MODULES | ADAIN_MODULES
 
 
 @functools.cache
@@ -171,9 +47,9 @@ def _unit_class():
     class UnitControlNet(torch.nn.Module):
         """One unit's view of a shared ControlNetModel: its control mode applied to the outputs, the model untouched."""
 
-        def __init__(self, net, control_mode: int, cfg: bool):
+        def __init__(self, net, control_mode: int, cfg: bool, layer_weights: list[float] | None = None):
             super().__init__()
-            self.net, self.control_mode, self.cfg = net, control_mode, cfg
+            self.net, self.control_mode, self.cfg, self.layer_weights = net, control_mode, cfg, layer_weights
 
         @property
         def config(self):  # the pipeline reads `global_pool_conditions` from here
@@ -185,7 +61,9 @@ def _unit_class():
                                  controlnet_cond=controlnet_cond, conditioning_scale=conditioning_scale,
                                  guess_mode=False, return_dict=False, **kwargs)
             outs = [*down, mid]
-            if self.control_mode >= 1:  # soft injection: residual k of n × 0.825^(n-1-k)
+            if self.layer_weights is not None:  # advanced weighting replaces soft injection (the extension's rule)
+                outs = [o * w for o, w in zip(outs, self.layer_weights)]
+            elif self.control_mode >= 1:  # soft injection: residual k of n × 0.825^(n-1-k)
                 n = len(outs)
                 outs = [o * SOFT_DECAY ** (n - 1 - k) for k, o in enumerate(outs)]
             if self.control_mode == 2 and self.cfg and sample.shape[0] % 2 == 0:
@@ -200,14 +78,33 @@ def _unit_class():
 
 @dataclass
 class ControlPlan:
-    """Everything the pipeline call needs for this request's units, plus the maps to persist."""
+    """Everything the pipeline call needs for this request's units, plus the maps to return and persist."""
 
     units: list[ControlNetUnit]
     nets: list[object]
     images: list[Image.Image]
     detected: list[Image.Image] = field(default_factory=list)
     model_names: list[str] = field(default_factory=list)
+    adjusted: list[str] = field(default_factory=list)  # slider values the bound check replaced, per unit
+    hr_images: list[Image.Image] = field(default_factory=list)  # the maps fitted to the hires size (hires fix)
+    references: list[ReferenceUnit] = field(default_factory=list)  # reference_* units: no model, UNet hooks
+    infotexts: dict[str, str] = field(default_factory=dict)  # every unit's, in request order
     load_s: float = 0.0
+
+    def __bool__(self) -> bool:
+        """Whether there are ControlNet models to run (a plan of reference units only needs no control pipeline)."""
+        return bool(self.nets)
+
+    def for_pass(self, hires_pass: bool) -> ControlPlan | None:
+        """The units of one hires-fix pass, by their `hr_option` (0 Both, 1 Low res only, 2 High res only);
+        the second pass sees the maps fitted to the hires size. None when no unit takes part."""
+        skip = HR_LOW_ONLY if hires_pass else HR_HIGH_ONLY
+        keep = [k for k, u in enumerate(self.units) if u.hr_option != skip]
+        if not keep:
+            return None
+        images = self.hr_images if hires_pass else self.images
+        return ControlPlan([self.units[k] for k in keep], [self.nets[k] for k in keep], [images[k] for k in keep],
+                           model_names=[self.model_names[k] for k in keep])
 
     def call_kwargs(self, image_key: str = "image") -> dict:
         """The pipeline call's ControlNet arguments (img2img / inpaint pipelines take `control_image`)."""
@@ -217,18 +114,16 @@ class ControlPlan:
                 "control_guidance_end": [u.guidance_end for u in self.units]}
 
     def infotext(self) -> dict[str, str]:
-        """A1111's `ControlNet k: "Module: …, Model: …, Weight: …"` infotext entries."""
-        return {f"ControlNet {k}": '"' + ", ".join([
-            f"Module: {u.module}", f"Model: {name}", f"Weight: {u.weight:g}",
-            f"Resize Mode: {['Just Resize', 'Crop and Resize', 'Resize and Fill'][u.resize_mode]}",
-            f"Guidance Start: {u.guidance_start:g}", f"Guidance End: {u.guidance_end:g}",
-            f"Control Mode: {CONTROL_MODE_NAMES[u.control_mode]}", f"Pixel Perfect: {u.pixel_perfect}"]) + '"'
-            for k, (u, name) in enumerate(zip(self.units, self.model_names))}
+        """The extension's `ControlNet k: "Module: …, Model: …, Weight: …, …"` infotext entries."""
+        return dict(self.infotexts)
 
 
 def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], checkpoint, *, width: int, height: int,
-            init_image: Image.Image | None = None) -> ControlPlan | None:
-    """Resolve, load and preprocess the enabled units from `parse_units` (None when there are none)."""
+            init_image: Image.Image | None = None, seed: int = 0, keep_maps: bool = True,
+            hr_size: tuple[int, int] | None = None) -> ControlPlan | None:
+    """Resolve, load and preprocess the enabled units from `parse_units` (None when there are none).
+    `keep_maps` false is the option `control_net_no_detectmap`: no unit's map is returned or saved.
+    With `hr_size` (hires fix) each map is also fitted to that size, and saved before the first pass's map."""
     if not indexed:
         return None
     plan = ControlPlan([], [], [])
@@ -236,6 +131,9 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
     annotators = services.controlnets.annotators
     for i, unit in indexed:
         where = f"{FIELD}[{i}]"
+        if unit.entry.name in REFERENCE_MODULES:
+            _add_reference(services, user, plan, unit, where, init_image, width, height, keep_maps)
+            continue
         # 1. The model: the caller's own first, then public (names are file names, never paths)
         if unit.model is None:
             raise InvalidRequest(f"`{where}.model` is required for an enabled unit")
@@ -243,21 +141,55 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
         loaded, load_s = services.controlnets.get(info, base_family=checkpoint.family, device=unet.device,
                                                   dtype=unet.dtype, field=f"{where}.model")
         plan.load_s += load_s
+        _check_layer_weights(unit, loaded.model, where)
         # 2. The image: base64 or link (SSRF-safe), else the init image (img2img), else a 422
         image = unit_image(services, user, unit, where, init_image)
         # 3. The detected map, fitted to the output size
-        resolution = (pixel_perfect_resolution(image, width, height, unit.resize_mode) if unit.pixel_perfect
-                      else 512 if unit.processor_res == -1 else unit.processor_res)
-        detected = run_module(unit.module, image, resolution=min(resolution, 2048), threshold_a=unit.threshold_a,
-                              threshold_b=unit.threshold_b, load_annotator=annotators.loader(user, f"{where}.module"),
-                              field=f"{where}.module", max_pixels=services.settings.max_intermediate_pixels)
+        if unit.pixel_perfect:
+            unit.processor_res = pixel_perfect_resolution(image, width, height, unit.resize_mode)
+        detected = run_module(unit.module, image, resolution=min(int(unit.processor_res), 2048),
+                              threshold_a=unit.threshold_a, threshold_b=unit.threshold_b,
+                              load_annotator=annotators.loader(user, f"{where}.module"), field=f"{where}.module",
+                              seed=seed, max_pixels=services.settings.max_intermediate_pixels)
+        fitted = fit(detected, width, height, unit.resize_mode)
         plan.units.append(unit)
         plan.nets.append(loaded.model)
         plan.model_names.append(loaded.name)
-        plan.images.append(fit(detected, width, height, unit.resize_mode))
-        if unit.module != "none":
-            plan.detected.append(detected)
+        plan.images.append(fitted)
+        _note(plan, unit, loaded.name)
+        hr_fitted = fit(detected, *hr_size, unit.resize_mode) if hr_size else None
+        if hr_fitted is not None:
+            plan.hr_images.append(hr_fitted)
+        if keep_maps and unit.save_detected_map:
+            plan.detected += [hr_fitted, fitted] if hr_fitted is not None else [fitted]
     return plan
+
+
+def _note(plan: ControlPlan, unit: ControlNetUnit, model_name: str) -> None:
+    k = len(plan.infotexts)
+    plan.infotexts[f"ControlNet {k}"] = unit_infotext(unit, model_name)
+    plan.adjusted += [f"ControlNet {k}: {note}" for note in unit.adjusted]
+
+
+def _add_reference(services, user, plan: ControlPlan, unit: ControlNetUnit, where: str, init_image, width: int,
+                   height: int, keep_maps: bool) -> None:
+    """A reference_* unit: its image steers the UNet through hooks (`reference.applied`); no model file."""
+    if plan.references:
+        raise InvalidRequest(f"`{where}.module`: one reference unit per request is supported here")
+    image = unit_image(services, user, unit, where, init_image)
+    plan.references.append(ReferenceUnit(unit, image))
+    _note(plan, unit, "None")
+    if keep_maps and unit.save_detected_map:  # the extension shows the reference image, fitted, as its map
+        plan.detected.append(fit(image, width, height, unit.resize_mode))
+
+
+def _check_layer_weights(unit: ControlNetUnit, net, where: str) -> None:
+    if unit.advanced_weighting is None:
+        return
+    layers = len(net.controlnet_down_blocks) + 1  # every encoder block's residual, then the middle block's
+    if len(unit.advanced_weighting) != layers:
+        raise InvalidRequest(f"`{where}.advanced_weighting` has {len(unit.advanced_weighting)} weights; this "
+                             f"ControlNet has {layers} layers (encoder blocks, then the middle block)")
 
 
 def unit_image(services, user: str, unit: ControlNetUnit, where: str, init_image: Image.Image | None) -> Image.Image:
@@ -287,30 +219,42 @@ def pipeline(base, scheduler, plan: ControlPlan, *, cfg: bool, task: str = "txt2
 
     cls = {"txt2img": StableDiffusionControlNetPipeline, "img2img": StableDiffusionControlNetImg2ImgPipeline,
            "inpaint": StableDiffusionControlNetInpaintPipeline}[task]
-    nets = [_unit_class()(net, unit.control_mode, cfg) for net, unit in zip(plan.nets, plan.units)]
+    nets = [_unit_class()(net, unit.control_mode, cfg, unit.advanced_weighting)
+            for net, unit in zip(plan.nets, plan.units)]
     components = {k: v for k, v in {**base.components, **overrides}.items() if k != "scheduler"}
     pipe = cls(**components, scheduler=scheduler, controlnet=MultiControlNetModel(nets), requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def persist_maps(services, user: str, task_id: str, label: str, plan: ControlPlan, base_url: str) -> list[str]:
-    """Save the detected maps to users/<u>/outputs/[label/]controlnet-masks/<date>/; return their URLs."""
+def persist_maps(services, user: str, task_id: str, label: str, plan: ControlPlan,
+                 base_url: str) -> list[tuple[str, bytes]]:
+    """Save the detected maps to users/<u>/outputs/[label/]controlnet-masks/<date>/; return (URL, PNG) pairs."""
     now = datetime.now(timezone.utc)
     prefix = outputs.output_prefix(user, label, "controlnet-masks", now)
-    urls = []
+    saved = []
     for k, image in enumerate(plan.detected):
         key = f"{prefix}{now.strftime('%H%M%S')}-{task_id}-{k:02d}.png"
-        services.store.put_bytes(key, outputs.png_bytes(image), "image/png")
-        urls.append(services.url_for(key, base_url))
-    return urls
+        data = outputs.png_bytes(image)
+        services.store.put_bytes(key, data, "image/png")
+        saved.append((services.url_for(key, base_url), data))
+    return saved
 
 
-def model_list(services, user: str) -> dict:
-    names = [info.key.rsplit("/", 1)[-1].removesuffix(".safetensors")
-             for info in list_models(services.store, user, "controlnet")]
-    return {"model_list": names}
+def keep_detected_maps(override_settings: dict) -> bool:
+    """False when the request sets A1111's option `control_net_no_detectmap` ("Do not append detectmap to output")."""
+    value = override_settings.get("control_net_no_detectmap", False)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"`override_settings.control_net_no_detectmap` must be true or false, not {value!r:.40}")
+    return not value
 
 
-def module_list() -> dict:
-    return {"module_list": module_names()}
+def add_maps(response, plan: ControlPlan, maps: list[tuple[str, bytes]], *, send: bool) -> None:
+    """The extension's output rule: detected maps after the generated images; EAS lists their URLs too."""
+    response.parameters.image_mask_url = ",".join(url for url, _ in maps)
+    if send:
+        response.images.extend(outputs.b64(data) for _, data in maps)
+    if plan.adjusted:  # what the bound check changed, where a client can read it (the extension only logs it)
+        info = json.loads(response.info)
+        info["controlnet_adjusted"] = plan.adjusted
+        response.info = json.dumps(info)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from handlers.billing import metering
-from handlers.generation import controlnet, extra_networks, hires, img2img, outputs
+from handlers.generation import controlnet, extra_networks, hires, img2img, outputs, reference
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
 from handlers.generation.fidelity import Fidelity
@@ -68,8 +69,10 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     refiner, refiner_load_s = load_refiner(job, services, model)
     load_s += refiner_load_s
     control = controlnet.prepare(services, job.user, units, model, width=req.width, height=req.height,
-                                 init_image=inputs.images[0] if inputs else None)
-    load_s += control.load_s if control else 0.0
+                                 init_image=inputs.images[0] if inputs else None, seed=req.seed_or_none or 0,
+                                 keep_maps=controlnet.keep_detected_maps(req.override_settings),
+                                 hr_size=req.hr_size if getattr(req, "enable_hr", False) else None)
+    load_s += control.load_s if control is not None else 0.0
     load_s += services.adapters.prefetch(networks.plan)
     # 3. Generate (denoise + decode): the billed part. Look-alike concurrent requests may share one batch;
     #    a request with LoRA / VAE / embeddings runs alone, its adapters applied around it only.
@@ -88,7 +91,8 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     # 4. Persist the images (and the grid) before anything reports success
     t0 = time.perf_counter()
     saved = persist(job, services, generated, label, opts)
-    mask_urls = controlnet.persist_maps(services, job.user, job.task_id, label, control, job.base_url) if control else []
+    maps = (controlnet.persist_maps(services, job.user, job.task_id, label, control, job.base_url)
+            if control is not None else [])
     persist_s = time.perf_counter() - t0
     # 5. Respond
     timings = Timings(
@@ -100,8 +104,8 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
         billed_s=round(generate_s, 4),  # execute_job replaces billed_s and cost with what the ledger holds
     )
     response = respond(job, services, model, generated, saved, timings, opts, fidelity)
-    if control:
-        response.parameters.image_mask_url = ",".join(mask_urls)  # EAS: the detected maps, like image_url
+    if control is not None:
+        controlnet.add_maps(response, control, maps, send=req.send_images and not req.save_dir())
     return response
 
 
@@ -118,7 +122,10 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
         steps = StepCounter(progress, total, live)
         try:
             ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner, fidelity)
-            with circular(ctx.fidelity.tiling, *(_tiled_modules(model, adapters, refiner) if ctx.fidelity.tiling else ())):
+            with circular(ctx.fidelity.tiling, *(_tiled_modules(model, adapters, refiner) if ctx.fidelity.tiling else ())), \
+                    reference.applied(model.pipe, control.references if control is not None else [],
+                                      vae=adapters.vae, seed=job.request.seed_or_none or 0,
+                                      cfg=job.request.cfg_scale > 1):
                 generated = generate(job, model, ctx, inputs)
         except Canceled as stopped:
             stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
@@ -178,12 +185,15 @@ def generate(job: Job, model: LoadedCheckpoint, ctx: RunContext, inputs: img2img
     elif getattr(req, "enable_hr", False):
         if ctx.refiner is not None:
             raise InvalidRequest("`refiner_checkpoint` together with `enable_hr` is not supported; use one of them")
-        first = generate_txt2img(req, model, ctx, seeds, output_type=hires.first_pass_output(req), subseeds=subseeds)
-        images = hires.second_pass(req, model, ctx, seeds, first)
+        # each ControlNet unit takes part in the passes its hr_option names
+        low = replace(ctx, control=ctx.control.for_pass(hires_pass=False)) if ctx.control else ctx
+        high = replace(ctx, control=ctx.control.for_pass(hires_pass=True)) if ctx.control else ctx
+        first = generate_txt2img(req, model, low, seeds, output_type=hires.first_pass_output(req), subseeds=subseeds)
+        images = hires.second_pass(req, model, high, seeds, first)
     else:
         images = generate_txt2img(req, model, ctx, seeds, subseeds=subseeds)
     extra = {**refiner_infotext(ctx.refiner, req.refiner()[1] if ctx.refiner else None),
-             **(ctx.control.infotext() if ctx.control else {}), **mode_infotext(job)}
+             **(ctx.control.infotext() if ctx.control is not None else {}), **mode_infotext(job)}
     texts = [
         outputs.infotext(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
                          sampler=req.sampler, schedule=req.schedule, cfg_scale=req.cfg_scale, seed=s,

@@ -1,6 +1,7 @@
 """Hires fix on txt2img (A1111): a first pass at width × height (the ordinary txt2img pass, with its LoRA,
 ControlNet...), an upscale (of the latents, or of the decoded picture), then an img2img pass at the target
-size with `denoising_strength`, `hr_prompt` and `hr_sampler_name`. ControlNet steers the first pass only.
+size with `denoising_strength`, `hr_prompt` and `hr_sampler_name`. A ControlNet unit steers the passes its
+`hr_option` names (Both, the default; Low res only; High res only), with its map fitted to each pass's size.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import math
 
 from PIL import Image
 
+from handlers.generation import controlnet
 from handlers.generation.batches import RunContext, batches, denoise_steps
 from handlers.samplers import find_sampler, make_scheduler
 from handlers.schemas import IMAGE_UPSCALERS, LATENT_UPSCALERS, Txt2ImgRequest
@@ -43,9 +45,13 @@ def second_pass(req: Txt2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, s
     import torch
 
     base = model.pipe
-    pipe = task_view(base, "img2img", vae=ctx.vae or base.vae, scheduler=make_scheduler(
-        base.scheduler.config, find_sampler(req.hr_sampler_name or req.sampler), req.hr_scheduler or req.schedule,
-        ctx.fidelity.noise))
+    scheduler = make_scheduler(base.scheduler.config, find_sampler(req.hr_sampler_name or req.sampler),
+                               req.hr_scheduler or req.schedule, ctx.fidelity.noise)
+    if ctx.control:  # ControlNet units whose hr_option includes the high-res pass, with maps at the hires size
+        pipe = controlnet.pipeline(base, scheduler, ctx.control, cfg=req.cfg_scale > 1, task="img2img",
+                                   vae=ctx.vae or base.vae)
+    else:
+        pipe = task_view(base, "img2img", vae=ctx.vae or base.vae, scheduler=scheduler)
     width, height = req.hr_size
     images: list[Image.Image] = []
     for batch in batches(seeds, req.batch_size):
@@ -61,6 +67,7 @@ def second_pass(req: Txt2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, s
             strength=_strength(req), num_inference_steps=req.hr_second_pass_steps or req.steps,
             guidance_scale=req.cfg_scale, generator=batch.generators(), callback_on_step_end=ctx.steps,
             **ctx.fidelity.encoder_kwargs(pipe),
+            **(ctx.control.call_kwargs(image_key="control_image") if ctx.control else {}),
         )
         images.extend(out.images)
     return images

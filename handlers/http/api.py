@@ -14,10 +14,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from handlers.accounts.auth import Tenant, tenant_dependency
-from handlers.generation import controlnet
 from handlers.generation.generate import execute_job
 from handlers.http import files as file_browser  # `files` is the /files/ route below
-from handlers.http import a1111, eas, gallery, health, listing, prompt, tasks, uploads, webui
+from handlers.http import a1111, controlnet, eas, gallery, health, listing, prompt, tasks, uploads, webui
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
 from handlers.http.tasks import TaskAccepted
@@ -183,14 +182,6 @@ def create_app(services: Services) -> FastAPI:
     def progress(skip_current_image: bool = False, who: Tenant = Depends(tenant)):
         return listing.progress(services, who.user, skip_current_image)
 
-    @app.get("/controlnet/model_list")
-    def controlnet_models(who: Tenant = Depends(tenant)):
-        return controlnet.model_list(services, who.user)
-
-    @app.get("/controlnet/module_list")
-    def controlnet_modules(who: Tenant = Depends(tenant)):
-        return controlnet.module_list()
-
     @app.get("/files/{key:path}")
     def files(key: str, request: Request, who: Tenant = Depends(tenant)):
         return file_response(services, who, key, request.headers.get("range"))
@@ -199,6 +190,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(eas.router)  # the EAS queue service: /api/predict/<service>[/sink]
     app.include_router(models_router(services))
+    app.include_router(controlnet.router(services))
     # The web page and the routes only it needed at first (gallery, file browser, prompt expansion).
     app.include_router(a1111.router(services))  # options, styles, interrupt / skip, png-info, cmd-flags...
     browser = (file_browser, uploads) if services.settings.filebrowser else ()  # EAS --filebrowser / --no-filebrowser

@@ -20,7 +20,8 @@ from loaders.models.safetensors_check import read_header
 from loaders.storage.store import ObjectInfo, ObjectStore
 
 # checkpoint family -> shipped diffusers ControlNetModel config folder
-CONTROLNET_CONFIGS = {"demo": "demo-controlnet", "sd15": "controlnet-sd15"}
+CONTROLNET_CONFIGS = {"demo": "demo-controlnet", "sd15": "controlnet-sd15", "sd2": "controlnet-sd2",
+                      "demo-sd2": "demo-sd2-controlnet"}
 # the width of the text embedding the ControlNet's cross-attention reads tells SD 1.x (768) from 2.x (1024)
 _CROSS_ATTN_WIDTH = {768: "sd15", 1024: "sd2"}
 LDM_PREFIX = "control_model."
@@ -31,6 +32,11 @@ def controlnet_config_dir(family: str) -> Path:
     if folder is None:
         raise KeyError(family)
     return CONFIGS / folder
+
+
+def same_unet(family: str) -> str:
+    """The family whose ControlNets fit a checkpoint: v-prediction and inpainting variants share their base's."""
+    return family.removesuffix("-v").removesuffix("-inpaint")
 
 
 def detect_controlnet_family(path: Path, name: str) -> str:
@@ -62,6 +68,12 @@ def build_controlnet(path: Path, family: str, device: str, dtype):
     return model.to(device).eval()
 
 
+def _check_fits(name: str, family: str, base_family: str, field: str) -> None:
+    if family != same_unet(base_family):
+        raise InvalidRequest(f"`{field}` {name!r} is a ControlNet for {family} models; "
+                             f"the checkpoint is a {base_family} model")
+
+
 @dataclass
 class LoadedControlNet:
     model: object  # diffusers ControlNetModel (never modified after loading; shared between requests)
@@ -90,7 +102,9 @@ class ControlNetCache:
         with self._lock:
             if cache_key in self._loaded:
                 self._loaded.move_to_end(cache_key)
-                return self._loaded[cache_key], 0.0
+                resident = self._loaded[cache_key]
+                _check_fits(resident.name, resident.family, base_family, field)  # resident for another checkpoint
+                return resident, 0.0
             started = time.perf_counter()
             loaded = self._load(info, base_family, device, dtype, field)
             for stale in [k for k in self._loaded if k[0] == info.key and k[1] != info.etag]:
@@ -104,9 +118,7 @@ class ControlNetCache:
         name = info.key.rsplit("/", 1)[-1]
         path = self.files.ensure(info)
         family = detect_controlnet_family(path, name)
-        if family != base_family:
-            raise InvalidRequest(f"`{field}` {name!r} is a ControlNet for {family} models; "
-                                 f"the checkpoint is a {base_family} model")
+        _check_fits(name, family, base_family, field)
         try:
             controlnet_config_dir(family)
         except KeyError:

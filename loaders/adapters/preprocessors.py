@@ -12,19 +12,19 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from loaders.adapters import preprocessor_table
 from loaders.errors import InvalidRequest
 
-Runner = Callable[[np.ndarray, float, float, Callable[[str], object]], np.ndarray]
+Runner = Callable[[np.ndarray, float, float, "Context"], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Preprocessor:
     name: str
-    run: Runner  # (RGB uint8 HxWx3, threshold_a, threshold_b, annotator loader) -> uint8 map (HxW or HxWx3)
-    default_a: float | None = None
-    default_b: float | None = None
+    run: Runner  # (RGB uint8 HxWx3, threshold_a, threshold_b, Context) -> uint8 map (HxW or HxWx3)
     weights: tuple[str, ...] = ()  # annotator files (under models/annotators/) the module needs
     uses_resolution: bool = True
+    fixed_resolution: int | None = None  # the extension runs a few modules at one size whatever the request says
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
@@ -45,11 +45,6 @@ def _invert(img, a, b, _):
 
 def _threshold(img, a, b, _):
     return np.where(_gray(img) > a, 255, 0).astype(np.uint8)
-
-
-def _scribble(img, a, b, _):
-    # dark strokes on a light background become white strokes on black (sd-webui-controlnet's scribble_thr)
-    return np.where(img.min(axis=2) < 127, 255, 0).astype(np.uint8)
 
 
 def _scribble_xdog(img, a, b, _):
@@ -94,10 +89,10 @@ def _mlsd(img, a, b, _):
 
 
 def _lineart(weights: str) -> Runner:
-    def run(img, a, b, load):
+    def run(img, a, b, ctx):
         import torch
 
-        model = load(weights)
+        model = ctx.load(weights)
         x = torch.from_numpy(img).float().div(255).permute(2, 0, 1)[None]
         with torch.no_grad():
             line = model(x)[0, 0].clamp(0, 1).numpy()
@@ -107,64 +102,167 @@ def _lineart(weights: str) -> Runner:
     return run
 
 
-PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in [
+def _lineart_standard(img, a, b, _):
+    """Dark lines on a light background, by the difference from a blurred copy (weight-free)."""
+    import cv2
+
+    x = img.astype(np.float32)
+    intensity = np.min(cv2.GaussianBlur(x, (0, 0), 6.0) - x, axis=2).clip(0, 255)
+    strong = intensity[intensity > 8]
+    intensity /= max(16.0, float(np.median(strong)) if strong.size else 16.0)
+    return (intensity * 127).clip(0, 255).astype(np.uint8)
+
+
+def _recolor(channel: str) -> Runner:
+    """The image's lightness (LAB L) or intensity (HSV V), gamma-corrected by threshold_a: a recolor model's input."""
+
+    def run(img, a, b, _):
+        import cv2
+
+        if channel == "luminance":
+            value = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)[:, :, 0]
+        else:
+            value = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)[:, :, 2]
+        return ((value.astype(np.float32) / 255.0) ** a * 255.0).clip(0, 255).astype(np.uint8)
+
+    return run
+
+
+def _color_grid(img, a, b, _):
+    """T2I-Adapter colour: the image as a grid of 64-pixel cells of its average colour."""
+    import cv2
+
+    h, w = img.shape[:2]
+    small = cv2.resize(img, (max(1, w // 64), max(1, h // 64)), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def _shuffle(img, a, b, ctx):
+    """Content shuffle: the image warped by a smooth random flow, seeded by the request's seed (reproducible)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    rng = np.random.default_rng(ctx.seed)
+
+    def noise():  # a smooth random field over the image, values in pixels
+        coarse = rng.uniform(0, 1, (max(2, h // 256 + 2), max(2, w // 256 + 2))).astype(np.float32)
+        return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+
+    x, y = noise() * w, noise() * h
+    return cv2.remap(img, x, y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a runner may use besides the image: the annotator-weights loader and the request's seed."""
+
+    load: Callable[[str], object]
+    seed: int = 0
+
+
+# internal name (the extension's) -> how to run it here, without weights or with the annotator files named
+RUNNERS: dict[str, Preprocessor] = {p.name: p for p in [
     Preprocessor("none", lambda img, a, b, _: img, uses_resolution=False),
-    Preprocessor("canny", _canny, 100, 200),
-    Preprocessor("invert (from white bg & black line)", _invert),
-    Preprocessor("threshold", _threshold, 127),
-    Preprocessor("scribble", _scribble),
-    Preprocessor("scribble_xdog", _scribble_xdog, 32),
-    Preprocessor("blur_gaussian", _blur, 9.0),
-    Preprocessor("tile_resample", _tile_resample, 1.0),
-    Preprocessor("mlsd", _mlsd, 0.1, 0.1),
-    Preprocessor("lineart_realistic", _lineart("lineart/sk_model.safetensors"),
-                 weights=("lineart/sk_model.safetensors",)),
+    Preprocessor("canny", _canny),
+    Preprocessor("invert", _invert, uses_resolution=False),
+    Preprocessor("threshold", _threshold),
+    Preprocessor("scribble_xdog", _scribble_xdog),
+    Preprocessor("blur_gaussian", _blur),
+    Preprocessor("tile_resample", _tile_resample),
+    Preprocessor("mlsd", _mlsd),
+    Preprocessor("lineart_standard", _lineart_standard),
+    Preprocessor("recolor_luminance", _recolor("luminance")),
+    Preprocessor("recolor_intensity", _recolor("intensity")),
+    Preprocessor("color", _color_grid),
+    Preprocessor("shuffle", _shuffle, fixed_resolution=512),
+    Preprocessor("lineart", _lineart("lineart/sk_model.safetensors"), weights=("lineart/sk_model.safetensors",)),
     Preprocessor("lineart_coarse", _lineart("lineart/sk_model2.safetensors"),
                  weights=("lineart/sk_model2.safetensors",)),
 ]}
-# model-based modules recognised by name whose runner this server does not have yet: the 422 names the weights
-UNAVAILABLE = {
-    "depth_midas": "midas/dpt_hybrid-midas-501f0c75.safetensors",
-    "openpose": "openpose/body_pose_model.safetensors",
+
+
+# model-based modules this server has no runner for yet: the annotator file (as .safetensors under
+# models/annotators/) each reads, so the 422 tells an operator exactly what is missing
+WEIGHTS = {
+    "depth": "midas/dpt_hybrid-midas-501f0c75.safetensors", "normal_map": "midas/dpt_hybrid-midas-501f0c75.safetensors",
+    "depth_leres": "leres/res101.safetensors", "depth_leres++": "leres/latest_net_G.safetensors",
+    "depth_zoe": "zoedepth/ZoeD_M12_N.safetensors", "depth_anything": "depth_anything/depth_anything_vitl14.safetensors",
+    "depth_anything_v2": "depth_anything_v2/depth_anything_v2_vitl.safetensors",
+    "depth_hand_refiner": "hand_refiner/graphormer_hand_state_dict.safetensors",
+    "normal_bae": "normal_bae/scannet.safetensors", "normal_dsine": "normal_dsine/dsine.safetensors",
+    **{k: "openpose/body_pose_model.safetensors" for k in ("openpose", "openpose_face", "openpose_faceonly",
+                                                           "openpose_full", "openpose_hand")},
+    "dw_openpose_full": "openpose/dw-ll_ucoco_384.safetensors",
+    "animal_openpose": "openpose/rtmpose-m_ap10k_256.safetensors",
+    "densepose": "densepose/densepose_r50_fpn_dl.safetensors", "densepose_parula": "densepose/densepose_r50_fpn_dl.safetensors",
+    **{k: "hed/ControlNetHED.safetensors" for k in ("hed", "hed_safe", "scribble_hed")},
+    **{k: "pidinet/table5_pidinet.safetensors" for k in ("pidinet", "pidinet_safe", "pidinet_scribble",
+                                                          "pidinet_sketch")},
+    "softedge_teed": "TEED/7_model.safetensors", "softedge_anyline": "Anyline/MTEED.safetensors",
+    "lineart_anime": "lineart_anime/netG.safetensors", "lineart_anime_denoise": "manga_line/res_skip.safetensors",
+    "segmentation": "uniformer/upernet_global_small.safetensors",
+    "oneformer_ade20k": "oneformer/250_16_swin_l_oneformer_ade20k_160k.safetensors",
+    "oneformer_coco": "oneformer/150_16_swin_l_oneformer_coco_100ep.safetensors",
+    "anime_face_segment": "anime_face_segment/UNet.safetensors", "mobile_sam": "mobile_sam/mobile_sam.safetensors",
+    "inpaint_only+lama": "lama/ControlNetLama.safetensors",
+    "clip_vision": "clip_vision/clip_vitl.safetensors", "revision_clipvision": "clip_vision/clip_g.safetensors",
+    "revision_ignore_prompt": "clip_vision/clip_g.safetensors",
+    "ip-adapter_clip_sd15": "clip_vision/clip_h.safetensors", "ip-adapter_clip_sdxl": "clip_vision/clip_g.safetensors",
+    "ip-adapter_clip_sdxl_plus_vith": "clip_vision/clip_h.safetensors",
+    "ip-adapter_face_id_plus": "clip_vision/clip_h.safetensors", "ip-adapter-auto": "clip_vision/clip_h.safetensors",
 }
-ALIASES = {
-    "": "none", "null": "none", "invert": "invert (from white bg & black line)", "blur": "blur_gaussian",
-    "tile": "tile_resample", "lineart": "lineart_realistic", "depth": "depth_midas", "openpose_full": "openpose",
-    "scribble_thr": "scribble", "binary": "threshold",
+# modules that are not a map from one image: why each is refused here (they need a mask, a face analyser, or
+# generation-time hooks this server does not have)
+NOT_HERE = {
+    "inpaint": "inpaint units need an image mask, which this server does not take in ControlNet units",
+    "inpaint_only": "inpaint units need an image mask, which this server does not take in ControlNet units",
+    "mediapipe_face": "needs the mediapipe package, which this server does not install",
+    "ip-adapter_face_id": "needs insightface, which this server does not install",
+    "instant_id_face_embedding": "needs insightface, which this server does not install",
+    "instant_id_face_keypoints": "needs insightface, which this server does not install",
+    "ip-adapter_pulid": "needs insightface and facexlib, which this server does not install",
+    "facexlib": "needs facexlib, which this server does not install",
+    "tile_colorfix": "its colour fix runs inside the sampler, which this server does not do",
+    "tile_colorfix+sharp": "its colour fix runs inside the sampler, which this server does not do",
 }
 
 
 def find_module(name: str | None) -> str:
-    """A module's canonical name (case-insensitive, with sd-webui-controlnet's aliases); raises KeyError."""
-    key = (name or "none").strip().lower()
-    key = ALIASES.get(key, key)
-    if key in PREPROCESSORS or key in UNAVAILABLE:
-        return key
-    raise KeyError(name)
+    """A module's internal name from its name or UI label (case-insensitive, older names too); raises KeyError."""
+    return preprocessor_table.find(name).name
 
 
-def module_names() -> list[str]:
-    return list(PREPROCESSORS) + list(UNAVAILABLE)
+def module_status(name: str) -> tuple[str | None, str]:
+    """(annotator file it needs or None, 'runs' | 'needs weights' | why it is refused) for the README and tests."""
+    if name in RUNNERS:
+        weights = RUNNERS[name].weights
+        return (weights[0] if weights else None), "runs"
+    if name in WEIGHTS:
+        return WEIGHTS[name], "no runner yet (422 names the file)"
+    return None, NOT_HERE.get(name, "not a map (handled by the generation)")
 
 
 MAX_MAP_PIXELS = 4096 * 4096  # default bound on a detected map (EASEL_MAX_INTERMEDIATE_PIXELS)
 
 
-def run_module(name: str, image: Image.Image, *, resolution: int, threshold_a: float | None,
-               threshold_b: float | None, load_annotator: Callable[[str], object], field: str,
+def run_module(name: str, image: Image.Image, *, resolution: int, threshold_a: float, threshold_b: float,
+               load_annotator: Callable[[str], object], field: str, seed: int = 0,
                max_pixels: int = MAX_MAP_PIXELS) -> Image.Image:
-    """The detected map of `image` (RGB), computed at `resolution` on its short side."""
-    if name in UNAVAILABLE:
-        load_annotator(UNAVAILABLE[name])  # a missing file is the first thing to tell the client
-        raise InvalidRequest(f"`{field}` {name!r}: this server does not ship a runner for these weights yet; "
-                             "use a weight-free module or `lineart`")
-    pre = PREPROCESSORS[name]
-    if pre.uses_resolution:
+    """The detected map of `image` (RGB) for an internal module name, computed at `resolution` on its short side."""
+    pre = RUNNERS.get(name)
+    if pre is None:
+        if name in WEIGHTS:
+            load_annotator(WEIGHTS[name])  # a missing file is the first thing to tell the client
+            raise InvalidRequest(f"`{field}` {name!r}: this server does not ship a runner for these weights yet; "
+                                 "use a weight-free module or `lineart`")
+        reason = NOT_HERE.get(name, "it is not an image-to-map preprocessor")
+        raise InvalidRequest(f"`{field}` {name!r} is not available here: {reason}")
+    if pre.fixed_resolution is not None:
+        image = resize_short_side(image, pre.fixed_resolution)
+    elif pre.uses_resolution:
         check_map_size(image, resolution, max_pixels, field)
         image = resize_short_side(image, resolution)
-    a = pre.default_a if threshold_a is None else threshold_a
-    b = pre.default_b if threshold_b is None else threshold_b
-    out = pre.run(np.asarray(image.convert("RGB")), a, b, load_annotator)
+    out = pre.run(np.asarray(image.convert("RGB")), threshold_a, threshold_b, Context(load_annotator, seed))
     return Image.fromarray(out).convert("RGB")
 
 

@@ -58,12 +58,13 @@ def controlnet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str,
     return out
 
 
-def demo_controlnet(seed: int = 0):
-    """A random but deterministic tiny ControlNetModel; its zero convolutions get weights so it has an effect."""
+def demo_controlnet(seed: int = 0, family: str = "demo"):
+    """A random but deterministic tiny ControlNetModel for a demo family (`demo`: SD 1.x layout, `demo-sd2`: SD 2.x
+    layout with linear projections); its zero convolutions get weights so it has an effect."""
     from diffusers import ControlNetModel
 
     torch.manual_seed(seed)
-    model = ControlNetModel.from_config(ControlNetModel.load_config(controlnet_config_dir("demo")))
+    model = ControlNetModel.from_config(ControlNetModel.load_config(controlnet_config_dir(family)))
     with torch.no_grad():  # a trained ControlNet's zero convs are no longer zero; a fresh one would do nothing
         for block in [*model.controlnet_down_blocks, model.controlnet_mid_block]:
             block.weight.normal_(0, 0.5)
@@ -72,12 +73,12 @@ def demo_controlnet(seed: int = 0):
     return model
 
 
-def demo_controlnet_bytes(seed: int = 0) -> bytes:
+def demo_controlnet_bytes(seed: int = 0, family: str = "demo") -> bytes:
     """The demo ControlNet as A1111 `.safetensors` bytes (LDM key names, fp32)."""
-    model = demo_controlnet(seed)
+    model = demo_controlnet(seed, family)
     state = controlnet_to_ldm(model.state_dict(), dict(model.config))
     state = {k: v.detach().contiguous() for k, v in state.items()}
-    return save(state, metadata={"easel.family": "demo", "easel.seed": str(seed)})
+    return save(state, metadata={"easel.family": family, "easel.seed": str(seed)})
 
 
 def write_demo_controlnet(path: Path, seed: int = 0) -> Path:

@@ -1,0 +1,92 @@
+"""Added cost of each ControlNet unit kind on the demo model (64×64, 2 steps, CPU unless EASEL_DEVICE says).
+
+Prints JSON: for each kind, load_s of its first request (cold: the ControlNet file loads) and of later ones
+(warm), the median generate_s, and the added generate_s over the same request without units; and the median
+seconds of `POST /controlnet/detect`'s work (the preprocessor alone) for a few weight-free modules.
+    .venv/bin/python bench/bench_controlnet_units.py [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from functions.wiring import build_services
+from handlers.generation.controlnet_listing import DetectRequest, detect
+from handlers.generation.generate import execute_job
+from handlers.jobs import Job
+from handlers.schemas import Txt2ImgRequest
+from handlers.settings import Settings
+from loaders.demo.controlnet import DEMO_CONTROLNET_NAME, install_demo_controlnet
+from loaders.demo.model import install_demo
+from loaders.storage.store import LocalStore
+
+
+def picture() -> str:
+    img = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(img).rectangle([16, 16, 47, 47], fill="black")
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def kinds(image: str) -> dict[str, list[dict]]:
+    cn = {"module": "canny", "model": DEMO_CONTROLNET_NAME, "image": image}
+    ref = {"model": "None", "image": image}
+    return {"plain": [], "controlnet_canny": [cn], "controlnet_none_module": [{**cn, "module": "none"}],
+            "two_controlnet_units": [cn, {**cn, "module": "invert"}],
+            "reference_only": [{**ref, "module": "reference_only"}],
+            "reference_adain": [{**ref, "module": "reference_adain"}],
+            "reference_adain+attn": [{**ref, "module": "reference_adain+attn"}]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp())
+    store = LocalStore(root / "data")
+    install_demo(store)
+    install_demo_controlnet(store)
+    services = build_services(Settings(store=f"file://{root / 'data'}", cache_dir=root / "cache"), store=store)
+    image = picture()
+    warmup = Txt2ImgRequest(prompt="x", width=64, height=64, steps=2, seed=1)
+    execute_job(Job(user="bench", mode="txt2img", request=warmup, task_id="warmup"), services)  # checkpoint load
+    result = {}
+    for label, units in kinds(image).items():
+        loads, gens = [], []
+        for k in range(args.runs + 1):
+            scripts = {"controlnet": {"args": units}} if units else {}
+            req = Txt2ImgRequest(prompt="x", width=64, height=64, steps=2, seed=1, alwayson_scripts=scripts)
+            timings = execute_job(Job(user="bench", mode="txt2img", request=req, task_id=f"{label}{k}"),
+                                  services).parameters.timings
+            loads.append(timings.load_s)
+            if k:
+                gens.append(timings.generate_s)
+        result[label] = {"load_s_first": round(loads[0], 4), "load_s_warm_median": round(statistics.median(loads[1:]), 4),
+                         "generate_s_median": round(statistics.median(gens), 4)}
+    plain = result["plain"]["generate_s_median"]
+    for label, row in result.items():
+        row["added_generate_s"] = round(row["generate_s_median"] - plain, 4)
+    detect_s = {}
+    for module in ("canny", "lineart_standard", "shuffle", "mlsd", "color"):
+        body = DetectRequest(controlnet_module=module, controlnet_input_images=[image])
+        spent = []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            detect(services, "bench", body)
+            spent.append(time.perf_counter() - t0)
+        detect_s[module] = round(statistics.median(spent), 4)
+    print(json.dumps({"units": result, "detect_s_median": detect_s}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
