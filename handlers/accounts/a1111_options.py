@@ -108,6 +108,8 @@ DEFAULTS = {
     # hidden
     "disabled_extensions": [], "disable_all_extensions": "none", "restore_config_state_file": "",
     "sd_checkpoint_hash": "",
+    # the ControlNet extension's (handlers.generation.controlnet reads it)
+    "control_net_no_detectmap": False,
 }
 
 # Stored per user; each changes what a generation does (handlers.generation reads them).
@@ -116,6 +118,7 @@ HONOURED = {
     "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "tiling", "samples_format", "jpeg_quality",
     "webp_lossless", "return_grid", "grid_save", "grid_only_if_multiple", "enable_pnginfo", "sd_vae_decode_method",
     "show_progress_every_n_steps", "live_previews_enable", "add_model_hash_to_info", "add_model_name_to_info",
+    "control_net_no_detectmap",
 }
 
 # Change generation in A1111, not implemented here: only their default is accepted (with its reason).
