@@ -74,7 +74,10 @@ def test_img2img_response_parameters_and_output_folder(client, store):
     text = Image.open(io.BytesIO(base64.b64decode(body["images"][0]))).text["parameters"]
     assert "Denoising strength: 0.75" in text
     assert [i.key for i in store.list("users/alice/outputs/img2img-images/")]
-    grid = ok(img2img(client, batch_size=2))
+    # A1111's API makes a grid only with save_images (do_not_save_grid = not save_images); then it comes first
+    assert len(ok(img2img(client, batch_size=2))["images"]) == 2
+    assert not list(store.list("users/alice/outputs/img2img-grids/"))
+    grid = ok(img2img(client, batch_size=2, save_images=True))
     assert len(grid["images"]) == 3 and [i.key for i in store.list("users/alice/outputs/img2img-grids/")]
 
 
