@@ -31,7 +31,8 @@ def test_censor_blacks_out_flagged_images_and_says_which(store, make_services, t
     install_checker(store, tmp_path, tiny_safety_checker(flag_everything=flag))
     with TestClient(create_app(make_services(store, enable_nsfw_censor=True))) as c:
         assert c.get("/webui/config", headers=auth()).json()["nsfw_censor"] is True
-        r = c.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "seed": 4, "batch_size": 2}, headers=auth())
+        r = c.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "seed": 4, "batch_size": 2,
+                                                "save_images": True}, headers=auth())  # A1111: a grid only then
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["parameters"]["nsfw"] == [flag, flag]

@@ -221,7 +221,8 @@ def _final(r: TaskRecord, status: Status, result: dict | None, timings, error: s
 
 def finished(services: Services, record: TaskRecord) -> None:
     """Every finished task passes here once its final state is stored: what it leaves behind is cleaned up."""
-    sink.append_finished(services, record)  # EAS sink, before the open marker goes: a crash here is redone
+    if not record.sync:  # the EAS sink holds queued tasks' results; a sync run was answered on its connection
+        sink.append_finished(services, record)  # before the open marker goes: a crash here is redone
     collect_orphans(services, record)
     services.store.delete(records.request_key(record.user, record.task_id))
     services.store.delete(records.open_key(record.user, record.task_id))

@@ -88,6 +88,7 @@ class TaskRecord(BaseModel):
     base_url: str | None = None  # where /files/ URLs point when the store cannot sign URLs
     origin: dict[str, Any] | None = None  # set for bucket-upload tasks: where the input came from
     rev: str = ""  # unique per write: a conditional write whose answer was lost is recognised by it
+    sync: bool = False  # run by the synchronous route (its claim on the id): answered there, not via the EAS sink
 
     @property
     def done(self) -> bool:

@@ -24,7 +24,7 @@ def run_once(services: Services, user: str, mode: str, request: GenerationReques
     """Run `run()` under a fresh claim on `task_id`, or answer a reuse of it without running anything."""
     digest = records.body_hash(mode, records.request_body(request))
     record = records.TaskRecord(task_id=task_id, user=user, mode=mode, status="running", request_hash=digest,
-                                attempts=1, runs=1, started_at=time.time(),
+                                attempts=1, runs=1, started_at=time.time(), sync=True,
                                 progress=records.Progress(total=request.steps * request.n_iter))
     try:
         records.swap_task(services, record, None)  # the claim: the record's conditional create
