@@ -43,8 +43,9 @@ def execute_job(job: Job, services: Services, on_step: StepCallback | None = Non
 
 def _tiled_modules(model: LoadedCheckpoint, adapters, refiner) -> tuple:
     """What `tiling` pads circularly: the UNet and VAE of the checkpoint (and refiner), and a replacement VAE."""
-    return (model.pipe.unet, model.pipe.vae, adapters.vae,
-            *((refiner.pipe.unet, refiner.pipe.vae) if refiner else ()))
+    pipes = (model.pipe, refiner.pipe) if refiner else (model.pipe,)
+    found = [getattr(pipe, part, None) for pipe in pipes for part in ("unet", "vae")] + [adapters.vae]
+    return tuple(m for m in found if m is not None)
 
 
 def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:

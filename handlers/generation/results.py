@@ -103,7 +103,7 @@ def info_json(job: Job, model, generated: Generated, opts: dict, fidelity, grid_
         "extra_generation_params": {}, "index_of_first_image": 1 if grid_first else 0, "infotexts": infotexts,
         "styles": list(req.styles), "job_timestamp": datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S"),
         "clip_skip": fidelity.clip_skip, "is_using_inpainting_conditioning": job.mode == "img2img" and (
-            getattr(model.pipe.unet.config, "in_channels", 4) == 9),
+            getattr(getattr(getattr(model.pipe, "unet", None), "config", None), "in_channels", 4) == 9),
     }
 
 
