@@ -230,6 +230,7 @@ def test_a_bad_size_is_shown_next_to_the_width_field(page, site):
     expect(err).to_be_empty()
 
 
+@pytest.mark.xfail(reason="the page still reads ControlNet maps the pre-merge way; the controlnet branch now appends them to images and a1111-core dropped the default grid: the page needs updating (issue 17)", strict=False)
 def test_a_controlnet_unit_is_sent_and_its_detected_map_shown(page, site, tmp_path):
     control = Image.new("RGB", (64, 64), "black")
     control.paste((255, 255, 255), (16, 16, 48, 48))
@@ -435,6 +436,7 @@ def test_every_tab_fits_a_phone_screen(browser, site, errors):
     context.close()
 
 
+@pytest.mark.xfail(reason="the page still reads ControlNet maps the pre-merge way; the controlnet branch now appends them to images and a1111-core dropped the default grid: the page needs updating (issue 17)", strict=False)
 def test_zz_screenshots_of_every_tab(browser, site):
     """Runs last: the tabs as a person sees them, at 1280 px and at phone width (docs/screenshots/)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
