@@ -9,7 +9,7 @@ from handlers.accounts.users import UserRegistry
 from handlers.billing.metering import Meter
 from handlers.generation import acceleration
 from handlers.generation.batching import Batcher
-from handlers.services import Services, UserSlots
+from handlers.services import WATCH_REFUSAL, Services, UserSlots
 from handlers.settings import Settings
 from handlers.tasks.workers import LocalExecutor
 from loaders.adapters.controlnet import ControlNetCache
@@ -50,6 +50,7 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
                         meter=Meter(settings, models.device), censor=censor,
                         prompt_models=PromptModels(store, settings.cache_dir, device=models.device),
                         device_lock=device_lock, batcher=Batcher.from_settings(settings, device_lock),
-                        user_slots=UserSlots(settings.max_running_per_user))
+                        user_slots=UserSlots(settings.max_running_per_user),
+                        watch_slots=UserSlots(settings.max_watches_per_user, WATCH_REFUSAL))
     services.executor = LocalExecutor(services)  # Modal's web container replaces it with ModalExecutor
     return services

@@ -44,11 +44,16 @@ class StepProgress:
         return (time.monotonic() - self.started) / self.step * (self.total - self.step)
 
 
-class UserSlots:
-    """At most `limit` synchronous generations per user at once; more is a 429, not a pile-up."""
+WATCH_REFUSAL = "sink watchers open; close one first"
 
-    def __init__(self, limit: int):
-        self.limit = limit
+
+class UserSlots:
+    """At most `limit` of one kind of long-held work per user at once (synchronous generations, sink watchers);
+    more is a 429 that says what to do instead, not a pile-up."""
+
+    def __init__(self, limit: int, refusal: str = "generations running; wait for one to finish, or queue more "
+                                                  "with ?task_id="):
+        self.limit, self.refusal = limit, refusal
         self._running: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -56,8 +61,7 @@ class UserSlots:
     def hold(self, user: str):
         with self._lock:
             if self._running.get(user, 0) >= self.limit:
-                raise TooManyRequests(f"you already have {self.limit} generations running; wait for one to "
-                                      "finish, or queue more with ?task_id=")
+                raise TooManyRequests(f"you already have {self.limit} {self.refusal}")
             self._running[user] = self._running.get(user, 0) + 1
         try:
             yield
@@ -112,6 +116,7 @@ class Services:
     progress: ProgressBoard = field(default_factory=ProgressBoard)
     device_lock: threading.Lock = field(default_factory=threading.Lock)
     user_slots: UserSlots = field(default_factory=lambda: UserSlots(4))
+    watch_slots: UserSlots = field(default_factory=lambda: UserSlots(8, WATCH_REFUSAL))  # EAS sink websockets
     batcher: Batcher | None = None  # look-alike txt2img requests share one device batch (handlers/generation/batching.py)
     censor: SafetyChecker | None = None  # set when EASEL_ENABLE_NSFW_CENSOR is on
     prompt_models: PromptModels | None = None

@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     eas_service: str = Field("", description="the service name in /api/predict/<name>[/sink] (empty: any name)")
     eas_max_payload_bytes: int = Field(8 * 2**20, ge=1024, description="largest queue item; bigger results "
                                        "reach the sink without their base64 images")
+    max_watches_per_user: int = Field(8, ge=1, le=1000, description="EAS sink websockets one user may hold "
+                                      "open at once (each polls the store); more is refused")
     eas_watch_poll_s: float = Field(0.25, gt=0, le=10, description="how often a sink watcher looks for new items")
     watch_interval_s: float = Field(0.0, ge=0, description="poll users/*/inbox/ every this many seconds in `easel serve` (0 = off)")
 

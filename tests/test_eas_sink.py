@@ -7,8 +7,10 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from handlers.http.api import create_app
 from handlers.tasks import queue_proto, sink
 from handlers.tasks.queue_stream import Stream
 from loaders.storage.store import LocalStore
@@ -137,6 +139,20 @@ def test_put_validates_the_body_and_tags_before_queueing(client):
     with pytest.raises(WebSocketDisconnect):
         with client.websocket_connect(SINK + "?_watch_=true", headers={"Authorization": "nope"}) as ws:
             ws.receive_bytes()
+
+
+def test_watchers_per_user_are_capped(make_services, store):
+    services = make_services(store, max_watches_per_user=1)
+    with TestClient(create_app(services)) as client:
+        with client.websocket_connect(SINK + "?_watch_=true", headers=auth()):
+            with pytest.raises(WebSocketDisconnect) as refused:
+                with client.websocket_connect(SINK + "?_watch_=true", headers=auth()) as second:
+                    second.receive_bytes()
+            assert "429" in refused.value.reason
+            with client.websocket_connect(SINK + "?_watch_=true", headers=auth("bob")):
+                pass  # another user's watcher is not counted against alice
+        with client.websocket_connect(SINK + "?_watch_=true", headers=auth()):
+            pass  # the first one closed: its slot is free again
 
 
 EAS_ASYNC = {"alwayson_scripts": {"id_task": "14837", "uid": "123", "save_dir": "tmp/outputs"},

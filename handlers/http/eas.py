@@ -16,6 +16,7 @@ change nothing here (each user has one sink, whoever reads it).
 from __future__ import annotations
 
 import asyncio
+from contextlib import ExitStack
 import json
 import re
 import uuid
@@ -288,22 +289,24 @@ class WatchOptions:
 @router.websocket("/api/predict/{service}/sink")
 async def watch(websocket: WebSocket, service: str):
     services: Services = websocket.app.state.services
-    try:
-        who = services.tokens.authenticate(websocket.headers.get("authorization"))
-        _check_service(services, service)
-        options = WatchOptions(websocket.query_params)
-    except EaselError as e:  # refused before the handshake completes: the client sees the HTTP status
-        await websocket.close(code=1008, reason=f"{e.status} {e}"[:120])
-        return
-    await websocket.accept()
-    stream = sink.sink_stream(services, who.user)
-    closed = asyncio.create_task(_until_closed(websocket))
-    try:
-        await _deliver(websocket, stream, options, services.settings.eas_watch_poll_s, closed)
-    except (WebSocketDisconnect, RuntimeError):
-        pass  # the client went away; what it did not commit stays in the sink for its next watch
-    finally:
-        closed.cancel()
+    with ExitStack() as held:
+        try:
+            who = services.tokens.authenticate(websocket.headers.get("authorization"))
+            _check_service(services, service)
+            options = WatchOptions(websocket.query_params)
+            held.enter_context(services.watch_slots.hold(who.user))  # each watcher polls the store: bounded
+        except EaselError as e:  # refused before the handshake completes: the client sees the HTTP status
+            await websocket.close(code=1008, reason=f"{e.status} {e}"[:120])
+            return
+        await websocket.accept()
+        stream = sink.sink_stream(services, who.user)
+        closed = asyncio.create_task(_until_closed(websocket))
+        try:
+            await _deliver(websocket, stream, options, services.settings.eas_watch_poll_s, closed)
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away; what it did not commit stays in the sink for its next watch
+        finally:
+            closed.cancel()
 
 
 async def _until_closed(websocket: WebSocket) -> None:
