@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests import live_server
+from tests.live_server import free_port, stop, wait_healthy  # noqa: F401 (the EAS tests' helpers)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = {"alice": "tok-eas-alice", "bob": "tok-eas-bob"}
@@ -19,12 +19,6 @@ CLIENT = Path(__file__).with_name("eas_client_run.py")
 # eas-prediction's generated protobuf code needs protobuf<=3.20 (its own pin); the venv's is newer for other
 # libraries, so `make` installs the client and the old protobuf beside it (--target) for the client's process only.
 CLIENT_PROTOBUF = ROOT / ".venv" / "eas-client"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def client_env() -> dict[str, str]:
@@ -56,28 +50,5 @@ def read_frames(proc: subprocess.Popen, count: int, timeout: float) -> list[dict
 
 
 def start_server(data_dir: Path, port: int, log: Path, *flags: str, **env: str) -> subprocess.Popen:
-    environ = {**os.environ, "EASEL_TOKENS": ",".join(f"{u}={t}" for u, t in TOKENS.items()),
-               "EASEL_TASK_LEASE_S": "2", "EASEL_CACHE_DIR": str(data_dir.parent / "cache"),
-               "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "EASEL_CPU_THREADS": "1", **env}
-    return subprocess.Popen([sys.executable, "-m", "functions.cli", "serve", "--data-dir", str(data_dir),
-                             "--port", str(port), *flags], cwd=ROOT, env=environ, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not start:\n" + log.read_text()[-3000:])
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
+    """`easel serve` with alice's and bob's EAS test tokens."""
+    return live_server.start_server(data_dir, port, log, *flags, tokens=TOKENS, **env)

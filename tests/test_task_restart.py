@@ -3,46 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from tests import live_server
+from tests.live_server import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "tok-restart"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "EASEL_TOKENS": f"alice={TOKEN}", "EASEL_TASK_LEASE_S": "2",
-           "EASEL_TASK_PROGRESS_INTERVAL_S": "0", "EASEL_CACHE_DIR": str(data_dir.parent / "cache"),
-           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "EASEL_CPU_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "functions.cli", "serve", "--data-dir", str(data_dir),
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout=180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not start:\n" + log.read_text()[-3000:])
+def start_server(data_dir: Path, port: int, log: Path):
+    return live_server.start_server(data_dir, port, log, tokens={"alice": TOKEN}, EASEL_TASK_PROGRESS_INTERVAL_S="0")
 
 
 def get_task(url: str, task_id: str) -> dict:

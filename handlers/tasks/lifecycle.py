@@ -175,14 +175,18 @@ def settle(services: Services, user: str, task_id: str, status: Status, *, resul
     """End a task no Claimed of this process holds (a sync run, Modal's handed-over job): its final state by
     read-and-swap, then `finished`; a task already ended stays as it is."""
 
+    ended = []
+
     def change(r: TaskRecord) -> bool:
         if r.done:
             return False
         _final(r, status, result, timings, error)
+        ended.append(True)
         return True
 
     record, _ = records.update_task(services, user, task_id, change)
-    finished(services, record)
+    if ended:  # the one that ended it cleans up; an already ended task was cleaned up by whoever ended it
+        finished(services, record)
     return record
 
 
