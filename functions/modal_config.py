@@ -29,7 +29,6 @@ TOKENIZER_NAMES = ("clip-vit-large-patch14", "clip-vit-h-14", "clip-vit-bigG-14"
 # A type Modal adds later is refused at deploy until it is listed here: one line to change, never a failed start.
 KNOWN_GPUS = ("T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB", "RTX-PRO-6000", "H100", "H100!",
               "H200", "B200", "B200+")
-WEB_LIMIT_S = 150  # Modal answers 303 to a result URL when a web request runs longer (guide "Request timeouts")
 WEB_SLACK_S = 60  # the web function outlives its longest sync wait by this much, so our 202 always goes out
 
 
