@@ -31,10 +31,10 @@ def stored(store: ObjectStore, user: str) -> dict:
         return {}
 
 
-def effective(store: ObjectStore, user: str, default_checkpoint: str | None, overrides: dict | None = None) -> dict:
-    """A1111's defaults ← the user's stored options ← this request's override_settings (checked)."""
+def effective(saved: dict, default_checkpoint: str | None, overrides: dict | None = None) -> dict:
+    """A1111's defaults ← the user's stored options (`stored`) ← this request's override_settings (checked)."""
     values = {k: default_of(k) for k in DEFAULTS} | {"sd_model_checkpoint": default_checkpoint}
-    values |= stored(store, user)
+    values |= saved
     if overrides:
         values |= check(overrides, "override_settings")
     return values

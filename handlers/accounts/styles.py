@@ -62,11 +62,10 @@ def merge_prompts(style_prompt: str, prompt: str) -> str:
     return ", ".join(parts)
 
 
-def apply(store: ObjectStore, user: str, names: list[str], prompt: str, negative: str) -> tuple[str, str]:
-    """(prompt, negative prompt) with the named styles applied in order; an unknown name is a 422."""
+def apply(styles: dict, names: list[str], prompt: str, negative: str) -> tuple[str, str]:
+    """(prompt, negative prompt) with the named styles (of `load`) applied in order; an unknown name is a 422."""
     if not names:
         return prompt, negative
-    styles = load(store, user)
     for name in names:
         if name not in styles:
             known = ", ".join(sorted(styles)[:20]) or "none yet (POST /sdapi/v1/prompt-styles)"

@@ -18,21 +18,21 @@ _VIA_OVERRIDES = {"sd_model_checkpoint", "sd_vae", "sd_vae_decode_method"}
 def apply_user_options(job: Job, services: Services) -> dict:
     """Effective options for this job; the job's request gets its styles applied and its stored options merged."""
     req = job.request
-    opts = user_options.effective(services.store, job.user, services.settings.default_checkpoint,
-                                  req.override_settings)
-    mine = {k: v for k, v in user_options.stored(services.store, job.user).items()
+    saved = user_options.stored(services.store, job.user)  # one read of the user's options per job
+    opts = user_options.effective(saved, services.settings.default_checkpoint, req.override_settings)
+    mine = {k: v for k, v in saved.items()
             if k in _VIA_OVERRIDES and k in HONOURED and v != DEFAULTS[k] and k not in req.override_settings}
     update = {}
     if mine:
         update["override_settings"] = {**mine, **req.override_settings}
     if req.styles:
-        update["prompt"], update["negative_prompt"] = styles.apply(services.store, job.user, req.styles, req.prompt,
+        mine_styles = styles.load(services.store, job.user)  # one read for the prompt and the hires prompts
+        update["prompt"], update["negative_prompt"] = styles.apply(mine_styles, req.styles, req.prompt,
                                                                    req.negative_prompt)
         if getattr(req, "hr_prompt", ""):
-            update["hr_prompt"], _ = styles.apply(services.store, job.user, req.styles, req.hr_prompt, "")
+            update["hr_prompt"], _ = styles.apply(mine_styles, req.styles, req.hr_prompt, "")
         if getattr(req, "hr_negative_prompt", ""):
-            _, update["hr_negative_prompt"] = styles.apply(services.store, job.user, req.styles, "",
-                                                           req.hr_negative_prompt)
+            _, update["hr_negative_prompt"] = styles.apply(mine_styles, req.styles, "", req.hr_negative_prompt)
     if update:
         job.request = req.model_copy(update=update)
     return opts

@@ -106,7 +106,7 @@ def router(services: Services) -> APIRouter:
 
     @r.get("/sdapi/v1/options")
     def get_options(who: Tenant = Depends(tenant)) -> dict:
-        return user_options.effective(store, who.user, services.settings.default_checkpoint)
+        return user_options.effective(user_options.stored(store, who.user), services.settings.default_checkpoint)
 
     @r.post("/sdapi/v1/options")
     def set_options(body: dict = Body(...), who: Tenant = Depends(tenant)) -> dict:
