@@ -225,8 +225,9 @@ def _final(r: TaskRecord, status: Status, result: dict | None, timings, error: s
 
 def finished(services: Services, record: TaskRecord) -> None:
     """Every finished task passes here once its final state is stored: what it leaves behind is cleaned up."""
-    if not record.sync:  # the EAS sink holds queued tasks' results; a sync run was answered on its connection
-        sink.append_finished(services, record)  # before the open marker goes: a crash here is redone
+    if record.sync:  # answered on its connection, run once: no sink item, no stored body, no open marker
+        return
+    sink.append_finished(services, record)  # the EAS sink, before the open marker goes: a crash here is redone
     collect_orphans(services, record)
     services.store.delete(records.request_key(record.user, record.task_id))
     services.store.delete(records.open_key(record.user, record.task_id))
