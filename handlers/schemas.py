@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from handlers import unhonoured
 from handlers.samplers import MISSING_SAMPLERS, SAMPLERS, SCHEDULES, find_sampler, find_schedule
 from loaders.errors import InvalidRequest
 
@@ -17,9 +18,11 @@ MAX_STYLES = 32
 
 
 class GenerationRequest(BaseModel):
-    """Fields shared by txt2img and img2img (A1111 names and defaults; unknown A1111 fields are ignored)."""
+    """Fields shared by txt2img and img2img (A1111 names and defaults). Keys A1111 itself ignores are ignored;
+    A1111 fields that would change the result and are not honoured here are refused by name (handlers.unhonoured)."""
 
     model_config = ConfigDict(extra="ignore")
+    endpoint: ClassVar[str] = "txt2img"  # which A1111 route the model is for
 
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
@@ -107,6 +110,13 @@ class GenerationRequest(BaseModel):
         if v != cls.model_fields[info.field_name].default:
             raise ValueError(f"`{info.field_name}` {v} is not supported here")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unhonoured(cls, data):
+        if isinstance(data, dict) and (found := unhonoured.refusals(data, cls.endpoint)):
+            raise ValueError("; ".join(found))
+        return data
 
     @field_validator("alwayson_scripts", mode="before")
     @classmethod
@@ -295,6 +305,7 @@ class Txt2ImgRequest(GenerationRequest):
 
 
 class Img2ImgRequest(GenerationRequest):
+    endpoint: ClassVar[str] = "img2img"
     init_images: list[str] = Field(default_factory=list, max_length=MAX_IMAGES_PER_REQUEST,
                                    description="base64 images or links; EAS: alwayson_scripts.image_link")
     resize_mode: int = Field(0, ge=0, le=3, description="0 just resize, 1 crop and resize, 2 resize and fill, "

@@ -150,3 +150,12 @@ def test_new_samplers_are_listed_with_a1111_options_and_deterministic(client):
 def test_a1111_samplers_not_available_here_are_refused_by_name(client):
     r = txt2img(client, seed=1, sampler_name="DPM adaptive")
     assert r.status_code == 422 and "DPM adaptive" in r.json()["detail"] and "not available" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("extra", [{"restore_faces": True}, {"script_name": "X/Y/Z plot", "script_args": [1]},
+                                   {"alwayson_scripts": {"ADetailer": {"args": []}}},
+                                   {"initial_noise_multiplier": 0.5}, {"latent_mask": "abc"}])
+def test_a1111_fields_this_server_does_not_run_are_refused_by_name(client, extra):
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, **extra}, headers=auth())
+    assert r.status_code == 422, r.text
+    assert next(iter(extra)) in r.json()["detail"] or "ADetailer" in r.json()["detail"]
