@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -97,3 +98,15 @@ class ObjectStore(ABC):
         except NotFound:
             return False
         return True
+
+
+def fill_atomically(path: Path, fill: Callable[[Path], None]) -> None:
+    """`fill(tmp)` writes a file beside `path` that becomes `path` only when complete (removed on any failure)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        fill(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

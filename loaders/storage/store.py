@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from loaders.errors import Conflict, NotFound
-from loaders.storage.base import ObjectInfo, ObjectStore, check_key  # noqa: F401 (the store's names, re-exported)
+from loaders.storage.base import ObjectInfo, ObjectStore, check_key, fill_atomically  # noqa: F401 (re-exported)
 from loaders.storage.faults import RetryPolicy, classify_s3
 from loaders.storage.faults import disk_errors as _disk
 from loaders.storage.streams import CHUNK, read_range, s3_chunks
@@ -110,16 +110,13 @@ class LocalStore(ObjectStore):
     def get_file(self, key: str, path: Path) -> ObjectInfo:
         src = self._path(key)
         info = self._info(key, src)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(path).with_name(Path(path).name + ".part")
-        try:
+
+        def copy(tmp: Path) -> None:
             with _disk("get", key), open(src, "rb") as r, open(tmp, "wb") as w:
                 while chunk := r.read(1 << 22):
                     w.write(chunk)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+        fill_atomically(Path(path), copy)
         return info
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
@@ -277,15 +274,8 @@ class S3Store(ObjectStore):
 
     def get_file(self, key: str, path: Path) -> ObjectInfo:
         info = self.stat(key)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(path).with_name(Path(path).name + ".part")
-        try:
-            self._call("get", key, lambda: self.client.download_file(self.bucket, self._k(key), str(tmp),
-                                                                     Config=self.transfer))
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        fill_atomically(Path(path), lambda tmp: self._call(
+            "get", key, lambda: self.client.download_file(self.bucket, self._k(key), str(tmp), Config=self.transfer)))
         return info
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
