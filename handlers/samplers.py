@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import diffusers
 
+from loaders.models.planned import PlannedScheduler
+
 
 @dataclass(frozen=True)
 class Sampler:
@@ -17,10 +19,13 @@ class Sampler:
     aliases: tuple[str, ...] = ()
     default_schedule: str | None = None  # A1111 1.10: the schedule "Automatic" means for this sampler
     flags: tuple[str, ...] = ()  # A1111's sampler option flags, as /sdapi/v1/samplers lists them
+    planned: str | None = None  # a loaders.models.ksampling sampler run through PlannedScheduler
+    listed: tuple[tuple[str, str], ...] = ()  # A1111's other option values ("solver_type": "heun")
 
     @property
     def a1111_options(self) -> dict:
-        return ({"scheduler": self.default_schedule} if self.default_schedule else {}) | {f: True for f in self.flags}
+        return ({"scheduler": self.default_schedule} if self.default_schedule else {}) | {f: True for f in self.flags} \
+            | dict(self.listed)
 
 
 _SDE = {"algorithm_type": "sde-dpmsolver++"}
@@ -31,7 +36,10 @@ SAMPLERS = [
     Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", _SDE, aliases=("k_dpmpp_2m_sde",),
             default_schedule="exponential", flags=("brownian_noise",)),
     Sampler("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler", {**_SDE, "solver_type": "heun"},
-            aliases=("k_dpmpp_2m_sde_heun",), default_schedule="exponential", flags=("brownian_noise",)),
+            aliases=("k_dpmpp_2m_sde_heun",), default_schedule="exponential", flags=("brownian_noise",),
+            listed=(("solver_type", "heun"),)),
+    Sampler("DPM++ 2S a", "PlannedScheduler", aliases=("k_dpmpp_2s_a",), default_schedule="karras",
+            flags=("uses_ensd", "second_order"), planned="dpmpp_2s_ancestral"),
     Sampler("DPM++ 3M SDE", "DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3},
             aliases=("k_dpmpp_3m_sde",), default_schedule="exponential",
             flags=("discard_next_to_last_sigma", "brownian_noise")),
@@ -44,6 +52,9 @@ SAMPLERS = [
             flags=("discard_next_to_last_sigma", "second_order")),
     Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",), default_schedule="karras",
             flags=("discard_next_to_last_sigma", "uses_ensd", "second_order")),
+    Sampler("DPM fast", "PlannedScheduler", aliases=("k_dpm_fast",), flags=("uses_ensd",), planned="dpm_fast"),
+    Sampler("Restart", "PlannedScheduler", aliases=("restart",), default_schedule="karras", flags=("second_order",),
+            planned="restart"),
     Sampler("DDIM", "DDIMScheduler", aliases=("ddim",)),
     Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",)),
     Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
@@ -54,7 +65,7 @@ SAMPLERS = [
             flags=("second_order", "brownian_noise")),
 ]
 # A1111 1.10 samplers with no diffusers scheduler here yet: refused by name rather than run as another sampler.
-MISSING_SAMPLERS = ("DPM++ 2S a", "DPM fast", "DPM adaptive", "Restart", "DDIM CFG++")
+MISSING_SAMPLERS = ("DPM adaptive", "DDIM CFG++")
 
 # A1111 >= 1.9 "Schedule type": label → scheduler config options. Only applied where the class has them.
 SCHEDULES = {
@@ -78,12 +89,16 @@ def find_schedule(name: str) -> str | None:
     return _SCHEDULE_BY_NAME.get(name.strip().lower())
 
 
-def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None):
+def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None,
+                   strength: float | None = None):
     """A fresh scheduler for one request, from the checkpoint's own scheduler config; `noise` carries the
-    request's eta / s_* where the sampler has them (see `noise_step_kwargs`)."""
-    cls = getattr(diffusers, sampler.scheduler)
+    request's eta / s_* where the sampler has them (see `noise_step_kwargs`); `strength` is the img2img
+    strength the pipeline will be called with (None: txt2img)."""
     if schedule == "automatic":
         schedule = sampler.default_schedule or "automatic"
+    if sampler.planned:
+        return _planned(base_config, sampler, schedule, noise or NoiseParams(), strength)
+    cls = getattr(diffusers, sampler.scheduler)
     kwargs = noise_step_kwargs(sampler, noise) if noise is not None else {}
     if sampler.scheduler == "EulerAncestralDiscreteScheduler" and kwargs:
         cls = EtaEulerAncestral
@@ -93,6 +108,12 @@ def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automat
     if kwargs:
         scheduler.step = _forcing(scheduler.step, kwargs)  # this request's object only
     return scheduler
+
+
+def _planned(base_config: dict, sampler: Sampler, schedule: str, noise: NoiseParams, strength: float | None):
+    knobs = {"eta": 0.0, "s_noise": 1.0} | noise_step_kwargs(sampler, noise)  # Restart takes neither
+    scheduler = PlannedScheduler.from_config(base_config, **SCHEDULES[schedule][1])
+    return scheduler.plan(sampler.planned, eta=knobs["eta"], s_noise=knobs["s_noise"], strength=strength)
 
 
 def _forcing(step, forced: dict):
@@ -128,11 +149,14 @@ _TAKES = {
     "Euler a": ("eta", "s_noise"), "DPM2 a": ("eta", "s_noise"), "DPM++ SDE": ("eta", "s_noise"),
     "DPM++ SDE Karras": ("eta", "s_noise"), "DPM++ 2M SDE": ("eta", "s_noise"), "DDIM": ("eta",),
 }
-_TAKES |= {"DPM++ 2M SDE Heun": ("eta", "s_noise"), "DPM++ 3M SDE": ("eta", "s_noise")}
+_TAKES |= {"DPM++ 2M SDE Heun": ("eta", "s_noise"), "DPM++ 3M SDE": ("eta", "s_noise"),
+           "DPM++ 2S a": ("eta", "s_noise"), "DPM fast": ("eta", "s_noise")}
 _HONOURED = {"Euler": _CHURN, "Euler a": ("eta", "s_noise"), "DPM++ SDE": ("s_noise",),
-             "DPM++ SDE Karras": ("s_noise",), "DDIM": ("eta",)}
+             "DPM++ SDE Karras": ("s_noise",), "DDIM": ("eta",),
+             "DPM++ 2S a": ("eta", "s_noise"), "DPM fast": ("eta", "s_noise")}
+# A1111 gives every k-diffusion sampler that takes eta the eta_ancestral option (1 by default), DPM fast too
 _ANCESTRAL = {"Euler a", "DPM2 a", "DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Heun",
-              "DPM++ 3M SDE"}
+              "DPM++ 3M SDE", "DPM++ 2S a", "DPM fast"}
 
 
 def _value(sampler: Sampler, noise: NoiseParams, knob: str) -> float:
