@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from handlers.settings import Settings
 from loaders.adapters.controlnet import ControlNetCache
 from loaders.adapters.networks import Adapters
+from loaders.adapters.upscalers import UpscalerCache
 from loaders.errors import TooManyRequests
 from loaders.models.manager import ModelManager
 from loaders.storage.store import ObjectStore
@@ -110,12 +111,15 @@ class Services:
     call_id: Callable[[], str | None] = lambda: None
     executor: Executor | None = None  # runs queued tasks (handlers.tasks.workers.LocalExecutor unless replaced)
     adapters: Adapters | None = None  # LoRA / VAE / embeddings on the resident pipelines
+    upscalers: UpscalerCache | None = None  # ESRGAN-family models for extras and hires (loaders.adapters.upscalers)
 
     def __post_init__(self):
         if self.adapters is None:
             self.adapters = Adapters(self.models.files, self.models.device,
                                      lora_capacity=self.settings.lora_cache_size,
                                      vae_capacity=self.settings.vae_cache_size)
+        if self.upscalers is None:
+            self.upscalers = UpscalerCache(self.models.files, self.models.device)
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route."""

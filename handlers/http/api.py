@@ -16,7 +16,7 @@ from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation import controlnet
 from handlers.generation.generate import execute_job
 from handlers.http import files as file_browser  # `files` is the /files/ route below
-from handlers.http import gallery, listing, prompt, tasks, webui
+from handlers.http import extras, gallery, listing, prompt, tasks, webui
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
 from handlers.http.tasks import TaskAccepted, submit_generation
@@ -165,6 +165,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(models_router(services))
     # The web page and the routes only it needed at first (gallery, file browser, prompt expansion).
+    app.include_router(extras.router(services))
     for module in (gallery, file_browser, prompt):
         app.include_router(module.router(services))
     webui.mount(app, services)

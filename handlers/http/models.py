@@ -22,7 +22,8 @@ from loaders.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from loaders.models import model_files
 from loaders.models.manager import clean_model_name, list_models, model_key, public_kinds
 
-Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet"]
+Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "esrgan", "realesrgan", "swinir", "dat",
+               "gfpgan", "codeformer"]
 SWITCH = {"lora": "EASEL_PUBLIC_LORA", "vae": "EASEL_PUBLIC_VAE", "embedding": "EASEL_PUBLIC_EMBEDDINGS"}
 
 
