@@ -12,6 +12,7 @@ from loaders.errors import InvalidRequest
 MAX_IMAGES_PER_REQUEST = 16
 MAX_PROMPT_CHARS = 20_000
 SEED_MAX = 2**32 - 1
+ALWAYSON_KEYS = frozenset({"controlnet", "sd_model_checkpoint", "sd_vae", "save_dir", "image_link"})
 
 
 class GenerationRequest(BaseModel):
@@ -34,7 +35,11 @@ class GenerationRequest(BaseModel):
     send_images: bool = True
     save_images: bool = True
     override_settings: dict[str, Any] = Field(default_factory=dict)
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="EAS keys ("
+                                             f"{', '.join(sorted(ALWAYSON_KEYS))}); others are refused")
+    script_name: str | None = Field(None, max_length=100, description="an A1111 script (GET /sdapi/v1/scripts)")
+    script_args: list[Any] = Field(default_factory=list, max_length=64, description="the script's arguments, "
+                                   "positionally, as A1111's scripts take them")
     force_task_id: str | None = None
     refiner_checkpoint: str | None = Field(None, description="SDXL refiner (A1111): a checkpoint that finishes "
                                            "the denoising; `None` or empty means none")
@@ -83,7 +88,11 @@ class GenerationRequest(BaseModel):
     def _lower_script_names(cls, v):
         # A1111 matches script names case-insensitively (clients send "ControlNet").
         if isinstance(v, dict):
-            return {str(k).lower(): val for k, val in v.items()}
+            v = {str(k).lower(): val for k, val in v.items()}
+            unknown = sorted(set(v) - ALWAYSON_KEYS)
+            if unknown:  # A1111's own alwayson scripts (Refiner, Seed...) have request fields here; we never ignore
+                raise ValueError(f"`alwayson_scripts` {', '.join(map(repr, unknown))}: not run by this server; "
+                                 f"known: {', '.join(sorted(ALWAYSON_KEYS))}")
         return v
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from PIL import Image
 
 from handlers.billing import metering
-from handlers.generation import controlnet, extra_networks, hires, img2img, outputs
+from handlers.generation import controlnet, extra_networks, hires, img2img, outputs, scripts
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
 from handlers.generation.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
@@ -38,9 +38,47 @@ def execute_job(job: Job, services: Services, on_step: StepCallback | None = Non
     return metering.metered(job, services, on_step, run_job)
 
 
+@dataclass
+class Produced:
+    """One request's images before they are persisted, with the seconds its stages took."""
+
+    model: LoadedCheckpoint
+    generated: Generated
+    label: str  # the save_dir label
+    control: object | None
+    load_s: float
+    generate_s: float
+
+
 def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -> GenerationResponse:
     """Execute one request end to end; every stage is timed and only `generate_s` is billed."""
     started = time.time()
+    if job.request.script_name:  # an A1111 script runs its sub-generations through produce(), answers once
+        return scripts.run(job, services, on_step, scripts.Hooks(produce, respond, persist_image))
+    done = produce(job, services, on_step)
+    generated, control, label = done.generated, done.control, done.label
+    # 4. Persist the images (and the grid) before anything reports success
+    t0 = time.perf_counter()
+    saved = persist(job, services, generated, label)
+    mask_urls = controlnet.persist_maps(services, job.user, job.task_id, label, control, job.base_url) if control else []
+    persist_s = time.perf_counter() - t0
+    # 5. Respond
+    timings = Timings(
+        queue_s=round(max(0.0, started - job.queued_at), 4),
+        load_s=round(done.load_s, 4),
+        generate_s=round(done.generate_s, 4),
+        persist_s=round(persist_s, 4),
+        total_s=round(time.time() - job.queued_at, 4),
+        billed_s=round(done.generate_s, 4),  # execute_job replaces billed_s and cost with what the ledger holds
+    )
+    response = respond(job, services, done.model, generated, saved, timings)
+    if control:
+        response.parameters.image_mask_url = ",".join(mask_urls)  # EAS: the detected maps, like image_url
+    return response
+
+
+def produce(job: Job, services: Services, on_step: StepCallback | None = None) -> Produced:
+    """Steps 1-3 of a request: check, load, generate (and screen); nothing is written yet."""
     req = job.request
     # 1. Check what only the request can tell, before any work: where outputs go, which models, which images
     label = outputs.save_dir_label(req.save_dir())
@@ -73,24 +111,7 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
     if services.censor is not None:
         generated.nsfw = censor_images(generated.images, services.censor)
-    # 4. Persist the images (and the grid) before anything reports success
-    t0 = time.perf_counter()
-    saved = persist(job, services, generated, label)
-    mask_urls = controlnet.persist_maps(services, job.user, job.task_id, label, control, job.base_url) if control else []
-    persist_s = time.perf_counter() - t0
-    # 5. Respond
-    timings = Timings(
-        queue_s=round(max(0.0, started - job.queued_at), 4),
-        load_s=round(load_s, 4),
-        generate_s=round(generate_s, 4),
-        persist_s=round(persist_s, 4),
-        total_s=round(time.time() - job.queued_at, 4),
-        billed_s=round(generate_s, 4),  # execute_job replaces billed_s and cost with what the ledger holds
-    )
-    response = respond(job, services, model, generated, saved, timings)
-    if control:
-        response.parameters.image_mask_url = ",".join(mask_urls)  # EAS: the detected maps, like image_url
-    return response
+    return Produced(model, generated, label, control, load_s, generate_s)
 
 
 def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs, networks, control, refiner,
@@ -224,6 +245,13 @@ def persist(job: Job, services: Services, generated: Generated, label: str) -> l
     for key, data in items:
         services.store.put_bytes(key, data, "image/png")
     return items
+
+
+def persist_image(services: Services, key: str, image: Image.Image, infotext: str) -> bytes:
+    """Write one PNG with its infotext (scripts persist their grids and images through this)."""
+    data = outputs.png_bytes(image, infotext)
+    services.store.put_bytes(key, data, "image/png")
+    return data
 
 
 def respond(job: Job, services: Services, model: LoadedCheckpoint, generated: Generated,

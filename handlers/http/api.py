@@ -14,9 +14,10 @@ from starlette.exceptions import HTTPException
 
 from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation import controlnet
+from handlers.generation.scripts import check as check_script
 from handlers.generation.generate import execute_job
 from handlers.http import files as file_browser  # `files` is the /files/ route below
-from handlers.http import extras, gallery, listing, prompt, tasks, webui
+from handlers.http import extras, gallery, listing, prompt, scripts, tasks, webui
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
 from handlers.http.tasks import TaskAccepted, submit_generation
@@ -166,6 +167,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(models_router(services))
     # The web page and the routes only it needed at first (gallery, file browser, prompt expansion).
     app.include_router(extras.router(services))
+    app.include_router(scripts.router(services))
     for module in (gallery, file_browser, prompt):
         app.include_router(module.router(services))
     webui.mount(app, services)
@@ -176,6 +178,7 @@ def create_app(services: Services) -> FastAPI:
 
 def generation(services: Services, who: Tenant, mode: str, body, request: Request, task_id: str | None):
     """`?task_id=` queues the job and answers at once; otherwise it runs now, within the user's share."""
+    check_script(body, mode)  # an unknown script_name is a 422 before anything is queued
     if task_id is not None:
         return submit_generation(services, who, mode, body, task_id, str(request.base_url))
     task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
