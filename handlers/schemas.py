@@ -37,6 +37,8 @@ class GenerationRequest(BaseModel):
     override_settings: dict[str, Any] = Field(default_factory=dict)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="EAS keys ("
                                              f"{', '.join(sorted(ALWAYSON_KEYS))}); others are refused")
+    restore_faces: bool | None = Field(None, description="GFPGAN / CodeFormer (A1111 option "
+                                       "`face_restoration_model`) on every image")
     script_name: str | None = Field(None, max_length=100, description="an A1111 script (GET /sdapi/v1/scripts)")
     script_args: list[Any] = Field(default_factory=list, max_length=64, description="the script's arguments, "
                                    "positionally, as A1111's scripts take them")
@@ -195,8 +197,9 @@ class Txt2ImgRequest(GenerationRequest):
         for name in [*LATENT_UPSCALERS, *IMAGE_UPSCALERS]:
             if v.strip().lower() == name.lower():
                 return name
-        names = ", ".join([*LATENT_UPSCALERS, *IMAGE_UPSCALERS])
-        raise ValueError(f"`hr_upscaler` {v!r} is not available here; use one of: {names}")
+        if not v.strip() or len(v) > 200:
+            raise ValueError(f"`hr_upscaler` {v[:80]!r} is not an upscaler name")
+        return v.strip()  # a model upscaler (GET /sdapi/v1/upscalers): resolved in the caller's models at run time
 
     @field_validator("hr_sampler_name")
     @classmethod

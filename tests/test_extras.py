@@ -151,3 +151,32 @@ def test_output_size_is_bounded_before_any_work(client):
     r = client.post("/sdapi/v1/extra-single-image", headers=auth(),
                     json={"image": png_b64(big), "upscaler_1": "Lanczos", "upscaling_resize": 4.5})
     assert r.status_code == 422 and "upscaling_resize" in r.json()["detail"]
+
+
+def test_hires_fix_runs_a_model_upscaler_from_upscalers(client, store, esrgan2):
+    store.put_bytes("users/alice/models/ESRGAN/tiny-2x.safetensors", esrgan2)
+    body = {"prompt": "a cat", "width": 64, "height": 64, "steps": 2, "seed": 5, "enable_hr": True, "hr_scale": 2,
+            "denoising_strength": 0.3}
+    by_model = client.post("/sdapi/v1/txt2img", json={**body, "hr_upscaler": "tiny-2x"}, headers=auth())
+    assert by_model.status_code == 200, by_model.text
+    by_lanczos = client.post("/sdapi/v1/txt2img", json={**body, "hr_upscaler": "Lanczos"}, headers=auth())
+    a, b = decode(by_model.json()["images"][0]), decode(by_lanczos.json()["images"][0])
+    assert a.size == b.size == (128, 128)
+    assert not np.array_equal(np.asarray(a), np.asarray(b))
+    missing = client.post("/sdapi/v1/txt2img", json={**body, "hr_upscaler": "tiny-2x"}, headers=auth("bob"))
+    assert missing.status_code == 422 and "hr_upscaler" in missing.json()["detail"]
+
+
+def test_restore_faces_without_weights_is_a_422_naming_the_files(client):
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a face", "width": 64, "height": 64, "steps": 1,
+                                               "restore_faces": True}, headers=auth())
+    assert r.status_code == 422
+    assert "models/Codeformer/" in r.json()["detail"] and "restore_faces" in r.json()["detail"]
+
+
+def test_interrogate_is_refused_naming_what_it_would_need(client):
+    r = client.post("/sdapi/v1/interrogate", json={"image": png_b64(picture()), "model": "clip"}, headers=auth())
+    assert r.status_code == 503 and "models/BLIP/" in r.json()["detail"]
+    assert client.post("/sdapi/v1/interrogate", json={"image": png_b64(picture()), "model": "x"},
+                       headers=auth()).status_code == 404
+    assert client.post("/sdapi/v1/interrogate", json={"image": "??"}, headers=auth()).status_code == 422

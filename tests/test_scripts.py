@@ -39,7 +39,8 @@ def same(a: Image.Image, b: Image.Image) -> bool:
 def test_scripts_are_listed_per_mode_with_their_arguments(client):
     listed = client.get("/sdapi/v1/scripts", headers=auth()).json()
     assert listed["txt2img"] == ["prompt matrix", "prompts from file or textbox", "x/y/z plot"]
-    assert listed["img2img"] == [*listed["txt2img"], "loopback", "sd upscale"]
+    assert listed["img2img"] == [*listed["txt2img"], "loopback", "sd upscale", "poor man's outpainting",
+                                 "outpainting mk2"]
     info = client.get("/sdapi/v1/script-info", headers=auth()).json()
     xyz = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])
     assert [a["label"] for a in xyz["args"]][:2] == ["X type", "X values"] and len(xyz["args"]) == 16
@@ -106,8 +107,11 @@ def test_prompts_from_textbox_runs_each_line_with_its_options(client):
     assert same(decode(out["images"][1]), plain)
 
 
+INIT = Image.effect_noise((64, 64), 60).convert("RGB")
+
+
 def img2img(client, **body):
-    init = png_b64(Image.effect_noise((64, 64), 60).convert("RGB"))
+    init = png_b64(INIT)
     r = client.post("/sdapi/v1/img2img", json={**SMALL, "seed": 3, "init_images": [init], **body}, headers=auth())
     assert r.status_code == 200, r.text
     return r.json()
@@ -129,3 +133,18 @@ def test_sd_upscale_tiles_an_upscaled_picture(client):
     assert result.size == (128, 128)
     texts = json.loads(out["info"])["infotexts"]
     assert "SD upscale upscaler: Lanczos" in texts[0] and "Size: 128x128" in texts[0]
+
+
+def test_poor_mans_outpainting_grows_the_canvas_and_paints_the_border(client):
+    out = img2img(client, prompt="x", script_name="Poor man's outpainting", script_args=[32, 4, 1, ["right"]])
+    result = np.asarray(decode(out["images"][0]))
+    assert result.shape == (64, 128, 3)  # 64 + 32 pixels, rounded up to a multiple of 64
+    assert np.array_equal(result[:, :32], np.asarray(INIT)[:, :32])  # the untouched tile keeps the picture
+    assert result[:, 100:].std() > 1  # the new border was painted, not left black
+
+
+def test_outpainting_mk2_grows_each_side_from_matched_noise(client):
+    out = img2img(client, prompt="x", script_name="Outpainting mk2", script_args=[None, 32, 4, ["down"], 1.0, 0.05])
+    result = np.asarray(decode(out["images"][0]))
+    assert result.shape == (128, 64, 3)  # 64 + 32 rows, rounded up to a multiple of 64 (as A1111), width kept
+    assert result[70:].std() > 1  # the new strip is painted, not black

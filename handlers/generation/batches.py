@@ -59,3 +59,4 @@ class RunContext:
     steps: StepCounter
     control: object | None = None  # handlers.generation.controlnet.ControlPlan
     refiner: object | None = None  # a LoadedCheckpoint
+    upscaler: object | None = None  # hires fix with a model upscaler: (image, width, height) -> image

@@ -97,6 +97,17 @@ def face_restorer_unavailable(services: Services, user: str, kind: str, field: s
                       "server yet, so faces cannot be restored; send 0")
 
 
+def check_restore_faces(services: Services, user: str, req) -> None:
+    """`restore_faces` on txt2img / img2img: the restorer A1111's `face_restoration_model` option names."""
+    if not getattr(req, "restore_faces", None):
+        return
+    model = str(req.override_settings.get("face_restoration_model", "CodeFormer"))
+    kind = {"codeformer": "codeformer", "gfpgan": "gfpgan"}.get(model.lower())
+    if kind is None:
+        raise InvalidRequest(f"`override_settings.face_restoration_model` {model[:80]!r}: use CodeFormer or GFPGAN")
+    face_restorer_unavailable(services, user, kind, "restore_faces")
+
+
 def check_sizes(req: ExtrasBaseRequest, image: Image.Image, field: str) -> None:
     w, h = image.size
     if w * h > MAX_INPUT_PIXELS:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from PIL import Image
 
 from handlers.billing import metering
-from handlers.generation import controlnet, extra_networks, hires, img2img, outputs, scripts
+from handlers.generation import controlnet, extra_networks, extras, hires, img2img, outputs, scripts, upscaling
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
 from handlers.generation.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
@@ -86,6 +86,8 @@ def produce(job: Job, services: Services, on_step: StepCallback | None = None) -
     units = controlnet.parse_units(req.alwayson_scripts)
     networks = extra_networks.resolve(req, services.store, job.user, info)
     inputs = img2img.load_inputs(req, services.store, job.user) if job.mode == "img2img" else None
+    extras.check_restore_faces(services, job.user, req)
+    hr_upscaler = upscaling.hires_resizer(services.store, job.user, services.upscalers, req)
     # 2. Load the checkpoint (free when resident), the refiner, the ControlNet units' models and detected
     #    maps, and fetch the LoRA / VAE / embedding files
     model, load_s = services.models.checkpoint(info)
@@ -106,7 +108,7 @@ def produce(job: Job, services: Services, on_step: StepCallback | None = None) -
             generated, generate_s = services.batcher.generate(job, services, model, progress)
         else:
             generated, generate_s, adapters_load_s = generate_alone(job, services, model, inputs, networks,
-                                                                    control, refiner, progress)
+                                                                    control, refiner, progress, hr_upscaler)
             load_s += adapters_load_s
     # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
     if services.censor is not None:
@@ -115,7 +117,7 @@ def produce(job: Job, services: Services, on_step: StepCallback | None = None) -
 
 
 def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs, networks, control, refiner,
-                   progress: StepCallback) -> tuple[Generated, float, float]:
+                   progress: StepCallback, hr_upscaler=None) -> tuple[Generated, float, float]:
     """Run one request on the device by itself, its adapters applied around it only.
     Returns (images, generate_s, seconds spent loading adapters)."""
     with services.device_lock, services.adapters.applied(model, networks.plan) as adapters:
@@ -123,7 +125,7 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
         steps = StepCounter(progress, planned_steps(job))
         services.progress.start(job.user, job.task_id, steps.total)
         try:
-            ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner)
+            ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner, hr_upscaler)
             generated = generate(job, model, ctx, inputs)
         except Canceled as stopped:
             stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from handlers.schemas import IMAGE_UPSCALERS, LATENT_UPSCALERS
 from loaders.adapters.upscalers import UpscalerCache, run_model
 from loaders.errors import InvalidRequest
 from loaders.models.manager import list_models
@@ -84,3 +85,23 @@ def _one_pass(up: Upscaler, image: Image.Image, scale: float, cache: UpscalerCac
             return image
         return image.resize((int(image.width * scale), int(image.height * scale)), resample=_FILTERS[up.name])
     return run_model(cache.get(up.info), image)
+
+
+def hires_resizer(store: ObjectStore, user: str, cache: UpscalerCache, req):
+    """For hires fix with a model upscaler (any name GET /sdapi/v1/upscalers lists): (image, width, height) ->
+    the image upscaled by the model to cover width × height, then Lanczos-resized and centre-cropped to it
+    (A1111 resizes with the upscaler, then to the exact size). None for the latent and built-in upscalers."""
+    name = getattr(req, "hr_upscaler", None)
+    if not getattr(req, "enable_hr", False) or name is None or name in LATENT_UPSCALERS or name in IMAGE_UPSCALERS:
+        return None
+    up = find(store, user, name, "hr_upscaler")
+
+    def resize(image: Image.Image, width: int, height: int) -> Image.Image:
+        big = upscale(up, image, max(width / image.width, height / image.height), cache)
+        scale = max(width / big.width, height / big.height)
+        w, h = max(width, round(big.width * scale)), max(height, round(big.height * scale))
+        big = big.resize((w, h), Image.LANCZOS) if (w, h) != big.size else big
+        left, top = (w - width) // 2, (h - height) // 2
+        return big.crop((left, top, left + width, top + height))
+
+    return resize

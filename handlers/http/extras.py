@@ -14,7 +14,9 @@ from pydantic import BaseModel
 from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation import extras, upscaling
 from handlers.services import Services
+from loaders.errors import NotFound, Unavailable
 from loaders.models.manager import list_models
+from loaders.storage.images import load_image
 
 
 class ExtrasSingleImageResponse(BaseModel):
@@ -25,6 +27,27 @@ class ExtrasSingleImageResponse(BaseModel):
 class ExtrasBatchImagesResponse(BaseModel):
     html_info: str
     images: list[str]
+
+
+class InterrogateRequest(BaseModel):
+    image: str = ""
+    model: str = "clip"
+
+
+# What A1111's interrogators load, as the files an operator would install (converted to .safetensors).
+INTERROGATOR_FILES = {
+    "clip": "models/BLIP/model_base_caption_capfilt_large.safetensors and models/CLIP/ViT-L-14.safetensors",
+    "deepdanbooru": "models/torch_deepdanbooru/model-resnet_custom_v3.safetensors",
+}
+
+
+def interrogate(services: Services, user: str, body: InterrogateRequest) -> None:
+    """Refused clearly: neither A1111 interrogator (BLIP caption + CLIP ranking, DeepDanbooru) runs here yet."""
+    if body.model not in INTERROGATOR_FILES:
+        raise NotFound(f"`model` {body.model[:80]!r}: no such interrogator; A1111 has clip and deepdanbooru")
+    load_image(body.image, "image", store=services.store, user=user)  # a bad image is still the caller's 422
+    raise Unavailable(f"`model` {body.model!r}: interrogation is not available on this server (it would need "
+                      f"{INTERROGATOR_FILES[body.model]}, and the interrogator itself is not implemented yet)")
 
 
 class UpscalerItem(BaseModel):
@@ -98,6 +121,10 @@ def router(services: Services) -> APIRouter:
             images, html_info = extras.run(services, who.user, body, inputs)
         return ExtrasBatchImagesResponse(html_info=html_info,
                                          images=[encode_png(im) for im in images] if body.show_extras_results else [])
+
+    @r.post("/sdapi/v1/interrogate")
+    def interrogate_route(body: InterrogateRequest, who: Tenant = Depends(tenant)):
+        interrogate(services, who.user, body)
 
     @r.get("/sdapi/v1/upscalers", response_model=list[UpscalerItem])
     def upscalers(who: Tenant = Depends(tenant)):

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import time
 
-from handlers.generation.scripts import loopback, prompt_matrix, prompts_from_file, sd_upscale, xyz_plot
+from handlers.generation.scripts import (loopback, outpainting_mk2, poor_mans_outpainting, prompt_matrix,
+                                        prompts_from_file, sd_upscale, xyz_plot)
 from handlers.generation.scripts.base import Hooks, ScriptRun
 from handlers.jobs import Job, StepCallback
 from handlers.schemas import GenerationRequest, GenerationResponse
@@ -16,7 +17,7 @@ from loaders.errors import InvalidRequest
 __all__ = ["Hooks", "SCRIPTS", "check", "find", "run", "titles"]
 
 # In A1111's listing order for each mode.
-SCRIPTS = [prompt_matrix, prompts_from_file, xyz_plot, loopback, sd_upscale]
+SCRIPTS = [prompt_matrix, prompts_from_file, xyz_plot, loopback, sd_upscale, poor_mans_outpainting, outpainting_mk2]
 
 
 def titles(mode: str) -> list[str]:
