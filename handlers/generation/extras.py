@@ -114,6 +114,9 @@ def check_sizes(req: ExtrasBaseRequest, image: Image.Image, field: str) -> None:
         raise PayloadTooLarge(f"`{field}` is {w}x{h}; extras take at most {MAX_INPUT_PIXELS} pixels")
     scale = target_scale(req, image)
     ow, oh = int(w * scale), int(h * scale)
+    if ow < 8 or oh < 8:  # A1111 floors sizes to multiples of 8: nothing would be left
+        raise InvalidRequest(f"`upscaling_resize` / `upscaling_resize_w|h` would make {field} {ow}x{oh}; "
+                             "at least 8 pixels a side")
     if ow * oh > MAX_OUTPUT_PIXELS:
         what = (f"`upscaling_resize` {req.upscaling_resize:g}" if req.resize_mode == 0 else
                 f"`upscaling_resize_w` × `upscaling_resize_h` {req.upscaling_resize_w}x{req.upscaling_resize_h}")

@@ -16,7 +16,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from handlers.generation import outputs
-from handlers.jobs import Job, StepCallback
+from handlers.jobs import Canceled, Job, StepCallback
 from handlers.schemas import GenerationRequest, GenerationResponse, Timings
 from handlers.services import Services
 from loaders.errors import InvalidRequest
@@ -66,9 +66,7 @@ class ScriptRun:
             value = default
         try:
             if kind is bool:
-                if not isinstance(value, (bool, int)) and str(value).lower() not in ("true", "false"):
-                    raise ValueError
-                return value if isinstance(value, bool) else str(value).lower() == "true" if isinstance(value, str) else bool(value)
+                return _as_bool(value)
             return kind(value)
         except (TypeError, ValueError):
             raise InvalidRequest(f"`script_args[{index}]` ({name}) must be a {kind.__name__}, not {value!r:.80}") from None
@@ -91,6 +89,12 @@ class ScriptRun:
         """A1111's fix_seed: -1 becomes a random seed, once for the whole script."""
         return secrets.randbelow(2**32 - 1 - MAX_SCRIPT_IMAGES) if seed == -1 else seed
 
+    def plan(self, images: int, what: str) -> None:
+        """Refuse, before any work, a script that would generate more than MAX_SCRIPT_IMAGES images."""
+        if images > MAX_SCRIPT_IMAGES:
+            raise InvalidRequest(f"`script_name` {self.req.script_name!r}: {what} make {images} images; at most "
+                                 f"{MAX_SCRIPT_IMAGES} per request")
+
     def process(self, req: GenerationRequest):
         """Run one sub-request now; returns its Generated (images, seeds, infotexts)."""
         self.generated_count += req.image_count
@@ -99,7 +103,11 @@ class ScriptRun:
                                  "images; use fewer values or a smaller batch")
         sub = Job(user=self.job.user, mode=self.job.mode, request=req, task_id=self.job.task_id,
                   queued_at=self.job.queued_at, base_url=self.job.base_url)
-        done = self.hooks.produce(sub, self.services, self.on_step)
+        try:
+            done = self.hooks.produce(sub, self.services, self.on_step)
+        except Canceled as stopped:  # billed for every sub-generation that ran, not only the stopped one
+            stopped.generate_s = getattr(stopped, "generate_s", 0.0) + self.generate_s
+            raise
         self.model, self.label = done.model, done.label
         self.load_s += done.load_s
         self.generate_s += done.generate_s
@@ -132,6 +140,14 @@ class ScriptRun:
         info["script_name"] = self.req.script_name
         response.info = json.dumps(info)
         return response
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, (bool, int)):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(value)
 
 
 def b64_png(image: Image.Image) -> str:

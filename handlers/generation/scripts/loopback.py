@@ -46,6 +46,7 @@ def run(s: ScriptRun) -> Result:
     if interrogate != "None":
         raise InvalidRequest(f"`script_args[3]` (append_interrogation) {interrogate!r}: interrogation is not "
                              "available on this server; send \"None\"")
+    s.plan(loops * s.req.n_iter, f"{loops} loops × {s.req.n_iter} batches")
     seed = s.fixed_seed(s.req.seed)
     initial = s.req.denoising_strength
     extra = {"Final denoising strength": f"{final:g}", "Denoising curve": curve}

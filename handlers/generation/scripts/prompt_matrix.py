@@ -40,6 +40,7 @@ def run(s: ScriptRun) -> Result:
         raise InvalidRequest(f"`script_args[4]` (margin_size) must be 0..500, not {margin}")
     field = "prompt" if prompt_type == "positive" else "negative_prompt"
     source = getattr(s.req, field)
+    s.plan(2 ** min(source.count("|"), 16), f"{source.count('|') + 1} prompt parts")
     prompts = combinations(source, put_at_start, ", " if joining == "comma" else " ")
     seed = s.fixed_seed(s.req.seed)
     result = Result()

@@ -73,6 +73,7 @@ def run(s: ScriptRun) -> Result:
     lines = [x.strip() for x in text.splitlines() if x.strip()]
     if len(lines) > MAX_LINES:
         raise InvalidRequest(f"`script_args[2]` (prompt_txt) has {len(lines)} lines; at most {MAX_LINES}")
+    s.plan(len(lines) * s.req.image_count, f"{len(lines)} lines")
     seed = s.req.seed
     if (iterate or same_seed) and seed == -1:
         seed = s.fixed_seed(seed)

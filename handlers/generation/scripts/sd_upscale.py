@@ -53,6 +53,7 @@ def run(s: ScriptRun) -> Result:
     tiles = grids.split_grid(picture, s.req.width, s.req.height, overlap)
     cells = [cell for _, row in tiles.rows for cell in row]
     originals = [cell[1] for cell in cells]  # every iteration img2imgs the same upscaled tiles
+    s.plan(len(originals) * s.req.n_iter, f"{len(originals)} tiles × {s.req.n_iter} batches")
     seed = s.fixed_seed(s.req.seed)
     batch = s.req.batch_size
     extra = f", SD upscale overlap: {overlap}, SD upscale upscaler: {upscaler.name if upscaler else 'None'}"

@@ -73,6 +73,7 @@ def run(s: ScriptRun) -> Result:
     margin = s.arg(13, "margin_size", 0, int)
     if not 0 <= margin <= 500:
         raise InvalidRequest(f"`script_args[13]` (margin_size) must be 0..500, not {margin}")
+    s.plan(len(xs) * len(ys) * len(zs) * s.req.image_count, f"{len(xs)} × {len(ys)} × {len(zs)} cells")
     seed = s.req.seed if no_fixed_seeds else s.fixed_seed(s.req.seed)
     if not no_fixed_seeds:
         xs, ys, zs = _fix_seeds(x_axis, xs), _fix_seeds(y_axis, ys), _fix_seeds(z_axis, zs)
