@@ -126,6 +126,10 @@ def router(services: Services) -> APIRouter:
     def interrogate_route(body: InterrogateRequest, who: Tenant = Depends(tenant)):
         interrogate(services, who.user, body)
 
+    @r.get("/sdapi/v1/hypernetworks")
+    def hypernetworks(who: Tenant = Depends(tenant)) -> list[dict]:
+        return []  # none can be applied yet (a `<hypernet:...>` tag is a 422), so none is listed
+
     @r.get("/sdapi/v1/upscalers", response_model=list[UpscalerItem])
     def upscalers(who: Tenant = Depends(tenant)):
         return upscaler_items(services, who.user)
