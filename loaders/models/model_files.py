@@ -68,6 +68,9 @@ class StagingFile:
         if self.size == 0:
             raise InvalidRequest(f"{name!r}: the upload is empty")
         converted = self.path.with_name(self.path.stem + "-converted.safetensors")
+        pickled = self.path.with_suffix(".pt")  # torch.load reads a `.safetensors` name as safetensors
+        self.path.rename(pickled)
+        self.path = pickled
         try:
             pickle_convert.convert(self.path, converted, name)
         except BaseException:
