@@ -64,8 +64,13 @@ SAMPLERS = [
     Sampler("DPM++ SDE Karras", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde_ka",), default_schedule="karras",
             flags=("second_order", "brownian_noise")),
 ]
-# A1111 1.10 samplers with no diffusers scheduler here yet: refused by name rather than run as another sampler.
-MISSING_SAMPLERS = ("DPM adaptive", "DDIM CFG++")
+# A1111 1.10 samplers not run here, refused by name (with why) rather than run as another sampler.
+MISSING_SAMPLERS = {
+    "DPM adaptive": "it picks its number of model evaluations from the image as it goes, and the pipelines "
+                    "here fix that number before sampling",
+    "DDIM CFG++": "it needs the unconditional prediction apart from the guided one, which the pipelines here "
+                  "do not hand the sampler",
+}
 
 # A1111 >= 1.9 "Schedule type": label → scheduler config options. Only applied where the class has them.
 SCHEDULES = {

@@ -135,3 +135,9 @@ def test_img2img_and_inpaint_run_them_from_the_strength(client):
 def test_refiner_with_a_planned_sampler_is_refused_by_name(client):
     r = txt2img(client, sampler_name="Restart", refiner_checkpoint="some-refiner", refiner_switch_at=0.5)
     assert r.status_code == 422 and "refiner_checkpoint" in r.json()["detail"] and "Restart" in r.json()["detail"]
+
+
+def test_a1111_samplers_not_run_here_are_refused_by_name_with_the_reason(client):
+    for name, why in (("DPM adaptive", "number of model evaluations"), ("DDIM CFG++", "unconditional")):
+        r = txt2img(client, sampler_name=name)
+        assert r.status_code == 422 and name in r.json()["detail"] and why in r.json()["detail"], r.text
