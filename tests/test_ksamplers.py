@@ -141,3 +141,11 @@ def test_a1111_samplers_not_run_here_are_refused_by_name_with_the_reason(client)
     for name, why in (("DPM adaptive", "number of model evaluations"), ("DDIM CFG++", "unconditional")):
         r = txt2img(client, sampler_name=name)
         assert r.status_code == 422 and name in r.json()["detail"] and why in r.json()["detail"], r.text
+
+
+def test_hires_second_pass_runs_a_new_sampler_from_the_strength(client):
+    # 2 hires steps: a single step down to σ = 0 is an Euler step for all of them
+    hires = {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.5, "hr_upscaler": "Latent", "steps": 4}
+    euler = pixels(txt2img(client, **hires, hr_sampler_name="Euler"))
+    two_s = pixels(txt2img(client, **hires, hr_sampler_name="DPM++ 2S a"))
+    assert two_s.shape == euler.shape == (96, 96, 3) and np.abs(two_s - euler).max() > 0

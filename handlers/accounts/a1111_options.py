@@ -20,7 +20,8 @@ DEFAULTS = {
     "img_downscale_threshold": 4.0, "target_side_length": 4000, "img_max_size_mp": 200,
     "use_original_name_batch": True, "use_upscaler_name_as_suffix": False, "save_selected_only": True,
     "save_init_img": False, "save_images_replace_action": "Replace", "save_write_log_csv": True,
-    "notification_audio": True, "notification_volume": 100, "temp_dir": "", "clean_temp_dir_at_start": False, "save_incomplete_images": False,
+    "notification_audio": True, "notification_volume": 100, "temp_dir": "", "clean_temp_dir_at_start": False,
+    "save_incomplete_images": False,
     # saving-paths
     "outdir_samples": "", "outdir_txt2img_samples": "outputs/txt2img-images",
     "outdir_img2img_samples": "outputs/img2img-images", "outdir_extras_samples": "outputs/extras-images",
@@ -65,7 +66,8 @@ DEFAULTS = {
     "sd3_enable_t5": False,
     # vae
     "sd_vae_checkpoint_cache": 0, "sd_vae": "Automatic", "sd_vae_overrides_per_model_preferences": True,
-    "auto_vae_precision_bfloat16": False, "auto_vae_precision": True, "sd_vae_encode_method": "Full", "sd_vae_decode_method": "Full",
+    "auto_vae_precision_bfloat16": False, "auto_vae_precision": True, "sd_vae_encode_method": "Full",
+    "sd_vae_decode_method": "Full",
     # img2img
     "inpainting_mask_weight": 1.0, "initial_noise_multiplier": 1.0, "img2img_extra_noise": 0.0,
     "img2img_color_correction": False, "img2img_fix_steps": False, "img2img_background_color": "#ffffff",
@@ -107,7 +109,8 @@ DEFAULTS = {
     "js_modal_lightbox_gamepad_repeat": 250, "show_progress_in_title": True, "samplers_in_dropdown": True,
     "dimensions_and_batch_together": True, "keyedit_precision_attention": 0.1, "keyedit_precision_extra": 0.05,
     "keyedit_delimiters": ".,\\/!?%^*;:{}=`~() ",
-    "keyedit_delimiters_whitespace": ["Tab", "Carriage Return", "Line Feed"], "keyedit_move": True, "quicksettings_list": ["sd_model_checkpoint"],
+    "keyedit_delimiters_whitespace": ["Tab", "Carriage Return", "Line Feed"], "keyedit_move": True,
+    "quicksettings_list": ["sd_model_checkpoint"],
     "ui_tab_order": [], "hidden_tabs": [], "ui_reorder_list": [], "hires_fix_show_sampler": False,
     "hires_fix_show_prompts": False, "disable_token_counters": False, "include_styles_into_token_counters": True,
     "compact_prompt_box": False, "sd_checkpoint_dropdown_use_short": False, "txt2img_settings_accordion": False,
