@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import diffusers
 
+from loaders.models.cfgpp import CFGppDDIMScheduler
 from loaders.models.planned import PlannedScheduler
 
 
@@ -56,6 +57,7 @@ SAMPLERS = [
     Sampler("Restart", "PlannedScheduler", aliases=("restart",), default_schedule="karras", flags=("second_order",),
             planned="restart"),
     Sampler("DDIM", "DDIMScheduler", aliases=("ddim",)),
+    Sampler("DDIM CFG++", "CFGppDDIMScheduler", aliases=("ddim_cfgpp",)),
     Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",)),
     Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
     Sampler("LCM", "LCMScheduler", aliases=("lcm", "k_lcm")),
@@ -68,8 +70,6 @@ SAMPLERS = [
 MISSING_SAMPLERS = {
     "DPM adaptive": "it picks its number of model evaluations from the image as it goes, and the pipelines "
                     "here fix that number before sampling",
-    "DDIM CFG++": "it needs the unconditional prediction apart from the guided one, which the pipelines here "
-                  "do not hand the sampler",
 }
 
 # A1111 >= 1.9 "Schedule type": label → scheduler config options. Only applied where the class has them.
@@ -103,7 +103,7 @@ def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automat
         schedule = sampler.default_schedule or "automatic"
     if sampler.planned:
         return _planned(base_config, sampler, schedule, noise or NoiseParams(), strength)
-    cls = getattr(diffusers, sampler.scheduler)
+    cls = _OWN_SCHEDULERS.get(sampler.scheduler) or getattr(diffusers, sampler.scheduler)
     kwargs = noise_step_kwargs(sampler, noise) if noise is not None else {}
     if sampler.scheduler == "EulerAncestralDiscreteScheduler" and kwargs:
         cls = EtaEulerAncestral
@@ -113,6 +113,9 @@ def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automat
     if kwargs:
         scheduler.step = _forcing(scheduler.step, kwargs)  # this request's object only
     return scheduler
+
+
+_OWN_SCHEDULERS = {"CFGppDDIMScheduler": CFGppDDIMScheduler}
 
 
 def _planned(base_config: dict, sampler: Sampler, schedule: str, noise: NoiseParams, strength: float | None):
@@ -153,11 +156,12 @@ _TAKES = {
     "Euler": _CHURN, "Heun": _CHURN, "DPM2": _CHURN,
     "Euler a": ("eta", "s_noise"), "DPM2 a": ("eta", "s_noise"), "DPM++ SDE": ("eta", "s_noise"),
     "DPM++ SDE Karras": ("eta", "s_noise"), "DPM++ 2M SDE": ("eta", "s_noise"), "DDIM": ("eta",),
+    "DDIM CFG++": ("eta",),
 }
 _TAKES |= {"DPM++ 2M SDE Heun": ("eta", "s_noise"), "DPM++ 3M SDE": ("eta", "s_noise"),
            "DPM++ 2S a": ("eta", "s_noise"), "DPM fast": ("eta", "s_noise")}
 _HONOURED = {"Euler": _CHURN, "Euler a": ("eta", "s_noise"), "DPM++ SDE": ("s_noise",),
-             "DPM++ SDE Karras": ("s_noise",), "DDIM": ("eta",),
+             "DPM++ SDE Karras": ("s_noise",), "DDIM": ("eta",), "DDIM CFG++": ("eta",),
              "DPM++ 2S a": ("eta", "s_noise"), "DPM fast": ("eta", "s_noise")}
 # A1111 gives every k-diffusion sampler that takes eta the eta_ancestral option (1 by default), DPM fast too
 _ANCESTRAL = {"Euler a", "DPM2 a", "DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Heun",

@@ -137,10 +137,23 @@ def test_refiner_with_a_planned_sampler_is_refused_by_name(client):
     assert r.status_code == 422 and "refiner_checkpoint" in r.json()["detail"] and "Restart" in r.json()["detail"]
 
 
-def test_a1111_samplers_not_run_here_are_refused_by_name_with_the_reason(client):
-    for name, why in (("DPM adaptive", "number of model evaluations"), ("DDIM CFG++", "unconditional")):
-        r = txt2img(client, sampler_name=name)
-        assert r.status_code == 422 and name in r.json()["detail"] and why in r.json()["detail"], r.text
+def test_dpm_adaptive_is_refused_by_name_with_the_reason(client):
+    r = txt2img(client, sampler_name="DPM adaptive")
+    assert r.status_code == 422 and "DPM adaptive" in r.json()["detail"], r.text
+    assert "number of model evaluations" in r.json()["detail"]
+
+
+def test_ddim_cfgpp_follows_the_unconditional_prediction(client):
+    listed = {s["name"]: s for s in client.get("/sdapi/v1/samplers", headers=auth()).json()}
+    assert listed["DDIM CFG++"] == {"name": "DDIM CFG++", "aliases": ["ddim_cfgpp"], "options": {}}
+    cfgpp = pixels(txt2img(client, sampler_name="DDIM CFG++", steps=3, cfg_scale=7))
+    assert np.array_equal(cfgpp, pixels(txt2img(client, sampler_name="ddim_cfgpp", steps=3, cfg_scale=7)))
+    assert np.abs(cfgpp - pixels(txt2img(client, sampler_name="DDIM", steps=3, cfg_scale=7))).max() > 0
+    # the scale matters (÷ 12.5), and eta (eta_ddim by default: 0) adds noise as in DDIM
+    assert np.abs(cfgpp - pixels(txt2img(client, sampler_name="DDIM CFG++", steps=3, cfg_scale=12))).max() > 0
+    assert np.abs(cfgpp - pixels(txt2img(client, sampler_name="DDIM CFG++", steps=3, cfg_scale=7, eta=1.0))).max() > 0
+    r = txt2img(client, sampler_name="DDIM CFG++", cfg_scale=1)
+    assert r.status_code == 422 and "cfg_scale" in r.json()["detail"] and "DDIM CFG++" in r.json()["detail"]
 
 
 def test_hires_second_pass_runs_a_new_sampler_from_the_strength(client):
@@ -149,3 +162,21 @@ def test_hires_second_pass_runs_a_new_sampler_from_the_strength(client):
     euler = pixels(txt2img(client, **hires, hr_sampler_name="Euler"))
     two_s = pixels(txt2img(client, **hires, hr_sampler_name="DPM++ 2S a"))
     assert two_s.shape == euler.shape == (96, 96, 3) and np.abs(two_s - euler).max() > 0
+
+
+def test_ddim_cfgpp_step_is_ddim_when_the_guidance_adds_nothing():
+    """With c = u the guided and unconditional predictions agree, and CFG++ must reduce to plain DDIM."""
+    from diffusers import DDIMScheduler
+
+    from loaders.models.cfgpp import CFGppDDIMScheduler
+
+    config = DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1).config  # SD's DDIM config
+    plain, cfgpp = DDIMScheduler.from_config(config), CFGppDDIMScheduler.from_config(config)
+    for s in (plain, cfgpp):
+        s.set_timesteps(5)
+    x, eps = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    cfgpp._uncond = eps
+    t = plain.timesteps[1]
+    assert torch.allclose(cfgpp.step(eps, t, x).prev_sample, plain.step(eps, t, x).prev_sample, atol=1e-5)
+    cfgpp._uncond = eps * 0.5  # now the step back follows u, not the guided prediction
+    assert not torch.allclose(cfgpp.step(eps, t, x).prev_sample, plain.step(eps, t, x).prev_sample, atol=1e-3)

@@ -104,6 +104,9 @@ def resolve(req, options: dict, mode: str) -> Fidelity:
         eta_ancestral=_number(options, "eta_ancestral", 1.0), eta_ddim=_number(options, "eta_ddim", 0.0),
     )
     sampler = find_sampler(req.sampler)
+    if "DDIM CFG++" in (sampler.name, getattr(req, "hr_sampler_name", None)) and req.cfg_scale <= 1:
+        raise InvalidRequest(f"`cfg_scale` {req.cfg_scale:g} with sampler 'DDIM CFG++': it needs CFG above 1 here "
+                             "(the pipelines skip the unconditional prediction it follows at CFG ≤ 1)")
     refused = refused_noise_params(sampler, noise)
     if refused:
         raise InvalidRequest(f"`{refused[0]}` is not supported with sampler {sampler.name!r} here; leave it at "
