@@ -54,6 +54,7 @@ SAMPLERS = [
     Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",), default_schedule="karras",
             flags=("discard_next_to_last_sigma", "uses_ensd", "second_order")),
     Sampler("DPM fast", "PlannedScheduler", aliases=("k_dpm_fast",), flags=("uses_ensd",), planned="dpm_fast"),
+    Sampler("DPM adaptive", "PlannedScheduler", aliases=("k_dpm_ad",), flags=("uses_ensd",), planned="dpm_adaptive"),
     Sampler("Restart", "PlannedScheduler", aliases=("restart",), default_schedule="karras", flags=("second_order",),
             planned="restart"),
     Sampler("DDIM", "DDIMScheduler", aliases=("ddim",)),
@@ -67,10 +68,7 @@ SAMPLERS = [
             flags=("second_order", "brownian_noise")),
 ]
 # A1111 1.10 samplers not run here, refused by name (with why) rather than run as another sampler.
-MISSING_SAMPLERS = {
-    "DPM adaptive": "it picks its number of model evaluations from the image as it goes, and the pipelines "
-                    "here fix that number before sampling",
-}
+MISSING_SAMPLERS: dict[str, str] = {}
 
 # A1111 >= 1.9 "Schedule type": label → scheduler config options. Only applied where the class has them.
 SCHEDULES = {
@@ -159,13 +157,15 @@ _TAKES = {
     "DDIM CFG++": ("eta",),
 }
 _TAKES |= {"DPM++ 2M SDE Heun": ("eta", "s_noise"), "DPM++ 3M SDE": ("eta", "s_noise"),
-           "DPM++ 2S a": ("eta", "s_noise"), "DPM fast": ("eta", "s_noise")}
+           "DPM++ 2S a": ("eta", "s_noise"), "DPM fast": ("eta", "s_noise"),
+           "DPM adaptive": ("eta",)}
 _HONOURED = {"Euler": _CHURN, "Euler a": ("eta", "s_noise"), "DPM++ SDE": ("s_noise",),
              "DPM++ SDE Karras": ("s_noise",), "DDIM": ("eta",), "DDIM CFG++": ("eta",),
-             "DPM++ 2S a": ("eta", "s_noise"), "DPM fast": ("eta", "s_noise")}
+             "DPM++ 2S a": ("eta", "s_noise"), "DPM fast": ("eta", "s_noise"),
+             "DPM adaptive": ("eta",)}
 # A1111 gives every k-diffusion sampler that takes eta the eta_ancestral option (1 by default), DPM fast too
 _ANCESTRAL = {"Euler a", "DPM2 a", "DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Heun",
-              "DPM++ 3M SDE", "DPM++ 2S a", "DPM fast"}
+              "DPM++ 3M SDE", "DPM++ 2S a", "DPM fast", "DPM adaptive"}
 
 
 def _value(sampler: Sampler, noise: NoiseParams, knob: str) -> float:

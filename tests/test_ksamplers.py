@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from loaders.models.ksampling import SAMPLERS, Knobs, evaluation_sigmas, karras, restart_plan
+from loaders.models.ksampling import ADAPTIVE, SAMPLERS, Knobs, evaluation_sigmas, karras, restart_plan
 from tests.conftest import SMALL, auth
 
-NEW = ("DPM++ 2S a", "DPM fast", "Restart")
+NEW = ("DPM++ 2S a", "DPM fast", "Restart", "DPM adaptive")
 S = 0.5  # the toy data's standard deviation
 
 
@@ -30,7 +30,7 @@ def run(name: str, x, sigmas: list[float], knobs: Knobs):
         return done.value
 
 
-@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("name", sorted(set(SAMPLERS) - ADAPTIVE))
 def test_without_noise_each_sampler_converges_to_the_exact_flow(name):
     """The probability-flow ODE of Gaussian data maps x_T to x_T · sqrt((S² + σ²) / (S² + σ_max²)); each
     sampler lands within 2% of it at 19 steps (no restarts yet) and its error shrinks with more steps."""
@@ -47,7 +47,14 @@ def test_without_noise_each_sampler_converges_to_the_exact_flow(name):
     assert error(19) < error(6) / 5
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2s_ancestral", "dpm_fast"])
+def test_dpm_adaptive_lands_within_its_tolerance_of_the_exact_flow():
+    x_t = torch.randn(1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * math.hypot(S, 14.6)
+    expected = x_t * math.sqrt((S ** 2 + 0.03 ** 2) / (S ** 2 + 14.6 ** 2))
+    got = run("dpm_adaptive", x_t.clone(), karras(5, 0.03, 14.6), Knobs(noise=torch.zeros_like, eta=0.0))
+    assert float(((got - expected).abs() / expected.abs()).max()) < 0.05  # k-diffusion's rtol
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2s_ancestral", "dpm_fast", "dpm_adaptive"])
 def test_with_ancestral_noise_the_samples_have_the_data_spread(name):
     g = torch.Generator().manual_seed(1)
     sigmas = karras(30, 0.03, 14.6)
@@ -102,7 +109,7 @@ def test_each_new_sampler_is_deterministic_and_its_own(client):
 def test_every_schedule_type_runs_with_them(client):
     schedules = ["Uniform", "Karras", "Exponential", "Beta", "SGM Uniform"]
     for k, schedule in enumerate(schedules):
-        pixels(txt2img(client, sampler_name=NEW[k % 3], scheduler=schedule, steps=3))
+        pixels(txt2img(client, sampler_name=NEW[k % len(NEW)], scheduler=schedule, steps=3))
     uniform = pixels(txt2img(client, sampler_name="DPM++ 2S a", scheduler="Uniform", steps=3))
     assert np.abs(uniform - pixels(txt2img(client, sampler_name="DPM++ 2S a", steps=3))).max() > 0  # Karras
 
@@ -137,10 +144,36 @@ def test_refiner_with_a_planned_sampler_is_refused_by_name(client):
     assert r.status_code == 422 and "refiner_checkpoint" in r.json()["detail"] and "Restart" in r.json()["detail"]
 
 
-def test_dpm_adaptive_is_refused_by_name_with_the_reason(client):
-    r = txt2img(client, sampler_name="DPM adaptive")
-    assert r.status_code == 422 and "DPM adaptive" in r.json()["detail"], r.text
-    assert "number of model evaluations" in r.json()["detail"]
+def test_dpm_adaptive_runs_until_its_tolerance_and_the_pipeline_skips_the_spare_entries():
+    """Driven as a pipeline drives it: each entry of `timesteps` is read only when reached, and the step
+    callback stops the loop once the scheduler says it is finished."""
+    from diffusers import EulerDiscreteScheduler
+
+    from loaders.models.planned import MAX_ADAPTIVE_EVALS, PlannedScheduler
+
+    config = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).config
+    sched = PlannedScheduler.from_config(config).plan("dpm_adaptive", eta=0.0, s_noise=1.0, strength=None)
+    sched.set_timesteps(10)
+    assert len(sched.timesteps) == MAX_ADAPTIVE_EVALS
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * sched.init_noise_sigma
+    seen = []
+    for t in sched.timesteps:  # the pipeline's loop, over views of the scheduler's own tensor
+        sigma = float(sched.sigmas[sched.step_index or 0])
+        seen.append((float(t), sigma))
+        denoised = x * S ** 2 / (S ** 2 + sigma ** 2)
+        x = sched.step((x - denoised) / sigma, t, x).prev_sample  # an epsilon model
+        if sched.finished:
+            break
+    assert 3 <= len(seen) < MAX_ADAPTIVE_EVALS and len(seen) % 3 == 0
+    assert len({t for t, _ in seen}) > len(seen) // 2  # the points were filled in as it went
+    assert float(x.std()) < 14.6 * 0.2  # brought down from σ_max to σ_min
+
+
+def test_dpm_adaptive_over_http_is_deterministic_and_its_own(client):
+    a = pixels(txt2img(client, sampler_name="DPM adaptive", steps=2))
+    assert np.array_equal(a, pixels(txt2img(client, sampler_name="k_dpm_ad", steps=2)))
+    assert np.abs(a - pixels(txt2img(client, sampler_name="DPM fast", steps=2))).max() > 0
+    assert np.abs(a - pixels(txt2img(client, sampler_name="DPM adaptive", steps=2, eta=0.0))).max() > 0
 
 
 def test_ddim_cfgpp_follows_the_unconditional_prediction(client):

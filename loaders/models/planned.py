@@ -5,6 +5,10 @@ times at known sigmas (a dry run finds them), so `set_timesteps` lists one times
 feeds each prediction to the sampler's coroutine, returning the next point it wants evaluated. The sigma
 schedule itself (Karras, exponential, beta, SGM uniform …) is the Euler scheduler's, which this extends.
 
+DPM adaptive's evaluation points depend on the latents: its `timesteps` are filled one entry ahead, in place
+(the pipeline iterates views of that same tensor), up to a bound; once it is done, `finished` tells the step
+callback to skip the pipeline's remaining entries (`pipe._interrupt`), and any entry still run changes nothing.
+
 img2img pipelines drop the first `n - int(n × strength)` entries of `timesteps` and call `set_begin_index`
 with that count; the scheduler is told the strength up front so it can plan the sampler over the remaining
 part of the schedule and keep that many entries in front (A1111 likewise samples the tail of the schedule).
@@ -18,7 +22,10 @@ from diffusers import EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from loaders.models.ksampling import SAMPLERS, Knobs, evaluation_sigmas
+from loaders.errors import InvalidRequest
+from loaders.models.ksampling import ADAPTIVE, SAMPLERS, Knobs, evaluation_sigmas
+
+MAX_ADAPTIVE_EVALS = 300  # model evaluations DPM adaptive may spend on one image (100 attempts of 3)
 
 
 class PlannedScheduler(EulerDiscreteScheduler):
@@ -43,7 +50,12 @@ class PlannedScheduler(EulerDiscreteScheduler):
         table = self.alphas_cumprod.numpy()
         log_sigmas = np.log(((1 - table) / table) ** 0.5)
         self._model_range = (float(np.exp(log_sigmas.min())), float(np.exp(log_sigmas.max())))
-        evals = evaluation_sigmas(self.sampler_name, schedule, self._knobs(None))
+        self._log_sigmas = log_sigmas
+        if self.sampler_name in ADAPTIVE:  # only the first point is known: the rest is filled as it goes
+            start = (self._knobs(None).sigma_range or (schedule[-2], schedule[0]))[1]
+            evals = [start] * MAX_ADAPTIVE_EVALS
+        else:
+            evals = evaluation_sigmas(self.sampler_name, schedule, self._knobs(None))
         ts = self._sigma_to_t(np.array(evals, dtype=np.float64), log_sigmas).astype(np.float32)
         self._schedule = schedule
         self._evals = evals
@@ -51,6 +63,7 @@ class PlannedScheduler(EulerDiscreteScheduler):
         # sigmas stay aligned with timesteps, so diffusers' add_noise / scale_model_input index them as usual
         self.sigmas = torch.cat([self.sigmas[:skip], torch.tensor(evals + [0.0], dtype=self.sigmas.dtype)])
         self._run = None
+        self.finished, self._final = False, None
         self._step_index = None
         self._begin_index = skip
 
@@ -62,8 +75,9 @@ class PlannedScheduler(EulerDiscreteScheduler):
         def noise(x):
             return randn_tensor(x.shape, generator=generator, dtype=x.dtype, device=torch.device("cpu")).to(x.device)
 
-        # DPM fast spans the model's whole sigma range in txt2img, the schedule's remaining part in img2img
-        span = self._model_range if self.strength is None and self.sampler_name == "dpm_fast" else None
+        # DPM fast / adaptive span the model's whole sigma range in txt2img, the schedule's remaining part in img2img
+        span = self._model_range if self.strength is None and self.sampler_name in ("dpm_fast", "dpm_adaptive") \
+            else None
         return Knobs(noise=noise, eta=self.eta, s_noise=self.s_noise, sigma_range=span)
 
     # -- one model evaluation -------------------------------------------------------------------------------
@@ -76,15 +90,31 @@ class PlannedScheduler(EulerDiscreteScheduler):
         if self._run is None:  # the pipeline hands every step the same (per-image) generators
             self._run = SAMPLERS[self.sampler_name](x, self._schedule, self._knobs(generator))
             next(self._run)
-        try:
-            prev, _ = self._run.send((x, denoised))
-        except StopIteration as finished:
-            prev = finished.value
+        if self.finished:  # DPM adaptive is done: the entries left over change nothing
+            prev = self._final
+        else:
+            prev = self._advance(x, denoised)
         self._step_index += 1
         prev = prev.to(model_output.dtype)
         if not return_dict:
             return prev, denoised
         return EulerDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
+
+    def _advance(self, x, denoised):
+        """Feed one prediction to the sampler; returns the latents for the next evaluation (or the result)."""
+        try:
+            prev, sigma_next = self._run.send((x, denoised))
+        except StopIteration as done:
+            self.finished, self._final = self.sampler_name in ADAPTIVE, done.value
+            return done.value
+        if self.sampler_name in ADAPTIVE:
+            nxt = self.step_index + 1
+            if nxt >= len(self.timesteps):
+                raise InvalidRequest(f"DPM adaptive did not reach its tolerance within {MAX_ADAPTIVE_EVALS} model "
+                                     "evaluations; use another sampler")
+            self.sigmas[nxt] = sigma_next
+            self.timesteps[nxt] = float(self._sigma_to_t(np.array([sigma_next]), self._log_sigmas)[0])
+        return prev
 
     def _denoised(self, output, x, sigma):
         kind = self.config.prediction_type
