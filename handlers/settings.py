@@ -30,8 +30,8 @@ class Settings(BaseSettings):
     url_expiry_s: int = Field(3600, ge=60, description="lifetime of signed output URLs")
     max_running_per_user: int = Field(4, ge=1, description="synchronous generations one user may run at once (429 beyond)")
     max_body_mb: int = Field(64, ge=1, description="largest request body accepted")
-    tokenizers_dir: Path | None = Field(None, description="folder of CLIP tokenizers baked into the image "
-                                        "(<name>/tokenizer.json); else the bucket's system/tokenizers/")
+    tokenizers_dir: Path | None = Field(None, description="folder of CLIP tokenizers that replace the shipped "
+                                        "vocabulary (<name>/tokenizer.json or vocab.json + merges.txt)")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
     # --- tenancy, uploads, metering (handlers/accounts/users.py, handlers/http/models.py, handlers/billing/metering.py) ---
     public_lora: bool = Field(True, description="users see public/models/Lora (EAS clustered edition switch)")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loaders.errors import InvalidRequest, NotFound, Unavailable
+from loaders.models.clip_vocab import pad_without_splitting
 from loaders.models.families import config_dir, detect, header_shapes, looks_like_v_prediction
 from loaders.models.families import family as family_spec
 from loaders.models.safetensors_check import check_model_filename, read_header
@@ -176,6 +177,9 @@ def build_pipeline(path: Path, family: str, device: str, *, configs=None):
         device=device,  # UNet and VAE weights go from the mmapped file straight to the device: no host copy
         **extra,
     )
+    for tokenizer in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)):
+        if tokenizer is not None:
+            pad_without_splitting(tokenizer)  # "!" in an OpenCLIP prompt is text, as in A1111
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
