@@ -24,7 +24,8 @@ from loaders.storage.store import ObjectStore, open_store
 def build_services(settings: Settings, *, store: ObjectStore | None = None, builder=None) -> Services:
     store = store or open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
     # Real families' config folders are completed with the shipped CLIP vocabulary (or the image's own).
-    builder = builder or partial(build_pipeline, configs=FamilyConfigs(settings.cache_dir, settings.tokenizers_dir))
+    builder = builder or partial(build_pipeline, configs=FamilyConfigs(settings.cache_dir, settings.tokenizers_dir),
+                                 cpu_dtype=settings.cpu_dtype)
     if settings.cpu_threads:
         import torch
 
@@ -32,7 +33,8 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     device_lock = DeviceLock()  # requests before background warm-up
     builder = acceleration.wrap_builder(settings, store, device_lock, builder)  # CUDA fast path, tiny VAE
     models = ModelManager(store, settings.cache_dir, device=settings.device,
-                          capacity=settings.pipeline_cache_size, builder=builder)
+                          capacity=settings.pipeline_cache_size, builder=builder,
+                          disk_cache_bytes=int(settings.cache_max_gb * 2**30))
     set_public_kinds(store, settings.public_model_kinds())
     tokens = TokenRegistry(store)
     UserRegistry(store, tokens).seed(settings.token_pairs(), settings.admin_users())

@@ -32,7 +32,11 @@ class Settings(BaseSettings):
     max_body_mb: int = Field(64, ge=1, description="largest request body accepted")
     tokenizers_dir: Path | None = Field(None, description="folder of CLIP tokenizers that replace the shipped "
                                         "vocabulary (<name>/tokenizer.json or vocab.json + merges.txt)")
+    cache_max_gb: float = Field(50.0, gt=0, description="downloaded model copies kept in cache_dir (least "
+                                "recently used deleted first)")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
+    cpu_dtype: Literal["float32", "bfloat16"] = Field("float32", description="pipeline precision on CPU: "
+                                                     "bfloat16 halves the memory (SDXL ~7 GB instead of ~14 GB)")
     # --- tenancy, uploads, metering (handlers/accounts/users.py, handlers/http/models.py, handlers/billing/metering.py) ---
     public_lora: bool = Field(True, description="users see public/models/Lora (EAS clustered edition switch)")
     public_vae: bool = Field(True, description="users see public/models/VAE")
