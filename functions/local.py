@@ -6,6 +6,7 @@ import os
 import secrets
 from pathlib import Path
 
+from functions import logs
 from functions.wiring import build_services
 from handlers.accounts.users import UserRegistry
 from handlers.http.api import create_app
@@ -45,6 +46,7 @@ def prepare(settings: Settings) -> Services:
 def serve(settings: Settings, host: str, port: int, data_dir: Path | None) -> None:
     import uvicorn
 
+    logs.configure(settings.log_format, settings.log_level)
     services = prepare(settings)
     app = create_app(services)
     start_background(services)  # re-queue tasks a previous run left open; poll inboxes when enabled
@@ -54,7 +56,7 @@ def serve(settings: Settings, host: str, port: int, data_dir: Path | None) -> No
     else:
         token, who = local_token(services, data_dir or Path("data")), f"user '{LOCAL_USER}'"
     print(banner(url, token, who, settings), flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)  # logging is ours (functions.logs)
     services.executor.release()  # graceful stop: running tasks go back to the queue for the next start
 
 

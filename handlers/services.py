@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from handlers.metrics import Metrics
 from handlers.settings import Settings
 from loaders.adapters.controlnet import ControlNetCache
 from loaders.adapters.networks import Adapters
@@ -60,6 +61,11 @@ class UserSlots:
             with self._lock:
                 self._running[user] -= 1
 
+    def running(self) -> int:
+        """Synchronous generations holding a slot now (/metrics)."""
+        with self._lock:
+            return sum(self._running.values())
+
 
 class ProgressBoard:
     """Which task each user is running right now, and how far it is (for /sdapi/v1/progress)."""
@@ -110,6 +116,7 @@ class Services:
     call_id: Callable[[], str | None] = lambda: None
     executor: Executor | None = None  # runs queued tasks (handlers.tasks.workers.LocalExecutor unless replaced)
     adapters: Adapters | None = None  # LoRA / VAE / embeddings on the resident pipelines
+    metrics: Metrics = field(default_factory=Metrics)  # this process's /metrics (handlers/metrics.py)
 
     def __post_init__(self):
         if self.adapters is None:

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     max_body_mb: int = Field(64, ge=1, description="largest request body accepted")
     tokenizers_dir: Path | None = Field(None, description="folder of CLIP tokenizers that replace the shipped "
                                         "vocabulary (<name>/tokenizer.json or vocab.json + merges.txt)")
+    log_format: Literal["text", "json"] = Field("text", description="`easel serve` logs: text lines, or one "
+                                                "JSON object per line")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="least level logged")
+    metrics_token: str | None = Field(None, description="bearer token a Prometheus scraper may read /metrics with "
+                                      "(admins always may)")
     cache_max_gb: float = Field(50.0, gt=0, description="downloaded model copies kept in cache_dir (least "
                                 "recently used deleted first)")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")

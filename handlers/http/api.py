@@ -19,6 +19,7 @@ from handlers.http import files as file_browser  # `files` is the /files/ route 
 from handlers.http import gallery, listing, prompt, tasks, webui
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
+from handlers.http.observe import RequestLog, metrics_router
 from handlers.http.tasks import TaskAccepted, submit_generation
 from handlers.jobs import Job
 from handlers.schemas import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
@@ -89,6 +90,7 @@ def create_app(services: Services) -> FastAPI:
     # --- errors: the one mapping from error class to status ---
     @app.exception_handler(EaselError)
     async def easel_error(request: Request, exc: EaselError):
+        request.state.error = f"{type(exc).__name__}: {exc}"[:500]  # for the request's log line
         return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=exc.status)
 
     @app.exception_handler(HTTPException)
@@ -96,12 +98,15 @@ def create_app(services: Services) -> FastAPI:
         # Raised by the framework itself (unparsable JSON body → 400, unknown path → 404, wrong method → 405):
         # same body shape as ours, so clients parse one error format.
         name = HTTPStatus(exc.status_code).phrase.replace(" ", "").replace("-", "")
+        request.state.error = f"{name}: {exc.detail}"[:500]
         return JSONResponse({"error": name, "detail": str(exc.detail)}, status_code=exc.status_code,
                             headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        return JSONResponse({"error": "InvalidRequest", "detail": _validation_message(exc)}, status_code=422)
+        detail = _validation_message(exc)
+        request.state.error = f"InvalidRequest: {detail}"[:500]
+        return JSONResponse({"error": "InvalidRequest", "detail": detail}, status_code=422)
 
     tenant = tenant_dependency(services.tokens)
 
@@ -161,6 +166,7 @@ def create_app(services: Services) -> FastAPI:
     def files(key: str, who: Tenant = Depends(tenant)):
         return file_response(services, who, key)
 
+    app.include_router(metrics_router(services))
     app.include_router(accounts_router(services))
     app.include_router(tasks.router)
     app.include_router(models_router(services))
@@ -170,17 +176,25 @@ def create_app(services: Services) -> FastAPI:
     webui.mount(app, services)
     # Model uploads stream to disk under their own cap (EASEL_MAX_UPLOAD_MB, enforced in handlers.http.models).
     app.add_middleware(BodyLimit, max_bytes=services.settings.max_body_mb * 2**20, exempt=("/models/",))
+    app.add_middleware(RequestLog, services=services)  # outermost: sees every answer, a 413 included
     return app
 
 
 def generation(services: Services, who: Tenant, mode: str, body, request: Request, task_id: str | None):
     """`?task_id=` queues the job and answers at once; otherwise it runs now, within the user's share."""
+    request.state.log = {"mode": mode, "model": body.checkpoint_name() or services.settings.default_checkpoint,
+                         "size": f"{body.width}x{body.height}", "steps": body.steps, "task_id": task_id}
     if task_id is not None:
         return submit_generation(services, who, mode, body, task_id, str(request.base_url))
     task_id = check_task_id(body.force_task_id, "force_task_id") if body.force_task_id else uuid.uuid4().hex
+    request.state.log["task_id"] = task_id
     job = Job(user=who.user, mode=mode, request=body, task_id=task_id, base_url=str(request.base_url))
     with services.user_slots.hold(who.user):  # one user cannot take every server thread (SECURITY.md #8)
-        return (services.runner or execute_job)(job, services)
+        response = (services.runner or execute_job)(job, services)
+    timings = getattr(getattr(response, "parameters", None), "timings", None)
+    if timings is not None:
+        request.state.log["timings"] = timings.model_dump()
+    return response
 
 
 def file_response(services: Services, who: Tenant, key: str) -> Response:

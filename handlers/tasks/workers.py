@@ -39,6 +39,12 @@ class LocalExecutor:
         self._stopped = False
 
     # --- the Executor contract ---
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def running(self) -> int:
+        return len(self._running)
+
     def submit(self, user: str, task_id: str) -> None:
         self.start()
         self._queue.put((user, task_id))
