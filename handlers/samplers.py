@@ -5,8 +5,6 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
-import diffusers
-
 
 @dataclass(frozen=True)
 class Sampler:
@@ -59,6 +57,8 @@ def find_schedule(name: str) -> str | None:
 
 def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic"):
     """A fresh scheduler for one request, from the checkpoint's own scheduler config."""
+    import diffusers  # here: the request schemas (and every CLI command) must not import torch
+
     cls = getattr(diffusers, sampler.scheduler)
     accepted = inspect.signature(cls.__init__).parameters
     extra = {k: v for k, v in SCHEDULES[schedule][1].items() if k in accepted}

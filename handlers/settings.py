@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from loaders.demo.model import DEMO_NAME
-from loaders.speed.fastpath import DEFAULT_BUCKETS
+from loaders.demo.names import DEMO_NAME
+from loaders.speed.defaults import DEFAULT_BUCKETS
 
 
 class Settings(BaseSettings):
@@ -103,6 +103,14 @@ class Settings(BaseSettings):
         """Model kinds whose public folder users may resolve (checkpoints and ControlNet are always shared)."""
         switches = {"lora": self.public_lora, "vae": self.public_vae, "embedding": self.public_embeddings}
         return {"checkpoint", "controlnet"} | {kind for kind, on in switches.items() if on}
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str) -> str:
+        scheme, sep, rest = v.partition("://")
+        if not sep or scheme not in ("file", "s3") or not rest.strip("/"):
+            raise ValueError(f"EASEL_STORE must be file://PATH or s3://BUCKET[/PREFIX], not {v!r}")
+        return v
 
     @field_validator("prices")
     @classmethod

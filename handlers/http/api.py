@@ -16,7 +16,7 @@ from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation import controlnet
 from handlers.generation.generate import execute_job
 from handlers.http import files as file_browser  # `files` is the /files/ route below
-from handlers.http import gallery, listing, prompt, tasks, webui
+from handlers.http import docs, gallery, listing, prompt, tasks, webui
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
 from handlers.http.observe import RequestLog, metrics_router
@@ -83,7 +83,7 @@ ERROR_RESPONSES = {"4XX": {"model": ErrorBody, "description": "The request was r
 
 
 def create_app(services: Services) -> FastAPI:
-    app = FastAPI(title="easel", version="0.1.0", responses=ERROR_RESPONSES,
+    app = FastAPI(title="easel", version="0.1.0", responses=ERROR_RESPONSES, docs_url=None, redoc_url=None,
                   description="Stable Diffusion per request, speaking the A1111 / PAI-EAS API")
     app.state.services = services
 
@@ -166,6 +166,7 @@ def create_app(services: Services) -> FastAPI:
     def files(key: str, who: Tenant = Depends(tenant)):
         return file_response(services, who, key)
 
+    docs.mount(app)  # Swagger UI from an installed package (offline); no /redoc
     app.include_router(metrics_router(services))
     app.include_router(accounts_router(services))
     app.include_router(tasks.router)

@@ -119,11 +119,11 @@ def device_memory_guard(what: str):
 
 
 def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device  # no torch import: operator commands build a ModelManager too
     import torch
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def pipeline_dtype(family: str, device: str, cpu_dtype: str = "float32"):
