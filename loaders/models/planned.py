@@ -51,13 +51,13 @@ class PlannedScheduler(EulerDiscreteScheduler):
         log_sigmas = np.log(((1 - table) / table) ** 0.5)
         self._model_range = (float(np.exp(log_sigmas.min())), float(np.exp(log_sigmas.max())))
         self._log_sigmas = log_sigmas
+        self._schedule = schedule
         if self.sampler_name in ADAPTIVE:  # only the first point is known: the rest is filled as it goes
             start = (self._knobs(None).sigma_range or (schedule[-2], schedule[0]))[1]
             evals = [start] * MAX_ADAPTIVE_EVALS
         else:
             evals = evaluation_sigmas(self.sampler_name, schedule, self._knobs(None))
         ts = self._sigma_to_t(np.array(evals, dtype=np.float64), log_sigmas).astype(np.float32)
-        self._schedule = schedule
         self._evals = evals
         self.timesteps = torch.cat([self.timesteps[:skip].float().cpu(), torch.from_numpy(ts)]).to(device)
         # sigmas stay aligned with timesteps, so diffusers' add_noise / scale_model_input index them as usual
@@ -75,9 +75,14 @@ class PlannedScheduler(EulerDiscreteScheduler):
         def noise(x):
             return randn_tensor(x.shape, generator=generator, dtype=x.dtype, device=torch.device("cpu")).to(x.device)
 
-        # DPM fast / adaptive span the model's whole sigma range in txt2img, the schedule's remaining part in img2img
-        span = self._model_range if self.strength is None and self.sampler_name in ("dpm_fast", "dpm_adaptive") \
-            else None
+        # DPM fast / adaptive span the model's whole sigma range in txt2img, the schedule's remaining part in
+        # img2img; a one-step remainder (σ, 0) has no range of its own, so it reaches down to the model's σ_min
+        span = None
+        if self.sampler_name in ("dpm_fast", "dpm_adaptive"):
+            if self.strength is None:
+                span = self._model_range
+            elif len(self._schedule) == 2:
+                span = (self._model_range[0], self._schedule[0])
         return Knobs(noise=noise, eta=self.eta, s_noise=self.s_noise, sigma_range=span)
 
     # -- one model evaluation -------------------------------------------------------------------------------
@@ -89,7 +94,10 @@ class PlannedScheduler(EulerDiscreteScheduler):
         denoised = self._denoised(model_output.to(torch.float32), x, sigma)
         if self._run is None:  # the pipeline hands every step the same (per-image) generators
             self._run = SAMPLERS[self.sampler_name](x, self._schedule, self._knobs(generator))
-            next(self._run)
+            try:
+                next(self._run)
+            except StopIteration as nothing_to_do:  # never let StopIteration escape into the caller
+                self.finished, self._final = True, nothing_to_do.value
         if self.finished:  # DPM adaptive is done: the entries left over change nothing
             prev = self._final
         else:
