@@ -53,6 +53,7 @@ class Produced:
     control: object | None
     load_s: float
     generate_s: float
+    wait_s: float = 0.0  # waiting for another request's load of the model and for the device: shown in queue_s
 
 
 def _tiled_modules(model: LoadedCheckpoint, adapters, refiner) -> tuple:
@@ -80,7 +81,7 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     persist_s = time.perf_counter() - t0
     # 5. Respond
     timings = Timings(
-        queue_s=round(max(0.0, started - job.queued_at), 4),
+        queue_s=round(max(0.0, started - job.queued_at) + done.wait_s, 4),
         load_s=round(done.load_s, 4),
         generate_s=round(done.generate_s, 4),
         persist_s=round(persist_s, 4),
@@ -123,7 +124,7 @@ def produce(job: Job, services: Services, on_step: StepCallback | None, fidelity
     hr_upscaler = upscaling.hires_resizer(services.store, job.user, services.upscalers, req)
     # 2. Load the checkpoint (free when resident), the refiner, the ControlNet units' models and detected
     #    maps, and fetch the LoRA / VAE / embedding files
-    model, load_s = services.models.checkpoint(info)
+    model, load_s, wait_s = services.models.checkpoint_timed(info)
     if job.mode == "txt2img":
         check_txt2img_model(model)
     refiner, refiner_load_s = load_refiner(job, services, model)
@@ -142,22 +143,31 @@ def produce(job: Job, services: Services, on_step: StepCallback | None, fidelity
         if not networks.plan.uses_any and services.batcher is not None and services.batcher.applies(job, model):
             generated, generate_s = services.batcher.generate(job, services, model, progress)
         else:
-            generated, generate_s, adapters_load_s = generate_alone(job, services, model, inputs, networks,
-                                                                    control, refiner, progress, fidelity,
-                                                                    hr_upscaler)
+            generated, generate_s, adapters_load_s, device_wait_s = generate_alone(
+                job, services, model, inputs, networks, control, refiner, progress, fidelity, hr_upscaler)
             load_s += adapters_load_s
+            wait_s += device_wait_s
     # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
     if services.censor is not None:
         generated.nsfw = censor_images(generated.images, services.censor)
-    return Produced(model, generated, label, control, load_s, generate_s)
+    return Produced(model, generated, label, control, load_s, generate_s, wait_s)
 
 
 def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs, networks, control, refiner,
                    progress: StepCallback, fidelity: Fidelity | None = None,
-                   hr_upscaler=None) -> tuple[Generated, float, float]:
+                   hr_upscaler=None) -> tuple[Generated, float, float, float]:
     """Run one request on the device by itself, its adapters applied around it only.
-    Returns (images, generate_s, seconds spent loading adapters)."""
-    with services.device_lock, services.adapters.applied(model, networks.plan) as adapters:
+    Returns (images, generate_s, seconds spent loading adapters, seconds waited for the device)."""
+    asked = time.perf_counter()
+    with services.device_lock:
+        device_wait_s = time.perf_counter() - asked
+        return _generate_holding_device(job, services, model, inputs, networks, control, refiner, progress,
+                                        fidelity, hr_upscaler) + (device_wait_s,)
+
+
+def _generate_holding_device(job, services, model, inputs, networks, control, refiner, progress, fidelity,
+                             hr_upscaler) -> tuple[Generated, float, float]:
+    with services.adapters.applied(model, networks.plan) as adapters:
         t0 = time.perf_counter()
         total = planned_steps(job)
         fidelity = fidelity or Fidelity()
