@@ -84,3 +84,22 @@ export function snapshot(form) {
   }
   return out;
 }
+
+// A1111's infotext → its keys ("Prompt", "Negative prompt", "Steps", "Size-1", ...), as png-info parses it:
+// the prompt lines, an optional "Negative prompt:" part, and a last line of `key: value` pairs.
+export function parseInfotext(text) {
+  const lines = String(text || "").trim().split("\n");
+  const last = lines.length > 1 || /^\w[\w ]*: /.test(lines[0] || "") ? lines[lines.length - 1] : "";
+  const pairs = [...last.matchAll(/\s*([\w ./-]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)/g)];
+  const out = {};
+  if (pairs.length >= 3) lines.pop();
+  for (const [, key, raw] of pairs.length >= 3 ? pairs : []) {
+    const value = raw.startsWith('"') ? JSON.parse(raw) : raw.trim();
+    const size = value.match(/^(\d+)x(\d+)$/);
+    if (size) { out[`${key}-1`] = size[1]; out[`${key}-2`] = size[2]; } else out[key] = value;
+  }
+  const neg = lines.findIndex((l) => l.startsWith("Negative prompt:"));
+  out.Prompt = (neg < 0 ? lines : lines.slice(0, neg)).join("\n");
+  if (neg >= 0) out["Negative prompt"] = [lines[neg].slice(16).trim(), ...lines.slice(neg + 1)].join("\n");
+  return out;
+}

@@ -62,14 +62,6 @@ export class GalleryTab {
     this.empty.hidden = this.items.length > 0;
   }
 
-  async base64Of(item) {
-    const blob = await (await fetch(item.src)).blob();
-    const bytes = new Uint8Array(await blob.arrayBuffer());
-    let text = "";
-    for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-    return btoa(text);
-  }
-
   card(item, i) {
     const buttons = el("div", { class: "buttons" },
       el("a", { class: "button", href: item.src, download: item.name, text: "Download" }),

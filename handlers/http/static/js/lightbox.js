@@ -2,7 +2,7 @@
 // Copy parameters puts the infotext on the clipboard; send to txt2img / img2img carry its parameters.
 
 import { api, el } from "./api.js";
-import { fieldsFromInfotext } from "./fields.js";
+import { fieldsFromInfotext, parseInfotext } from "./fields.js";
 
 export class Lightbox {
   constructor(gallery, app) {
@@ -57,16 +57,8 @@ export class Lightbox {
     }
   }
 
-  async parameters(item) {
-    if (!item.infotext) return {};
-    // The server's own infotext parser (the one PNG Info uses), on the text the gallery already has.
-    const res = await api("/sdapi/v1/png-info", { method: "POST", json: { image: await this.gallery.base64Of(item) } });
-    return fieldsFromInfotext(res.parameters || {});
-  }
-
   async send(item, mode) {
-    let values = {};
-    try { values = await this.parameters(item); } catch (e) { this.node.querySelector(".err").textContent = e.message; return; }
+    const values = item.infotext ? fieldsFromInfotext(parseInfotext(item.infotext)) : {};
     this.close();
     if (mode === "img2img") await this.app.sendToImg2img(item.src, values);
     else this.app.sendToTxt2img(values);

@@ -15,6 +15,7 @@ export class QueueTab {
     this.app = app;
     this.list = section.querySelector(".task-list");
     this.timer = null;
+    this.figures = new Map();
     section.querySelector('[data-action="refresh"]').addEventListener("click", () => this.load());
   }
 
@@ -45,16 +46,17 @@ export class QueueTab {
     const p = t.progress || {};
     const bar = t.status === "running" ? el("progress", { max: "1", value: String(p.fraction || 0) }) : null;
     const step = t.status === "running" && p.total ? ` · step ${p.step}/${p.total}` : "";
-    const buttons = el("div", { class: "buttons" });
-    if (LIVE.has(t.status)) buttons.append(el("button", { type: "button", text: "Cancel", onclick: () => this.cancel(t.task_id) }));
-    if (!LIVE.has(t.status)) buttons.append(el("button", { type: "button", text: "Re-run", onclick: () => this.rerun(t) }));
+    // In the summary line, so they show on a closed row; a click there must not open or close it.
+    const act = (text, fn) => el("button", { type: "button", text, onclick: (e) => { e.preventDefault(); fn(); } });
+    const buttons = el("span", { class: "buttons" },
+      LIVE.has(t.status) ? act("Cancel", () => this.cancel(t.task_id)) : act("Re-run", () => this.rerun(t)));
     const images = el("div", { class: "results" });
     const details = el("details", { class: `task ${t.status}`, "data-task": t.task_id, "data-status": t.status },
       el("summary", {},
         el("span", { class: `status ${t.status}`, text: t.status }), " ",
         el("code", { text: t.task_id }), " ",
-        el("span", { class: "meta", text: `${t.mode} · ${formatTime(t.created_at)}${step}` }), bar),
-      t.error ? el("p", { class: "err", text: t.error }) : null, buttons, images);
+        el("span", { class: "meta", text: `${t.mode} · ${formatTime(t.created_at)}${step}` }), bar, buttons),
+      t.error ? el("p", { class: "err", text: t.error }) : null, images);
     details.addEventListener("toggle", () => { if (details.open) this.images(t, images); });
     if (wasOpen) { details.open = true; }
     return details;
@@ -63,8 +65,12 @@ export class QueueTab {
   async images(t, box) {
     if (t.status !== "succeeded" || box.childElementCount) return;
     try {
-      const full = await api(`/tasks/${encodeURIComponent(t.task_id)}`);
-      box.replaceChildren(...await resultFigures(full.result || {}, (item, src) => this.app.sendButtons(src, item.infotext, null)));
+      // A finished task never changes: its figures are made once and kept across the list's refreshes.
+      if (!this.figures.has(t.task_id)) {
+        const full = await api(`/tasks/${encodeURIComponent(t.task_id)}`);
+        this.figures.set(t.task_id, await resultFigures(full.result || {}, (item, src) => this.app.sendButtons(src, item.infotext, null)));
+      }
+      box.replaceChildren(...this.figures.get(t.task_id));
     } catch (e) {
       if (e.status !== 401) box.replaceChildren(el("p", { class: "err", text: e.message }));
     }
