@@ -437,7 +437,7 @@ def test_every_tab_fits_a_phone_screen(browser, site, errors):
     context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     page = context.new_page()
     sign_in(page, site)
-    for name in ("txt2img", "img2img", "gallery", "files", "prompt"):
+    for name in ("txt2img", "img2img", "queue", "gallery", "extras", "pnginfo", "files", "prompt"):
         page.locator(f"#tabs [data-tab={name}]").click()
         expect(page.locator(f"#tab-{name}")).to_be_visible()
         page.wait_for_timeout(150)
@@ -459,6 +459,9 @@ def test_zz_screenshots_of_every_tab(browser, site):
     tab = page.locator("#tab-txt2img")
     fill_small(tab, steps=3, seed=7, prompt="a cute dog, watercolor")
     tab.locator("[data-field=batch_size]").fill("2")
+    tab.locator("[data-field=enable_hr]").check()  # the groups as a person opens them
+    tab.locator("details[data-group=hires] summary").click()
+    tab.locator("[data-field=enable_hr]").uncheck()
     tab.locator("button.generate").click()
     expect(tab.locator("figure.out").nth(1)).to_be_visible(timeout=SLOW)  # two images, no grid (A1111's rule)
     expect(tab.locator("figure.out.grid")).to_have_count(0)
@@ -475,9 +478,33 @@ def test_zz_screenshots_of_every_tab(browser, site):
     page.mouse.move(box["x"] + box["width"] * .6, box["y"] + box["height"] * .55, steps=4)
     page.mouse.up()
     shoot_both(page, "img2img")
+    page.click("#tabs [data-tab=queue]")
+    expect(page.locator("#tab-queue details.task").first).to_be_visible()
+    page.locator("#tab-queue details.task summary").first.click()
+    shoot_both(page, "queue")
     page.click("#tabs [data-tab=gallery]")
     expect(page.locator("#tab-gallery figure.out img").first).to_have_js_property("complete", True)
     shoot_both(page, "gallery")
+    page.locator("#tab-gallery figure.out img").first.click()
+    expect(page.locator(".lightbox .infotext")).to_be_visible()
+    shoot_both(page, "lightbox")
+    page.keyboard.press("Escape")
+    png = page.locator("#tab-gallery figure.out a", has_text="Download").first.get_attribute("href")
+    page.click("#tabs [data-tab=pnginfo]")
+    page.evaluate("""async (href) => { const blob = await (await fetch(href)).blob(); const dt = new DataTransfer();
+        dt.items.add(new File([blob], 'out.png', {type: 'image/png'}));
+        document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt})); }""", png)
+    expect(page.locator("#tab-pnginfo .png-info .infotext")).to_contain_text("Seed:")
+    shoot_both(page, "pnginfo")
+    if page.evaluate("window.easelApp.features.extras"):
+        page.click("#tabs [data-tab=extras]")
+        page.evaluate("""async (href) => { const blob = await (await fetch(href)).blob(); const dt = new DataTransfer();
+            dt.items.add(new File([blob], 'out.png', {type: 'image/png'}));
+            document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt})); }""", png)
+        page.locator("#tab-extras [data-field=upscaler_1]").select_option("Lanczos")
+        page.locator("#tab-extras button[type=submit]").click()
+        expect(page.locator("#tab-extras .extras-result img")).to_be_visible(timeout=SLOW)
+        shoot_both(page, "extras")
     page.click("#tabs [data-tab=files]")
     page.locator("#tab-files [data-root=public]").click()
     expect(page.locator("#tab-files [data-root=public]")).to_have_attribute("aria-pressed", "true")

@@ -268,3 +268,21 @@ def test_on_a_phone_generate_stays_in_reach_and_the_result_is_scrolled_into_view
     assert 0 <= top < PHONE["height"] / 2, top  # the results, not the form, are on screen
     context.close()
     assert not [e for e in errors if e.startswith("script error")], errors
+
+
+def test_extras_upscales_a_dropped_image(page, site):
+    sign_in(page, site)
+    page.click("#tabs [data-tab=extras]")
+    tab = page.locator("#tab-extras")
+    tab.locator(".drop-zone").dispatch_event("drop", {"dataTransfer": file_transfer(page, png_b64())})
+    expect(tab.locator(".extras-input img")).to_be_visible()
+    tab.locator("[data-field=upscaler_1]").select_option("Lanczos")
+    with page.expect_request(lambda r: r.url.endswith("/sdapi/v1/extra-single-image")) as sent:
+        tab.locator("button[type=submit]").click()
+    body = sent.value.post_data_json
+    assert (body["upscaler_1"], body["upscaling_resize"]) == ("Lanczos", 2)
+    assert "gfpgan_visibility" not in body  # no face restorer installed: no control for it
+    result = tab.locator(".extras-result figure img")
+    expect(result).to_be_visible(timeout=SLOW)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=result.element_handle())
+    assert result.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [128, 128]

@@ -12,7 +12,7 @@ from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.services import Services
 
 STATIC_DIR = Path(__file__).parent / "static"
-TABS = ("txt2img", "img2img", "queue", "gallery", "pnginfo", "files", "prompt")
+TABS = ("txt2img", "img2img", "queue", "gallery", "extras", "pnginfo", "files", "prompt")
 # The page shows a control only when the route behind it exists, so a server without (say) ControlNet
 # hides that control instead of answering every page load with 404s.
 FEATURE_ROUTES = {
@@ -24,6 +24,7 @@ FEATURE_ROUTES = {
     "tasks": ("GET", "/tasks/{task_id}"),
     "beautifulprompt": ("POST", "/beautifulprompt"),
     "pnginfo": ("POST", "/sdapi/v1/png-info"),
+    "extras": ("POST", "/sdapi/v1/extra-single-image"),
 }
 # The page's own script and styles only: no CDN, no inline code, images from the app, data:/blob: or signed URLs.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob: https: http:; "

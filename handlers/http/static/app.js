@@ -2,6 +2,7 @@
 
 import { api, auth, el, whenUnauthorized } from "./js/api.js";
 import { clearErrors, showErrors } from "./js/errors.js";
+import { ExtrasTab } from "./js/extras.js";
 import { FilesTab } from "./js/files.js";
 import { GalleryTab } from "./js/gallery.js";
 import { GenTab } from "./js/generate.js";
@@ -24,6 +25,7 @@ class App {
       img2img: new GenTab($("#tab-img2img"), "img2img", this),
       queue: new QueueTab($("#tab-queue"), this),
       gallery: new GalleryTab($("#tab-gallery"), this),
+      extras: new ExtrasTab($("#tab-extras"), this),
       pnginfo: new PngInfoTab($("#tab-pnginfo"), this),
       files: new FilesTab($("#tab-files"), this),
       prompt: new PromptTab($("#tab-prompt"), this),
@@ -106,6 +108,7 @@ class App {
     if (name === "prompt") return this.features.beautifulprompt;
     if (name === "queue") return this.features.tasks;
     if (name === "pnginfo") return this.features.pnginfo;
+    if (name === "extras") return this.features.extras;
     return true;
   }
 
