@@ -240,7 +240,7 @@ def test_a_controlnet_unit_is_sent_and_its_detected_map_shown(page, site, tmp_pa
     sign_in(page, site)
     tab = page.locator("#tab-txt2img")
     fill_small(tab, prompt="a white box")
-    tab.locator(".controlnet summary").click()
+    tab.locator(".controlnet > summary").click()
     unit_box = tab.locator(".cn-unit[data-unit='0']")
     unit_box.locator("[data-cn=module]").select_option("canny")
     # the preprocessor's own sliders, from module_detail: resolution and canny's two thresholds
@@ -466,7 +466,7 @@ def test_zz_screenshots_of_every_tab(browser, site):
     expect(tab.locator("figure.out").nth(1)).to_be_visible(timeout=SLOW)  # two images, no grid (A1111's rule)
     expect(tab.locator("figure.out.grid")).to_have_count(0)
     if page.evaluate("window.easelApp.features.controlnet"):
-        tab.locator(".controlnet summary").click()  # show the unit's controls too
+        tab.locator(".controlnet > summary").click()  # show the unit's controls too
     shoot_both(page, "txt2img")
     tab.locator("figure.out button", has_text="Send to img2img").first.click()
     i2i = page.locator("#tab-img2img")
@@ -489,18 +489,15 @@ def test_zz_screenshots_of_every_tab(browser, site):
     expect(page.locator(".lightbox .infotext")).to_be_visible()
     shoot_both(page, "lightbox")
     page.keyboard.press("Escape")
-    png = page.locator("#tab-gallery figure.out a", has_text="Download").first.get_attribute("href")
+    newest = api(site, "GET", "/outputs?limit=1")["items"][0]["key"]
+    png = base64.b64encode(httpx.get(f"{site.url}/files/{newest}", headers={"Authorization": f"Bearer {TOKENS['alice']}"}).content).decode()
     page.click("#tabs [data-tab=pnginfo]")
-    page.evaluate("""async (href) => { const blob = await (await fetch(href)).blob(); const dt = new DataTransfer();
-        dt.items.add(new File([blob], 'out.png', {type: 'image/png'}));
-        document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt})); }""", png)
+    paste_png(page, png)
     expect(page.locator("#tab-pnginfo .png-info .infotext")).to_contain_text("Seed:")
     shoot_both(page, "pnginfo")
     if page.evaluate("window.easelApp.features.extras"):
         page.click("#tabs [data-tab=extras]")
-        page.evaluate("""async (href) => { const blob = await (await fetch(href)).blob(); const dt = new DataTransfer();
-            dt.items.add(new File([blob], 'out.png', {type: 'image/png'}));
-            document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt})); }""", png)
+        paste_png(page, png)
         page.locator("#tab-extras [data-field=upscaler_1]").select_option("Lanczos")
         page.locator("#tab-extras button[type=submit]").click()
         expect(page.locator("#tab-extras .extras-result img")).to_be_visible(timeout=SLOW)
@@ -520,6 +517,13 @@ def test_zz_screenshots_of_every_tab(browser, site):
     context.close()
 
 
+def paste_png(page, b64: str) -> None:
+    """Paste a PNG into the page, as Ctrl+V with an image on the clipboard does."""
+    page.evaluate("""(b64) => { const dt = new DataTransfer(); const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        dt.items.add(new File([bytes], 'out.png', {type: 'image/png'}));
+        document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt})); }""", b64)
+
+
 def shoot_both(page, name: str) -> None:
     """The same page at 1280 px and at phone width."""
     for label, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
@@ -531,6 +535,7 @@ def shoot_both(page, name: str) -> None:
 
 def shoot(page, name: str) -> None:
     """A full-page PNG, reduced to 256 colours so the committed files stay small."""
+    page.evaluate("window.scrollTo(0, 0)")  # the sticky header at the top, where a person sees it
     png = page.screenshot(full_page=True)
     img = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     img.save(SCREENSHOTS / f"{name}.png", optimize=True)

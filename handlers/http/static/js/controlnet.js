@@ -35,7 +35,8 @@ export class ControlNetUnits {
   addUnit(n) {
     const unit = document.getElementById("cn-unit-template").content.firstElementChild.cloneNode(true);
     unit.dataset.unit = String(n);
-    unit.querySelector("legend").textContent = `Unit ${n}`;
+    unit.querySelector("summary").textContent = `Unit ${n}`;
+    unit.open = n === 0;  // the others stay folded, as the extension's tabs do
     unit.querySelector('[data-cn="module"]').addEventListener("change", () => this.sliders(unit));
     this.box.append(unit);
     return unit;

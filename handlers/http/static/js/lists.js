@@ -44,6 +44,7 @@ export class FormLists {
     if (failed) throw failed.reason;
     this.f("clip_skip").value = String(options.CLIP_stop_at_last_layers ?? 1);
     this.f("tiling").checked = Boolean(options.tiling);
+    this.f("preview_every").value = String(options.show_progress_every_n_steps ?? 10);  // the user's own period
   }
 
   async samplers() {
