@@ -47,8 +47,13 @@ SLOW = 60_000  # ms: a generation on 2 busy CPU cores
 class SlowSteps(ProgressBoard):
     """A slower device: each denoising step takes at least 60 ms, so the page's polling sees the steps go by."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_step: dict[str, int] = {}  # the last step each user's generation ran (an interrupt stops it)
+
     def step(self, user: str, step: int) -> None:
         time.sleep(0.06)
+        self.last_step[user] = step
         super().step(user, step)
 
 

@@ -50,10 +50,9 @@ def test_live_preview_then_interrupt_returns_the_image_early(page, site):
     expect(preview).to_be_visible(timeout=SLOW)  # a decoded preview of the running image
     assert preview.evaluate("img => img.src").startswith("data:image/png;base64,")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=preview.element_handle())
-    started = time.monotonic()
     tab.locator("[data-action=interrupt]").click()
-    expect(tab.locator("figure.out.image")).to_be_visible(timeout=SLOW)
-    assert time.monotonic() - started < 40 * 0.06  # fewer than the 40 slow steps ran after the click
+    expect(tab.locator("figure.out.image")).to_be_visible(timeout=SLOW)  # the image made so far comes back
+    assert site.services.progress.last_step["alice"] < 30  # the remaining steps did not run
     expect(tab.locator("[data-action=interrupt]")).to_be_hidden()
     expect(tab.locator(".live-preview")).to_be_hidden()
 
@@ -93,13 +92,13 @@ def test_a_queued_task_can_be_canceled(page, site):
                        json={"prompt": "slow", "width": 64, "height": 64, "steps": 20})["task_id"])
     page.click("#tabs [data-tab=queue]")
     row = page.locator(f"#tab-queue details.task[data-task='{ids[-1]}']")
-    expect(row).to_be_visible()
-    if row.get_attribute("data-status") in ("queued", "running"):
-        row.locator("button", has_text="Cancel").click()
-        expect(row).to_have_attribute("data-status", re.compile("canceled|succeeded"), timeout=SLOW)
-    assert api(site, "GET", f"/tasks/{ids[-1]}")["status"] in ("canceled", "succeeded")
-    expect(page.locator(f"#tab-queue details.task[data-task='{ids[0]}']")).to_have_attribute(
-        "data-status", "succeeded", timeout=SLOW)
+    expect(row).to_have_attribute("data-status", re.compile("queued|running"))
+    row.locator("button", has_text="Cancel").click()
+    expect(row).to_have_attribute("data-status", "canceled", timeout=SLOW)
+    assert api(site, "GET", f"/tasks/{ids[-1]}")["status"] == "canceled"
+    for earlier in ids[:-1]:  # the others ran: a cancel touches only its own task
+        expect(page.locator(f"#tab-queue details.task[data-task='{earlier}']")).to_have_attribute(
+            "data-status", "succeeded", timeout=SLOW)
 
 
 def test_hires_variation_clip_skip_schedule_and_styles_are_sent_and_honoured(page, site):
