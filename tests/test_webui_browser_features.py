@@ -285,3 +285,21 @@ def test_extras_upscales_a_dropped_image(page, site):
     expect(result).to_be_visible(timeout=SLOW)
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=result.element_handle())
     assert result.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [128, 128]
+
+
+def test_a_script_from_the_dropdown_runs_with_its_own_arguments(page, site):
+    sign_in(page, site, "bob")
+    tab = page.locator("#tab-txt2img")
+    fill_small(tab, steps=1, seed=9, prompt="a cat|red")
+    tab.locator(".script-group > summary").click()
+    tab.locator("[data-field=script_name]").select_option("prompt matrix")
+    args = tab.locator(".script-args [data-script-arg]")
+    expect(args).to_have_count(5)  # script-info's arguments for prompt matrix, in order
+    with page.expect_request(lambda r: r.url.endswith("/sdapi/v1/txt2img")) as sent:
+        tab.locator("button.generate").click()
+    body = sent.value.post_data_json
+    assert body["script_name"] == "prompt matrix"
+    assert body["script_args"] == [False, False, "positive", "comma", 0]
+    images = tab.locator("figure.out.image")
+    expect(images).to_have_count(2, timeout=SLOW)  # "a cat" and "a cat, red"
+    expect(images.nth(1).locator(".infotext")).to_contain_text("a cat, red")

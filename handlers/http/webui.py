@@ -25,6 +25,7 @@ FEATURE_ROUTES = {
     "beautifulprompt": ("POST", "/beautifulprompt"),
     "pnginfo": ("POST", "/sdapi/v1/png-info"),
     "extras": ("POST", "/sdapi/v1/extra-single-image"),
+    "scripts": ("GET", "/sdapi/v1/scripts"),
 }
 # The page's own script and styles only: no CDN, no inline code, images from the app, data:/blob: or signed URLs.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob: https: http:; "

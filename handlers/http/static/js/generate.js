@@ -10,6 +10,7 @@ import { FormLists } from "./lists.js";
 import { LiveRun } from "./live.js";
 import { MaskPainter, fileToDataUrl, stripDataUrl } from "./mask.js";
 import { resultFigures } from "./results.js";
+import { ScriptPicker } from "./scripts.js";
 
 const NARROW = "(max-width: 899px)";  // one column: the results are below the form
 
@@ -30,6 +31,7 @@ export class GenTab {
     this.live = new LiveRun(this.form);
     this.lists = new FormLists(this.form, app);
     this.cn = new ControlNetUnits(this.form);
+    this.scripts = new ScriptPicker(this.form, mode);
     this.painter = mode === "img2img" ? new MaskPainter(this.form) : null;
     this.lastSeed = null;
     this.bind();
@@ -69,6 +71,7 @@ export class GenTab {
     for (const node of this.form.querySelectorAll("[data-feature]")) node.hidden = !features[node.dataset.feature];
     const jobs = [this.lists.load(features)];
     if (features.controlnet) jobs.push(this.cn.load());
+    if (features.scripts) jobs.push(this.scripts.load());
     const failed = (await Promise.allSettled(jobs)).filter((r) => r.status === "rejected" && r.reason.status !== 401);
     const general = this.form.querySelector(".err.general");
     general.textContent = failed.length ? `Could not load some lists: ${failed[0].reason.message}` : "";
@@ -78,6 +81,7 @@ export class GenTab {
   async request() {
     const mask = this.painter ? await this.maskBase64() : null;
     const { body, overrides } = readFields(this.form, { inpaint: Boolean(mask) });
+    Object.assign(body, this.scripts.fields());
     body.alwayson_scripts = {};
     if (Object.keys(overrides).length) body.override_settings = overrides;
     if (!this.form.querySelector(".controlnet").hidden) {
