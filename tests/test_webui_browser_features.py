@@ -229,6 +229,10 @@ def test_gallery_lightbox_keys_copy_send_and_delete(page, site):
     expect(page.locator("#tab-txt2img [data-field=prompt]")).to_have_value("lightbox first")
     expect(page.locator("#tab-txt2img [data-field=seed]")).to_have_value("4")
     expect(box).to_be_hidden()
+    page.click("#tabs [data-tab=gallery]")
+    page.locator("#tab-gallery figure.out img").first.click()
+    box.locator("button", has_text="Send to extras").click()
+    expect(page.locator("#tab-extras .extras-input img")).to_have_js_property("naturalWidth", 64)
 
 
 def test_admins_are_told_why_the_prompt_tab_is_hidden(browser, tmp_path, demo_bytes, errors):

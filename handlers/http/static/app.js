@@ -169,6 +169,11 @@ class App {
     this.show("txt2img");
   }
 
+  sendToExtras(src) {
+    this.tabs.extras.setImage(src);
+    this.show("extras");
+  }
+
   toTxt2img(prompt) { this.sendToTxt2img({ prompt }); }
 }
 

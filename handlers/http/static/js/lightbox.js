@@ -40,6 +40,7 @@ export class Lightbox {
           el("button", { type: "button", text: "Copy parameters", onclick: () => this.copy(item, status) }),
           el("button", { type: "button", text: "Send to txt2img", onclick: () => this.send(item, "txt2img") }),
           this.app.features.img2img ? el("button", { type: "button", text: "Send to img2img", onclick: () => this.send(item, "img2img") }) : null,
+          this.app.features.extras ? el("button", { type: "button", text: "Send to extras", onclick: () => this.send(item, "extras") }) : null,
           el("button", { type: "button", class: "danger", text: "Delete", onclick: () => this.remove() }),
           el("button", { type: "button", text: "Close", onclick: () => this.close() })),
         status, el("p", { class: "err", role: "alert" }))));
@@ -60,7 +61,8 @@ export class Lightbox {
   async send(item, mode) {
     const values = item.infotext ? fieldsFromInfotext(parseInfotext(item.infotext)) : {};
     this.close();
-    if (mode === "img2img") await this.app.sendToImg2img(item.src, values);
+    if (mode === "extras") this.app.sendToExtras(item.src);
+    else if (mode === "img2img") await this.app.sendToImg2img(item.src, values);
     else this.app.sendToTxt2img(values);
   }
 
