@@ -9,14 +9,22 @@ import inspect
 import diffusers
 
 from handlers.samplers import SCHEDULES, NoiseParams, Sampler, noise_step_kwargs
+from loaders.models.cfgpp import CFGppDDIMScheduler
+from loaders.models.planned import PlannedScheduler
+
+_OWN_SCHEDULERS = {"CFGppDDIMScheduler": CFGppDDIMScheduler}
 
 
-def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None):
+def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None,
+                   strength: float | None = None):
     """A fresh scheduler for one request, from the checkpoint's own scheduler config; `noise` carries the
-    request's eta / s_* where the sampler has them (see `noise_step_kwargs`)."""
-    cls = getattr(diffusers, sampler.scheduler)
+    request's eta / s_* where the sampler has them (see `noise_step_kwargs`); `strength` is the img2img
+    strength the pipeline will be called with (None: txt2img)."""
     if schedule == "automatic":
         schedule = sampler.default_schedule or "automatic"
+    if sampler.planned:
+        return _planned(base_config, sampler, schedule, noise or NoiseParams(), strength)
+    cls = _OWN_SCHEDULERS.get(sampler.scheduler) or getattr(diffusers, sampler.scheduler)
     kwargs = noise_step_kwargs(sampler, noise) if noise is not None else {}
     if sampler.scheduler == "EulerAncestralDiscreteScheduler" and kwargs:
         cls = EtaEulerAncestral
@@ -26,6 +34,12 @@ def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automat
     if kwargs:
         scheduler.step = _forcing(scheduler.step, kwargs)  # this request's object only
     return scheduler
+
+
+def _planned(base_config: dict, sampler: Sampler, schedule: str, noise: NoiseParams, strength: float | None):
+    knobs = {"eta": 0.0, "s_noise": 1.0} | noise_step_kwargs(sampler, noise)  # Restart takes neither
+    scheduler = PlannedScheduler.from_config(base_config, **SCHEDULES[schedule][1])
+    return scheduler.plan(sampler.planned, eta=knobs["eta"], s_noise=knobs["s_noise"], strength=strength)
 
 
 def _forcing(step, forced: dict):
