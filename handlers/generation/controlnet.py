@@ -26,9 +26,11 @@ from datetime import datetime, timezone
 
 from PIL import Image
 
-from handlers.generation import outputs
+from handlers.generation import ipadapter, outputs
 from handlers.generation.controlnet_units import FIELD, MAX_UNITS, ControlNetUnit, parse_units, unit_infotext
+from handlers.generation.ipadapter import IPAdapterUnit
 from handlers.generation.reference import ADAIN_MODULES, ATTN_MODULES, ReferenceUnit
+from loaders.adapters.ipadapter import LoadedIPAdapter
 from loaders.adapters.preprocessors import fit, pixel_perfect_resolution, run_module
 from loaders.errors import InvalidRequest
 from loaders.models.manager import resolve_model
@@ -88,6 +90,7 @@ class ControlPlan:
     adjusted: list[str] = field(default_factory=list)  # slider values the bound check replaced, per unit
     hr_images: list[Image.Image] = field(default_factory=list)  # the maps fitted to the hires size (hires fix)
     references: list[ReferenceUnit] = field(default_factory=list)  # reference_* units: no model, UNet hooks
+    ip_adapters: list[IPAdapterUnit] = field(default_factory=list)  # IP-Adapter units: processors, no ControlNet
     infotexts: dict[str, str] = field(default_factory=dict)  # every unit's, in request order
     load_s: float = 0.0
 
@@ -141,6 +144,9 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
         loaded, load_s = services.controlnets.get(info, base_family=checkpoint.family, device=unet.device,
                                                   dtype=unet.dtype, field=f"{where}.model")
         plan.load_s += load_s
+        if isinstance(loaded, LoadedIPAdapter) or unit.entry.name in ipadapter.MODULES:
+            _add_ip_adapter(services, user, plan, unit, loaded, where, init_image, unet, hires=hr_size is not None)
+            continue
         _check_layer_weights(unit, loaded.model, where)
         # 2. The image: base64 or link (SSRF-safe), else the init image (img2img), else a 422
         image = unit_image(services, user, unit, where, init_image)
@@ -181,6 +187,25 @@ def _add_reference(services, user, plan: ControlPlan, unit: ControlNetUnit, wher
     _note(plan, unit, "None")
     if keep_maps and unit.save_detected_map:  # the extension shows the reference image, fitted, as its map
         plan.detected.append(fit(image, width, height, unit.resize_mode))
+
+
+def _add_ip_adapter(services, user, plan: ControlPlan, unit: ControlNetUnit, loaded, where: str, init_image,
+                    unet, *, hires: bool) -> None:
+    """An IP-Adapter unit: its image encoded once; the adapter runs as cross-attention processors
+    (`ipadapter.applied`). No detected map: the extension has none for an embedding."""
+    if not isinstance(loaded, LoadedIPAdapter):
+        raise InvalidRequest(f"`{where}.module` {unit.module!r} runs an IP-Adapter, but `{where}.model` "
+                             f"{loaded.name!r} is a ControlNet")
+    if unit.entry.name not in ipadapter.MODULES:
+        raise InvalidRequest(f"`{where}.model` {loaded.name!r} is an IP-Adapter: use it with module "
+                             f"ip-adapter_clip_sd15, ip-adapter_clip_sdxl, ip-adapter_clip_sdxl_plus_vith or "
+                             f"ip-adapter-auto, not {unit.module!r}")
+    ipadapter.check_unit(unit, where, hires)
+    image = unit_image(services, user, unit, where, init_image)
+    encoded, load_s = ipadapter.encode(services, user, unit, loaded, image, where, unet)
+    plan.load_s += load_s
+    plan.ip_adapters.append(encoded)
+    _note(plan, unit, loaded.name)
 
 
 def _check_layer_weights(unit: ControlNetUnit, net, where: str) -> None:

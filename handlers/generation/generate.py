@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from handlers.billing import metering
-from handlers.generation import controlnet, extra_networks, hires, img2img, outputs, reference
+from handlers.generation import controlnet, extra_networks, hires, img2img, ipadapter, outputs, reference
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
 from handlers.generation.fidelity import Fidelity
@@ -126,7 +126,10 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
             with circular(ctx.fidelity.tiling, *(_tiled_modules(model, adapters, refiner) if ctx.fidelity.tiling else ())), \
                     reference.applied(model.pipe, control.references if control is not None else [],
                                       vae=adapters.vae, seed=job.request.seed_or_none or 0,
-                                      cfg=job.request.cfg_scale > 1):
+                                      cfg=job.request.cfg_scale > 1), \
+                    ipadapter.applied(model.pipe.unet, control.ip_adapters if control is not None else [],
+                                      cfg=job.request.cfg_scale > 1,
+                                      timesteps=model.pipe.scheduler.config.num_train_timesteps):
                 generated = generate(job, model, ctx, inputs)
         except Canceled as stopped:
             stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loaders.adapters.annotators import AnnotatorCache
+from loaders.adapters.clip_vision import ImageEncoderCache
+from loaders.adapters.ipadapter import LoadedIPAdapter, build_ip_adapter, is_ip_adapter
 from loaders.errors import InvalidRequest
 from loaders.models.families import CONFIGS
 from loaders.models.manager import FileCache
@@ -68,9 +70,9 @@ def build_controlnet(path: Path, family: str, device: str, dtype):
     return model.to(device).eval()
 
 
-def _check_fits(name: str, family: str, base_family: str, field: str) -> None:
+def _check_fits(name: str, family: str, base_family: str, field: str, kind: str = "ControlNet") -> None:
     if family != same_unet(base_family):
-        raise InvalidRequest(f"`{field}` {name!r} is a ControlNet for {family} models; "
+        raise InvalidRequest(f"`{field}` {name!r} is a{'n' if kind[0] in 'AEIO' else ''} {kind} for {family} models; "
                              f"the checkpoint is a {base_family} model")
 
 
@@ -86,24 +88,29 @@ class LoadedControlNet:
 class ControlNetCache:
     """Loaded ControlNet models keyed by (key, ETag) — a changed file loads again — with LRU eviction.
 
-    `annotators` holds the weights of model-based preprocessors, loaded the same way.
+    `annotators` holds the weights of model-based preprocessors, loaded the same way; IP-Adapter files (which the
+    extension also keeps in models/ControlNet/) load here too, as `LoadedIPAdapter`, their image encoders in
+    `image_encoders`.
     """
 
     def __init__(self, store: ObjectStore, cache_dir: Path, *, capacity: int = 4):
         self.files = FileCache(store, Path(cache_dir) / "controlnet")
         self.annotators = AnnotatorCache(store, cache_dir)
+        self.image_encoders = ImageEncoderCache(store, cache_dir)
         self.capacity = capacity
-        self._loaded: OrderedDict[tuple[str, str, str], LoadedControlNet] = OrderedDict()
+        self._loaded: OrderedDict[tuple[str, str, str], LoadedControlNet | LoadedIPAdapter] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, info: ObjectInfo, *, base_family: str, device: str, dtype, field: str) -> tuple[LoadedControlNet, float]:
+    def get(self, info: ObjectInfo, *, base_family: str, device: str, dtype,
+            field: str) -> tuple[LoadedControlNet | LoadedIPAdapter, float]:
         """The model for this object version on `device`, and the seconds spent loading it (0 when resident)."""
         cache_key = (info.key, info.etag, f"{device}/{dtype}")
         with self._lock:
             if cache_key in self._loaded:
                 self._loaded.move_to_end(cache_key)
                 resident = self._loaded[cache_key]
-                _check_fits(resident.name, resident.family, base_family, field)  # resident for another checkpoint
+                _check_fits(resident.name, resident.family, base_family, field,  # resident for another checkpoint
+                            "IP-Adapter" if isinstance(resident, LoadedIPAdapter) else "ControlNet")
                 return resident, 0.0
             started = time.perf_counter()
             loaded = self._load(info, base_family, device, dtype, field)
@@ -114,9 +121,14 @@ class ControlNetCache:
                 self._loaded.popitem(last=False)
             return loaded, time.perf_counter() - started
 
-    def _load(self, info: ObjectInfo, base_family: str, device: str, dtype, field: str) -> LoadedControlNet:
+    def _load(self, info: ObjectInfo, base_family: str, device: str, dtype,
+              field: str) -> LoadedControlNet | LoadedIPAdapter:
         name = info.key.rsplit("/", 1)[-1]
         path = self.files.ensure(info)
+        if is_ip_adapter(read_header(path, name).keys):
+            loaded = build_ip_adapter(path, name, info.key, info.etag, device, dtype)
+            _check_fits(name, loaded.family, base_family, field, "IP-Adapter")
+            return loaded
         family = detect_controlnet_family(path, name)
         _check_fits(name, family, base_family, field)
         try:
