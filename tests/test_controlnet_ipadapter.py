@@ -67,6 +67,19 @@ def test_ip_adapter_round_trip_keeps_every_tensor(tmp_path):
         assert torch.equal(v.weight, state[f"ip_adapter.{2 * i + 1}.to_v_ip.weight"])
 
 
+def test_ip_adapter_plus_round_trip_loads_into_diffusers_resampler(tmp_path):
+    path = tmp_path / "ip-adapter-plus_easel.safetensors"
+    path.write_bytes(demo_ip_adapter_bytes(seed=4, plus=True))
+    state = demo_ip_adapter_state(seed=4, clip_dim=32, plus=True)
+    loaded = build_ip_adapter(path, path.name, "k", "e", "cpu", torch.float32)
+    assert (loaded.num_tokens, loaded.clip_dim, loaded.uses_hidden_states) == (4, 32, True)
+    proj = loaded.projection.state_dict()
+    assert torch.equal(proj["latents"], state["image_proj.latents"])
+    kv = state["image_proj.layers.2.0.to_kv.weight"]
+    assert torch.equal(torch.cat([proj["layers.2.attn.to_k.weight"], proj["layers.2.attn.to_v.weight"]]), kv)
+    assert torch.equal(proj["layers.3.ff.1.net.2.weight"], state["image_proj.layers.3.1.3.weight"])
+
+
 # --- generation ---
 
 def test_weight_zero_equals_no_unit_and_weight_one_differs(client):
@@ -78,6 +91,15 @@ def test_weight_zero_equals_no_unit_and_weight_one_differs(client):
     assert pixels(one.json()) != pixels(plain.json())
     assert len(one.json()["images"]) == 1  # no detected map for an embedding, as the extension
     assert f'ControlNet 0: "Module: ip-adapter_clip_sd15, Model: {IP}, Weight: 1' in infotext(one)
+
+
+def test_plus_adapter_reads_hidden_states_and_changes_the_image(client, store):
+    store.put_bytes("public/models/ControlNet/ip-adapter-plus_easel.safetensors", demo_ip_adapter_bytes(plus=True))
+    plain = txt2img(client, None)
+    plus = txt2img(client, [ip_unit(model="ip-adapter-plus_easel")])
+    zero = txt2img(client, [ip_unit(model="ip-adapter-plus_easel", weight=0)])
+    assert plus.status_code == zero.status_code == 200, plus.text
+    assert pixels(plus.json()) != pixels(plain.json()) and pixels(zero.json()) == pixels(plain.json())
 
 
 def test_the_shared_unet_is_put_back_after_an_ip_adapter_request(client):
