@@ -235,19 +235,21 @@ def unit_image(services, user: str, unit: ControlNetUnit, where: str, init_image
 def pipeline(base, scheduler, plan: ControlPlan, *, cfg: bool, task: str = "txt2img", **overrides):
     """A per-request ControlNet pipeline (txt2img, img2img or inpaint) over the shared components (nothing shared
     is modified); `overrides` replaces components for this request only (another VAE)."""
-    from diffusers import (
-        StableDiffusionControlNetImg2ImgPipeline,
-        StableDiffusionControlNetInpaintPipeline,
-        StableDiffusionControlNetPipeline,
-    )
+    import inspect
+
+    import diffusers
     from diffusers.models.controlnets import MultiControlNetModel
 
-    cls = {"txt2img": StableDiffusionControlNetPipeline, "img2img": StableDiffusionControlNetImg2ImgPipeline,
-           "inpaint": StableDiffusionControlNetInpaintPipeline}[task]
+    xl = getattr(base, "text_encoder_2", None) is not None  # SDXL: its own ControlNet pipelines
+    name = {"txt2img": "ControlNetPipeline", "img2img": "ControlNetImg2ImgPipeline",
+            "inpaint": "ControlNetInpaintPipeline"}[task]
+    cls = getattr(diffusers, ("StableDiffusionXL" if xl else "StableDiffusion") + name)
     nets = [_unit_class()(net, unit.control_mode, cfg, unit.advanced_weighting)
             for net, unit in zip(plan.nets, plan.units)]
-    components = {k: v for k, v in {**base.components, **overrides}.items() if k != "scheduler"}
-    pipe = cls(**components, scheduler=scheduler, controlnet=MultiControlNetModel(nets), requires_safety_checker=False)
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    components = {k: v for k, v in {**base.components, **overrides}.items() if k != "scheduler" and k in accepted}
+    extra = {} if xl else {"requires_safety_checker": False}
+    pipe = cls(**components, scheduler=scheduler, controlnet=MultiControlNetModel(nets), **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -23,7 +23,7 @@ from loaders.storage.store import ObjectInfo, ObjectStore
 
 # checkpoint family -> shipped diffusers ControlNetModel config folder
 CONTROLNET_CONFIGS = {"demo": "demo-controlnet", "sd15": "controlnet-sd15", "sd2": "controlnet-sd2",
-                      "demo-sd2": "demo-sd2-controlnet"}
+                      "demo-sd2": "demo-sd2-controlnet", "sdxl": "controlnet-sdxl", "demo-sdxl": "demo-sdxl-controlnet"}
 # the width of the text embedding the ControlNet's cross-attention reads tells SD 1.x (768) from 2.x (1024)
 _CROSS_ATTN_WIDTH = {768: "sd15", 1024: "sd2"}
 LDM_PREFIX = "control_model."
@@ -62,12 +62,37 @@ def detect_controlnet_family(path: Path, name: str) -> str:
 
 
 def build_controlnet(path: Path, family: str, device: str, dtype):
-    """A diffusers ControlNetModel from a single file, configured only from the shipped config (no hub)."""
+    """A diffusers ControlNetModel from a single file, configured only from the shipped config (no hub).
+
+    Files come in the LDM layout (`control_model.*`, lllyasviel's SD 1.x / 2.x ones) or diffusers' own key names
+    (most SDXL ControlNets: `diffusers_xl_*`, xinsir's, thibaud's); diffusers' converter reads both but drops an
+    LDM file's `label_emb` (SDXL's size/crop embedding), so that one is converted here first."""
     from diffusers import ControlNetModel
 
+    source: str | dict = str(path)
+    if family in ("sdxl", "demo-sdxl"):
+        source = _sdxl_state(path, family)
     model = ControlNetModel.from_single_file(
-        str(path), config=str(controlnet_config_dir(family)), local_files_only=True, torch_dtype=dtype)
+        source, config=str(controlnet_config_dir(family)), local_files_only=True, torch_dtype=dtype)
     return model.to(device).eval()
+
+
+def _sdxl_state(path: Path, family: str) -> dict:
+    """An SDXL ControlNet's weights under diffusers' names (LDM files converted, add_embedding included)."""
+    import json
+
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING, convert_controlnet_checkpoint
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    if "time_embedding.linear_1.weight" in state:  # diffusers' key names already
+        return state
+    config = json.loads((controlnet_config_dir(family) / "config.json").read_text())
+    converted = convert_controlnet_checkpoint(state, config)
+    for new, old in DIFFUSERS_TO_LDM_MAPPING["controlnet"]["addition_embed_type"].items():
+        if LDM_PREFIX + old in state:
+            converted[new] = state[LDM_PREFIX + old]
+    return converted
 
 
 def _check_fits(name: str, family: str, base_family: str, field: str, kind: str = "ControlNet") -> None:
