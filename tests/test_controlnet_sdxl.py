@@ -8,6 +8,7 @@ import pytest
 from loaders.demo.controlnet import demo_controlnet_bytes
 from loaders.demo.ipadapter import demo_image_encoder_bytes, demo_ip_adapter_bytes
 from loaders.demo.model import demo_checkpoint_bytes
+from loaders.demo.t2i_adapter import demo_t2i_adapter_bytes
 from tests.conftest import auth
 from tests.test_controlnet import pixels, square_png, txt2img
 
@@ -21,7 +22,9 @@ def xl_files():
             "public/models/ControlNet/xl-diffusers.safetensors": demo_controlnet_bytes(family="demo-sdxl",
                                                                                        layout="diffusers"),
             "public/models/ControlNet/ip-adapter_xl.safetensors": demo_ip_adapter_bytes(family="demo-sdxl"),
-            "public/models/clip_vision/clip_g.safetensors": demo_image_encoder_bytes()}
+            "public/models/clip_vision/clip_g.safetensors": demo_image_encoder_bytes(),
+            "public/models/ControlNet/t2i-adapter_xl.safetensors": demo_t2i_adapter_bytes(family="demo-sdxl",
+                                                                                          layout="diffusers")}
 
 
 @pytest.fixture
@@ -70,5 +73,11 @@ def test_sdxl_img2img_with_a_controlnet_unit(client):
 def test_sdxl_ip_adapter_unit(client):
     unit = {"module": "ip-adapter_clip_sdxl", "model": "ip-adapter_xl", "weight": 1, "image": square_png()}
     plain, zero, one = xl(client, None), xl(client, [{**unit, "weight": 0}]), xl(client, [unit])
+    assert plain.status_code == zero.status_code == one.status_code == 200, one.text
+    assert pixels(zero.json()) == pixels(plain.json()) and pixels(one.json()) != pixels(plain.json())
+
+
+def test_sdxl_t2i_adapter_unit(client):
+    plain, zero, one = xl(client, None), xl(client, [cn("t2i-adapter_xl", weight=0)]), xl(client, [cn("t2i-adapter_xl")])
     assert plain.status_code == zero.status_code == one.status_code == 200, one.text
     assert pixels(zero.json()) == pixels(plain.json()) and pixels(one.json()) != pixels(plain.json())

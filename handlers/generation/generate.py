@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from handlers.billing import metering
-from handlers.generation import controlnet, extra_networks, hires, img2img, ipadapter, outputs, reference
+from handlers.generation import controlnet, extra_networks, hires, img2img, ipadapter, outputs, reference, t2i_adapter
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
 from handlers.generation.fidelity import Fidelity
@@ -128,8 +128,9 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
                                       vae=adapters.vae, seed=job.request.seed_or_none or 0,
                                       cfg=job.request.cfg_scale > 1), \
                     ipadapter.applied(model.pipe.unet, control.ip_adapters if control is not None else [],
-                                      cfg=job.request.cfg_scale > 1,
-                                      timesteps=model.pipe.scheduler.config.num_train_timesteps):
+                                      cfg=job.request.cfg_scale > 1, timesteps=_train_steps(model)), \
+                    t2i_adapter.applied(model.pipe.unet, control.t2i_adapters if control is not None else [],
+                                        cfg=job.request.cfg_scale > 1, timesteps=_train_steps(model)):
                 generated = generate(job, model, ctx, inputs)
         except Canceled as stopped:
             stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
@@ -137,6 +138,10 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
         finally:
             services.progress.finish(job.user, job.task_id)
         return generated, time.perf_counter() - t0, adapters.load_s
+
+
+def _train_steps(model: LoadedCheckpoint) -> int:
+    return model.pipe.scheduler.config.num_train_timesteps
 
 
 def resolve_checkpoint(job: Job, services: Services) -> ObjectInfo:

@@ -15,6 +15,7 @@ from pathlib import Path
 from loaders.adapters.annotators import AnnotatorCache
 from loaders.adapters.clip_vision import ImageEncoderCache
 from loaders.adapters.ipadapter import LoadedIPAdapter, build_ip_adapter, is_ip_adapter
+from loaders.adapters.t2i_adapter import LoadedT2IAdapter, build_t2i_adapter, is_t2i_adapter
 from loaders.errors import InvalidRequest
 from loaders.models.families import CONFIGS
 from loaders.models.manager import FileCache
@@ -101,6 +102,10 @@ def _check_fits(name: str, family: str, base_family: str, field: str, kind: str 
                              f"the checkpoint is a {base_family} model")
 
 
+def _kind(loaded) -> str:
+    return {LoadedIPAdapter: "IP-Adapter", LoadedT2IAdapter: "T2I-Adapter"}.get(type(loaded), "ControlNet")
+
+
 @dataclass
 class LoadedControlNet:
     model: object  # diffusers ControlNetModel (never modified after loading; shared between requests)
@@ -108,6 +113,9 @@ class LoadedControlNet:
     etag: str
     family: str
     name: str
+
+
+AnyLoaded = LoadedControlNet | LoadedIPAdapter | LoadedT2IAdapter  # what a models/ControlNet/ file loads as
 
 
 class ControlNetCache:
@@ -123,19 +131,18 @@ class ControlNetCache:
         self.annotators = AnnotatorCache(store, cache_dir)
         self.image_encoders = ImageEncoderCache(store, cache_dir)
         self.capacity = capacity
-        self._loaded: OrderedDict[tuple[str, str, str], LoadedControlNet | LoadedIPAdapter] = OrderedDict()
+        self._loaded: OrderedDict[tuple[str, str, str], AnyLoaded] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, info: ObjectInfo, *, base_family: str, device: str, dtype,
-            field: str) -> tuple[LoadedControlNet | LoadedIPAdapter, float]:
+            field: str) -> tuple[AnyLoaded, float]:
         """The model for this object version on `device`, and the seconds spent loading it (0 when resident)."""
         cache_key = (info.key, info.etag, f"{device}/{dtype}")
         with self._lock:
             if cache_key in self._loaded:
                 self._loaded.move_to_end(cache_key)
                 resident = self._loaded[cache_key]
-                _check_fits(resident.name, resident.family, base_family, field,  # resident for another checkpoint
-                            "IP-Adapter" if isinstance(resident, LoadedIPAdapter) else "ControlNet")
+                _check_fits(resident.name, resident.family, base_family, field, _kind(resident))
                 return resident, 0.0
             started = time.perf_counter()
             loaded = self._load(info, base_family, device, dtype, field)
@@ -147,12 +154,14 @@ class ControlNetCache:
             return loaded, time.perf_counter() - started
 
     def _load(self, info: ObjectInfo, base_family: str, device: str, dtype,
-              field: str) -> LoadedControlNet | LoadedIPAdapter:
+              field: str) -> AnyLoaded:
         name = info.key.rsplit("/", 1)[-1]
         path = self.files.ensure(info)
-        if is_ip_adapter(read_header(path, name).keys):
-            loaded = build_ip_adapter(path, name, info.key, info.etag, device, dtype)
-            _check_fits(name, loaded.family, base_family, field, "IP-Adapter")
+        keys = read_header(path, name).keys
+        if is_ip_adapter(keys) or is_t2i_adapter(keys):
+            ip = is_ip_adapter(keys)
+            loaded = (build_ip_adapter if ip else build_t2i_adapter)(path, name, info.key, info.etag, device, dtype)
+            _check_fits(name, loaded.family, base_family, field, "IP-Adapter" if ip else "T2I-Adapter")
             return loaded
         family = detect_controlnet_family(path, name)
         _check_fits(name, family, base_family, field)
