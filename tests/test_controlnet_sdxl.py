@@ -81,3 +81,18 @@ def test_sdxl_t2i_adapter_unit(client):
     plain, zero, one = xl(client, None), xl(client, [cn("t2i-adapter_xl", weight=0)]), xl(client, [cn("t2i-adapter_xl")])
     assert plain.status_code == zero.status_code == one.status_code == 200, one.text
     assert pixels(zero.json()) == pixels(plain.json()) and pixels(one.json()) != pixels(plain.json())
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"lora_controlnet": [1]}, "Control-LoRA"),
+    ({"task_embedding": [6, 320], "control_add_embedding.linear_1.weight": [4, 4]}, "ControlNet-Union"),
+])
+def test_union_and_control_lora_files_are_422_naming_them(client, store, xl_files, extra, needle):
+    import torch
+    from safetensors.torch import load, save
+
+    state = load(xl_files["public/models/ControlNet/xl-diffusers.safetensors"])
+    state.update({k: torch.zeros(shape) for k, shape in extra.items()})
+    store.put_bytes("public/models/ControlNet/special.safetensors", save(state))
+    got = xl(client, [cn("special")])
+    assert got.status_code == 422 and needle in got.text and "special" in got.text, got.text

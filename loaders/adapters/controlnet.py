@@ -48,6 +48,9 @@ def detect_controlnet_family(path: Path, name: str) -> str:
 
     header = read_header(path, name)
     keys = header.keys
+    refused = unsupported_kind(keys)
+    if refused is not None:
+        raise InvalidRequest(f"{name!r} is {refused}, which this server does not load yet")
     if not any(k.startswith(LDM_PREFIX) or k.startswith("controlnet_cond_embedding.") for k in keys):
         raise InvalidRequest(f"{name!r} is not a ControlNet model (no `control_model.*` weights)")
     if header.metadata.get("easel.family"):
@@ -60,6 +63,17 @@ def detect_controlnet_family(path: Path, name: str) -> str:
     with safe_open(str(path), framework="pt") as f:
         width = f.get_slice(probe).get_shape()[-1]
     return _CROSS_ATTN_WIDTH.get(width, f"unknown (cross-attention width {width})")
+
+
+def unsupported_kind(keys) -> str | None:
+    """ControlNet-like files this server recognises but cannot run: named in the 422 rather than failing on shapes."""
+    keys = set(keys)
+    if "lora_controlnet" in keys:  # Stability's Control-LoRA marker key
+        return "a Control-LoRA (control-lora-*: LoRA deltas over the SDXL UNet's encoder)"
+    if any(k.startswith(("task_embedding", "control_add_embedding", "transformer_layes.", "spatial_ch_projs."))
+           for k in keys):  # xinsir's ControlNet-Union (ProMax): one net, a control type per image
+        return "a ControlNet-Union (ProMax) model"
+    return None
 
 
 def build_controlnet(path: Path, family: str, device: str, dtype):
