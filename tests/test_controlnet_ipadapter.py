@@ -178,3 +178,16 @@ def test_auto_module_picks_the_encoder_from_the_model(tmp_path):
     assert encoder_file("ip-adapter-auto", A()) == "clip_h.safetensors"
     A.family = "sd15"
     assert encoder_file("ip-adapter-auto", A()) == "clip_h.safetensors"
+
+
+def test_the_extension_wiki_request_shape_runs(client):
+    """The shape clients copy from the extension's API wiki: a model title with its hash, old field names, the
+    enum names, sliders the module does not have."""
+    body = {"enabled": True, "input_image": square_png(), "module": "ip-adapter_clip_h", "model": f"{IP} [6a3f6166]",
+            "weight": 0.8, "resize_mode": "Crop and Resize", "lowvram": False, "processor_res": 512,
+            "threshold_a": 64, "threshold_b": 64, "guidance_start": 0.0, "guidance_end": 1.0,
+            "control_mode": "Balanced", "pixel_perfect": False}
+    got = txt2img(client, [body])
+    assert got.status_code == 200, got.text
+    assert pixels(got.json()) != pixels(txt2img(client, None).json())
+    assert f"Model: {IP}, Weight: 0.8" in infotext(got)
