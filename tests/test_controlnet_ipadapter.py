@@ -191,3 +191,11 @@ def test_the_extension_wiki_request_shape_runs(client):
     assert got.status_code == 200, got.text
     assert pixels(got.json()) != pixels(txt2img(client, None).json())
     assert f"Model: {IP}, Weight: 0.8" in infotext(got)
+
+
+def test_model_list_and_the_ip_adapter_control_type_list_the_adapter(client):
+    listed = client.get("/controlnet/model_list", headers=auth()).json()["model_list"]
+    assert IP in listed
+    types = client.get("/controlnet/control_types", headers=auth()).json()["control_types"]
+    assert IP in types["IP-Adapter"]["model_list"] and IP not in types["Canny"]["model_list"]
+    assert "ip-adapter_clip_h" in types["IP-Adapter"]["module_list"]

@@ -78,7 +78,8 @@ def test_sdxl_ip_adapter_unit(client):
 
 
 def test_sdxl_t2i_adapter_unit(client):
-    plain, zero, one = xl(client, None), xl(client, [cn("t2i-adapter_xl", weight=0)]), xl(client, [cn("t2i-adapter_xl")])
+    adapter = "t2i-adapter_xl"
+    plain, zero, one = xl(client, None), xl(client, [cn(adapter, weight=0)]), xl(client, [cn(adapter)])
     assert plain.status_code == zero.status_code == one.status_code == 200, one.text
     assert pixels(zero.json()) == pixels(plain.json()) and pixels(one.json()) != pixels(plain.json())
 

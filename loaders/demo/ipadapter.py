@@ -86,7 +86,8 @@ def demo_ip_adapter_state(seed: int = 0, family: str = "demo", clip_dim: int = 1
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def demo_ip_adapter_bytes(seed: int = 0, family: str = "demo", clip_dim: int | None = None, plus: bool = False) -> bytes:
+def demo_ip_adapter_bytes(seed: int = 0, family: str = "demo", clip_dim: int | None = None,
+                          plus: bool = False) -> bytes:
     metadata = {"easel.family": family} if family.startswith("demo") else {}
     width = clip_dim or (32 if plus else 16)  # the demo encoder: 32-wide hidden states, 16-wide projection
     return save(demo_ip_adapter_state(seed, family, width, plus), metadata=metadata)
