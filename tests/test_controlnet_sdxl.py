@@ -42,17 +42,14 @@ def cn(model: str, **fields) -> dict:
     return {"module": "canny", "model": model, "weight": 1, "image": square_png(), **fields}
 
 
-@pytest.mark.parametrize("model", ["xl-ldm", "xl-diffusers"])
-def test_sdxl_controlnet_changes_the_image_and_weight_zero_does_not(client, model):
-    plain, zero, one = xl(client, None), xl(client, [cn(model, weight=0)]), xl(client, [cn(model)])
+def test_sdxl_controlnet_in_both_layouts_changes_the_image_and_weight_zero_does_not(client):
+    plain, zero, one = xl(client, None), xl(client, [cn("xl-ldm", weight=0)]), xl(client, [cn("xl-ldm")])
     assert plain.status_code == zero.status_code == one.status_code == 200, (zero.text, one.text)
     assert pixels(zero.json()) == pixels(plain.json())
     assert pixels(one.json()) != pixels(plain.json())
     assert len(one.json()["images"]) == 2  # the image, then the detected map
-
-
-def test_both_layouts_of_the_same_weights_give_the_same_image(client):
-    assert pixels(xl(client, [cn("xl-ldm")]).json()) == pixels(xl(client, [cn("xl-diffusers")]).json())
+    # the same weights under diffusers' key names give the same image
+    assert pixels(xl(client, [cn("xl-diffusers")]).json()) == pixels(one.json())
 
 
 def test_sdxl_controlnet_on_an_sd1_checkpoint_is_422_naming_both(client):
@@ -70,30 +67,24 @@ def test_sdxl_img2img_with_a_controlnet_unit(client):
     assert pixels(with_cn.json()) != pixels(plain.json())
 
 
-def test_sdxl_ip_adapter_unit(client):
+def test_sdxl_ip_adapter_and_t2i_adapter_units(client):
     unit = {"module": "ip-adapter_clip_sdxl", "model": "ip-adapter_xl", "weight": 1, "image": square_png()}
-    plain, zero, one = xl(client, None), xl(client, [{**unit, "weight": 0}]), xl(client, [unit])
-    assert plain.status_code == zero.status_code == one.status_code == 200, one.text
-    assert pixels(zero.json()) == pixels(plain.json()) and pixels(one.json()) != pixels(plain.json())
+    plain = pixels(xl(client, None).json())
+    for zero_unit, unit in [({**unit, "weight": 0}, unit), (cn("t2i-adapter_xl", weight=0), cn("t2i-adapter_xl"))]:
+        zero, one = xl(client, [zero_unit]), xl(client, [unit])
+        assert zero.status_code == one.status_code == 200, one.text
+        assert pixels(zero.json()) == plain and pixels(one.json()) != plain
 
 
-def test_sdxl_t2i_adapter_unit(client):
-    adapter = "t2i-adapter_xl"
-    plain, zero, one = xl(client, None), xl(client, [cn(adapter, weight=0)]), xl(client, [cn(adapter)])
-    assert plain.status_code == zero.status_code == one.status_code == 200, one.text
-    assert pixels(zero.json()) == pixels(plain.json()) and pixels(one.json()) != pixels(plain.json())
-
-
-@pytest.mark.parametrize("extra, needle", [
-    ({"lora_controlnet": [1]}, "Control-LoRA"),
-    ({"task_embedding": [6, 320], "control_add_embedding.linear_1.weight": [4, 4]}, "ControlNet-Union"),
-])
-def test_union_and_control_lora_files_are_422_naming_them(client, store, xl_files, extra, needle):
+def test_union_and_control_lora_files_are_422_naming_them(client, store, xl_files):
     import torch
     from safetensors.torch import load, save
 
-    state = load(xl_files["public/models/ControlNet/xl-diffusers.safetensors"])
-    state.update({k: torch.zeros(shape) for k, shape in extra.items()})
-    store.put_bytes("public/models/ControlNet/special.safetensors", save(state))
-    got = xl(client, [cn("special")])
-    assert got.status_code == 422 and needle in got.text and "special" in got.text, got.text
+    base = load(xl_files["public/models/ControlNet/xl-diffusers.safetensors"])
+    for extra, needle in [({"lora_controlnet": [1]}, "Control-LoRA"),
+                          ({"task_embedding": [6, 320], "control_add_embedding.linear_1.weight": [4, 4]},
+                           "ControlNet-Union")]:
+        state = {**base, **{k: torch.zeros(shape) for k, shape in extra.items()}}
+        store.put_bytes(f"public/models/ControlNet/special-{len(extra)}.safetensors", save(state))
+        got = xl(client, [cn(f"special-{len(extra)}")])
+        assert got.status_code == 422 and needle in got.text and "special" in got.text, got.text

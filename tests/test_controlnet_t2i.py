@@ -15,12 +15,17 @@ from tests.test_controlnet import cn_bytes, pixels, square_png, txt2img, unit  #
 SD15_NARROW = {"channels": [8, 16, 32, 32], "num_res_blocks": 2, "downscale_factor": 8, "adapter_type": "full_adapter"}
 
 
+@pytest.fixture(scope="module")
+def t2i_files():
+    return {"t2iadapter_demo": demo_t2i_adapter_bytes(),
+            "t2iadapter_demo_grey": demo_t2i_adapter_bytes(seed=1, in_channels=1, layout="diffusers")}
+
+
 @pytest.fixture
-def store(store, cn_bytes):
+def store(store, cn_bytes, t2i_files):
     store.put_bytes(f"public/models/ControlNet/{DEMO_CONTROLNET_NAME}", cn_bytes)
-    store.put_bytes("public/models/ControlNet/t2iadapter_demo.safetensors", demo_t2i_adapter_bytes())
-    store.put_bytes("public/models/ControlNet/t2iadapter_demo_grey.safetensors",
-                    demo_t2i_adapter_bytes(seed=1, in_channels=1, layout="diffusers"))
+    for name, data in t2i_files.items():
+        store.put_bytes(f"public/models/ControlNet/{name}.safetensors", data)
     return store
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import torch
@@ -39,7 +40,8 @@ def demo_image_encoder_bytes(seed: int = 0, config: str = "demo") -> bytes:
     return save({k: v.detach().contiguous() for k, v in state.items()})
 
 
-def _unet(family: str):
+@functools.cache
+def _unet(family: str):  # only its layer layout is read
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(CONFIGS / family / "unet"))
