@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from handlers.billing import metering
-from handlers.generation import (controlnet, extra_networks, extras, hires, img2img, outputs, reference, scripts,
-                                 upscaling)
+from handlers.generation import (controlnet, extra_networks, extras, hires, img2img, ipadapter, outputs, reference,
+                                 scripts, t2i_adapter, upscaling)
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
 from handlers.generation.fidelity import Fidelity
@@ -180,7 +180,11 @@ def _generate_holding_device(job, services, model, inputs, networks, control, re
             with circular(ctx.fidelity.tiling, *(_tiled_modules(model, adapters, refiner) if ctx.fidelity.tiling else ())), \
                     reference.applied(model.pipe, control.references if control is not None else [],
                                       vae=adapters.vae, seed=job.request.seed_or_none or 0,
-                                      cfg=job.request.cfg_scale > 1):
+                                      cfg=job.request.cfg_scale > 1), \
+                    ipadapter.applied(model.pipe.unet, control.ip_adapters if control is not None else [],
+                                      cfg=job.request.cfg_scale > 1, timesteps=_train_steps(model)), \
+                    t2i_adapter.applied(model.pipe.unet, control.t2i_adapters if control is not None else [],
+                                        cfg=job.request.cfg_scale > 1, timesteps=_train_steps(model)):
                 generated = generate(job, model, ctx, inputs)
         except Canceled as stopped:
             stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
@@ -188,6 +192,10 @@ def _generate_holding_device(job, services, model, inputs, networks, control, re
         finally:
             services.progress.finish(job.user, job.task_id)
         return generated, time.perf_counter() - t0, adapters.load_s
+
+
+def _train_steps(model: LoadedCheckpoint) -> int:
+    return model.pipe.scheduler.config.num_train_timesteps
 
 
 def resolve_checkpoint(job: Job, services: Services) -> ObjectInfo:
