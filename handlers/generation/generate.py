@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from handlers.billing import metering
@@ -181,10 +182,7 @@ def _generate_holding_device(job, services, model, inputs, networks, control, re
                     reference.applied(model.pipe, control.references if control is not None else [],
                                       vae=adapters.vae, seed=job.request.seed_or_none or 0,
                                       cfg=job.request.cfg_scale > 1), \
-                    ipadapter.applied(model.pipe.unet, control.ip_adapters if control is not None else [],
-                                      cfg=job.request.cfg_scale > 1, timesteps=_train_steps(model)), \
-                    t2i_adapter.applied(model.pipe.unet, control.t2i_adapters if control is not None else [],
-                                        cfg=job.request.cfg_scale > 1, timesteps=_train_steps(model)):
+                    _adapter_units(model, control, cfg=job.request.cfg_scale > 1):
                 generated = generate(job, model, ctx, inputs)
         except Canceled as stopped:
             stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
@@ -194,8 +192,18 @@ def _generate_holding_device(job, services, model, inputs, networks, control, re
         return generated, time.perf_counter() - t0, adapters.load_s
 
 
-def _train_steps(model: LoadedCheckpoint) -> int:
-    return model.pipe.scheduler.config.num_train_timesteps
+@contextmanager
+def _adapter_units(model: LoadedCheckpoint, control, *, cfg: bool):
+    """The request's IP-Adapter and T2I-Adapter units hooked onto the shared UNet for this run only."""
+    ip_units = control.ip_adapters if control is not None else []
+    t2i_units = control.t2i_adapters if control is not None else []
+    if not ip_units and not t2i_units:
+        yield
+        return
+    unet, steps = model.pipe.unet, model.pipe.scheduler.config.num_train_timesteps
+    with ipadapter.applied(unet, ip_units, cfg=cfg, timesteps=steps), \
+            t2i_adapter.applied(unet, t2i_units, cfg=cfg, timesteps=steps):
+        yield
 
 
 def resolve_checkpoint(job: Job, services: Services) -> ObjectInfo:
