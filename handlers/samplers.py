@@ -17,6 +17,9 @@ class Sampler:
     aliases: tuple[str, ...] = ()
     default_schedule: str | None = None  # A1111 1.10: the schedule "Automatic" means for this sampler
     flags: tuple[str, ...] = ()  # A1111's sampler option flags, as /sdapi/v1/samplers lists them
+    # LCM / TCD pick their own timesteps from the distillation's original_inference_steps grid and ignore
+    # timestep_spacing and sigma schedules: any schedule type but Automatic is refused rather than ignored
+    own_timesteps: bool = False
 
     @property
     def a1111_options(self) -> dict:
@@ -47,7 +50,10 @@ SAMPLERS = [
     Sampler("DDIM", "DDIMScheduler", aliases=("ddim",)),
     Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",)),
     Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
-    Sampler("LCM", "LCMScheduler", aliases=("lcm", "k_lcm")),
+    # few-step samplers for LCM / TCD checkpoints and LoRAs (LCM-LoRA, Hyper-SD, TCD-LoRA); A1111 1.10 lists
+    # LCM, TCD is Forge's / diffusers' (its `eta` is TCD's gamma, 0.3 unless the request sets `eta`)
+    Sampler("LCM", "LCMScheduler", aliases=("lcm", "k_lcm"), own_timesteps=True),
+    Sampler("TCD", "TCDScheduler", aliases=("tcd",), own_timesteps=True),
     # A1111 < 1.9 names with the schedule in them (1.10 still accepts them): the sampler with that schedule
     Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", aliases=("k_dpmpp_2m_ka",), default_schedule="karras"),
     Sampler("DPM++ SDE Karras", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde_ka",), default_schedule="karras",
@@ -63,7 +69,13 @@ SCHEDULES = {
     "karras": ("Karras", {"use_karras_sigmas": True}),
     "exponential": ("Exponential", {"use_exponential_sigmas": True}),
     "beta": ("Beta", {"use_beta_sigmas": True}),
+    # A1111's timestep-grid schedules, each the diffusers spacing that gives its timesteps exactly (sd_schedulers.py):
+    # "SGM Uniform" and "Simple" start at t=999 ("trailing"), what Turbo / Lightning / Hyper-SD checkpoints
+    # need for 1-8 steps; "Normal" spans 999..0 ("linspace"); "DDIM" is the DDIM grid + 1 ("leading").
     "sgm_uniform": ("SGM Uniform", {"timestep_spacing": "trailing"}),
+    "simple": ("Simple", {"timestep_spacing": "trailing"}),
+    "normal": ("Normal", {"timestep_spacing": "linspace"}),
+    "ddim": ("DDIM", {"timestep_spacing": "leading", "steps_offset": 1}),
 }
 
 _BY_NAME = {s.name.lower(): s for s in SAMPLERS} | {a: s for s in SAMPLERS for a in s.aliases}
@@ -78,12 +90,27 @@ def find_schedule(name: str) -> str | None:
     return _SCHEDULE_BY_NAME.get(name.strip().lower())
 
 
+def schedule_refusal(sampler: Sampler, schedule: str, field: str = "scheduler") -> str | None:
+    """Why this sampler cannot run this schedule type here (None: it can): a schedule the scheduler class would
+    silently ignore is refused by name rather than run as another one."""
+    options = SCHEDULES[schedule][1]
+    if not options or schedule == (sampler.default_schedule or "automatic"):
+        return None
+    cls = getattr(diffusers, sampler.scheduler)
+    if sampler.own_timesteps or not set(options) <= set(inspect.signature(cls.__init__).parameters):
+        return (f"`{field}` {SCHEDULES[schedule][0]!r} is not available with sampler {sampler.name!r} here; "
+                "use Automatic" + ("" if sampler.own_timesteps else " or another sampler"))
+    return None
+
+
 def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None):
     """A fresh scheduler for one request, from the checkpoint's own scheduler config; `noise` carries the
     request's eta / s_* where the sampler has them (see `noise_step_kwargs`)."""
     cls = getattr(diffusers, sampler.scheduler)
     if schedule == "automatic":
         schedule = sampler.default_schedule or "automatic"
+    if noise is None and sampler.name == "TCD":
+        noise = NoiseParams()  # else the pipeline's own eta=0 reaches TCD's step: gamma 0, not TCD's default
     kwargs = noise_step_kwargs(sampler, noise) if noise is not None else {}
     if sampler.scheduler == "EulerAncestralDiscreteScheduler" and kwargs:
         cls = EtaEulerAncestral
@@ -127,12 +154,16 @@ _TAKES = {
     "Euler": _CHURN, "Heun": _CHURN, "DPM2": _CHURN,
     "Euler a": ("eta", "s_noise"), "DPM2 a": ("eta", "s_noise"), "DPM++ SDE": ("eta", "s_noise"),
     "DPM++ SDE Karras": ("eta", "s_noise"), "DPM++ 2M SDE": ("eta", "s_noise"), "DDIM": ("eta",),
+    "TCD": ("eta",),
 }
 _TAKES |= {"DPM++ 2M SDE Heun": ("eta", "s_noise"), "DPM++ 3M SDE": ("eta", "s_noise")}
 _HONOURED = {"Euler": _CHURN, "Euler a": ("eta", "s_noise"), "DPM++ SDE": ("s_noise",),
-             "DPM++ SDE Karras": ("s_noise",), "DDIM": ("eta",)}
+             "DPM++ SDE Karras": ("s_noise",), "DDIM": ("eta",), "TCD": ("eta",)}
 _ANCESTRAL = {"Euler a", "DPM2 a", "DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Heun",
               "DPM++ 3M SDE"}
+
+
+TCD_GAMMA = 0.3  # TCD's default stochasticity (diffusers TCDScheduler.step, the TCD model cards)
 
 
 def _value(sampler: Sampler, noise: NoiseParams, knob: str) -> float:
@@ -140,6 +171,8 @@ def _value(sampler: Sampler, noise: NoiseParams, knob: str) -> float:
         return getattr(noise, knob)
     if noise.eta is not None:
         return noise.eta
+    if sampler.name == "TCD":
+        return TCD_GAMMA  # A1111's eta options are for ancestral / DDIM samplers, not TCD's gamma
     return noise.eta_ancestral if sampler.name in _ANCESTRAL else noise.eta_ddim
 
 
@@ -148,7 +181,7 @@ _DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1
 
 def _is_default(sampler: Sampler, knob: str, value: float) -> bool:
     if knob == "eta":
-        return value == (1.0 if sampler.name in _ANCESTRAL else 0.0)
+        return value == (1.0 if sampler.name in _ANCESTRAL else TCD_GAMMA if sampler.name == "TCD" else 0.0)
     if knob in ("s_tmin", "s_tmax"):
         return True  # only bound s_churn: without churn they change nothing
     return value == _DEFAULTS[knob]

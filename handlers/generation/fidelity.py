@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from handlers.generation.noise import Variation, batch_noise
-from handlers.samplers import NoiseParams, find_sampler, refused_noise_params
+from handlers.samplers import NoiseParams, find_sampler, refused_noise_params, schedule_refusal
 from loaders.errors import InvalidRequest
 
 
@@ -105,6 +105,12 @@ def resolve(req, options: dict, mode: str) -> Fidelity:
     if refused:
         raise InvalidRequest(f"`{refused[0]}` is not supported with sampler {sampler.name!r} here; leave it at "
                              "its default or pick Euler / Euler a / DDIM")
+    checks = [("scheduler", req.sampler, req.schedule)]
+    if hires and getattr(req, "hr_scheduler", None):
+        checks.append(("hr_scheduler", req.hr_sampler_name or req.sampler, req.hr_scheduler))
+    for field, name, schedule in checks:
+        if (why := schedule_refusal(find_sampler(name), schedule, field)) is not None:
+            raise InvalidRequest(why)
     subseed = req.subseed if req.subseed not in (None, -1) else secrets.randbelow(2**32 - 1 - req.image_count)
     tiling = bool(options.get("tiling", False)) if req.tiling is None else req.tiling
     every = int(_number(options, "show_progress_every_n_steps", 10))

@@ -18,6 +18,7 @@ from pathlib import Path
 from loaders.errors import InvalidRequest, NotFound, Unavailable
 from loaders.models.families import config_dir, detect, header_shapes, looks_like_v_prediction
 from loaders.models.families import family as family_spec
+from loaders.models.header_family import HeaderFamilies
 from loaders.models.safetensors_check import check_model_filename, read_header
 from loaders.storage.store import ObjectInfo, ObjectStore, sha256_file
 
@@ -246,6 +247,8 @@ class ModelManager:
         self.builder = builder
         self._loaded: OrderedDict[tuple[str, str], LoadedCheckpoint] = OrderedDict()
         self._hashes: dict[tuple[str, str], str] = {}
+        self._families: dict[tuple[str, str], str] = {}  # as loaded (an SD 2.x file's v-prediction is settled then)
+        self._header_families = HeaderFamilies(store)
         self._lock = threading.Lock()
 
     def checkpoint(self, info: ObjectInfo) -> tuple[LoadedCheckpoint, float]:
@@ -292,6 +295,10 @@ class ModelManager:
         """The file's SHA-256 if it was loaded (hashing multi-GB files just to list them is not worth it)."""
         return self._hashes.get((info.key, info.etag))
 
+    def known_family(self, info: ObjectInfo) -> str | None:
+        """The family a checkpoint loaded as, else the one its header says (None: not a checkpoint we know)."""
+        return self._families.get((info.key, info.etag)) or self._header_families.family(info)
+
     def _load(self, info: ObjectInfo) -> LoadedCheckpoint:
         name = info.key.rsplit("/", 1)[-1]
         path = self.files.ensure(info)
@@ -309,6 +316,7 @@ class ModelManager:
                 settle_v_prediction(pipe)
                 family = "sd2-v"
             sha = self._hashes[(info.key, info.etag)] = digest.result()
+        self._families[(info.key, info.etag)] = family
         return LoadedCheckpoint(pipe, info.key, info.etag, family, name.removesuffix(".safetensors"), sha)
 
     def _build(self, path: Path, family: str, name: str):
