@@ -57,7 +57,13 @@ class GenerationRequest(BaseModel):
     disable_extra_networks: bool = Field(False, description="only false is supported")
     infotext: str | None = Field(None, max_length=0, description="A1111 1.10 infotext-to-fields: not supported")
     override_settings: dict[str, Any] = Field(default_factory=dict)
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="EAS keys ("
+                                             f"{', '.join(sorted(unhonoured.KNOWN_SCRIPTS))}); others are refused")
+    restore_faces: bool | None = Field(None, description="GFPGAN / CodeFormer (A1111 option "
+                                       "`face_restoration_model`) on every image")
+    script_name: str | None = Field(None, max_length=100, description="an A1111 script (GET /sdapi/v1/scripts)")
+    script_args: list[Any] = Field(default_factory=list, max_length=64, description="the script's arguments, "
+                                   "positionally, as A1111's scripts take them")
     force_task_id: str | None = None
     refiner_checkpoint: str | None = Field(None, description="SDXL refiner (A1111): a checkpoint that finishes "
                                            "the denoising; `None` or empty means none")
@@ -123,7 +129,7 @@ class GenerationRequest(BaseModel):
     def _lower_script_names(cls, v):
         # A1111 matches script names case-insensitively (clients send "ControlNet").
         if isinstance(v, dict):
-            return {str(k).lower(): val for k, val in v.items()}
+            return {str(k).lower(): val for k, val in v.items()}  # unknown ones: handlers.unhonoured
         return v
 
     @model_validator(mode="after")
@@ -248,8 +254,9 @@ class Txt2ImgRequest(GenerationRequest):
         for name in [*LATENT_UPSCALERS, *IMAGE_UPSCALERS]:
             if v.strip().lower() == name.lower():
                 return name
-        names = ", ".join([*LATENT_UPSCALERS, *IMAGE_UPSCALERS])
-        raise ValueError(f"`hr_upscaler` {v!r} is not available here; use one of: {names}")
+        if not v.strip() or len(v) > 200:
+            raise ValueError(f"`hr_upscaler` {v[:80]!r} is not an upscaler name")
+        return v.strip()  # a model upscaler (GET /sdapi/v1/upscalers): resolved in the caller's models at run time
 
     @field_validator("hr_sampler_name")
     @classmethod

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from handlers.settings import Settings
 from loaders.adapters.controlnet import ControlNetCache
 from loaders.adapters.networks import Adapters
+from loaders.adapters.upscalers import UpscalerCache
 from loaders.errors import TooManyRequests
 from loaders.models.manager import ModelManager
 from loaders.storage.store import ObjectStore
@@ -130,6 +131,7 @@ class Services:
     call_id: Callable[[], str | None] = lambda: None
     executor: Executor | None = None  # runs queued tasks (handlers.tasks.workers.LocalExecutor unless replaced)
     adapters: Adapters | None = None  # LoRA / VAE / embeddings on the resident pipelines
+    upscalers: UpscalerCache | None = None  # ESRGAN-family models for extras and hires (loaders.adapters.upscalers)
 
     def __post_init__(self):
         if self.adapters is None:
@@ -138,6 +140,8 @@ class Services:
                                      vae_capacity=self.settings.vae_cache_size,
                                      embedding_capacity=self.settings.embedding_cache_size,
                                      max_vectors=self.settings.max_embedding_vectors)
+        if self.upscalers is None:
+            self.upscalers = UpscalerCache(self.models.files, self.models.device)
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route; with

@@ -154,10 +154,12 @@ class Settings(BaseSettings):
         return {a.strip() for a in self.admins.split(",") if a.strip()}
 
     def public_model_kinds(self) -> set[str]:
-        """Model kinds whose public folder users may resolve (checkpoints and ControlNet are always shared)."""
+        """Model kinds whose public folder users may resolve (checkpoints, ControlNet, upscalers and face
+        restorers are always shared)."""
         switches = {"lora": self.public_lora or bool(self.lora_dir), "vae": self.public_vae,
                     "embedding": self.public_embeddings}
-        return {"checkpoint", "controlnet"} | {kind for kind, on in switches.items() if on}
+        always = {"checkpoint", "controlnet", "esrgan", "realesrgan", "swinir", "dat", "gfpgan", "codeformer"}
+        return always | {kind for kind, on in switches.items() if on}
 
     def public_only_kinds(self) -> set[str]:
         """Kinds resolved from the public folder alone (EAS: --vae-dir, --embeddings-dir)."""

@@ -11,14 +11,11 @@ from typing import Any
 
 # field → (the value that means "off", why it is refused)
 _FIELDS: dict[str, tuple[Any, str]] = {
-    "restore_faces": (False, "face restoration (GFPGAN / CodeFormer) is not available on this server"),
-    "script_name": (None, "A1111 scripts are not available on this server"),
-    "script_args": ([], "A1111 scripts are not available on this server"),
     "initial_noise_multiplier": (None, "not implemented"),
     "latent_mask": (None, "a separate latent mask is not implemented; send `mask`"),
     "include_init_images": (False, "init images are not echoed in the response"),
 }
-_OFF_TOO = {"script_name": ("",), "initial_noise_multiplier": (1, 1.0)}
+_OFF_TOO = {"initial_noise_multiplier": (1, 1.0)}
 
 # alwayson_scripts keys that something here reads (ControlNet units, the EAS keys)
 KNOWN_SCRIPTS = {"controlnet", "sd_model_checkpoint", "sd_vae", "save_dir", "image_link", "id_task", "uid"}

@@ -152,7 +152,7 @@ def test_a1111_samplers_not_available_here_are_refused_by_name(client):
     assert r.status_code == 422 and "DPM adaptive" in r.json()["detail"] and "not available" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("extra", [{"restore_faces": True}, {"script_name": "X/Y/Z plot", "script_args": [1]},
+@pytest.mark.parametrize("extra", [{"restore_faces": True},
                                    {"alwayson_scripts": {"ADetailer": {"args": []}}},
                                    {"initial_noise_multiplier": 0.5}, {"latent_mask": "abc"}])
 def test_a1111_fields_this_server_does_not_run_are_refused_by_name(client, extra):

@@ -6,7 +6,6 @@ import base64
 import io
 import json
 
-import numpy as np
 from PIL import Image
 
 from handlers.accounts.a1111_options import DEFAULTS

@@ -75,3 +75,4 @@ class RunContext:
     control: object | None = None  # handlers.generation.controlnet.ControlPlan
     refiner: object | None = None  # a LoadedCheckpoint
     fidelity: Fidelity = field(default_factory=Fidelity)  # variation seeds, tiling, CLIP skip, eta / s_*
+    upscaler: object | None = None  # hires fix with a model upscaler: (image, width, height) -> image

@@ -73,9 +73,22 @@ def _weight(value: str, tag: str, field: str) -> float:
     return weight
 
 
+HYPERNET_TAG = re.compile(r"<hypernet:([^<>]*)>", re.IGNORECASE)
+
+
+def refuse_hypernetworks(req: GenerationRequest) -> None:
+    """A1111's `<hypernet:name:weight>` is not applied here yet: refused, never left in the prompt as text."""
+    for field in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
+        match = HYPERNET_TAG.search(getattr(req, field, "") or "")
+        if match:
+            raise InvalidRequest(f"`{field}`: {match.group(0)[:100]!r}: hypernetworks are not supported by this "
+                                 "server yet; remove the tag")
+
+
 def resolve(req: GenerationRequest, store: ObjectStore, user: str, checkpoint: ObjectInfo) -> Networks:
     """Every LoRA, VAE and embedding the request names, resolved in the caller's namespaces (404 names a missing one)."""
     cleaned, tags = {}, []
+    refuse_hypernetworks(req)
     for field in ("prompt", "negative_prompt"):
         cleaned[field], found = parse_lora_tags(reserved_free(getattr(req, field)), field)
         tags += found

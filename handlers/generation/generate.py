@@ -5,10 +5,11 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from handlers.billing import metering
-from handlers.generation import controlnet, extra_networks, hires, img2img, outputs, reference
+from handlers.generation import (controlnet, extra_networks, extras, hires, img2img, outputs, reference, scripts,
+                                 upscaling)
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
 from handlers.generation.fidelity import Fidelity
@@ -41,6 +42,18 @@ def execute_job(job: Job, services: Services, on_step: StepCallback | None = Non
     return metering.metered(job, services, on_step, run)
 
 
+@dataclass
+class Produced:
+    """One request's images before they are persisted, with the seconds its stages took."""
+
+    model: LoadedCheckpoint
+    generated: Generated
+    label: str  # the save_dir label
+    control: object | None
+    load_s: float
+    generate_s: float
+
+
 def _tiled_modules(model: LoadedCheckpoint, adapters, refiner) -> tuple:
     """What `tiling` pads circularly: the UNet and VAE of the checkpoint (and refiner), and a replacement VAE."""
     pipes = (model.pipe, refiner.pipe) if refiner else (model.pipe,)
@@ -53,8 +66,51 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     started = time.time()
     # 0. The user's A1111 options and prompt styles, as A1111 applies them before processing
     opts = apply_user_options(job, services)
+    fidelity = resolve_fidelity(job.request, opts, job.mode)
+    if job.request.script_name:  # an A1111 script runs its sub-generations through produce(), answers once
+        return scripts.run(job, services, on_step, script_hooks(opts, fidelity))
+    done = produce(job, services, on_step, fidelity)
+    generated, control, label = done.generated, done.control, done.label
+    # 4. Persist the images (and the grid) before anything reports success
+    t0 = time.perf_counter()
+    saved = persist(job, services, generated, label, opts)
+    maps = (controlnet.persist_maps(services, job.user, job.task_id, label, control, job.base_url)
+            if control is not None else [])
+    persist_s = time.perf_counter() - t0
+    # 5. Respond
+    timings = Timings(
+        queue_s=round(max(0.0, started - job.queued_at), 4),
+        load_s=round(done.load_s, 4),
+        generate_s=round(done.generate_s, 4),
+        persist_s=round(persist_s, 4),
+        total_s=round(time.time() - job.queued_at, 4),
+        billed_s=round(done.generate_s, 4),  # execute_job replaces billed_s and cost with what the ledger holds
+    )
+    response = respond(job, services, done.model, generated, saved, timings, opts, fidelity)
+    if control is not None:
+        controlnet.add_maps(response, control, maps, send=job.request.send_images and not job.request.save_dir())
+    return response
+
+
+def script_hooks(opts: dict, fidelity: Fidelity) -> scripts.Hooks:
+    """The recipe's steps bound to this job's options (applied once, before the script splits the request)."""
+    def produce_variant(job: Job, services: Services, on_step: StepCallback | None) -> Produced:
+        return produce(job, services, on_step, resolve_fidelity(job.request, opts, job.mode))
+
+    def respond_script(job, services, model, generated, saved, timings) -> GenerationResponse:
+        return respond(job, services, model, generated, saved, timings, opts, fidelity)
+
+    def persist_image(services: Services, key: str, image, infotext: str) -> bytes:
+        data = outputs.png_bytes(image, infotext if opts.get("enable_pnginfo", True) else None)
+        services.store.put_bytes(key, data, "image/png")
+        return data
+
+    return scripts.Hooks(produce_variant, respond_script, persist_image)
+
+
+def produce(job: Job, services: Services, on_step: StepCallback | None, fidelity: Fidelity) -> Produced:
+    """Steps 1-3 of a request: check, load, generate (and screen); nothing is written yet."""
     req = job.request
-    fidelity = resolve_fidelity(req, opts, job.mode)
     # 1. Check what only the request can tell, before any work: where outputs go, which models, which images
     label = outputs.save_dir_label(req.save_dir())
     info = resolve_checkpoint(job, services)
@@ -62,6 +118,8 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     networks = extra_networks.resolve(req, services.store, job.user, info)
     inputs = (img2img.load_inputs(req, services.store, job.user, services.settings.max_input_pixels,
                                   services.settings.max_encode_pixels) if job.mode == "img2img" else None)
+    extras.check_restore_faces(services, job.user, req)
+    hr_upscaler = upscaling.hires_resizer(services.store, job.user, services.upscalers, req)
     # 2. Load the checkpoint (free when resident), the refiner, the ControlNet units' models and detected
     #    maps, and fetch the LoRA / VAE / embedding files
     model, load_s = services.models.checkpoint(info)
@@ -84,34 +142,18 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
             generated, generate_s = services.batcher.generate(job, services, model, progress)
         else:
             generated, generate_s, adapters_load_s = generate_alone(job, services, model, inputs, networks,
-                                                                    control, refiner, progress, fidelity)
+                                                                    control, refiner, progress, fidelity,
+                                                                    hr_upscaler)
             load_s += adapters_load_s
     # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
     if services.censor is not None:
         generated.nsfw = censor_images(generated.images, services.censor)
-    # 4. Persist the images (and the grid) before anything reports success
-    t0 = time.perf_counter()
-    saved = persist(job, services, generated, label, opts)
-    maps = (controlnet.persist_maps(services, job.user, job.task_id, label, control, job.base_url)
-            if control is not None else [])
-    persist_s = time.perf_counter() - t0
-    # 5. Respond
-    timings = Timings(
-        queue_s=round(max(0.0, started - job.queued_at), 4),
-        load_s=round(load_s, 4),
-        generate_s=round(generate_s, 4),
-        persist_s=round(persist_s, 4),
-        total_s=round(time.time() - job.queued_at, 4),
-        billed_s=round(generate_s, 4),  # execute_job replaces billed_s and cost with what the ledger holds
-    )
-    response = respond(job, services, model, generated, saved, timings, opts, fidelity)
-    if control is not None:
-        controlnet.add_maps(response, control, maps, send=req.send_images and not req.save_dir())
-    return response
+    return Produced(model, generated, label, control, load_s, generate_s)
 
 
 def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs, networks, control, refiner,
-                   progress: StepCallback, fidelity: Fidelity | None = None) -> tuple[Generated, float, float]:
+                   progress: StepCallback, fidelity: Fidelity | None = None,
+                   hr_upscaler=None) -> tuple[Generated, float, float]:
     """Run one request on the device by itself, its adapters applied around it only.
     Returns (images, generate_s, seconds spent loading adapters)."""
     with services.device_lock, services.adapters.applied(model, networks.plan) as adapters:
@@ -122,7 +164,8 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
         live.preview_family = "sdxl" if getattr(model.pipe, "text_encoder_2", None) is not None else "sd"
         steps = StepCounter(progress, total, live)
         try:
-            ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner, fidelity)
+            ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner, fidelity,
+                             hr_upscaler)
             with circular(ctx.fidelity.tiling, *(_tiled_modules(model, adapters, refiner) if ctx.fidelity.tiling else ())), \
                     reference.applied(model.pipe, control.references if control is not None else [],
                                       vae=adapters.vae, seed=job.request.seed_or_none or 0,

@@ -61,7 +61,8 @@ def second_pass(req: Txt2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, s
             upscaled = upscale_latents(torch.cat(done), width, height, *LATENT_UPSCALERS[req.hr_upscaler],
                                        factor=base.vae_scale_factor)
         else:
-            upscaled = [resize_crop(im, width, height, PIL_FILTERS[IMAGE_UPSCALERS[req.hr_upscaler]]) for im in done]
+            upscaled = [ctx.upscaler(im, width, height) if ctx.upscaler else
+                        resize_crop(im, width, height, PIL_FILTERS[IMAGE_UPSCALERS[req.hr_upscaler]]) for im in done]
         out = pipe(
             prompt=[ctx.prompts.hr_prompt] * n, negative_prompt=[ctx.prompts.hr_negative_prompt] * n, image=upscaled,
             strength=_strength(req), num_inference_steps=req.hr_second_pass_steps or req.steps,

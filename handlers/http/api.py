@@ -15,8 +15,10 @@ from starlette.exceptions import HTTPException
 
 from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation.generate import execute_job
+from handlers.generation.scripts import check as check_script
 from handlers.http import files as file_browser  # `files` is the /files/ route below
-from handlers.http import a1111, controlnet, eas, gallery, health, listing, prompt, tasks, uploads, webui
+from handlers.http import (a1111, controlnet, eas, extras, gallery, health, listing, prompt, scripts, tasks, uploads,
+                           webui)
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
 from handlers.http.tasks import TaskAccepted
@@ -193,6 +195,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(controlnet.router(services))
     # The web page and the routes only it needed at first (gallery, file browser, prompt expansion).
     app.include_router(a1111.router(services))  # options, styles, interrupt / skip, png-info, cmd-flags...
+    app.include_router(extras.router(services))
+    app.include_router(scripts.router(services))
     browser = (file_browser, uploads) if services.settings.filebrowser else ()  # EAS --filebrowser / --no-filebrowser
     for module in (gallery, *browser, prompt):
         app.include_router(module.router(services))
@@ -204,6 +208,7 @@ def create_app(services: Services) -> FastAPI:
 
 def generation(services: Services, who: Tenant, mode: str, body, request: Request, task_id: str | None):
     """`?task_id=` queues the job and answers at once; otherwise it runs now, within the user's share."""
+    check_script(body, mode)  # an unknown script_name is a 422 before anything is queued
     if task_id is not None:
         return eas.queued_generation(services, who, mode, body, task_id, str(request.base_url))
     task_id = eas.request_task_id(body, None) or uuid.uuid4().hex  # force_task_id or EAS's id_task

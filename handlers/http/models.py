@@ -21,14 +21,17 @@ from handlers.services import Services
 from loaders.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from loaders.models import model_files
 from loaders.models.manager import clean_model_name, list_models, model_key, public_kinds
+from loaders.models.pickle_convert import is_pickle_name
 
-Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet"]
+Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "esrgan", "realesrgan", "swinir", "dat",
+               "gfpgan", "codeformer"]
 SWITCH = {"lora": "EASEL_PUBLIC_LORA", "vae": "EASEL_PUBLIC_VAE", "embedding": "EASEL_PUBLIC_EMBEDDINGS"}
 
 
 def target_key(services: Services, who: Tenant, kind: str, name: str, *, public: bool, overwrite: bool) -> str:
-    """Where an upload by `who` goes; refused before a byte of the body is read."""
-    filename = clean_model_name(name, "name")
+    """Where an upload by `who` goes; refused before a byte of the body is read. A `.ckpt`/`.pt`/`.pth` goes
+    to `<stem>.safetensors`: it is converted once at upload (loaders.models.pickle_convert)."""
+    filename = clean_model_name(name.rsplit(".", 1)[0] if is_pickle_name(name) else name, "name")
     if public:
         require_admin(who, "write public models")
         if kind not in public_kinds(services.store):
@@ -53,9 +56,12 @@ def max_upload_bytes(services: Services) -> int:
     return services.settings.max_upload_mb * 2**20
 
 
-def finish_upload(services: Services, staging: model_files.StagingFile, key: str, kind: str) -> dict:
+def finish_upload(services: Services, staging: model_files.StagingFile, key: str, kind: str,
+                  source_name: str = "") -> dict:
     """Validate the complete staged file and publish it at `key` (the moment it becomes visible)."""
     name = key.rsplit("/", 1)[-1]
+    if is_pickle_name(source_name):
+        staging.convert_pickle(source_name)
     entry = model_files.publish(services.store, key, staging.finish(name))
     return describe(entry, kind)
 
@@ -67,7 +73,7 @@ def save_model(services: Services, who: Tenant, kind: str, name: str, chunks: It
     with model_files.StagingFile(upload_dir(services), max_upload_bytes(services)) as staging:
         for chunk in chunks:
             staging.write(chunk)
-        return finish_upload(services, staging, key, kind)
+        return finish_upload(services, staging, key, kind, name)
 
 
 def visible_models(services: Services, who: Tenant, kind: str) -> list[dict]:
@@ -104,7 +110,7 @@ def models_router(services: Services) -> APIRouter:
         try:
             async for chunk in request.stream():  # a client that disconnects leaves nothing behind
                 staging.write(chunk)
-            return await run_in_threadpool(finish_upload, services, staging, key, kind)
+            return await run_in_threadpool(finish_upload, services, staging, key, kind, name)
         finally:
             staging.close()
 

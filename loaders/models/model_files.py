@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from loaders.errors import InvalidRequest, NotFound, PayloadTooLarge
+from loaders.models import pickle_convert
 from loaders.models.safetensors_check import read_header
 from loaders.storage.store import ObjectInfo, ObjectStore
 
@@ -60,6 +61,27 @@ class StagingFile:
             raise PayloadTooLarge(f"model file is over the {self.max_bytes // 2**20} MB upload cap")
         self._hash.update(chunk)
         self._file.write(chunk)
+
+    def convert_pickle(self, name: str) -> None:
+        """Replace the staged pickle upload by its `.safetensors` conversion (made in a child process)."""
+        self._file.close()
+        if self.size == 0:
+            raise InvalidRequest(f"{name!r}: the upload is empty")
+        converted = self.path.with_name(self.path.stem + "-converted.safetensors")
+        pickled = self.path.with_suffix(".pt")  # torch.load reads a `.safetensors` name as safetensors
+        self.path.rename(pickled)
+        self.path = pickled
+        try:
+            pickle_convert.convert(self.path, converted, name)
+        except BaseException:
+            converted.unlink(missing_ok=True)
+            raise
+        self.path.unlink(missing_ok=True)
+        self.path = converted
+        self.size, self._hash = converted.stat().st_size, hashlib.sha256()
+        with open(converted, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                self._hash.update(chunk)
 
     def finish(self, name: str) -> Staged:
         """Close and validate: the safetensors header and every tensor's offsets must fit the bytes received."""
