@@ -106,6 +106,10 @@ def schedule_refusal(sampler: Sampler, schedule: str, field: str = "scheduler") 
 def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None):
     """A fresh scheduler for one request, from the checkpoint's own scheduler config; `noise` carries the
     request's eta / s_* where the sampler has them (see `noise_step_kwargs`)."""
+    if base_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+        # SD 3.5: flow-matching Euler with the checkpoint's own shift (handlers.generation.family_rules
+        # refuses every other sampler, schedule and noise knob for these families)
+        return diffusers.FlowMatchEulerDiscreteScheduler.from_config(base_config)
     cls = getattr(diffusers, sampler.scheduler)
     if schedule == "automatic":
         schedule = sampler.default_schedule or "automatic"

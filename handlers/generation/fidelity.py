@@ -41,10 +41,11 @@ class Fidelity:
     def latents(self, pipe, seeds: list[int], subseeds: list[int], width: int, height: int) -> dict:
         """The txt2img call's `latents` and `generator` for these images (A1111's first noise)."""
         factor = pipe.vae_scale_factor
-        shape = (pipe.unet.config.in_channels if pipe.unet.config.in_channels != 9 else 4,
-                 height // factor, width // factor)
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer  # SD 3.5: an MMDiT, 16 latent channels
+        channels = denoiser.config.in_channels
+        shape = (channels if channels != 9 else 4, height // factor, width // factor)
         latents, generators = batch_noise(seeds, subseeds, shape, self.variation)
-        return {"latents": latents.to(pipe.unet.device, pipe.unet.dtype), "generator": generators}
+        return {"latents": latents.to(denoiser.device, denoiser.dtype), "generator": generators}
 
     def infotext(self, subseed: int | None = None) -> dict:
         out = {}

@@ -67,7 +67,9 @@ class FamilyConfigs:
         where = f"{self.tokenizers_dir / source}/ or " if self.tokenizers_dir else ""
         raise TokenizerMissing(
             f"tokenizer {source!r} is not installed on this server: put its tokenizer.json (or vocab.json + "
-            f"merges.txt) in {where}the bucket at {TOKENIZER_PREFIX}{source}/ (any CLIP BPE vocabulary serves)"
+            f"merges.txt) in {where}the bucket at {TOKENIZER_PREFIX}{source}/ "
+            + ("(T5's SentencePiece tokenizer.json, e.g. SD 3.5's tokenizer_3)" if source.startswith("t5")
+               else "(any CLIP BPE vocabulary serves)")
         )
 
     def _store_file(self, key: str) -> bytes:
