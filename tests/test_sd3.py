@@ -117,3 +117,15 @@ def test_a_missing_t5_tokenizer_is_a_503_naming_the_file(client, store, sd3_byte
     store.put_bytes(f"public/models/Stable-diffusion/{DEMO_SD3_NAME}", sd3_bytes)
     r = generate(client)
     assert r.status_code == 503 and "t5-v1_1-xxl" in r.text and "tokenizer.json" in r.text, r.text
+
+
+def test_a_diffusers_format_sd35_lora_changes_the_picture_and_weight_zero_does_not(client, sd3_store):
+    from loaders.demo.mmdit import sd3_lora_bytes
+
+    sd3_store.put_bytes("public/models/Lora/hyper-sd3.safetensors", sd3_lora_bytes(seed=5))
+    plain = pixels(generate(client))
+    with_lora = pixels(generate(client, prompt="a cute dog <lora:hyper-sd3:1>"))
+    assert np.abs(with_lora - plain).max() > 10
+    assert np.abs(pixels(generate(client, prompt="a cute dog <lora:hyper-sd3:0>")) - plain).max() <= 8
+    r = generate(client, prompt="a cute dog <lora:missing-one:1>")
+    assert r.status_code == 404 and "missing-one" in r.text

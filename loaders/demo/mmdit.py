@@ -140,3 +140,20 @@ def tiny_t5_tokenizer_json(words: tuple[str, ...] = ("a", "cute", "dog", "cat", 
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", 1)])
     return tok.to_str().encode()
+
+
+def sd3_lora_bytes(seed: int = 0, rank: int = 4, scale: float = 0.3, family: str = "demo-sd3") -> bytes:
+    """A LoRA for the tiny SD 3.5 transformer in the diffusers / PEFT layout SD 3.5 LoRAs ship in
+    (`transformer.transformer_blocks.N.attn.to_q.lora_A.weight`, e.g. Hyper-SD3's), over every attention
+    projection and feed-forward of the joint blocks."""
+    transformer = sd3_components(family, 0)["transformer"]
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+               "ff.net.0.proj", "ff.net.2")
+    for path, module in transformer.named_modules():
+        if path.startswith("transformer_blocks.") and path.endswith(targets) and isinstance(module, torch.nn.Linear):
+            out_f, in_f = module.weight.shape
+            state[f"transformer.{path}.lora_A.weight"] = torch.randn(rank, in_f, generator=gen) * scale
+            state[f"transformer.{path}.lora_B.weight"] = torch.randn(out_f, rank, generator=gen) * scale
+    return save(state)
