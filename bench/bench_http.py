@@ -21,8 +21,9 @@ import torch
 import uvicorn
 
 from functions.wiring import build_services
+from handlers.generation.schedulers import make_scheduler
 from handlers.http.api import create_app
-from handlers.samplers import find_sampler, make_scheduler
+from handlers.samplers import find_sampler
 from handlers.settings import Settings
 from loaders.demo.model import install_demo
 

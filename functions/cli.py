@@ -16,21 +16,24 @@ def cmd_serve(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from tqdm import tqdm
-
-    from functions.local import LOCAL_USER, prepare
-    from handlers.generation.generate import execute_job
-    from handlers.jobs import Job
     from handlers.schemas import Txt2ImgRequest
 
-    services = prepare(settings_from_args(args))
     body = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "steps": args.steps,
             "width": args.width, "height": args.height, "seed": args.seed, "cfg_scale": args.cfg_scale}
     if args.sampler:
         body["sampler_name"] = args.sampler
     if args.checkpoint:
         body["alwayson_scripts"] = {"sd_model_checkpoint": args.checkpoint}
-    request = Txt2ImgRequest(**body)
+    request = Txt2ImgRequest(**body)  # a bad flag is refused before any model is touched
+    settings = settings_from_args(args)
+    print(f"store: {settings.store}", file=sys.stderr)  # outside a project this is ./data, created if absent
+    from tqdm import tqdm
+
+    from functions.local import LOCAL_USER, prepare
+    from handlers.generation.generate import execute_job
+    from handlers.jobs import Job
+
+    services = prepare(settings)
     with tqdm(total=request.steps, unit="step", desc="generating") as bar:
         def on_step(done: int, total: int) -> None:
             bar.total = total
@@ -175,14 +178,45 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from loaders.errors import EaselError
-
     try:
         args.func(args)
-    except EaselError as e:
-        print(f"easel: {e}", file=sys.stderr)
+    except Exception as e:  # a mistake is one line naming the bad value, never a traceback
+        message = mistake(e)
+        if message is None:
+            raise
+        print(f"easel: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+_FLAGS = {"sampler_name": "sampler", "cfg_scale": "cfg-scale", "negative_prompt": "negative-prompt"}
+
+
+def mistake(e: Exception) -> str | None:
+    """The one-line message for an error a user can fix; None for a bug (its traceback is worth seeing)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from pydantic import ValidationError
+
+    from loaders.errors import EaselError
+
+    if isinstance(e, ValidationError):  # Settings from EASEL_*, or a request built from flags
+        parts = []
+        for err in e.errors()[:3]:
+            where = ".".join(str(p) for p in err.get("loc", ())) or "value"
+            bad = err.get("input")
+            msg = err.get("msg", "invalid").removeprefix("Value error, ")
+            shown = f" (got {bad!r:.80})" if bad is not None and not isinstance(bad, dict) \
+                and str(bad) not in msg else ""
+            flag = _FLAGS.get(where, where.replace("_", "-"))
+            parts.append(f"--{flag}: {msg}{shown}" if e.title.endswith("Request") else f"{where}: {msg}{shown}")
+        return "; ".join(parts)
+    if isinstance(e, EaselError):
+        return str(e)
+    if isinstance(e, OSError):  # a path that is not there, not readable, a port in use...
+        return f"{e.strerror or e}: {e.filename}" if getattr(e, "filename", None) else str(e)
+    if isinstance(e, (BotoCoreError, ClientError)):
+        return f"object storage: {e}"
+    return None
 
 
 if __name__ == "__main__":

@@ -15,9 +15,23 @@ from functions.cli_settings import settings_from_args
 
 
 def _services(args):
-    from functions.wiring import build_services
+    """What operator commands need (the store, its users and tokens, model listings), without the device side of
+    functions.wiring.build_services: no torch import, so `easel users list` answers in about a second."""
+    from handlers.accounts.auth import TokenRegistry
+    from handlers.accounts.users import UserRegistry
+    from handlers.services import Services
+    from loaders.adapters.controlnet import ControlNetCache
+    from loaders.models.manager import ModelManager, set_public_kinds
+    from loaders.storage.store import open_store
 
-    return build_services(settings_from_args(args))
+    settings = settings_from_args(args)
+    store = open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
+    set_public_kinds(store, settings.public_model_kinds())
+    tokens = TokenRegistry(store)
+    UserRegistry(store, tokens).seed(settings.token_pairs(), settings.admin_users())
+    return Services(settings=settings, store=store, tokens=tokens,
+                    models=ModelManager(store, settings.cache_dir, device="cpu"),
+                    controlnets=ControlNetCache(store, settings.cache_dir))
 
 
 def _registry(services):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 from pathlib import Path
 
+from functions import logs
 from functions.wiring import build_services
 from handlers.accounts.users import UserRegistry
 from handlers.http.api import create_app
@@ -43,10 +45,26 @@ def prepare(settings: Settings) -> Services:
     return services
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound now: a busy port is an error before anything is printed as served."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(2048)
+    return sock
+
+
 def serve(settings: Settings, host: str, port: int, data_dir: Path | None) -> None:
     import uvicorn
 
     GracefulServer = graceful_server_class()
+    logs.configure(settings.log_format, settings.log_level)
+    sock = listen(host, port)
     services = prepare(settings)
     app = create_app(services)
     start_background(services)  # re-queue tasks a previous run left open; poll inboxes when enabled
@@ -55,8 +73,9 @@ def serve(settings: Settings, host: str, port: int, data_dir: Path | None) -> No
         token, who = "<your token from EASEL_TOKENS>", "EASEL_TOKENS users"
     else:
         token, who = local_token(services, data_dir or Path("data")), f"user '{LOCAL_USER}'"
-    print(banner(url, token, who, settings), flush=True)
-    GracefulServer(uvicorn.Config(app, host=host, port=port, log_level="info"), services.executor.release).run()
+    print(banner(url, token, who, settings), flush=True)  # the socket is bound: the URL works from now on
+    config = uvicorn.Config(app, log_config=None, access_log=False)  # logging is ours (functions.logs)
+    GracefulServer(config, services.executor.release).run(sockets=[sock])
 
 
 def graceful_server_class():
@@ -79,11 +98,14 @@ def graceful_server_class():
 
 def banner(url: str, token: str, who: str, settings: Settings) -> str:
     payload = '{"prompt": "a cute dog", "steps": 20, "width": 512, "height": 512, "seed": 42}'
+    demo = ("  The demo checkpoint has random weights: its images are coloured noise. For real images put A1111\n"
+            "  .safetensors checkpoints in public/models/Stable-diffusion/ of the store.\n"
+            if settings.default_checkpoint == DEMO_NAME else "")
     return f"""
 easel is serving {url}   (store: {settings.store})
   token for {who}: {token}
   API docs: {url}/docs
-
+{demo}
 Try it:
   curl -s {url}/sdapi/v1/txt2img -H 'Authorization: Bearer {token}' \\
        -H 'Content-Type: application/json' -d '{payload}' \\

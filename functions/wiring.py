@@ -25,9 +25,9 @@ from loaders.storage.store import ObjectStore, open_store
 
 def build_services(settings: Settings, *, store: ObjectStore | None = None, builder=None) -> Services:
     store = store or open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
-    # Real families' config folders are completed with tokenizers from the image or the bucket.
-    builder = builder or partial(build_pipeline, configs=FamilyConfigs(store, settings.cache_dir,
-                                                                      settings.tokenizers_dir))
+    # Real families' config folders are completed with the shipped CLIP vocabulary (or the image's own).
+    builder = builder or partial(build_pipeline, configs=FamilyConfigs(settings.cache_dir, settings.tokenizers_dir, store=store),
+                                 cpu_dtype=settings.cpu_dtype)
     if settings.cpu_threads:
         import torch
 
@@ -36,7 +36,8 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     builder = acceleration.wrap_builder(settings, store, device_lock, builder)  # CUDA fast path, tiny VAE
     models = ModelManager(store, settings.cache_dir, device=settings.device,
                           capacity=settings.pipeline_capacity(), builder=builder,
-                          min_free_ram=settings.min_free_ram_bytes())
+                          min_free_ram=settings.min_free_ram_bytes(),
+                          disk_cache_bytes=int(settings.cache_max_gb * 2**30))
     set_public_kinds(store, settings.public_model_kinds(), only=settings.public_only_kinds())
     configure_links(store, FetchPolicy(allow_networks=settings.allow_networks()),
                     {name: open_store(f"s3://{name}", endpoint_url=url)

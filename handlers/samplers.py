@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 from dataclasses import dataclass, field
-
-import diffusers
 
 
 @dataclass(frozen=True)
@@ -90,53 +86,6 @@ def find_schedule(name: str) -> str | None:
     return _SCHEDULE_BY_NAME.get(name.strip().lower())
 
 
-def schedule_refusal(sampler: Sampler, schedule: str, field: str = "scheduler") -> str | None:
-    """Why this sampler cannot run this schedule type here (None: it can): a schedule the scheduler class would
-    silently ignore is refused by name rather than run as another one."""
-    options = SCHEDULES[schedule][1]
-    if not options or schedule == (sampler.default_schedule or "automatic"):
-        return None
-    cls = getattr(diffusers, sampler.scheduler)
-    if sampler.own_timesteps or not set(options) <= set(inspect.signature(cls.__init__).parameters):
-        return (f"`{field}` {SCHEDULES[schedule][0]!r} is not available with sampler {sampler.name!r} here; "
-                "use Automatic" + ("" if sampler.own_timesteps else " or another sampler"))
-    return None
-
-
-def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None):
-    """A fresh scheduler for one request, from the checkpoint's own scheduler config; `noise` carries the
-    request's eta / s_* where the sampler has them (see `noise_step_kwargs`)."""
-    if base_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
-        # SD 3.5: flow-matching Euler with the checkpoint's own shift (handlers.generation.family_rules
-        # refuses every other sampler, schedule and noise knob for these families)
-        return diffusers.FlowMatchEulerDiscreteScheduler.from_config(base_config)
-    cls = getattr(diffusers, sampler.scheduler)
-    if schedule == "automatic":
-        schedule = sampler.default_schedule or "automatic"
-    if noise is None and sampler.name == "TCD":
-        noise = NoiseParams()  # else the pipeline's own eta=0 reaches TCD's step: gamma 0, not TCD's default
-    kwargs = noise_step_kwargs(sampler, noise) if noise is not None else {}
-    if sampler.scheduler == "EulerAncestralDiscreteScheduler" and kwargs:
-        cls = EtaEulerAncestral
-    accepted = inspect.signature(cls.__init__).parameters
-    extra = {k: v for k, v in SCHEDULES[schedule][1].items() if k in accepted}
-    scheduler = cls.from_config(base_config, **sampler.options, **extra)
-    if kwargs:
-        scheduler.step = _forcing(scheduler.step, kwargs)  # this request's object only
-    return scheduler
-
-
-def _forcing(step, forced: dict):
-    """`step` with `forced` keyword values winning over the pipeline's own (diffusers passes its `eta`
-    argument, 0 by default, to any step that names it). The signature stays visible (functools.wraps), so
-    pipelines still hand the step their generator."""
-    @functools.wraps(step)
-    def wrapped(*args, **kwargs):
-        return step(*args, **{**kwargs, **forced})
-
-    return wrapped
-
-
 @dataclass(frozen=True)
 class NoiseParams:
     """A1111's per-request sampler noise knobs, resolved against the options (processing.py __post_init__)."""
@@ -201,34 +150,3 @@ def refused_noise_params(sampler: Sampler, noise: NoiseParams) -> list[str]:
 def noise_step_kwargs(sampler: Sampler, noise: NoiseParams) -> dict:
     """The `scheduler.step` keyword arguments that carry the knobs this sampler honours."""
     return {k: _value(sampler, noise, k) for k in _HONOURED.get(sampler.name, ())}
-
-
-class EtaEulerAncestral(diffusers.EulerAncestralDiscreteScheduler):
-    """k-diffusion's sample_euler_ancestral step with A1111's `eta` and `s_noise` (diffusers fixes both at 1)."""
-
-    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True, eta: float = 1.0,
-             s_noise: float = 1.0):
-        import torch
-        from diffusers.utils.torch_utils import randn_tensor
-
-        if self.step_index is None:
-            self._init_step_index(timestep)
-        sigma_from, sigma_to = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
-        sample = sample.to(torch.float32)
-        if self.config.prediction_type == "v_prediction":
-            denoised = model_output * (-sigma_from / (sigma_from**2 + 1) ** 0.5) + sample / (sigma_from**2 + 1)
-        else:
-            denoised = sample - sigma_from * model_output
-        sigma_up = torch.clamp(eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5, max=sigma_to)
-        sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
-        prev = sample + (sample - denoised) / sigma_from * (sigma_down - sigma_from)
-        if sigma_to > 0:
-            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
-                                 generator=generator)
-            prev = prev + noise * s_noise * sigma_up
-        self._step_index += 1
-        prev = prev.to(model_output.dtype)
-        if not return_dict:
-            return prev, denoised
-        return diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteSchedulerOutput(
-            prev_sample=prev, pred_original_sample=denoised)

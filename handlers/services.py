@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from handlers.metrics import Metrics
 from handlers.settings import Settings
 from loaders.adapters.controlnet import ControlNetCache
 from loaders.adapters.networks import Adapters
@@ -69,6 +70,11 @@ class UserSlots:
         finally:
             with self._lock:
                 self._running[user] -= 1
+
+    def running(self) -> int:
+        """Synchronous generations holding a slot now (/metrics)."""
+        with self._lock:
+            return sum(self._running.values())
 
 
 class ProgressBoard:
@@ -132,6 +138,7 @@ class Services:
     executor: Executor | None = None  # runs queued tasks (handlers.tasks.workers.LocalExecutor unless replaced)
     adapters: Adapters | None = None  # LoRA / VAE / embeddings on the resident pipelines
     upscalers: UpscalerCache | None = None  # ESRGAN-family models for extras and hires (loaders.adapters.upscalers)
+    metrics: Metrics = field(default_factory=Metrics)  # this process's /metrics (handlers/metrics.py)
 
     def __post_init__(self):
         if self.adapters is None:

@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from loaders.demo.model import DEMO_NAME
-from loaders.speed.fastpath import DEFAULT_BUCKETS
+from loaders.demo.names import DEMO_NAME
+from loaders.speed.defaults import DEFAULT_BUCKETS
 
 
 # An operator's allow-list may open a VPC range, never these (SECURITY.md #4): loopback, "this host",
@@ -41,9 +41,18 @@ class Settings(BaseSettings):
     url_expiry_s: int = Field(3600, ge=60, description="lifetime of signed output URLs")
     max_running_per_user: int = Field(4, ge=1, description="synchronous generations one user may run at once (429 beyond)")
     max_body_mb: int = Field(64, ge=1, description="largest request body accepted")
-    tokenizers_dir: Path | None = Field(None, description="folder of CLIP tokenizers baked into the image "
-                                        "(<name>/tokenizer.json); else the bucket's system/tokenizers/")
+    tokenizers_dir: Path | None = Field(None, description="folder of CLIP tokenizers that replace the shipped "
+                                        "vocabulary (<name>/tokenizer.json or vocab.json + merges.txt)")
+    log_format: Literal["text", "json"] = Field("text", description="`easel serve` logs: text lines, or one "
+                                                "JSON object per line")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="least level logged")
+    metrics_token: str | None = Field(None, description="bearer token a Prometheus scraper may read /metrics with "
+                                      "(admins always may)")
+    cache_max_gb: float = Field(50.0, gt=0, description="downloaded model copies kept in cache_dir (least "
+                                "recently used deleted first)")
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
+    cpu_dtype: Literal["float32", "bfloat16"] = Field("float32", description="pipeline precision on CPU: "
+                                                     "bfloat16 halves the memory (SDXL ~7 GB instead of ~14 GB)")
     # --- tenancy, uploads, metering (handlers/accounts/users.py, handlers/http/models.py, handlers/billing/metering.py) ---
     # EAS defaults: each user's LoRAs, VAEs and embeddings are their own unless a *_dir names the public folder.
     public_lora: bool = Field(False, description="users also see public/models/Lora (as --lora-dir does)")
@@ -211,6 +220,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"EASEL_LINK_BUCKETS entries look like bucket=https://endpoint, not {item!r}")
             out[name.strip()] = endpoint.strip()
         return out
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str) -> str:
+        scheme, sep, rest = v.partition("://")
+        if not sep or scheme not in ("file", "s3") or not rest.strip("/"):
+            raise ValueError(f"EASEL_STORE must be file://PATH or s3://BUCKET[/PREFIX], not {v!r}")
+        return v
 
     @field_validator("prices")
     @classmethod

@@ -1,4 +1,4 @@
-"""Model families: detection from keys, shipped configs, tokenizers from the image or the bucket, tiny round trips."""
+"""Model families: detection from keys, shipped configs, tokenizers (shipped or the image's), tiny round trips."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from loaders.demo.model import family_components, write_demo_checkpoint
 from loaders.errors import InvalidRequest
 from loaders.models import ldm_keys
 from loaders.models.families import CONFIGS, UNET_IN, config_dir, detect
-from loaders.models.family_configs import FamilyConfigs, TokenizerMissing
+from loaders.models.family_configs import FamilyConfigs
 from loaders.models.manager import ModelManager, build_pipeline
 from loaders.storage.store import LocalStore
 
@@ -117,7 +117,7 @@ def test_v_prediction_family_has_v_scheduler():
         == "epsilon"
 
 
-# --- tokenizers: from the image's folder or the bucket; a clear 503 naming the missing one ---
+# --- tokenizers: the shipped CLIP vocabulary, or the image's own folder ---
 
 def _tiny_vocab_files(folder, kind="tokenizer.json"):
     src = config_dir("demo") / "tokenizer"
@@ -131,38 +131,24 @@ def _tiny_vocab_files(folder, kind="tokenizer.json"):
         (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
-def test_missing_tokenizer_is_503_naming_it(tmp_path):
-    configs = FamilyConfigs(LocalStore(tmp_path / "data"), tmp_path / "cache")
-    needle = "'clip-vit-large-patch14'.*system/tokenizers/clip-vit-large-patch14/"
-    with pytest.raises(TokenizerMissing, match=needle) as e:
-        configs.ensure("sd15")
-    assert e.value.status == 503
-    _tiny_vocab_files(tmp_path / "data" / "system/tokenizers/clip-vit-large-patch14")
-    with pytest.raises(TokenizerMissing, match="'clip-vit-bigG-14'"):
-        configs.ensure("sdxl")
-
-
-def test_tokenizers_from_bucket_and_image_folder_complete_the_config(tmp_path):
+def test_image_tokenizer_folder_replaces_the_shipped_vocabulary(tmp_path):
     from transformers import CLIPTokenizer
 
-    store = LocalStore(tmp_path / "data")
-    _tiny_vocab_files(tmp_path / "data" / "system/tokenizers/clip-vit-large-patch14")
     _tiny_vocab_files(tmp_path / "baked" / "clip-vit-bigG-14", kind="vocab+merges")
-    configs = FamilyConfigs(store, tmp_path / "cache", tokenizers_dir=tmp_path / "baked")
+    configs = FamilyConfigs(tmp_path / "cache", tokenizers_dir=tmp_path / "baked")
     folder = configs.ensure("sdxl")
     assert folder.is_relative_to(tmp_path / "cache") and configs.ensure("sdxl") == folder
-    one = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    two = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
-    assert one("a dog").input_ids == two("a dog").input_ids  # one CLIP vocabulary, either file format
+    one = CLIPTokenizer.from_pretrained(folder / "tokenizer")  # not baked: the shipped CLIP vocabulary
+    two = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")  # baked: the tiny one
+    assert len(one) == 49408 and len(two) == 514
     assert one.pad_token == "<|endoftext|>" and two.pad_token == "!"  # the family's own special tokens
-    assert one.model_max_length == 77
     inpaint = configs.ensure("sdxl-inpaint")
     assert json.loads((inpaint / "unet/config.json").read_text())["in_channels"] == 9
     assert json.loads((folder / "unet/config.json").read_text())["in_channels"] == 4
     assert not list((tmp_path / "cache").rglob(".sdxl-*"))  # no half-assembled folders left
 
 
-def test_http_checkpoint_of_a_family_without_tokenizer_is_503(client, store):
+def test_http_checkpoint_whose_tensors_do_not_fit_its_family_is_422(client, store):
     from tests.conftest import SMALL, auth
 
     fake_sd15 = {UNET_IN: torch.zeros(1, 4, 1, 1),
@@ -170,8 +156,8 @@ def test_http_checkpoint_of_a_family_without_tokenizer_is_503(client, store):
     store.put_bytes("users/alice/models/Stable-diffusion/real15.safetensors", save(fake_sd15))
     r = client.post("/sdapi/v1/txt2img", headers=auth(), json={
         "prompt": "x", **SMALL, "override_settings": {"sd_model_checkpoint": "real15"}})
-    assert r.status_code == 503, r.text
-    assert "clip-vit-large-patch14" in r.json()["detail"]
+    assert r.status_code == 422, r.text
+    assert "does not load as a sd15 model" in r.json()["detail"]
 
 
 # --- SD 2.x v-prediction through the model manager: sidecar, else the UNet test ---
@@ -300,18 +286,15 @@ def test_cli_writes_tiny_sdxl_into_the_store(tmp_path):
 
 
 def test_assembled_config_folder_loads_through_from_single_file(tmp_path, tiny_files, monkeypatch):
-    """The route real families take: shipped JSON + the bucket's tokenizer, assembled in the cache, then loaded."""
+    """The route real families take: shipped JSON + a tokenizer, assembled in the cache, then loaded."""
     from dataclasses import replace
 
     from loaders.models import families
 
     monkeypatch.setitem(families.FAMILIES, "demo-inpaint",
                         replace(families.FAMILIES["demo-inpaint"], tokenizers={"tokenizer": families.CLIP_L}))
-    store = LocalStore(tmp_path / "data")
-    configs = FamilyConfigs(store, tmp_path / "cache")
-    with pytest.raises(TokenizerMissing):
-        build_pipeline(tiny_files["demo-inpaint"], "demo-inpaint", "cpu", configs=configs)
-    _tiny_vocab_files(tmp_path / "data" / "system/tokenizers/clip-vit-large-patch14", kind="vocab+merges")
+    _tiny_vocab_files(tmp_path / "baked" / "clip-vit-large-patch14", kind="vocab+merges")
+    configs = FamilyConfigs(tmp_path / "cache", tokenizers_dir=tmp_path / "baked")
     pipe = build_pipeline(tiny_files["demo-inpaint"], "demo-inpaint", "cpu", configs=configs)
     assert pipe.unet.config.in_channels == 9
     assert pipe.tokenizer("a cute dog").input_ids[0] == 512

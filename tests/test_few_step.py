@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handlers.samplers import find_sampler, make_scheduler
+from handlers.generation.schedulers import make_scheduler
+from handlers.samplers import find_sampler
 from loaders.demo.adapters import few_step_lora_bytes
 from loaders.demo.model import DEMO_NAME
 from loaders.models.families import config_dir

@@ -138,10 +138,14 @@ class TokenRegistry:
 
 def tenant_dependency(tokens: TokenRegistry):
     """A FastAPI dependency that authenticates the `Authorization` header into a Tenant."""
-    from fastapi import Header
+    from fastapi import Header, Request
 
-    def tenant(authorization: str | None = Header(None)) -> Tenant:
-        return tokens.authenticate(authorization)
+    def tenant(request: Request, authorization: str | None = Header(None)) -> Tenant:
+        who = tokens.authenticate(authorization)
+        request.state.user = who.user  # the request's log line names who asked
+        return who
+
+    tenant.__annotations__["request"] = Request  # fastapi is imported here, so the string annotation cannot resolve
 
     return tenant
 

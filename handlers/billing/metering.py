@@ -118,6 +118,8 @@ def record(services: Services, meter: Meter, job: Job, status: ledger.Status, ti
     stored, ours = ledger.write_once(services.store, rec)
     if ours:
         budgets.note_record(meter, stored)
+        services.metrics.observe_execution(stored.model, stored.mode, stored.status, timings.generate_s,
+                                           stored.billed_s)
     usage.invalidate_if_closed(services.store, stored, datetime.now(timezone.utc),
                                services.settings.usage_close_after_s)
     return stored

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from handlers.generation import outputs
 from handlers.generation.generate import Generated, pick_seed
-from handlers.samplers import find_sampler, make_scheduler
+from handlers.generation.schedulers import make_scheduler
+from handlers.samplers import find_sampler
 from loaders.models.manager import pipeline_view, resolve_device
 from loaders.speed.fastpath import fast_state
 

@@ -10,7 +10,8 @@ import secrets
 from dataclasses import dataclass, field
 
 from handlers.generation.noise import Variation, batch_noise
-from handlers.samplers import NoiseParams, find_sampler, refused_noise_params, schedule_refusal
+from handlers.generation.schedulers import schedule_refusal
+from handlers.samplers import NoiseParams, find_sampler, refused_noise_params
 from loaders.errors import InvalidRequest
 
 

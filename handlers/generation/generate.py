@@ -15,12 +15,13 @@ from handlers.generation.censor import censor_images
 from handlers.generation.family_rules import check_family_request
 from handlers.generation.fidelity import Fidelity
 from handlers.generation.fidelity import resolve as resolve_fidelity
+from handlers.generation.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
 from handlers.generation.results import Generated, persist, respond
+from handlers.generation.schedulers import make_scheduler
 from handlers.generation.tiling import circular
 from handlers.generation.user_options import apply_user_options, sampler_infotext
-from handlers.generation.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
 from handlers.jobs import Canceled, DeviceTimeExceeded, Job, StepCallback
-from handlers.samplers import find_sampler, make_scheduler
+from handlers.samplers import find_sampler
 from handlers.schemas import GenerationRequest, GenerationResponse, Timings
 from handlers.services import Services
 from loaders.errors import InvalidRequest

@@ -12,7 +12,8 @@ from PIL import Image
 
 from handlers.generation import controlnet
 from handlers.generation.batches import RunContext, batches, denoise_steps
-from handlers.samplers import find_sampler, make_scheduler
+from handlers.generation.schedulers import make_scheduler
+from handlers.samplers import find_sampler
 from handlers.schemas import IMAGE_UPSCALERS, LATENT_UPSCALERS, Txt2ImgRequest
 from loaders.models.manager import LoadedCheckpoint
 from loaders.models.pipelines import task_view

@@ -8,7 +8,8 @@ from PIL import Image
 
 from handlers.generation import controlnet
 from handlers.generation.batches import RunContext
-from handlers.samplers import find_sampler, make_scheduler
+from handlers.generation.schedulers import make_scheduler
+from handlers.samplers import find_sampler
 from loaders.adapters.preprocessors import cover_box
 from loaders.models.pipelines import task_view
 

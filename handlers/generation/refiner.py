@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from handlers.samplers import Sampler, make_scheduler
+from handlers.generation.schedulers import make_scheduler
+from handlers.samplers import Sampler
 from loaders.errors import InvalidRequest
 from loaders.models.families import family
 from loaders.models.manager import LoadedCheckpoint, pipeline_view, resolve_model

@@ -17,10 +17,11 @@ from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation.generate import execute_job
 from handlers.generation.scripts import check as check_script
 from handlers.http import files as file_browser  # `files` is the /files/ route below
-from handlers.http import (a1111, controlnet, eas, extras, gallery, health, listing, prompt, scripts, tasks, uploads,
-                           webui)
+from handlers.http import (a1111, controlnet, docs, eas, extras, gallery, health, listing, prompt, scripts, tasks,
+                           uploads, webui)
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
+from handlers.http.observe import RequestLog, metrics_router
 from handlers.http.tasks import TaskAccepted
 from handlers.jobs import DeviceTimeExceeded, Job
 from handlers.schemas import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
@@ -114,13 +115,14 @@ ERROR_RESPONSES = {"4XX": {"model": ErrorBody, "description": "The request was r
 
 
 def create_app(services: Services) -> FastAPI:
-    app = FastAPI(title="easel", version="0.1.0", responses=ERROR_RESPONSES,
+    app = FastAPI(title="easel", version="0.1.0", responses=ERROR_RESPONSES, docs_url=None, redoc_url=None,
                   description="Stable Diffusion per request, speaking the A1111 / PAI-EAS API")
     app.state.services = services
 
     # --- errors: the one mapping from error class to status ---
     @app.exception_handler(EaselError)
     async def easel_error(request: Request, exc: EaselError):
+        request.state.error = f"{type(exc).__name__}: {exc}"[:500]  # for the request's log line
         return JSONResponse(error_body(type(exc).__name__, str(exc), exc.status, _id_task(request)),
                             status_code=exc.status)
 
@@ -129,18 +131,21 @@ def create_app(services: Services) -> FastAPI:
         # Raised by the framework itself (unparsable JSON body → 400, unknown path → 404, wrong method → 405):
         # same body shape as ours, so clients parse one error format.
         name = HTTPStatus(exc.status_code).phrase.replace(" ", "").replace("-", "")
+        request.state.error = f"{name}: {exc.detail}"[:500]
         return JSONResponse(error_body(name, str(exc.detail), exc.status_code, _id_task(request)),
                             status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        return JSONResponse(error_body("InvalidRequest", _validation_message(exc), 422, _id_task(request)),
-                            status_code=422)
+        detail = _validation_message(exc)
+        request.state.error = f"InvalidRequest: {detail}"[:500]
+        return JSONResponse(error_body("InvalidRequest", detail, 422, _id_task(request)), status_code=422)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
         # A bug, not the caller's fault: logged with its traceback by the server; the body keeps the one shape.
         logging.getLogger("easel").exception("unhandled error on %s", request.url.path)
+        request.state.error = f"InternalError: {type(exc).__name__}"
         return JSONResponse(error_body("InternalError", f"internal error ({type(exc).__name__})", 500,
                                        _id_task(request)), status_code=500)
 
@@ -188,6 +193,8 @@ def create_app(services: Services) -> FastAPI:
     def files(key: str, request: Request, who: Tenant = Depends(tenant)):
         return file_response(services, who, key, request.headers.get("range"))
 
+    docs.mount(app)  # Swagger UI from an installed package (offline); no /redoc
+    app.include_router(metrics_router(services))
     app.include_router(accounts_router(services))
     app.include_router(tasks.router)
     app.include_router(eas.router)  # the EAS queue service: /api/predict/<service>[/sink]
@@ -203,24 +210,31 @@ def create_app(services: Services) -> FastAPI:
     webui.mount(app, services)
     # Model uploads stream to disk under their own cap (EASEL_MAX_UPLOAD_MB, enforced in handlers.http.models).
     app.add_middleware(BodyLimit, max_bytes=services.settings.max_body_mb * 2**20, exempt=("/models/",))
+    app.add_middleware(RequestLog, services=services)  # outermost: sees every answer, a 413 included
     return app
 
 
 def generation(services: Services, who: Tenant, mode: str, body, request: Request, task_id: str | None):
     """`?task_id=` queues the job and answers at once; otherwise it runs now, within the user's share."""
+    request.state.log = {"mode": mode, "model": body.checkpoint_name() or services.settings.default_checkpoint,
+                         "size": f"{body.width}x{body.height}", "steps": body.steps, "task_id": task_id}
     check_script(body, mode)  # an unknown script_name is a 422 before anything is queued
     if task_id is not None:
         return eas.queued_generation(services, who, mode, body, task_id, str(request.base_url))
     task_id = eas.request_task_id(body, None) or uuid.uuid4().hex  # force_task_id or EAS's id_task
-    request.state.id_task = task_id  # named in the error body if the run fails
+    request.state.id_task = request.state.log["task_id"] = task_id  # named in the error body if the run fails
     job = Job(user=who.user, mode=mode, request=body, task_id=task_id, base_url=str(request.base_url))
     with services.user_slots.hold(who.user):  # one user cannot take every server thread (SECURITY.md #8)
         # One task id = one execution = one ledger record: a reused id answers from its claim (issue 19 #1).
         try:
-            return sync_claims.run_once(services, who.user, mode, body, task_id,
-                                        lambda: (services.runner or execute_job)(job, services))
+            response = sync_claims.run_once(services, who.user, mode, body, task_id,
+                                            lambda: (services.runner or execute_job)(job, services))
         except DeviceTimeExceeded as e:  # billed for what ran (the ledger says canceled)
             raise TimeLimitExceeded(f"task {task_id!r} {e}; ask for fewer steps or pixels") from None
+    timings = getattr(getattr(response, "parameters", None), "timings", None)
+    if timings is not None:
+        request.state.log["timings"] = timings.model_dump()
+    return response
 
 
 def file_response(services: Services, who: Tenant, key: str, range_header: str | None = None) -> Response:

@@ -98,6 +98,11 @@ class LocalExecutor:
         self._stopped = False
 
     # --- the Executor contract ---
+    def running(self) -> int:
+        """Tasks this process is running now (/metrics)."""
+        with self._lock:
+            return len(self._claims)
+
     def submit(self, user: str, task_id: str) -> None:
         self.start()
         self.queue.put(user, task_id)

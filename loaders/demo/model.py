@@ -10,14 +10,7 @@ from safetensors.torch import save
 from loaders.models import ldm_keys
 from loaders.models.families import config_dir
 
-DEMO_NAME = "easel-demo.safetensors"
-DEMO_FAMILY = "demo"
-# `easel demo-model --family X` names → the tiny family and the file name it is installed under
-DEMO_FAMILIES = {"sd15": "demo", "sd15-inpaint": "demo-inpaint", "sd2": "demo-sd2", "sdxl": "demo-sdxl",
-                 "sdxl-refiner": "demo-sdxl-refiner"}
-DEMO_NAMES = {"demo": DEMO_NAME, "demo-inpaint": "easel-demo-inpaint.safetensors",
-              "demo-sd2": "easel-demo-sd2.safetensors", "demo-sdxl": "easel-demo-sdxl.safetensors",
-              "demo-sdxl-refiner": "easel-demo-sdxl-refiner.safetensors"}
+from loaders.demo.names import DEMO_FAMILIES, DEMO_FAMILY, DEMO_NAME, DEMO_NAMES  # noqa: F401 (re-exported)
 
 
 def demo_family(name: str) -> str:

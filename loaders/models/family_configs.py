@@ -1,10 +1,13 @@
-"""A complete diffusers config folder per family for `from_single_file`: shipped JSON + tokenizer vocabularies.
+"""A complete diffusers config folder per family for `from_single_file`: shipped JSON + the CLIP BPE vocabulary.
 
-The real CLIP/OpenCLIP vocabularies (~1.5 MB each, Hub-only) are not in the package. They come from a folder
-baked into the image (`EASEL_TOKENIZERS_DIR/<name>/`) or from the bucket (`system/tokenizers/<name>/`):
-either `tokenizer.json`, or `vocab.json` + `merges.txt`. The family's own `tokenizer_config.json` (shipped)
-decides the special tokens (SD 2.x / SDXL's OpenCLIP tokenizers pad with "!", CLIP-L with <|endoftext|>), so
-one CLIP BPE vocabulary serves every name. Assembled folders live in the cache, keyed by their content.
+Every real family's tokenizers use one CLIP BPE vocabulary, shipped in `loaders/configs/clip-bpe/` (derived from
+open-clip-torch's copy by `loaders.models.clip_vocab`). The family's own `tokenizer_config.json` decides the
+special tokens (SD 2.x / SDXL's OpenCLIP tokenizers pad with "!", CLIP-L with <|endoftext|>). An image may bake
+its own (`EASEL_TOKENIZERS_DIR/<name>/`: `tokenizer.json`, or `vocab.json` + `merges.txt`); that folder wins.
+Assembled folders live in the cache, keyed by their content.
+
+T5 (SD 3.5's third tokenizer) is SentencePiece, not BPE, and not shipped: its `tokenizer.json` comes from that
+folder or the bucket (`system/tokenizers/<name>/tokenizer.json`); absent, the model answers 503 naming it.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import threading
 from pathlib import Path
 
 from loaders.errors import NotFound, Unavailable
-from loaders.models.families import config_dir, family
-from loaders.storage.store import ObjectStore
+from loaders.models.clip_vocab import CLIP_BPE_DIR
+from loaders.models.families import T5_XXL, config_dir, family
 
-TOKENIZER_PREFIX = "system/tokenizers/"
 VOCAB_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
-MAX_TOKENIZER_FILE = 16 * 1024 * 1024
+SHIPPED_VOCAB = ("vocab.json", "merges.txt")
+UNSHIPPED = {T5_XXL}  # tokenizers the package has no vocabulary for
+TOKENIZER_PREFIX = "system/tokenizers/"
+MAX_TOKENIZER_FILE = 64 * 1024 * 1024
 
 
 class TokenizerMissing(Unavailable):
@@ -33,50 +38,51 @@ class TokenizerMissing(Unavailable):
 class FamilyConfigs:
     """`ensure(family) -> Path`: the shipped config folder, completed with tokenizers where the family needs them."""
 
-    def __init__(self, store: ObjectStore | None, cache_dir: Path, tokenizers_dir: Path | None = None):
-        self.store = store
+    def __init__(self, cache_dir: Path, tokenizers_dir: Path | None = None, *, store=None):
+        self.store = store  # where the unshipped tokenizers (T5) may come from
         self.root = Path(cache_dir) / "configs"
         self.tokenizers_dir = Path(tokenizers_dir) if tokenizers_dir else None
         self._lock = threading.Lock()
+        self._ready: dict[str, Path] = {}  # family → assembled folder (the inputs are files of this install)
 
     def ensure(self, name: str) -> Path:
         spec = family(name)
         if not spec.tokenizers and not spec.unet_overrides:
             return config_dir(name)  # complete as shipped (the demo families)
         with self._lock:
+            if name in self._ready and (self._ready[name] / "model_index.json").is_file():
+                return self._ready[name]
             vocabs = {sub: self._vocab(source) for sub, source in spec.tokenizers.items()}
-            digest = _digest(name, spec.unet_overrides, vocabs)
-            target = self.root / f"{name}-{digest}"
+            target = self.root / f"{name}-{_digest(name, spec.unet_overrides, vocabs)}"
             if not (target / "model_index.json").is_file():
                 self._assemble(name, vocabs, target)
+            self._ready[name] = target
             return target
 
     def _vocab(self, source: str) -> dict[str, bytes]:
-        """The vocabulary files of one tokenizer: the image's folder first, then the bucket."""
+        """The vocabulary files of one tokenizer: the image's folder if it has them, else the shipped BPE."""
         if self.tokenizers_dir is not None:
             folder = self.tokenizers_dir / source
             for names in VOCAB_SETS:
                 if all((folder / n).is_file() for n in names):
                     return {n: (folder / n).read_bytes() for n in names}
-        if self.store is not None:
-            for names in VOCAB_SETS:
-                try:
-                    return {n: self._store_file(f"{TOKENIZER_PREFIX}{source}/{n}") for n in names}
-                except NotFound:
-                    continue
-        where = f"{self.tokenizers_dir / source}/ or " if self.tokenizers_dir else ""
-        raise TokenizerMissing(
-            f"tokenizer {source!r} is not installed on this server: put its tokenizer.json (or vocab.json + "
-            f"merges.txt) in {where}the bucket at {TOKENIZER_PREFIX}{source}/ "
-            + ("(T5's SentencePiece tokenizer.json, e.g. SD 3.5's tokenizer_3)" if source.startswith("t5")
-               else "(any CLIP BPE vocabulary serves)")
-        )
+        if source in UNSHIPPED:
+            return self._bucket_tokenizer(source)
+        return {n: (CLIP_BPE_DIR / n).read_bytes() for n in SHIPPED_VOCAB}
 
-    def _store_file(self, key: str) -> bytes:
-        info = self.store.stat(key)
-        if info.size > MAX_TOKENIZER_FILE:
-            raise TokenizerMissing(f"{key} is {info.size} bytes, larger than any tokenizer file")
-        return self.store.get_bytes(key)
+    def _bucket_tokenizer(self, source: str) -> dict[str, bytes]:
+        key = f"{TOKENIZER_PREFIX}{source}/tokenizer.json"
+        if self.store is not None:
+            try:
+                info = self.store.stat(key)
+                if info.size <= MAX_TOKENIZER_FILE:
+                    return {"tokenizer.json": self.store.get_bytes(key)}
+            except NotFound:
+                pass
+        where = f"{self.tokenizers_dir / source}/ or " if self.tokenizers_dir else ""
+        raise TokenizerMissing(f"tokenizer {source!r} is not installed on this server: put its tokenizer.json "
+                               f"(SD 3.5's tokenizer_3, T5 v1.1 SentencePiece, at most {MAX_TOKENIZER_FILE} "
+                               f"bytes) in {where}the bucket at {key}")
 
     def _assemble(self, name: str, vocabs: dict[str, dict[str, bytes]], target: Path) -> None:
         """Copy the shipped folder, add the vocabularies, apply overrides; publish with one rename."""

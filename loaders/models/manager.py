@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 import re
 import threading
@@ -16,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loaders.errors import InvalidRequest, NotFound, Unavailable
+from loaders.models.clip_vocab import pad_without_splitting
 from loaders.models.families import config_dir, detect, header_shapes, looks_like_v_prediction
 from loaders.models.families import family as family_spec
+from loaders.models.file_cache import FileCache
 from loaders.models.header_family import HeaderFamilies
 from loaders.models.safetensors_check import check_model_filename, read_header
-from loaders.storage.store import ObjectInfo, ObjectStore, sha256_file
+from loaders.storage.store import ObjectInfo, ObjectStore
 
 # Folder of each model kind inside a namespace (mirrors the A1111 / EAS data dir).
 KIND_DIRS = {
@@ -104,29 +105,6 @@ def list_models(store: ObjectStore, user: str, kind: str) -> list[ObjectInfo]:
     return [seen[n] for n in sorted(seen)]
 
 
-class FileCache:
-    """Local copies of store objects, keyed by key + ETag (a changed object is fetched again)."""
-
-    def __init__(self, store: ObjectStore, root: Path):
-        self.store = store
-        self.root = Path(root)
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    def ensure(self, info: ObjectInfo) -> Path:
-        direct = self.store.local_path(info.key)
-        if direct is not None:
-            return direct
-        digest = hashlib.sha256(f"{info.key}\0{info.etag}".encode()).hexdigest()[:24]
-        path = self.root / digest / info.key.rsplit("/", 1)[-1]
-        with self._guard:
-            lock = self._locks.setdefault(digest, threading.Lock())
-        with lock:
-            if not path.exists():
-                self.store.get_file(info.key, path)  # writes a .part file, renames on success
-        return path
-
-
 @dataclass
 class LoadedCheckpoint:
     pipe: object  # a diffusers StableDiffusionPipeline (or family equivalent)
@@ -156,21 +134,22 @@ def device_memory_guard(what: str):
 
 
 def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device  # no torch import: operator commands build a ModelManager too
     import torch
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def pipeline_dtype(family: str, device: str):
-    """fp16 on CUDA for every family (SDXL's VAE upcasts itself: `force_upcast` in its config), fp32 on CPU."""
+def pipeline_dtype(family: str, device: str, cpu_dtype: str = "float32"):
+    """fp16 on CUDA for every family (SDXL's VAE upcasts itself: `force_upcast` in its config); on CPU fp32 unless
+    the operator chose bfloat16 (half the memory: SDXL ~7 GB instead of ~14 GB)."""
     import torch
 
-    return torch.float16 if device == "cuda" else torch.float32
+    return torch.float16 if device == "cuda" else getattr(torch, cpu_dtype)
 
 
-def build_pipeline(path: Path, family: str, device: str, *, configs=None):
+def build_pipeline(path: Path, family: str, device: str, *, configs=None, cpu_dtype: str = "float32"):
     """A diffusers pipeline from an A1111 single file, configured only from configs shipped in the package.
 
     `configs` (a loaders.models.family_configs.FamilyConfigs) completes the real families' folders with tokenizers;
@@ -187,10 +166,13 @@ def build_pipeline(path: Path, family: str, device: str, *, configs=None):
         str(path),
         config=str(config),
         local_files_only=True,  # no model hub, ever
-        torch_dtype=pipeline_dtype(family, device),
+        torch_dtype=pipeline_dtype(family, device, cpu_dtype),
         device=device,  # UNet and VAE weights go from the mmapped file straight to the device: no host copy
         **extra,
     )
+    for tokenizer in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)):
+        if tokenizer is not None:
+            pad_without_splitting(tokenizer)  # "!" in an OpenCLIP prompt is text, as in A1111
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -235,21 +217,25 @@ def available_ram() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+MAX_REMEMBERED_FAILURES = 256
+
+
 class ModelManager:
     """Loads checkpoints through the file cache and keeps the most recently used pipelines resident."""
 
     def __init__(self, store: ObjectStore, cache_dir: Path, *, device: str = "auto", capacity: int = 2,
                  builder: Callable[[Path, str, str], object] = build_pipeline, min_free_ram: int | None = None,
-                 free_ram: Callable[[], int] | None = None):
+                 free_ram: Callable[[], int] | None = None, disk_cache_bytes: int | None = None):
         self.store = store
         # EAS --sd-dynamic-cache: keep pipelines (up to `capacity`) while the host has `min_free_ram` bytes free.
         self.min_free_ram, self.free_ram = min_free_ram, free_ram or available_ram
-        self.files = FileCache(store, cache_dir)
+        self.files = FileCache(store, cache_dir, max_bytes=disk_cache_bytes)
         self.device = resolve_device(device)
         self.capacity = capacity
         self.builder = builder
+        self.hits = self.misses = self.evictions = 0  # resident pipelines (the /metrics counters)
         self._loaded: OrderedDict[tuple[str, str], LoadedCheckpoint] = OrderedDict()
-        self._hashes: dict[tuple[str, str], str] = {}
+        self._failed: OrderedDict[tuple[str, str], InvalidRequest] = OrderedDict()  # versions that cannot load
         self._families: dict[tuple[str, str], str] = {}  # as loaded (an SD 2.x file's v-prediction is settled then)
         self._header_families = HeaderFamilies(store)
         self._lock = threading.Lock()
@@ -259,15 +245,26 @@ class ModelManager:
         cache_key = (info.key, info.etag)
         with self._lock:
             if cache_key in self._loaded:
+                self.hits += 1
                 self._loaded.move_to_end(cache_key)
                 return self._loaded[cache_key], 0.0
+            if cache_key in self._failed:  # the same bytes fail the same way: no second download or build
+                raise InvalidRequest(str(self._failed[cache_key]))
+            self.misses += 1
             started = time.perf_counter()
-            loaded = self._load(info)
+            try:
+                loaded = self._load(info)
+            except InvalidRequest as e:
+                self._failed[cache_key] = e
+                while len(self._failed) > MAX_REMEMBERED_FAILURES:
+                    self._failed.popitem(last=False)
+                raise
             for stale in [k for k in self._loaded if k[0] == info.key]:  # an older version of this file
                 del self._loaded[stale]
             self._loaded[cache_key] = loaded
             while len(self._loaded) > self.capacity or self._short_of_ram():
                 self._loaded.popitem(last=False)
+                self.evictions += 1
             return loaded, time.perf_counter() - started
 
     def _short_of_ram(self) -> bool:
@@ -295,8 +292,8 @@ class ModelManager:
         return count
 
     def known_sha256(self, info: ObjectInfo) -> str | None:
-        """The file's SHA-256 if it was loaded (hashing multi-GB files just to list them is not worth it)."""
-        return self._hashes.get((info.key, info.etag))
+        """The file's SHA-256 if this version was ever loaded here (hashing GBs just to list them is not worth it)."""
+        return self.files.known_sha256(info)
 
     def known_family(self, info: ObjectInfo) -> str | None:
         """The family a checkpoint loaded as, else the one its header says (None: not a checkpoint we know)."""
@@ -312,13 +309,13 @@ class ModelManager:
             config_dir(family)
         except KeyError:
             raise InvalidRequest(f"checkpoint {name!r} is a {family} model, which this server cannot load") from None
-        with ThreadPoolExecutor(1) as pool:  # hashing GBs takes seconds: overlap it with the build (no GIL)
-            digest = pool.submit(sha256_file, path)
+        with ThreadPoolExecutor(1) as pool:  # a first hash of GBs takes seconds: overlap it with the build (no GIL)
+            digest = pool.submit(self.files.sha256, info, path)  # later loads read it from beside the file
             pipe = self._build(path, family, name)
             if not found.settled and looks_like_v_prediction(pipe.unet):  # SD 2.x that declares nothing
                 settle_v_prediction(pipe)
                 family = "sd2-v"
-            sha = self._hashes[(info.key, info.etag)] = digest.result()
+            sha = digest.result()
         self._families[(info.key, info.etag)] = family
         return LoadedCheckpoint(pipe, info.key, info.etag, family, name.removesuffix(".safetensors"), sha)
 
@@ -331,9 +328,13 @@ class ModelManager:
             return self.builder(path, family, self.device)
         except torch.OutOfMemoryError:
             raise
+        except RuntimeError as e:
+            if "allocate" in str(e):  # the host ran out of memory: the server's state, not the file's fault
+                raise Unavailable(f"out of memory loading checkpoint {name!r}: {str(e)[:200]}") from e
+            raise InvalidRequest(f"checkpoint {name!r} does not load as a {family} model: {str(e)[:300]}") from e
         # shape/key mismatches from from_single_file; a file that declares a family but holds no weights for
         # one of its parts raises SingleFileComponentError (issue 19 #9)
-        except (ValueError, KeyError, RuntimeError, SingleFileComponentError) as e:
+        except (ValueError, KeyError, SingleFileComponentError) as e:
             raise InvalidRequest(f"checkpoint {name!r} does not load as a {family} model: {str(e)[:300]}") from e
 
     def _sidecar(self, info: ObjectInfo) -> str | None:

@@ -27,14 +27,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from loaders.speed import shape_dispatch
+from loaders.speed.defaults import DEFAULT_BUCKETS  # noqa: F401 (re-exported: the fast path's default)
 from loaders.speed.shape_dispatch import ShapeDispatch
 
 log = logging.getLogger(__name__)
 FASTPATH_VERSION = "1"  # bump when compiled graphs change for the same settings (part of the cache key)
-
-# SD-1.x/2.x sizes and SDXL's trained aspect buckets (A1111/Fooocus resolutions).
-DEFAULT_BUCKETS = ("512x512,512x768,768x512,768x768,"
-                   "1024x1024,896x1152,1152x896,832x1216,1216x832,768x1344,1344x768")
 
 
 @dataclass(frozen=True)

@@ -316,12 +316,12 @@ class S3Store(ObjectStore):
 
 
 def open_store(url: str, *, endpoint_url: str | None = None, client=None) -> ObjectStore:
-    """`file://./data` or a plain path → LocalStore; `s3://bucket/prefix` → S3Store."""
+    """`file://./data` → LocalStore; `s3://bucket/prefix` → S3Store (a bare name is refused: typo or bucket?)."""
     parsed = urlparse(url)
-    if parsed.scheme == "s3":
+    if parsed.scheme == "s3" and parsed.netloc:
         return S3Store(parsed.netloc, parsed.path, endpoint_url=endpoint_url, client=client)
-    if parsed.scheme in ("file", ""):
-        return LocalStore(Path(parsed.netloc + parsed.path if parsed.scheme else url))
+    if parsed.scheme == "file" and parsed.netloc + parsed.path:
+        return LocalStore(Path(parsed.netloc + parsed.path))
     raise ValueError(f"EASEL_STORE must be file://PATH or s3://BUCKET/PREFIX, not {url!r}")
 
 
