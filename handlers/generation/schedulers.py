@@ -9,6 +9,16 @@ import inspect
 import diffusers
 
 from handlers.samplers import SCHEDULES, NoiseParams, Sampler, noise_step_kwargs
+from loaders.models.cfgpp import CFGppDDIMScheduler
+from loaders.models.planned import PlannedScheduler
+
+_OWN_SCHEDULERS = {"CFGppDDIMScheduler": CFGppDDIMScheduler}
+
+
+def _scheduler_class(sampler: Sampler):
+    if sampler.planned:
+        return PlannedScheduler
+    return _OWN_SCHEDULERS.get(sampler.scheduler) or getattr(diffusers, sampler.scheduler)
 
 
 def schedule_refusal(sampler: Sampler, schedule: str, field: str = "scheduler") -> str | None:
@@ -17,23 +27,27 @@ def schedule_refusal(sampler: Sampler, schedule: str, field: str = "scheduler") 
     options = SCHEDULES[schedule][1]
     if not options or schedule == (sampler.default_schedule or "automatic"):
         return None
-    cls = getattr(diffusers, sampler.scheduler)
-    if sampler.own_timesteps or not set(options) <= set(inspect.signature(cls.__init__).parameters):
+    accepted = set(inspect.signature(_scheduler_class(sampler).__init__).parameters)
+    if sampler.own_timesteps or not set(options) <= accepted:
         return (f"`{field}` {SCHEDULES[schedule][0]!r} is not available with sampler {sampler.name!r} here; "
                 "use Automatic" + ("" if sampler.own_timesteps else " or another sampler"))
     return None
 
 
-def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None):
+def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None,
+                   strength: float | None = None):
     """A fresh scheduler for one request, from the checkpoint's own scheduler config; `noise` carries the
-    request's eta / s_* where the sampler has them (see `noise_step_kwargs`)."""
+    request's eta / s_* where the sampler has them (see `noise_step_kwargs`); `strength` is the img2img
+    strength the pipeline will be called with (None: txt2img)."""
     if base_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
         # SD 3.5: flow-matching Euler with the checkpoint's own shift (handlers.generation.family_rules
         # refuses every other sampler, schedule and noise knob for these families)
         return diffusers.FlowMatchEulerDiscreteScheduler.from_config(base_config)
-    cls = getattr(diffusers, sampler.scheduler)
     if schedule == "automatic":
         schedule = sampler.default_schedule or "automatic"
+    if sampler.planned:
+        return _planned(base_config, sampler, schedule, noise or NoiseParams(), strength)
+    cls = _scheduler_class(sampler)
     if noise is None and sampler.name == "TCD":
         noise = NoiseParams()  # else the pipeline's own eta=0 reaches TCD's step: gamma 0, not TCD's default
     kwargs = noise_step_kwargs(sampler, noise) if noise is not None else {}
@@ -45,6 +59,12 @@ def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automat
     if kwargs:
         scheduler.step = _forcing(scheduler.step, kwargs)  # this request's object only
     return scheduler
+
+
+def _planned(base_config: dict, sampler: Sampler, schedule: str, noise: NoiseParams, strength: float | None):
+    knobs = {"eta": 0.0, "s_noise": 1.0} | noise_step_kwargs(sampler, noise)  # Restart takes neither
+    scheduler = PlannedScheduler.from_config(base_config, **SCHEDULES[schedule][1])
+    return scheduler.plan(sampler.planned, eta=knobs["eta"], s_noise=knobs["s_noise"], strength=strength)
 
 
 def _forcing(step, forced: dict):
