@@ -26,7 +26,7 @@ from loaders.storage.store import ObjectStore, open_store
 def build_services(settings: Settings, *, store: ObjectStore | None = None, builder=None) -> Services:
     store = store or open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
     # Real families' config folders are completed with the shipped CLIP vocabulary (or the image's own).
-    builder = builder or partial(build_pipeline, configs=FamilyConfigs(settings.cache_dir, settings.tokenizers_dir),
+    builder = builder or partial(build_pipeline, configs=FamilyConfigs(settings.cache_dir, settings.tokenizers_dir, store=store),
                                  cpu_dtype=settings.cpu_dtype)
     if settings.cpu_threads:
         import torch

@@ -15,6 +15,12 @@ class Sampler:
     flags: tuple[str, ...] = ()  # A1111's sampler option flags, as /sdapi/v1/samplers lists them
     planned: str | None = None  # a loaders.models.ksampling sampler run through PlannedScheduler
     listed: tuple[tuple[str, str], ...] = ()  # A1111's other option values ("solver_type": "heun")
+    # LCM / TCD pick their own timesteps from the distillation's original_inference_steps grid and ignore
+    # timestep_spacing and sigma schedules: any schedule type but Automatic is refused rather than ignored
+    own_timesteps: bool = False
+    # A1111's timestep samplers (sd_samplers_timesteps: DDIM, DDIM CFG++, PLMS, UniPC) ignore the schedule type and
+    # always walk range(0, 1000, 1000 // steps) + 1: the "ddim" grid here, whatever the request's scheduler says
+    fixed_schedule: str | None = None
 
     @property
     def a1111_options(self) -> dict:
@@ -50,11 +56,14 @@ SAMPLERS = [
     Sampler("DPM adaptive", "PlannedScheduler", aliases=("k_dpm_ad",), flags=("uses_ensd",), planned="dpm_adaptive"),
     Sampler("Restart", "PlannedScheduler", aliases=("restart",), default_schedule="karras", flags=("second_order",),
             planned="restart"),
-    Sampler("DDIM", "DDIMScheduler", aliases=("ddim",)),
-    Sampler("DDIM CFG++", "CFGppDDIMScheduler", aliases=("ddim_cfgpp",)),
-    Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",)),
-    Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
-    Sampler("LCM", "LCMScheduler", aliases=("lcm", "k_lcm")),
+    Sampler("DDIM", "DDIMScheduler", aliases=("ddim",), fixed_schedule="ddim"),
+    Sampler("DDIM CFG++", "CFGppDDIMScheduler", aliases=("ddim_cfgpp",), fixed_schedule="ddim"),
+    Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",), fixed_schedule="ddim"),
+    Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",), fixed_schedule="ddim"),
+    # few-step samplers for LCM / TCD checkpoints and LoRAs (LCM-LoRA, Hyper-SD, TCD-LoRA); A1111 1.10 lists
+    # LCM, TCD is Forge's / diffusers' (its `eta` is TCD's gamma, 0.3 unless the request sets `eta`)
+    Sampler("LCM", "LCMScheduler", aliases=("lcm", "k_lcm"), own_timesteps=True),
+    Sampler("TCD", "TCDScheduler", aliases=("tcd",), own_timesteps=True),
     # A1111 < 1.9 names with the schedule in them (1.10 still accepts them): the sampler with that schedule
     Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", aliases=("k_dpmpp_2m_ka",), default_schedule="karras"),
     Sampler("DPM++ SDE Karras", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde_ka",), default_schedule="karras",
@@ -70,7 +79,13 @@ SCHEDULES = {
     "karras": ("Karras", {"use_karras_sigmas": True}),
     "exponential": ("Exponential", {"use_exponential_sigmas": True}),
     "beta": ("Beta", {"use_beta_sigmas": True}),
+    # A1111's timestep-grid schedules, each the diffusers spacing that gives its timesteps exactly (sd_schedulers.py):
+    # "SGM Uniform" and "Simple" start at t=999 ("trailing"), what Turbo / Lightning / Hyper-SD checkpoints
+    # need for 1-8 steps; "Normal" spans 999..0 ("linspace"); "DDIM" is the DDIM grid + 1 ("leading").
     "sgm_uniform": ("SGM Uniform", {"timestep_spacing": "trailing"}),
+    "simple": ("Simple", {"timestep_spacing": "trailing"}),
+    "normal": ("Normal", {"timestep_spacing": "linspace"}),
+    "ddim": ("DDIM", {"timestep_spacing": "leading", "steps_offset": 1}),
 }
 
 _BY_NAME = {s.name.lower(): s for s in SAMPLERS} | {a: s for s in SAMPLERS for a in s.aliases}
@@ -106,7 +121,7 @@ _TAKES = {
     "Euler": _CHURN, "Heun": _CHURN, "DPM2": _CHURN,
     "Euler a": ("eta", "s_noise"), "DPM2 a": ("eta", "s_noise"), "DPM++ SDE": ("eta", "s_noise"),
     "DPM++ SDE Karras": ("eta", "s_noise"), "DPM++ 2M SDE": ("eta", "s_noise"), "DDIM": ("eta",),
-    "DDIM CFG++": ("eta",),
+    "DDIM CFG++": ("eta",), "TCD": ("eta",),
 }
 _TAKES |= {"DPM++ 2M SDE Heun": ("eta", "s_noise"), "DPM++ 3M SDE": ("eta", "s_noise"),
            "DPM++ 2S a": ("eta", "s_noise"), "DPM fast": ("eta", "s_noise"),
@@ -114,10 +129,13 @@ _TAKES |= {"DPM++ 2M SDE Heun": ("eta", "s_noise"), "DPM++ 3M SDE": ("eta", "s_n
 _HONOURED = {"Euler": _CHURN, "Euler a": ("eta", "s_noise"), "DPM++ SDE": ("s_noise",),
              "DPM++ SDE Karras": ("s_noise",), "DDIM": ("eta",), "DDIM CFG++": ("eta",),
              "DPM++ 2S a": ("eta", "s_noise"), "DPM fast": ("eta", "s_noise"),
-             "DPM adaptive": ("eta",)}
+             "DPM adaptive": ("eta",), "TCD": ("eta",)}
 # A1111 gives every k-diffusion sampler that takes eta the eta_ancestral option (1 by default), DPM fast too
 _ANCESTRAL = {"Euler a", "DPM2 a", "DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Heun",
               "DPM++ 3M SDE", "DPM++ 2S a", "DPM fast", "DPM adaptive"}
+
+
+TCD_GAMMA = 0.3  # TCD's default stochasticity (diffusers TCDScheduler.step, the TCD model cards)
 
 
 def _value(sampler: Sampler, noise: NoiseParams, knob: str) -> float:
@@ -125,6 +143,8 @@ def _value(sampler: Sampler, noise: NoiseParams, knob: str) -> float:
         return getattr(noise, knob)
     if noise.eta is not None:
         return noise.eta
+    if sampler.name == "TCD":
+        return TCD_GAMMA  # A1111's eta options are for ancestral / DDIM samplers, not TCD's gamma
     return noise.eta_ancestral if sampler.name in _ANCESTRAL else noise.eta_ddim
 
 
@@ -133,7 +153,7 @@ _DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1
 
 def _is_default(sampler: Sampler, knob: str, value: float) -> bool:
     if knob == "eta":
-        return value == (1.0 if sampler.name in _ANCESTRAL else 0.0)
+        return value == (1.0 if sampler.name in _ANCESTRAL else TCD_GAMMA if sampler.name == "TCD" else 0.0)
     if knob in ("s_tmin", "s_tmax"):
         return True  # only bound s_churn: without churn they change nothing
     return value == _DEFAULTS[knob]

@@ -10,6 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from handlers.generation.noise import Variation, batch_noise
+from handlers.generation.schedulers import schedule_refusal
 from handlers.samplers import NoiseParams, find_sampler, refused_noise_params
 from loaders.errors import InvalidRequest
 
@@ -44,10 +45,11 @@ class Fidelity:
     def latents(self, pipe, seeds: list[int], subseeds: list[int], width: int, height: int) -> dict:
         """The txt2img call's `latents` and `generator` for these images (A1111's first noise)."""
         factor = pipe.vae_scale_factor
-        shape = (pipe.unet.config.in_channels if pipe.unet.config.in_channels != 9 else 4,
-                 height // factor, width // factor)
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer  # SD 3.5: an MMDiT, 16 latent channels
+        channels = denoiser.config.in_channels
+        shape = (channels if channels != 9 else 4, height // factor, width // factor)
         latents, generators = batch_noise(seeds, subseeds, shape, self.variation)
-        return {"latents": latents.to(pipe.unet.device, pipe.unet.dtype), "generator": generators}
+        return {"latents": latents.to(denoiser.device, denoiser.dtype), "generator": generators}
 
     def infotext(self, subseed: int | None = None) -> dict:
         out = {}
@@ -111,6 +113,12 @@ def resolve(req, options: dict, mode: str) -> Fidelity:
     if refused:
         raise InvalidRequest(f"`{refused[0]}` is not supported with sampler {sampler.name!r} here; leave it at "
                              "its default or pick Euler / Euler a / DDIM")
+    checks = [("scheduler", req.sampler, req.schedule)]
+    if hires and getattr(req, "hr_scheduler", None):
+        checks.append(("hr_scheduler", req.hr_sampler_name or req.sampler, req.hr_scheduler))
+    for field, name, schedule in checks:
+        if (why := schedule_refusal(find_sampler(name), schedule, field)) is not None:
+            raise InvalidRequest(why)
     subseed = req.subseed if req.subseed not in (None, -1) else secrets.randbelow(2**32 - 1 - req.image_count)
     tiling = bool(options.get("tiling", False)) if req.tiling is None else req.tiling
     every = int(_number(options, "show_progress_every_n_steps", 10))

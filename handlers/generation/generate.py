@@ -13,6 +13,7 @@ from handlers.generation import (controlnet, extra_networks, extras, hires, img2
                                  scripts, t2i_adapter, upscaling)
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
+from handlers.generation.family_rules import check_family_request
 from handlers.generation.fidelity import Fidelity
 from handlers.generation.fidelity import resolve as resolve_fidelity
 from handlers.generation.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
@@ -126,6 +127,7 @@ def produce(job: Job, services: Services, on_step: StepCallback | None, fidelity
     # 2. Load the checkpoint (free when resident), the refiner, the ControlNet units' models and detected
     #    maps, and fetch the LoRA / VAE / embedding files
     model, load_s, wait_s = services.models.checkpoint_timed(info)
+    check_family_request(job, model, networks=networks, units=units, inputs=inputs, fidelity=fidelity)
     if job.mode == "txt2img":
         check_txt2img_model(model)
     refiner, refiner_load_s = load_refiner(job, services, model)
@@ -174,6 +176,8 @@ def _generate_holding_device(job, services, model, inputs, networks, control, re
         fidelity = fidelity or Fidelity()
         live = services.progress.start(job.user, job.task_id, total, preview_every=fidelity.preview_every)
         live.preview_family = "sdxl" if getattr(model.pipe, "text_encoder_2", None) is not None else "sd"
+        if getattr(model.pipe, "unet", None) is None:  # a transformer's 16-channel latents: no 4×3 preview
+            live.preview_every = 0
         steps = StepCounter(progress, total, live)
         try:
             ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner, fidelity,

@@ -15,16 +15,43 @@ from loaders.models.planned import PlannedScheduler
 _OWN_SCHEDULERS = {"CFGppDDIMScheduler": CFGppDDIMScheduler}
 
 
+def _scheduler_class(sampler: Sampler):
+    if sampler.planned:
+        return PlannedScheduler
+    return _OWN_SCHEDULERS.get(sampler.scheduler) or getattr(diffusers, sampler.scheduler)
+
+
+def schedule_refusal(sampler: Sampler, schedule: str, field: str = "scheduler") -> str | None:
+    """Why this sampler cannot run this schedule type here (None: it can): a schedule the scheduler class would
+    silently ignore is refused by name rather than run as another one."""
+    options = SCHEDULES[schedule][1]
+    if not options or sampler.fixed_schedule or schedule == (sampler.default_schedule or "automatic"):
+        return None
+    accepted = set(inspect.signature(_scheduler_class(sampler).__init__).parameters)
+    if sampler.own_timesteps or not set(options) <= accepted:
+        return (f"`{field}` {SCHEDULES[schedule][0]!r} is not available with sampler {sampler.name!r} here; "
+                "use Automatic" + ("" if sampler.own_timesteps else " or another sampler"))
+    return None
+
+
 def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None,
                    strength: float | None = None):
     """A fresh scheduler for one request, from the checkpoint's own scheduler config; `noise` carries the
     request's eta / s_* where the sampler has them (see `noise_step_kwargs`); `strength` is the img2img
     strength the pipeline will be called with (None: txt2img)."""
-    if schedule == "automatic":
+    if base_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+        # SD 3.5: flow-matching Euler with the checkpoint's own shift (handlers.generation.family_rules
+        # refuses every other sampler, schedule and noise knob for these families)
+        return diffusers.FlowMatchEulerDiscreteScheduler.from_config(base_config)
+    if sampler.fixed_schedule:
+        schedule = sampler.fixed_schedule  # as A1111: the request's schedule type does not apply
+    elif schedule == "automatic":
         schedule = sampler.default_schedule or "automatic"
     if sampler.planned:
         return _planned(base_config, sampler, schedule, noise or NoiseParams(), strength)
-    cls = _OWN_SCHEDULERS.get(sampler.scheduler) or getattr(diffusers, sampler.scheduler)
+    cls = _scheduler_class(sampler)
+    if noise is None and sampler.name == "TCD":
+        noise = NoiseParams()  # else the pipeline's own eta=0 reaches TCD's step: gamma 0, not TCD's default
     kwargs = noise_step_kwargs(sampler, noise) if noise is not None else {}
     if sampler.scheduler == "EulerAncestralDiscreteScheduler" and kwargs:
         cls = EtaEulerAncestral

@@ -19,7 +19,8 @@ def sd_models(services: Services, user: str) -> list[dict]:
         sha = services.models.known_sha256(info)
         title = f"{name} [{sha[:10]}]" if sha else name
         out.append({"title": title, "model_name": name.removesuffix(".safetensors"), "hash": sha[:10] if sha else None,
-                    "sha256": sha, "filename": info.key, "config": None})
+                    "sha256": sha, "filename": info.key, "config": None,
+                    "family": services.models.known_family(info)})  # easel's key: sd15, sdxl, ... (or null)
     return out
 
 

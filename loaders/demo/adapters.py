@@ -54,3 +54,34 @@ def demo_embedding_bytes(seed: int = 0, vectors: int = 2, width: int = 32) -> by
     """An A1111 textual-inversion embedding for the demo text encoder (width 32)."""
     gen = torch.Generator().manual_seed(seed)
     return save({"emb_params": torch.randn(vectors, width, generator=gen)})
+
+
+# What few-step LoRAs (LCM-LoRA, Hyper-SD, SDXL-Lightning) adapt: every linear and conv layer of the UNet's
+# blocks (attention, feed-forward, projections, resnet convs and time embeddings), not only attention.
+FEW_STEP_UNET_TARGETS = LORA_UNET_TARGETS + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
+                                             "time_emb_proj", "conv_shortcut")
+
+
+def few_step_lora_bytes(seed: int = 0, rank: int = 4, scale: float = 0.3, layout: str = "kohya") -> bytes:
+    """A LoRA over the demo UNet's linear and conv layers, as few-step LoRAs ship: `layout` "kohya"
+    (`lora_unet_*.lora_down/up.weight` + `.alpha`, Hyper-SD / Lightning kohya files) or "diffusers"
+    (PEFT `unet.<module>.lora_A/B.weight`, what diffusers' `save_lora_weights` writes, e.g. LCM-LoRA).
+    The same seed gives the same update in both layouts (alpha = rank: scale 1, PEFT's default)."""
+    if layout not in ("kohya", "diffusers"):
+        raise ValueError(f"unknown LoRA layout {layout!r}")
+    unet, _, _ = demo_components(0)
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for path, module in unet.named_modules():
+        if not path.endswith(FEW_STEP_UNET_TARGETS) or not hasattr(module, "weight"):
+            continue
+        out_f, in_f, *kernel = module.weight.shape
+        down = torch.randn(rank, in_f, *kernel, generator=gen) * scale
+        up = torch.randn(out_f, rank, *([1] * len(kernel)), generator=gen) * scale
+        if layout == "kohya":
+            name = "lora_unet_" + path.replace(".", "_")
+            state |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                      f"{name}.alpha": torch.tensor(float(rank))}
+        else:
+            state |= {f"unet.{path}.lora_A.weight": down, f"unet.{path}.lora_B.weight": up}
+    return save(state)

@@ -23,6 +23,7 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 CLIP_L = "clip-vit-large-patch14"  # OpenAI CLIP ViT-L/14: SD 1.x, SDXL's first encoder
 OPENCLIP_H = "clip-vit-h-14"  # OpenCLIP ViT-H/14 (same BPE vocab, pad "!"): SD 2.x
 OPENCLIP_BIGG = "clip-vit-bigG-14"  # OpenCLIP ViT-bigG/14 (same BPE vocab, pad "!"): SDXL's second encoder
+T5_XXL = "t5-v1_1-xxl"  # Google T5 v1.1 SentencePiece vocabulary (32k): SD 3.5's third encoder
 
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
 
@@ -30,7 +31,7 @@ UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
 @dataclass(frozen=True)
 class Family:
     name: str
-    arch: str  # "sd1" | "sd2" | "sdxl" | "sdxl-refiner": what adapters (LoRA, ControlNet) must match
+    arch: str  # "sd1" | "sd2" | "sdxl" | "sdxl-refiner" | "sd3": what adapters (LoRA, ControlNet) must match
     config: str  # folder under loaders/configs/
     pipeline: str  # diffusers class the single file loads as (img2img/inpaint are made from it with from_pipe)
     tokenizers: dict[str, str] = field(default_factory=dict)  # subfolder → tokenizer source (empty: shipped)
@@ -41,8 +42,15 @@ class Family:
     def is_sdxl(self) -> bool:
         return self.arch in ("sdxl", "sdxl-refiner")
 
+    @property
+    def is_flow(self) -> bool:
+        """A rectified-flow transformer (SD 3.5): flow-matching Euler is its sampler."""
+        return self.arch == "sd3"
+
 
 _SD, _XL, _XL_REFINER = "StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"
+_SD3 = "StableDiffusion3Pipeline"
+_SD3_TOKENIZERS = {"tokenizer": CLIP_L, "tokenizer_2": OPENCLIP_BIGG, "tokenizer_3": T5_XXL}
 _NINE = {"in_channels": 9}  # inpainting variants share their base family's folder
 FAMILIES = {f.name: f for f in [
     Family("sd15", "sd1", "sd15", _SD, {"tokenizer": CLIP_L}),
@@ -60,6 +68,10 @@ FAMILIES = {f.name: f for f in [
     Family("demo-sd2", "sd2", "demo-sd2", _SD),
     Family("demo-sdxl", "sdxl", "demo-sdxl", _XL),
     Family("demo-sdxl-refiner", "sdxl-refiner", "demo-sdxl-refiner", _XL_REFINER),
+    # SD 3.5 (MMDiT + CLIP-L, CLIP-G, T5-XXL); Large Turbo has Large's keys and config
+    Family("sd35-large", "sd3", "sd35-large", _SD3, _SD3_TOKENIZERS),
+    Family("sd35-medium", "sd3", "sd35-medium", _SD3, _SD3_TOKENIZERS),
+    Family("demo-sd3", "sd3", "demo-sd3", _SD3, {"tokenizer_3": T5_XXL}),  # tiny CLIP vocabularies shipped
 ]}
 
 
@@ -94,6 +106,8 @@ def detect(keys: set[str], metadata: dict[str, str] | None, shapes: dict[str, tu
     metadata = metadata or {}
     if metadata.get("easel.family"):
         return Detection(metadata["easel.family"])
+    if MMDIT_FIRST in keys:
+        return Detection(mmdit_family(keys))
     arch = _arch_from_keys(keys)
     inpainting = _inpainting(shapes or {})
     if arch == "sdxl-refiner":
@@ -104,6 +118,25 @@ def detect(keys: set[str], metadata: dict[str, str] | None, shapes: dict[str, tu
         v = declared_v_prediction(metadata, sidecar)
         return Detection("sd2" if v is None else ("sd2-v" if v else "sd2"), settled=v is not None)
     return Detection("sd15" if arch == "sd1" else arch)
+
+
+MMDIT_FIRST = "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"
+SD3_T5 = "text_encoders.t5xxl.transformer.shared.weight"
+
+
+def mmdit_family(keys: set[str]) -> str:
+    """SD 3.5 from its MMDiT keys: Medium (MMDiT-X) has a second image attention (`x_block.attn2`) in its
+    first 13 blocks; Large (and Large Turbo) has 38 blocks and none."""
+    blocks = {int(k.split(".")[3]) for k in keys if k.startswith("model.diffusion_model.joint_blocks.")}
+    if SD3_T5 not in keys:
+        raise InvalidRequest("this SD 3.5 checkpoint has no text encoders inside (`text_encoders.t5xxl.*`); "
+                             "only single files with CLIP-L, CLIP-G and T5-XXL included can be loaded here")
+    if any(".x_block.attn2." in k for k in keys):
+        return "sd35-medium"
+    if len(blocks) == 38:
+        return "sd35-large"
+    raise InvalidRequest(f"an SD 3 MMDiT with {len(blocks)} blocks and no MMDiT-X attention (SD 3.0 Medium?) "
+                         "is not supported; SD 3.5 Large, Large Turbo and Medium are")
 
 
 def header_shapes(path: Path) -> dict[str, tuple]:

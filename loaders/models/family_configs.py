@@ -5,6 +5,9 @@ open-clip-torch's copy by `loaders.models.clip_vocab`). The family's own `tokeni
 special tokens (SD 2.x / SDXL's OpenCLIP tokenizers pad with "!", CLIP-L with <|endoftext|>). An image may bake
 its own (`EASEL_TOKENIZERS_DIR/<name>/`: `tokenizer.json`, or `vocab.json` + `merges.txt`); that folder wins.
 Assembled folders live in the cache, keyed by their content.
+
+T5 (SD 3.5's third tokenizer) is SentencePiece, not BPE, and not shipped: its `tokenizer.json` comes from that
+folder or the bucket (`system/tokenizers/<name>/tokenizer.json`); absent, the model answers 503 naming it.
 """
 
 from __future__ import annotations
@@ -17,17 +20,26 @@ import tempfile
 import threading
 from pathlib import Path
 
+from loaders.errors import NotFound, Unavailable
 from loaders.models.clip_vocab import CLIP_BPE_DIR
-from loaders.models.families import config_dir, family
+from loaders.models.families import T5_XXL, config_dir, family
 
 VOCAB_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 SHIPPED_VOCAB = ("vocab.json", "merges.txt")
+UNSHIPPED = {T5_XXL}  # tokenizers the package has no vocabulary for
+TOKENIZER_PREFIX = "system/tokenizers/"
+MAX_TOKENIZER_FILE = 64 * 1024 * 1024
+
+
+class TokenizerMissing(Unavailable):
+    """A model family's tokenizer is not installed: an operator's fix, not the caller's fault (503)."""
 
 
 class FamilyConfigs:
     """`ensure(family) -> Path`: the shipped config folder, completed with tokenizers where the family needs them."""
 
-    def __init__(self, cache_dir: Path, tokenizers_dir: Path | None = None):
+    def __init__(self, cache_dir: Path, tokenizers_dir: Path | None = None, *, store=None):
+        self.store = store  # where the unshipped tokenizers (T5) may come from
         self.root = Path(cache_dir) / "configs"
         self.tokenizers_dir = Path(tokenizers_dir) if tokenizers_dir else None
         self._lock = threading.Lock()
@@ -54,7 +66,23 @@ class FamilyConfigs:
             for names in VOCAB_SETS:
                 if all((folder / n).is_file() for n in names):
                     return {n: (folder / n).read_bytes() for n in names}
+        if source in UNSHIPPED:
+            return self._bucket_tokenizer(source)
         return {n: (CLIP_BPE_DIR / n).read_bytes() for n in SHIPPED_VOCAB}
+
+    def _bucket_tokenizer(self, source: str) -> dict[str, bytes]:
+        key = f"{TOKENIZER_PREFIX}{source}/tokenizer.json"
+        if self.store is not None:
+            try:
+                info = self.store.stat(key)
+                if info.size <= MAX_TOKENIZER_FILE:
+                    return {"tokenizer.json": self.store.get_bytes(key)}
+            except NotFound:
+                pass
+        where = f"{self.tokenizers_dir / source}/ or " if self.tokenizers_dir else ""
+        raise TokenizerMissing(f"tokenizer {source!r} is not installed on this server: put its tokenizer.json "
+                               f"(SD 3.5's tokenizer_3, T5 v1.1 SentencePiece, at most {MAX_TOKENIZER_FILE} "
+                               f"bytes) in {where}the bucket at {key}")
 
     def _assemble(self, name: str, vocabs: dict[str, dict[str, bytes]], target: Path) -> None:
         """Copy the shipped folder, add the vocabularies, apply overrides; publish with one rename."""

@@ -19,6 +19,7 @@ from loaders.models.clip_vocab import pad_without_splitting
 from loaders.models.families import config_dir, detect, header_shapes, looks_like_v_prediction
 from loaders.models.families import family as family_spec
 from loaders.models.file_cache import FileCache
+from loaders.models.header_family import HeaderFamilies
 from loaders.models.safetensors_check import check_model_filename, read_header
 from loaders.storage.store import ObjectInfo, ObjectStore
 
@@ -238,6 +239,8 @@ class ModelManager:
         self.hits = self.misses = self.evictions = 0  # resident pipelines (the /metrics counters)
         self._loaded: OrderedDict[tuple[str, str], LoadedCheckpoint] = OrderedDict()
         self._failed: OrderedDict[tuple[str, str], InvalidRequest] = OrderedDict()  # versions that cannot load
+        self._families: dict[tuple[str, str], str] = {}  # as loaded (an SD 2.x file's v-prediction is settled then)
+        self._header_families = HeaderFamilies(store)
         # A short lock for the dicts only; each version's download + build holds its own gate, so a request for
         # a resident model never waits behind another model's load, and two requests for one cold model load it once.
         self._lock = threading.Lock()
@@ -330,6 +333,10 @@ class ModelManager:
         """The file's SHA-256 if this version was ever loaded here (hashing GBs just to list them is not worth it)."""
         return self.files.known_sha256(info)
 
+    def known_family(self, info: ObjectInfo) -> str | None:
+        """The family a checkpoint loaded as, else the one its header says (None: not a checkpoint we know)."""
+        return self._families.get((info.key, info.etag)) or self._header_families.family(info)
+
     def _load(self, info: ObjectInfo) -> LoadedCheckpoint:
         name = info.key.rsplit("/", 1)[-1]
         path = self.files.ensure(info)
@@ -347,6 +354,7 @@ class ModelManager:
                 settle_v_prediction(pipe)
                 family = "sd2-v"
             sha = digest.result()
+        self._families[(info.key, info.etag)] = family
         return LoadedCheckpoint(pipe, info.key, info.etag, family, name.removesuffix(".safetensors"), sha)
 
     def _build(self, path: Path, family: str, name: str):

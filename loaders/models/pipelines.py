@@ -36,4 +36,5 @@ def task_view(base, task: Task, **overrides):
 
 def is_inpainting_unet(pipe) -> bool:
     """A 9-channel UNet (latents + mask + masked-image latents): an inpainting checkpoint."""
-    return getattr(pipe.unet.config, "in_channels", 4) == 9
+    unet = getattr(pipe, "unet", None)  # SD 3.5 has a transformer, never a 9-channel UNet
+    return unet is not None and getattr(unet.config, "in_channels", 4) == 9
