@@ -116,8 +116,8 @@ def resolve(req, options: dict, mode: str) -> Fidelity:
     checks = [("scheduler", req.sampler, req.schedule)]
     if hires and getattr(req, "hr_scheduler", None):
         checks.append(("hr_scheduler", req.hr_sampler_name or req.sampler, req.hr_scheduler))
-    for field, name, schedule in checks:
-        if (why := schedule_refusal(find_sampler(name), schedule, field)) is not None:
+    for where, name, schedule in checks:
+        if (why := schedule_refusal(find_sampler(name), schedule, where)) is not None:
             raise InvalidRequest(why)
     subseed = req.subseed if req.subseed not in (None, -1) else secrets.randbelow(2**32 - 1 - req.image_count)
     tiling = bool(options.get("tiling", False)) if req.tiling is None else req.tiling
