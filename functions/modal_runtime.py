@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from functions.modal_config import ModalDeploy, cloud_store_problem, pool_checkpoint, pool_for
+from functions.modal_progress import SharedProgressBoard
 from functions.modal_sync import HandoffWatch, wait_or_hand_over
 from functions.wiring import build_services
 from handlers.generation.generate import execute_job, resolve_checkpoint
@@ -33,6 +34,8 @@ def cloud_services(settings: Settings) -> Services:
     if problem := cloud_store_problem(settings):
         raise RuntimeError(problem)
     services = build_services(settings)
+    # the web container answers /sdapi/v1/progress and interrupt for generations in the GPU containers
+    services.progress = SharedProgressBoard(services.store, settings.task_progress_interval_s)
     if settings.default_checkpoint == DEMO_NAME:
         install_demo(services.store)  # conditional create: many containers starting at once write it once
     return services
