@@ -6,20 +6,20 @@ from __future__ import annotations
 import functools
 import inspect
 
-import diffusers
-
 from handlers.samplers import SCHEDULES, NoiseParams, Sampler, noise_step_kwargs
 
 
 def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None):
     """A fresh scheduler for one request, from the checkpoint's own scheduler config; `noise` carries the
     request's eta / s_* where the sampler has them (see `noise_step_kwargs`)."""
+    import diffusers  # here, not at import: the web tier serves without diffusers (it never generates)
+
     cls = getattr(diffusers, sampler.scheduler)
     if schedule == "automatic":
         schedule = sampler.default_schedule or "automatic"
     kwargs = noise_step_kwargs(sampler, noise) if noise is not None else {}
     if sampler.scheduler == "EulerAncestralDiscreteScheduler" and kwargs:
-        cls = EtaEulerAncestral
+        cls = eta_euler_ancestral()
     accepted = inspect.signature(cls.__init__).parameters
     extra = {k: v for k, v in SCHEDULES[schedule][1].items() if k in accepted}
     scheduler = cls.from_config(base_config, **sampler.options, **extra)
@@ -39,32 +39,48 @@ def _forcing(step, forced: dict):
     return wrapped
 
 
-class EtaEulerAncestral(diffusers.EulerAncestralDiscreteScheduler):
-    """k-diffusion's sample_euler_ancestral step with A1111's `eta` and `s_noise` (diffusers fixes both at 1)."""
+@functools.cache
+def eta_euler_ancestral() -> type:
+    """EtaEulerAncestral, the diffusers subclass, built on first use so importing this module needs no diffusers."""
+    import diffusers
 
-    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True, eta: float = 1.0,
-             s_noise: float = 1.0):
-        import torch
-        from diffusers.utils.torch_utils import randn_tensor
+    return type("EtaEulerAncestral", (diffusers.EulerAncestralDiscreteScheduler,),
+                {"step": _eta_euler_step, "__module__": __name__,
+                 "__doc__": "k-diffusion's sample_euler_ancestral step with A1111's `eta` and `s_noise` "
+                            "(diffusers fixes both at 1)."})
 
-        if self.step_index is None:
-            self._init_step_index(timestep)
-        sigma_from, sigma_to = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
-        sample = sample.to(torch.float32)
-        if self.config.prediction_type == "v_prediction":
-            denoised = model_output * (-sigma_from / (sigma_from**2 + 1) ** 0.5) + sample / (sigma_from**2 + 1)
-        else:
-            denoised = sample - sigma_from * model_output
-        sigma_up = torch.clamp(eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5, max=sigma_to)
-        sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
-        prev = sample + (sample - denoised) / sigma_from * (sigma_down - sigma_from)
-        if sigma_to > 0:
-            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
-                                 generator=generator)
-            prev = prev + noise * s_noise * sigma_up
-        self._step_index += 1
-        prev = prev.to(model_output.dtype)
-        if not return_dict:
-            return prev, denoised
-        return diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteSchedulerOutput(
-            prev_sample=prev, pred_original_sample=denoised)
+
+def __getattr__(name: str):
+    if name == "EtaEulerAncestral":  # `schedulers.EtaEulerAncestral` (and unpickling one) still resolve
+        return eta_euler_ancestral()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _eta_euler_step(self, model_output, timestep, sample, generator=None, return_dict: bool = True,
+                    eta: float = 1.0, s_noise: float = 1.0):
+    """EtaEulerAncestral.step: one ancestral Euler step with A1111's eta and s_noise."""
+    import diffusers
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    if self.step_index is None:
+        self._init_step_index(timestep)
+    sigma_from, sigma_to = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
+    sample = sample.to(torch.float32)
+    if self.config.prediction_type == "v_prediction":
+        denoised = model_output * (-sigma_from / (sigma_from**2 + 1) ** 0.5) + sample / (sigma_from**2 + 1)
+    else:
+        denoised = sample - sigma_from * model_output
+    sigma_up = torch.clamp(eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5, max=sigma_to)
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    prev = sample + (sample - denoised) / sigma_from * (sigma_down - sigma_from)
+    if sigma_to > 0:
+        noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
+                             generator=generator)
+        prev = prev + noise * s_noise * sigma_up
+    self._step_index += 1
+    prev = prev.to(model_output.dtype)
+    if not return_dict:
+        return prev, denoised
+    return diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteSchedulerOutput(
+        prev_sample=prev, pred_original_sample=denoised)
