@@ -13,10 +13,13 @@ class Sampler:
     aliases: tuple[str, ...] = ()
     default_schedule: str | None = None  # A1111 1.10: the schedule "Automatic" means for this sampler
     flags: tuple[str, ...] = ()  # A1111's sampler option flags, as /sdapi/v1/samplers lists them
+    planned: str | None = None  # a loaders.models.ksampling sampler run through PlannedScheduler
+    listed: tuple[tuple[str, str], ...] = ()  # A1111's other option values ("solver_type": "heun")
 
     @property
     def a1111_options(self) -> dict:
-        return ({"scheduler": self.default_schedule} if self.default_schedule else {}) | {f: True for f in self.flags}
+        return ({"scheduler": self.default_schedule} if self.default_schedule else {}) | {f: True for f in self.flags} \
+            | dict(self.listed)
 
 
 _SDE = {"algorithm_type": "sde-dpmsolver++"}
@@ -27,7 +30,10 @@ SAMPLERS = [
     Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", _SDE, aliases=("k_dpmpp_2m_sde",),
             default_schedule="exponential", flags=("brownian_noise",)),
     Sampler("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler", {**_SDE, "solver_type": "heun"},
-            aliases=("k_dpmpp_2m_sde_heun",), default_schedule="exponential", flags=("brownian_noise",)),
+            aliases=("k_dpmpp_2m_sde_heun",), default_schedule="exponential", flags=("brownian_noise",),
+            listed=(("solver_type", "heun"),)),
+    Sampler("DPM++ 2S a", "PlannedScheduler", aliases=("k_dpmpp_2s_a",), default_schedule="karras",
+            flags=("uses_ensd", "second_order"), planned="dpmpp_2s_ancestral"),
     Sampler("DPM++ 3M SDE", "DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3},
             aliases=("k_dpmpp_3m_sde",), default_schedule="exponential",
             flags=("discard_next_to_last_sigma", "brownian_noise")),
@@ -40,7 +46,12 @@ SAMPLERS = [
             flags=("discard_next_to_last_sigma", "second_order")),
     Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",), default_schedule="karras",
             flags=("discard_next_to_last_sigma", "uses_ensd", "second_order")),
+    Sampler("DPM fast", "PlannedScheduler", aliases=("k_dpm_fast",), flags=("uses_ensd",), planned="dpm_fast"),
+    Sampler("DPM adaptive", "PlannedScheduler", aliases=("k_dpm_ad",), flags=("uses_ensd",), planned="dpm_adaptive"),
+    Sampler("Restart", "PlannedScheduler", aliases=("restart",), default_schedule="karras", flags=("second_order",),
+            planned="restart"),
     Sampler("DDIM", "DDIMScheduler", aliases=("ddim",)),
+    Sampler("DDIM CFG++", "CFGppDDIMScheduler", aliases=("ddim_cfgpp",)),
     Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",)),
     Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
     Sampler("LCM", "LCMScheduler", aliases=("lcm", "k_lcm")),
@@ -49,8 +60,8 @@ SAMPLERS = [
     Sampler("DPM++ SDE Karras", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde_ka",), default_schedule="karras",
             flags=("second_order", "brownian_noise")),
 ]
-# A1111 1.10 samplers with no diffusers scheduler here yet: refused by name rather than run as another sampler.
-MISSING_SAMPLERS = ("DPM++ 2S a", "DPM fast", "DPM adaptive", "Restart", "DDIM CFG++")
+# A1111 1.10 samplers not run here, refused by name (with why) rather than run as another sampler.
+MISSING_SAMPLERS: dict[str, str] = {}
 
 # A1111 >= 1.9 "Schedule type": label → scheduler config options. Only applied where the class has them.
 SCHEDULES = {
@@ -95,12 +106,18 @@ _TAKES = {
     "Euler": _CHURN, "Heun": _CHURN, "DPM2": _CHURN,
     "Euler a": ("eta", "s_noise"), "DPM2 a": ("eta", "s_noise"), "DPM++ SDE": ("eta", "s_noise"),
     "DPM++ SDE Karras": ("eta", "s_noise"), "DPM++ 2M SDE": ("eta", "s_noise"), "DDIM": ("eta",),
+    "DDIM CFG++": ("eta",),
 }
-_TAKES |= {"DPM++ 2M SDE Heun": ("eta", "s_noise"), "DPM++ 3M SDE": ("eta", "s_noise")}
+_TAKES |= {"DPM++ 2M SDE Heun": ("eta", "s_noise"), "DPM++ 3M SDE": ("eta", "s_noise"),
+           "DPM++ 2S a": ("eta", "s_noise"), "DPM fast": ("eta", "s_noise"),
+           "DPM adaptive": ("eta",)}
 _HONOURED = {"Euler": _CHURN, "Euler a": ("eta", "s_noise"), "DPM++ SDE": ("s_noise",),
-             "DPM++ SDE Karras": ("s_noise",), "DDIM": ("eta",)}
+             "DPM++ SDE Karras": ("s_noise",), "DDIM": ("eta",), "DDIM CFG++": ("eta",),
+             "DPM++ 2S a": ("eta", "s_noise"), "DPM fast": ("eta", "s_noise"),
+             "DPM adaptive": ("eta",)}
+# A1111 gives every k-diffusion sampler that takes eta the eta_ancestral option (1 by default), DPM fast too
 _ANCESTRAL = {"Euler a", "DPM2 a", "DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Heun",
-              "DPM++ 3M SDE"}
+              "DPM++ 3M SDE", "DPM++ 2S a", "DPM fast", "DPM adaptive"}
 
 
 def _value(sampler: Sampler, noise: NoiseParams, knob: str) -> float:

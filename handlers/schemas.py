@@ -94,8 +94,8 @@ class GenerationRequest(BaseModel):
         if sampler is None:
             names = ", ".join(s.name for s in SAMPLERS)
             if v.strip() in MISSING_SAMPLERS:
-                raise ValueError(f"`{info.field_name}` {v!r}: this A1111 sampler is not available here yet; "
-                                 f"use one of: {names}")
+                raise ValueError(f"`{info.field_name}` {v!r}: this A1111 sampler is not available here yet "
+                                 f"({MISSING_SAMPLERS[v.strip()]}); use one of: {names}")
             raise ValueError(f"`{info.field_name}` {v!r} is not a sampler; use one of: {names}")
         return sampler.name
 

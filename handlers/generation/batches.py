@@ -55,6 +55,8 @@ class StepCounter:
         self.on_step(min(self.done, self.total), self.total)
         if live is not None and (live.interrupted or live.skipped):
             pipe._interrupt = True  # diffusers: the remaining steps of this call are skipped
+        if getattr(pipe.scheduler, "finished", False):
+            pipe._interrupt = True  # DPM adaptive reached its tolerance: its spare entries need not run
         return kwargs
 
     def next_batch(self) -> bool:

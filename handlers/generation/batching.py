@@ -218,6 +218,8 @@ def _step_callback(members: list[_Member], steps: int):
                 m.error, m.stopped_at = e, time.perf_counter()
         if live == 0:
             raise members[0].error
+        if getattr(pipe.scheduler, "finished", False):
+            pipe._interrupt = True  # DPM adaptive reached its tolerance: its spare entries need not run
         return kwargs
 
     return callback

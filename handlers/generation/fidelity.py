@@ -22,6 +22,9 @@ class Fidelity:
     tiling: bool = False
     clip_skip: int = 1  # A1111 CLIP_stop_at_last_layers: 1 uses the last layer
     preview_every: int = 0  # live preview period in steps (A1111 show_progress_every_n_steps); 0: none
+    overlay_inpaint: bool = True  # A1111 overlay_inpaint: paste the original back outside the mask
+    info_model_hash: bool = True  # A1111 add_model_hash_to_info / add_model_name_to_info
+    info_model_name: bool = True
 
     def seeds(self, seed: int, count: int) -> list[int]:
         """A1111: image k uses seed + k, except with a variation strength, where every image shares the seed."""
@@ -101,6 +104,9 @@ def resolve(req, options: dict, mode: str) -> Fidelity:
         eta_ancestral=_number(options, "eta_ancestral", 1.0), eta_ddim=_number(options, "eta_ddim", 0.0),
     )
     sampler = find_sampler(req.sampler)
+    if "DDIM CFG++" in (sampler.name, getattr(req, "hr_sampler_name", None)) and req.cfg_scale <= 1:
+        raise InvalidRequest(f"`cfg_scale` {req.cfg_scale:g} with sampler 'DDIM CFG++': it needs CFG above 1 here "
+                             "(the pipelines skip the unconditional prediction it follows at CFG ≤ 1)")
     refused = refused_noise_params(sampler, noise)
     if refused:
         raise InvalidRequest(f"`{refused[0]}` is not supported with sampler {sampler.name!r} here; leave it at "
@@ -109,7 +115,10 @@ def resolve(req, options: dict, mode: str) -> Fidelity:
     tiling = bool(options.get("tiling", False)) if req.tiling is None else req.tiling
     every = int(_number(options, "show_progress_every_n_steps", 10))
     preview_every = every if options.get("live_previews_enable", True) and every > 0 else 0
-    return Fidelity(variation, subseed, noise, tiling, clip_skip, preview_every)
+    return Fidelity(variation, subseed, noise, tiling, clip_skip, preview_every,
+                    overlay_inpaint=bool(options.get("overlay_inpaint", True)),
+                    info_model_hash=bool(options.get("add_model_hash_to_info", True)),
+                    info_model_name=bool(options.get("add_model_name_to_info", True)))
 
 
 def _pick(value: float | None, options: dict, key: str, default: float) -> float:

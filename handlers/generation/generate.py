@@ -242,7 +242,9 @@ def generate(job: Job, model: LoadedCheckpoint, ctx: RunContext, inputs: img2img
     texts = [
         outputs.infotext(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
                          sampler=req.sampler, schedule=req.schedule, cfg_scale=req.cfg_scale, seed=s,
-                         width=img.width, height=img.height, model_name=model.name, model_hash=model.short_hash,
+                         width=img.width, height=img.height,
+                         model_name=model.name if ctx.fidelity.info_model_name else None,
+                         model_hash=model.short_hash if ctx.fidelity.info_model_hash else None,
                          extra={**ctx.fidelity.infotext(sub), **sampler_infotext(req, ctx.fidelity), **extra})
         for s, sub, img in zip(seeds, subseeds, images)
     ]

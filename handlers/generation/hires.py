@@ -47,7 +47,7 @@ def second_pass(req: Txt2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, s
 
     base = model.pipe
     scheduler = make_scheduler(base.scheduler.config, find_sampler(req.hr_sampler_name or req.sampler),
-                               req.hr_scheduler or req.schedule, ctx.fidelity.noise)
+                               req.hr_scheduler or req.schedule, ctx.fidelity.noise, strength=_strength(req))
     if ctx.control:  # ControlNet units whose hr_option includes the high-res pass, with maps at the hires size
         pipe = controlnet.pipeline(base, scheduler, ctx.control, cfg=req.cfg_scale > 1, task="img2img",
                                    vae=ctx.vae or base.vae)

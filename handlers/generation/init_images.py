@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from handlers.generation import controlnet
-from handlers.generation.batches import RunContext
+from handlers.generation.batches import RunContext, at_least_one_step
 from handlers.generation.schedulers import make_scheduler
 from handlers.samplers import find_sampler
 from loaders.adapters.preprocessors import cover_box
@@ -30,7 +30,8 @@ def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Imag
 
 def mode_pipeline(req, base, ctx: RunContext, task: str):
     """This request's img2img / inpaint pipeline view (the ControlNet variant when units are enabled)."""
-    scheduler = make_scheduler(base.scheduler.config, find_sampler(req.sampler), req.schedule, ctx.fidelity.noise)
+    scheduler = make_scheduler(base.scheduler.config, find_sampler(req.sampler), req.schedule, ctx.fidelity.noise,
+                               strength=at_least_one_step(req.steps, req.denoising_strength))
     if ctx.control:
         return controlnet.pipeline(base, scheduler, ctx.control, cfg=req.cfg_scale > 1, task=task,
                                    vae=ctx.vae or base.vae)

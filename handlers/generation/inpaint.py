@@ -72,8 +72,12 @@ def masked_fill(image: Image.Image, mask: Image.Image) -> Image.Image:
     return out.convert("RGB")
 
 
-def finish(pipe, region: Region, generated: Image.Image) -> Image.Image:
-    """Paste the generated pixels back (only-masked mode) and keep the original wherever the mask is black."""
+def finish(pipe, region: Region, generated: Image.Image, overlay: bool = True) -> Image.Image:
+    """Paste the generated pixels back (only-masked mode) and keep the original wherever the mask is black.
+    With A1111's overlay_inpaint off, A1111 1.10 returns the generated picture as it is (in only-masked mode:
+    the generated crop, at the processing size)."""
+    if not overlay:
+        return generated
     return pipe.image_processor.apply_overlay(region.overlay_mask, region.base, generated, region.crop)
 
 
@@ -99,7 +103,7 @@ def generate(req, model: LoadedCheckpoint, ctx: RunContext, images: list[Image.I
             **latent_fill(pipe, req.inpainting_fill, regions, generators), **ctx.fidelity.encoder_kwargs(pipe),
             **(ctx.control.call_kwargs(image_key="control_image") if ctx.control else {}),
         )
-        out_images.extend(finish(pipe, r, img) for r, img in zip(regions, out.images))
+        out_images.extend(finish(pipe, r, img, ctx.fidelity.overlay_inpaint) for r, img in zip(regions, out.images))
     return out_images
 
 

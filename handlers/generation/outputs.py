@@ -57,8 +57,10 @@ def output_prefix(user: str, label: str, folder: str, now: datetime | None = Non
 
 
 def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, schedule: str, cfg_scale: float,
-             seed: int, width: int, height: int, model_name: str, model_hash: str, extra: dict | None = None) -> str:
-    """The A1111 `parameters` text: prompt, negative prompt, then `Key: value` pairs."""
+             seed: int, width: int, height: int, model_name: str | None, model_hash: str | None,
+             extra: dict | None = None) -> str:
+    """The A1111 `parameters` text: prompt, negative prompt, then `Key: value` pairs (a None model name or hash
+    is left out, as A1111 leaves them out when add_model_name_to_info / add_model_hash_to_info are off)."""
     fields = {
         "Steps": steps,
         "Sampler": sampler,
@@ -66,8 +68,8 @@ def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, sch
         "CFG scale": f"{cfg_scale:g}",
         "Seed": seed,
         "Size": f"{width}x{height}",
-        "Model hash": model_hash,
-        "Model": model_name,
+        **({"Model hash": model_hash} if model_hash is not None else {}),
+        **({"Model": model_name} if model_name is not None else {}),
         **(extra or {}),
         "Version": "easel",
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from handlers.generation.schedulers import make_scheduler
-from handlers.samplers import Sampler
+from handlers.samplers import Sampler, find_sampler
 from loaders.errors import InvalidRequest
 from loaders.models.families import family
 from loaders.models.manager import LoadedCheckpoint, pipeline_view, resolve_model
@@ -34,6 +34,10 @@ def load_refiner(job, services, base: LoadedCheckpoint) -> tuple[LoadedCheckpoin
     if wanted is None:
         return None, 0.0
     name, _ = wanted
+    sampler = find_sampler(job.request.sampler)
+    if sampler.planned:  # the hand-over cuts the schedule by timestep, which these samplers' plans do not follow
+        raise InvalidRequest(f"`refiner_checkpoint` cannot be used with sampler {sampler.name!r} here; "
+                             "pick another sampler or leave the refiner out")
     info = resolve_model(services.store, job.user, "checkpoint", name, "refiner_checkpoint")
     if family(base.family).arch != "sdxl":
         raise InvalidRequest(f"`refiner_checkpoint` needs an SDXL base model; {base.name!r} is {base.family}")

@@ -8,15 +8,25 @@ import inspect
 
 from handlers.samplers import SCHEDULES, NoiseParams, Sampler, noise_step_kwargs
 
+# The project's own schedulers subclass diffusers' at module level: they are imported where a scheduler is
+# made, so the web tier (no torch, no diffusers) imports this module without them.
 
-def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None):
+
+def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None,
+                   strength: float | None = None):
     """A fresh scheduler for one request, from the checkpoint's own scheduler config; `noise` carries the
-    request's eta / s_* where the sampler has them (see `noise_step_kwargs`)."""
+    request's eta / s_* where the sampler has them (see `noise_step_kwargs`); `strength` is the img2img
+    strength the pipeline will be called with (None: txt2img)."""
     import diffusers  # here, not at import: the web tier serves without diffusers (it never generates)
 
-    cls = getattr(diffusers, sampler.scheduler)
     if schedule == "automatic":
         schedule = sampler.default_schedule or "automatic"
+    if sampler.planned:
+        return _planned(base_config, sampler, schedule, noise or NoiseParams(), strength)
+    from loaders.models.cfgpp import CFGppDDIMScheduler
+
+    own = {"CFGppDDIMScheduler": CFGppDDIMScheduler}
+    cls = own.get(sampler.scheduler) or getattr(diffusers, sampler.scheduler)
     kwargs = noise_step_kwargs(sampler, noise) if noise is not None else {}
     if sampler.scheduler == "EulerAncestralDiscreteScheduler" and kwargs:
         cls = eta_euler_ancestral()
@@ -26,6 +36,14 @@ def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automat
     if kwargs:
         scheduler.step = _forcing(scheduler.step, kwargs)  # this request's object only
     return scheduler
+
+
+def _planned(base_config: dict, sampler: Sampler, schedule: str, noise: NoiseParams, strength: float | None):
+    knobs = {"eta": 0.0, "s_noise": 1.0} | noise_step_kwargs(sampler, noise)  # Restart takes neither
+    from loaders.models.planned import PlannedScheduler
+
+    scheduler = PlannedScheduler.from_config(base_config, **SCHEDULES[schedule][1])
+    return scheduler.plan(sampler.planned, eta=knobs["eta"], s_noise=knobs["s_noise"], strength=strength)
 
 
 def _forcing(step, forced: dict):

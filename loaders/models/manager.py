@@ -194,6 +194,9 @@ def pipeline_view(base, cls=None, **components):
         options["add_watermarker"] = False  # A1111 adds no invisible watermark
     pipe = cls(**parts, **options)
     pipe.set_progress_bar_config(disable=True)
+    watch = getattr(pipe.scheduler, "watch", None)
+    if watch is not None:  # a scheduler that needs the UNet's raw outputs too (DDIM CFG++)
+        watch(pipe.unet)
     return pipe
 
 

@@ -13,13 +13,11 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from handlers.generation.img2img import flatten
 from handlers.generation.scripts import grids
 from handlers.generation.scripts.base import Result, ScriptRun, b64_png
 from handlers.generation.scripts.matched_noise import matched_noise
-from handlers.generation.scripts.poor_mans_outpainting import DIRECTIONS, MAX_CANVAS_SIDE, expansion
+from handlers.generation.scripts.poor_mans_outpainting import DIRECTIONS, grown_canvas
 from loaders.errors import InvalidRequest
-from loaders.storage.images import load_image
 
 TITLE = "Outpainting mk2"
 MODES = ("img2img",)
@@ -75,14 +73,7 @@ def run(s: ScriptRun) -> Result:
         raise InvalidRequest(f"`script_args[1..2]` (pixels 8..256, mask_blur 0..64): got {pixels}, {blur}")
     if not 0 <= noise_q <= 4 or not 0 <= variation <= 1:
         raise InvalidRequest(f"`script_args[4..5]` (noise_q 0..4, color_variation 0..1): got {noise_q}, {variation}")
-    if not isinstance(direction, list) or not set(direction) <= set(DIRECTIONS):
-        raise InvalidRequest(f"`script_args[3]` (direction) must be a list of {', '.join(DIRECTIONS)}, not {direction!r:.80}")
-    if not s.req.init_images:
-        raise InvalidRequest("`init_images` is empty: outpainting needs the picture to grow")
-    init = flatten(load_image(s.req.init_images[0], "init_images[0]", store=s.services.store, user=s.job.user))
-    tw, th, left, right, up, down = expansion(init.width, init.height, pixels, direction)
-    if max(tw, th) > MAX_CANVAS_SIDE:
-        raise InvalidRequest(f"outpainting would make a {tw}x{th} canvas; at most {MAX_CANVAS_SIDE} a side")
+    init, (tw, th, left, right, up, down) = grown_canvas(s, pixels, direction)
     state = {"seed": s.req.seed, "seeds": [], "text": None}
     result = Result()
     for _ in range(s.req.n_iter):

@@ -27,6 +27,19 @@ DIRECTIONS = ("left", "right", "up", "down")
 MAX_CANVAS_SIDE = 2048
 
 
+def grown_canvas(s: ScriptRun, pixels: int, direction) -> tuple[Image.Image, tuple[int, int, int, int, int, int]]:
+    """The init image and its `expansion`, after the checks both outpainting scripts make."""
+    if not isinstance(direction, list) or not set(direction) <= set(DIRECTIONS):
+        raise InvalidRequest(f"`script_args[3]` (direction) must be a list of {', '.join(DIRECTIONS)}, not {direction!r:.80}")
+    if not s.req.init_images:
+        raise InvalidRequest("`init_images` is empty: outpainting needs the picture to grow")
+    init = flatten(load_image(s.req.init_images[0], "init_images[0]", store=s.services.store, user=s.job.user))
+    plan = expansion(init.width, init.height, pixels, direction)
+    if max(plan[:2]) > MAX_CANVAS_SIDE:
+        raise InvalidRequest(f"outpainting would make a {plan[0]}x{plan[1]} canvas; at most {MAX_CANVAS_SIDE} a side")
+    return init, plan
+
+
 def expansion(w: int, h: int, pixels: int, direction: list[str]) -> tuple[int, int, int, int, int, int]:
     """(target_w, target_h, left, right, up, down) as A1111 rounds them to multiples of 64."""
     left, right = (pixels if d in direction else 0 for d in ("left", "right"))
@@ -52,17 +65,10 @@ def run(s: ScriptRun) -> Result:
         raise InvalidRequest(f"`script_args[0]` (pixels) must be 8..256, not {pixels}")
     if not 0 <= blur <= 64 or fill not in (0, 1, 2, 3):
         raise InvalidRequest(f"`script_args[1..2]` (mask_blur 0..64, inpainting_fill 0..3): got {blur}, {fill}")
-    if not isinstance(direction, list) or not set(direction) <= set(DIRECTIONS):
-        raise InvalidRequest(f"`script_args[3]` (direction) must be a list of {', '.join(DIRECTIONS)}, not {direction!r:.80}")
     if pixels >= min(s.req.width, s.req.height):
         raise InvalidRequest(f"`script_args[0]` (pixels) {pixels} must be below the tile size "
                              f"{s.req.width}x{s.req.height}")
-    if not s.req.init_images:
-        raise InvalidRequest("`init_images` is empty: outpainting needs the picture to grow")
-    init = flatten(load_image(s.req.init_images[0], "init_images[0]", store=s.services.store, user=s.job.user))
-    tw, th, left, right, up, down = expansion(init.width, init.height, pixels, direction)
-    if max(tw, th) > MAX_CANVAS_SIDE:
-        raise InvalidRequest(f"outpainting would make a {tw}x{th} canvas; at most {MAX_CANVAS_SIDE} a side")
+    init, (tw, th, left, right, up, down) = grown_canvas(s, pixels, direction)
     canvas = Image.new("RGB", (tw, th))
     canvas.paste(init, (left, up))
     mask = Image.new("L", (tw, th), "white")
