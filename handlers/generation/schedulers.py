@@ -7,9 +7,7 @@ import functools
 import inspect
 
 from handlers.samplers import SCHEDULES, NoiseParams, Sampler, noise_step_kwargs
-
-# The project's own schedulers subclass diffusers' at module level: they are imported where a scheduler is
-# made, so the web tier (no torch, no diffusers) imports this module without them.
+from loaders.models import cfgpp, planned  # their diffusers subclasses are built on first use (web tier)
 
 
 def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None,
@@ -23,9 +21,7 @@ def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automat
         schedule = sampler.default_schedule or "automatic"
     if sampler.planned:
         return _planned(base_config, sampler, schedule, noise or NoiseParams(), strength)
-    from loaders.models.cfgpp import CFGppDDIMScheduler
-
-    own = {"CFGppDDIMScheduler": CFGppDDIMScheduler}
+    own = {"CFGppDDIMScheduler": cfgpp.CFGppDDIMScheduler} if sampler.scheduler == "CFGppDDIMScheduler" else {}
     cls = own.get(sampler.scheduler) or getattr(diffusers, sampler.scheduler)
     kwargs = noise_step_kwargs(sampler, noise) if noise is not None else {}
     if sampler.scheduler == "EulerAncestralDiscreteScheduler" and kwargs:
@@ -40,9 +36,7 @@ def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automat
 
 def _planned(base_config: dict, sampler: Sampler, schedule: str, noise: NoiseParams, strength: float | None):
     knobs = {"eta": 0.0, "s_noise": 1.0} | noise_step_kwargs(sampler, noise)  # Restart takes neither
-    from loaders.models.planned import PlannedScheduler
-
-    scheduler = PlannedScheduler.from_config(base_config, **SCHEDULES[schedule][1])
+    scheduler = planned.PlannedScheduler.from_config(base_config, **SCHEDULES[schedule][1])
     return scheduler.plan(sampler.planned, eta=knobs["eta"], s_noise=knobs["s_noise"], strength=strength)
 
 
