@@ -1,6 +1,8 @@
 """Added cost of each ControlNet unit kind on the demo model (64×64, 2 steps, CPU unless EASEL_DEVICE says).
 
-Prints JSON: for each kind, load_s of its first request (cold: the ControlNet file loads) and of later ones
+Kinds: ControlNet (one / two units), reference_only/adain/adain+attn, IP-Adapter (plain, plus; with the tiny
+CLIP vision encoder), T2I-Adapter. Prints JSON: for each kind, load_s of its first request (cold: the model file
+and, for IP-Adapter, its image encoder load) and of later ones
 (warm), the median generate_s, and the added generate_s over the same request without units; and the median
 seconds of `POST /controlnet/detect`'s work (the preprocessor alone) for a few weight-free modules.
     .venv/bin/python bench/bench_controlnet_units.py [--runs 3]
@@ -26,6 +28,8 @@ from handlers.jobs import Job
 from handlers.schemas import Txt2ImgRequest
 from handlers.settings import Settings
 from loaders.demo.controlnet import DEMO_CONTROLNET_NAME, install_demo_controlnet
+from loaders.demo.ipadapter import demo_image_encoder_bytes, demo_ip_adapter_bytes
+from loaders.demo.t2i_adapter import demo_t2i_adapter_bytes
 from loaders.demo.model import install_demo
 from loaders.storage.store import LocalStore
 
@@ -45,7 +49,19 @@ def kinds(image: str) -> dict[str, list[dict]]:
             "two_controlnet_units": [cn, {**cn, "module": "invert"}],
             "reference_only": [{**ref, "module": "reference_only"}],
             "reference_adain": [{**ref, "module": "reference_adain"}],
-            "reference_adain+attn": [{**ref, "module": "reference_adain+attn"}]}
+            "reference_adain+attn": [{**ref, "module": "reference_adain+attn"}],
+            "ip_adapter": [{"module": "ip-adapter_clip_sd15", "model": "ip-adapter_bench", "image": image}],
+            "ip_adapter_plus": [{"module": "ip-adapter_clip_sd15", "model": "ip-adapter-plus_bench", "image": image}],
+            "t2i_adapter_canny": [{**cn, "model": "t2iadapter_bench"}]}
+
+
+def install_adapters(store) -> None:
+    """The tiny IP-Adapters (plain, plus), their CLIP vision encoder and a T2I-Adapter, for the demo UNet."""
+    folder = "public/models/ControlNet/"
+    store.put_bytes(folder + "ip-adapter_bench.safetensors", demo_ip_adapter_bytes())
+    store.put_bytes(folder + "ip-adapter-plus_bench.safetensors", demo_ip_adapter_bytes(plus=True))
+    store.put_bytes(folder + "t2iadapter_bench.safetensors", demo_t2i_adapter_bytes())
+    store.put_bytes("public/models/clip_vision/clip_h.safetensors", demo_image_encoder_bytes())
 
 
 def main() -> None:
@@ -56,6 +72,7 @@ def main() -> None:
     store = LocalStore(root / "data")
     install_demo(store)
     install_demo_controlnet(store)
+    install_adapters(store)
     services = build_services(Settings(store=f"file://{root / 'data'}", cache_dir=root / "cache"), store=store)
     image = picture()
     warmup = Txt2ImgRequest(prompt="x", width=64, height=64, steps=2, seed=1)

@@ -33,6 +33,11 @@ def child(variant: str, data: Path, cache: Path) -> dict:
 
     configs = FamilyConfigs(cache)
     config = configs.ensure("sd15")  # outside the timing for both: the same folder
+    # Module imports outside the timing for both too (diffusers imports lazily; seconds on a busy CPU)
+    import diffusers.loaders.single_file  # noqa: F401
+    import diffusers.loaders.single_file_utils  # noqa: F401
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
+    from transformers import CLIPTextModel  # noqa: F401
     if variant == "vanilla":
         from diffusers import StableDiffusionPipeline
 

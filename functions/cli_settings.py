@@ -11,7 +11,7 @@ EAS_PATH_FLAGS = {
     "--vae-dir": ("vae_dir", "public VAE folder; users load VAEs from it only"),
     "--embeddings-dir": ("embeddings_dir", "public embeddings folder; users load embeddings from it only"),
     "--hypernetwork-dir": ("hypernetwork_dir", "accepted for EAS command lines; this server has no hypernetworks"),
-    "--gfpgan-dir": ("gfpgan_dir", "accepted for EAS command lines; this server has no GFPGAN face restorer"),
+    "--gfpgan-dir": ("gfpgan_dir", "public face-restorer folder (models/GFPGAN, models/Codeformer) users see"),
 }
 
 

@@ -62,7 +62,8 @@ class Settings(BaseSettings):
     vae_dir: str = Field("", description="EAS --vae-dir: the public VAE folder; users load VAEs from it only")
     embeddings_dir: str = Field("", description="EAS --embeddings-dir: the public embeddings folder, used alone")
     hypernetwork_dir: str = Field("", description="EAS --hypernetwork-dir (accepted: no hypernetworks here)")
-    gfpgan_dir: str = Field("", description="EAS --gfpgan-dir (accepted: no GFPGAN here)")
+    gfpgan_dir: str = Field("", description="EAS --gfpgan-dir: the public face-restorer folder (GFPGAN, "
+                            "CodeFormer) users see; unset, each user's own only")
     root_extensions: bool = Field(False, description="EAS --root-extensions (accepted: no extensions here)")
     filebrowser: bool = Field(True, description="EAS --filebrowser: the web page's file browser and its routes")
     sd_dynamic_cache: bool = Field(False, description="EAS --sd-dynamic-cache: keep pipelines while RAM allows")
@@ -163,11 +164,12 @@ class Settings(BaseSettings):
         return {a.strip() for a in self.admins.split(",") if a.strip()}
 
     def public_model_kinds(self) -> set[str]:
-        """Model kinds whose public folder users may resolve (checkpoints, ControlNet, upscalers and face
-        restorers are always shared)."""
+        """Model kinds whose public folder users may resolve (checkpoints, ControlNet and upscalers are always
+        shared)."""
         switches = {"lora": self.public_lora or bool(self.lora_dir), "vae": self.public_vae,
-                    "embedding": self.public_embeddings}
-        always = {"checkpoint", "controlnet", "esrgan", "realesrgan", "swinir", "dat", "gfpgan", "codeformer"}
+                    "embedding": self.public_embeddings, "gfpgan": bool(self.gfpgan_dir),
+                    "codeformer": bool(self.gfpgan_dir)}  # EAS --gfpgan-dir: face restorers shared, else per user
+        always = {"checkpoint", "controlnet", "esrgan", "realesrgan", "swinir", "dat"}
         return always | {kind for kind, on in switches.items() if on}
 
     def public_only_kinds(self) -> set[str]:

@@ -70,3 +70,9 @@ class RangeNotSatisfiable(EaselError):
 
 class TimeLimitExceeded(EaselError):
     status = 503
+
+
+class ClientDisconnected(EaselError):
+    """The caller closed the connection mid-generation: stopped at the next step, billed what ran (nginx's 499)."""
+
+    status = 499

@@ -48,8 +48,11 @@ def test_flags_map_onto_settings(tmp_path, monkeypatch):
 def test_eas_defaults_isolate_users_loras_vaes_and_embeddings(monkeypatch):
     for name in ("EASEL_PUBLIC_LORA", "EASEL_PUBLIC_VAE", "EASEL_PUBLIC_EMBEDDINGS", "EASEL_LORA_DIR"):
         monkeypatch.delenv(name, raising=False)
-    assert Settings().public_model_kinds() == {"checkpoint", "controlnet"}
-    assert serve_settings("--lora-dir", "public/models/Lora").public_model_kinds() >= {"lora"}
+    shared = {"checkpoint", "controlnet", "esrgan", "realesrgan", "swinir", "dat"}  # upscalers: no EAS flag
+    assert Settings().public_model_kinds() == shared
+    assert serve_settings("--lora-dir", "public/models/Lora").public_model_kinds() == shared | {"lora"}
+    assert serve_settings("--gfpgan-dir", "public/models/GFPGAN").public_model_kinds() == shared | {"gfpgan",
+                                                                                                   "codeformer"}
 
 
 def test_a_dir_flag_names_the_public_folder_or_is_refused():
@@ -92,3 +95,16 @@ def test_dynamic_cache_keeps_pipelines_while_ram_is_above_the_reserve(tmp_path, 
         manager.checkpoint(ObjectInfo(key=f"public/models/Stable-diffusion/m{n}.safetensors", size=1,
                                       etag=str(n), modified=0))
     assert len(manager._loaded) == kept
+
+
+def test_gfpgan_dir_shares_the_public_face_restorers_else_each_user_sees_only_their_own(store, make_services):
+    from handlers.generation.extras import face_restorer_unavailable
+    from loaders.errors import InvalidRequest, Unavailable
+
+    store.put_bytes("public/models/GFPGAN/GFPGANv1.4.safetensors", b"x")
+    isolated = make_services(store)
+    with pytest.raises(InvalidRequest, match="no GFPGAN model is installed"):  # the public file is not alice's
+        face_restorer_unavailable(isolated, "alice", "gfpgan", "gfpgan_visibility")
+    shared = make_services(store, gfpgan_dir=f"{MOUNT}/models/GFPGAN")
+    with pytest.raises(Unavailable, match="weights are installed"):  # found; face detection is what is missing
+        face_restorer_unavailable(shared, "alice", "gfpgan", "gfpgan_visibility")

@@ -26,9 +26,13 @@ from datetime import datetime, timezone
 
 from PIL import Image
 
-from handlers.generation import outputs
+from handlers.generation import ipadapter, outputs, t2i_adapter
 from handlers.generation.controlnet_units import FIELD, MAX_UNITS, ControlNetUnit, parse_units, unit_infotext
+from handlers.generation.ipadapter import IPAdapterUnit
+from handlers.generation.t2i_adapter import T2IUnit
 from handlers.generation.reference import ADAIN_MODULES, ATTN_MODULES, ReferenceUnit
+from loaders.adapters.ipadapter import LoadedIPAdapter
+from loaders.adapters.t2i_adapter import LoadedT2IAdapter
 from loaders.adapters.preprocessors import fit, pixel_perfect_resolution, run_module
 from loaders.errors import InvalidRequest
 from loaders.models.manager import resolve_model
@@ -88,6 +92,8 @@ class ControlPlan:
     adjusted: list[str] = field(default_factory=list)  # slider values the bound check replaced, per unit
     hr_images: list[Image.Image] = field(default_factory=list)  # the maps fitted to the hires size (hires fix)
     references: list[ReferenceUnit] = field(default_factory=list)  # reference_* units: no model, UNet hooks
+    ip_adapters: list[IPAdapterUnit] = field(default_factory=list)  # IP-Adapter units: processors, no ControlNet
+    t2i_adapters: list[T2IUnit] = field(default_factory=list)  # T2I-Adapter units: features added to the UNet
     infotexts: dict[str, str] = field(default_factory=dict)  # every unit's, in request order
     load_s: float = 0.0
 
@@ -141,7 +147,14 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
         loaded, load_s = services.controlnets.get(info, base_family=checkpoint.family, device=unet.device,
                                                   dtype=unet.dtype, field=f"{where}.model")
         plan.load_s += load_s
-        _check_layer_weights(unit, loaded.model, where)
+        if isinstance(loaded, LoadedIPAdapter) or unit.entry.name in ipadapter.MODULES:
+            _add_ip_adapter(services, user, plan, unit, loaded, where, init_image, unet, hires=hr_size is not None)
+            continue
+        t2i = isinstance(loaded, LoadedT2IAdapter)
+        if t2i:
+            _check_t2i(unit, loaded, where, width, height, hr_size)
+        else:
+            _check_layer_weights(unit, loaded.model, where)
         # 2. The image: base64 or link (SSRF-safe), else the init image (img2img), else a 422
         image = unit_image(services, user, unit, where, init_image)
         # 3. The detected map, fitted to the output size
@@ -152,14 +165,17 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
                               load_annotator=annotators.loader(user, f"{where}.module"), field=f"{where}.module",
                               seed=seed, max_pixels=services.settings.max_intermediate_pixels)
         fitted = fit(detected, width, height, unit.resize_mode)
-        plan.units.append(unit)
-        plan.nets.append(loaded.model)
-        plan.model_names.append(loaded.name)
-        plan.images.append(fitted)
-        _note(plan, unit, loaded.name)
         hr_fitted = fit(detected, *hr_size, unit.resize_mode) if hr_size else None
-        if hr_fitted is not None:
-            plan.hr_images.append(hr_fitted)
+        _note(plan, unit, loaded.name)
+        if t2i:
+            plan.t2i_adapters.append(T2IUnit(unit, loaded, _t2i_maps(unit, fitted, hr_fitted)))
+        else:
+            plan.units.append(unit)
+            plan.nets.append(loaded.model)
+            plan.model_names.append(loaded.name)
+            plan.images.append(fitted)
+            if hr_fitted is not None:
+                plan.hr_images.append(hr_fitted)
         if keep_maps and unit.save_detected_map:
             plan.detected += [hr_fitted, fitted] if hr_fitted is not None else [fitted]
     return plan
@@ -181,6 +197,42 @@ def _add_reference(services, user, plan: ControlPlan, unit: ControlNetUnit, wher
     _note(plan, unit, "None")
     if keep_maps and unit.save_detected_map:  # the extension shows the reference image, fitted, as its map
         plan.detected.append(fit(image, width, height, unit.resize_mode))
+
+
+def _check_t2i(unit: ControlNetUnit, adapter, where: str, width: int, height: int, hr_size) -> None:
+    if unit.advanced_weighting is not None:
+        raise InvalidRequest(f"`{where}.advanced_weighting` weighs ControlNet layers; a T2I-Adapter unit has none")
+    for w, h in [(width, height), *([hr_size] if hr_size else [])]:
+        t2i_adapter.check_size(adapter, w, h, where)
+
+
+def _t2i_maps(unit: ControlNetUnit, fitted: Image.Image, hr_fitted: Image.Image | None) -> dict:
+    """The maps of the passes a T2I unit takes part in, by output size (its `hr_option` with hires fix)."""
+    maps = {}
+    if hr_fitted is None or unit.hr_option != HR_HIGH_ONLY:
+        maps[fitted.size] = fitted
+    if hr_fitted is not None and unit.hr_option != HR_LOW_ONLY:
+        maps[hr_fitted.size] = hr_fitted
+    return maps
+
+
+def _add_ip_adapter(services, user, plan: ControlPlan, unit: ControlNetUnit, loaded, where: str, init_image,
+                    unet, *, hires: bool) -> None:
+    """An IP-Adapter unit: its image encoded once; the adapter runs as cross-attention processors
+    (`ipadapter.applied`). No detected map: the extension has none for an embedding."""
+    if not isinstance(loaded, LoadedIPAdapter):
+        raise InvalidRequest(f"`{where}.module` {unit.module!r} runs an IP-Adapter, but `{where}.model` "
+                             f"{loaded.name!r} is a ControlNet")
+    if unit.entry.name not in ipadapter.MODULES:
+        raise InvalidRequest(f"`{where}.model` {loaded.name!r} is an IP-Adapter: use it with module "
+                             f"ip-adapter_clip_sd15, ip-adapter_clip_sdxl, ip-adapter_clip_sdxl_plus_vith or "
+                             f"ip-adapter-auto, not {unit.module!r}")
+    ipadapter.check_unit(unit, where, hires)
+    image = unit_image(services, user, unit, where, init_image)
+    encoded, load_s = ipadapter.encode(services, user, unit, loaded, image, where, unet)
+    plan.load_s += load_s
+    plan.ip_adapters.append(encoded)
+    _note(plan, unit, loaded.name)
 
 
 def _check_layer_weights(unit: ControlNetUnit, net, where: str) -> None:
@@ -210,19 +262,21 @@ def unit_image(services, user: str, unit: ControlNetUnit, where: str, init_image
 def pipeline(base, scheduler, plan: ControlPlan, *, cfg: bool, task: str = "txt2img", **overrides):
     """A per-request ControlNet pipeline (txt2img, img2img or inpaint) over the shared components (nothing shared
     is modified); `overrides` replaces components for this request only (another VAE)."""
-    from diffusers import (
-        StableDiffusionControlNetImg2ImgPipeline,
-        StableDiffusionControlNetInpaintPipeline,
-        StableDiffusionControlNetPipeline,
-    )
+    import inspect
+
+    import diffusers
     from diffusers.models.controlnets import MultiControlNetModel
 
-    cls = {"txt2img": StableDiffusionControlNetPipeline, "img2img": StableDiffusionControlNetImg2ImgPipeline,
-           "inpaint": StableDiffusionControlNetInpaintPipeline}[task]
+    xl = getattr(base, "text_encoder_2", None) is not None  # SDXL: its own ControlNet pipelines
+    name = {"txt2img": "ControlNetPipeline", "img2img": "ControlNetImg2ImgPipeline",
+            "inpaint": "ControlNetInpaintPipeline"}[task]
+    cls = getattr(diffusers, ("StableDiffusionXL" if xl else "StableDiffusion") + name)
     nets = [_unit_class()(net, unit.control_mode, cfg, unit.advanced_weighting)
             for net, unit in zip(plan.nets, plan.units)]
-    components = {k: v for k, v in {**base.components, **overrides}.items() if k != "scheduler"}
-    pipe = cls(**components, scheduler=scheduler, controlnet=MultiControlNetModel(nets), requires_safety_checker=False)
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    components = {k: v for k, v in {**base.components, **overrides}.items() if k != "scheduler" and k in accepted}
+    extra = {} if xl else {"requires_safety_checker": False}
+    pipe = cls(**components, scheduler=scheduler, controlnet=MultiControlNetModel(nets), **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

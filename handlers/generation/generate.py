@@ -5,11 +5,12 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from handlers.billing import metering
-from handlers.generation import (controlnet, extra_networks, extras, hires, img2img, outputs, reference, scripts,
-                                 upscaling)
+from handlers.generation import (controlnet, extra_networks, extras, hires, img2img, ipadapter, outputs, reference,
+                                 scripts, t2i_adapter, upscaling)
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
 from handlers.generation.fidelity import Fidelity
@@ -53,6 +54,7 @@ class Produced:
     control: object | None
     load_s: float
     generate_s: float
+    wait_s: float = 0.0  # waiting for another request's load of the model and for the device: shown in queue_s
 
 
 def _tiled_modules(model: LoadedCheckpoint, adapters, refiner) -> tuple:
@@ -80,7 +82,7 @@ def run_job(job: Job, services: Services, on_step: StepCallback | None = None) -
     persist_s = time.perf_counter() - t0
     # 5. Respond
     timings = Timings(
-        queue_s=round(max(0.0, started - job.queued_at), 4),
+        queue_s=round(max(0.0, started - job.queued_at) + done.wait_s, 4),
         load_s=round(done.load_s, 4),
         generate_s=round(done.generate_s, 4),
         persist_s=round(persist_s, 4),
@@ -123,7 +125,7 @@ def produce(job: Job, services: Services, on_step: StepCallback | None, fidelity
     hr_upscaler = upscaling.hires_resizer(services.store, job.user, services.upscalers, req)
     # 2. Load the checkpoint (free when resident), the refiner, the ControlNet units' models and detected
     #    maps, and fetch the LoRA / VAE / embedding files
-    model, load_s = services.models.checkpoint(info)
+    model, load_s, wait_s = services.models.checkpoint_timed(info)
     if job.mode == "txt2img":
         check_txt2img_model(model)
     refiner, refiner_load_s = load_refiner(job, services, model)
@@ -142,22 +144,31 @@ def produce(job: Job, services: Services, on_step: StepCallback | None, fidelity
         if not networks.plan.uses_any and services.batcher is not None and services.batcher.applies(job, model):
             generated, generate_s = services.batcher.generate(job, services, model, progress)
         else:
-            generated, generate_s, adapters_load_s = generate_alone(job, services, model, inputs, networks,
-                                                                    control, refiner, progress, fidelity,
-                                                                    hr_upscaler)
+            generated, generate_s, adapters_load_s, device_wait_s = generate_alone(
+                job, services, model, inputs, networks, control, refiner, progress, fidelity, hr_upscaler)
             load_s += adapters_load_s
+            wait_s += device_wait_s
     # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
     if services.censor is not None:
         generated.nsfw = censor_images(generated.images, services.censor)
-    return Produced(model, generated, label, control, load_s, generate_s)
+    return Produced(model, generated, label, control, load_s, generate_s, wait_s)
 
 
 def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs, networks, control, refiner,
                    progress: StepCallback, fidelity: Fidelity | None = None,
-                   hr_upscaler=None) -> tuple[Generated, float, float]:
+                   hr_upscaler=None) -> tuple[Generated, float, float, float]:
     """Run one request on the device by itself, its adapters applied around it only.
-    Returns (images, generate_s, seconds spent loading adapters)."""
-    with services.device_lock, services.adapters.applied(model, networks.plan) as adapters:
+    Returns (images, generate_s, seconds spent loading adapters, seconds waited for the device)."""
+    asked = time.perf_counter()
+    with services.device_lock:
+        device_wait_s = time.perf_counter() - asked
+        return _generate_holding_device(job, services, model, inputs, networks, control, refiner, progress,
+                                        fidelity, hr_upscaler) + (device_wait_s,)
+
+
+def _generate_holding_device(job, services, model, inputs, networks, control, refiner, progress, fidelity,
+                             hr_upscaler) -> tuple[Generated, float, float]:
+    with services.adapters.applied(model, networks.plan) as adapters:
         t0 = time.perf_counter()
         total = planned_steps(job)
         fidelity = fidelity or Fidelity()
@@ -170,7 +181,8 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
             with circular(ctx.fidelity.tiling, *(_tiled_modules(model, adapters, refiner) if ctx.fidelity.tiling else ())), \
                     reference.applied(model.pipe, control.references if control is not None else [],
                                       vae=adapters.vae, seed=job.request.seed_or_none or 0,
-                                      cfg=job.request.cfg_scale > 1):
+                                      cfg=job.request.cfg_scale > 1), \
+                    _adapter_units(model, control, cfg=job.request.cfg_scale > 1):
                 generated = generate(job, model, ctx, inputs)
         except Canceled as stopped:
             stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
@@ -178,6 +190,20 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
         finally:
             services.progress.finish(job.user, job.task_id)
         return generated, time.perf_counter() - t0, adapters.load_s
+
+
+@contextmanager
+def _adapter_units(model: LoadedCheckpoint, control, *, cfg: bool):
+    """The request's IP-Adapter and T2I-Adapter units hooked onto the shared UNet for this run only."""
+    ip_units = control.ip_adapters if control is not None else []
+    t2i_units = control.t2i_adapters if control is not None else []
+    if not ip_units and not t2i_units:
+        yield
+        return
+    unet, steps = model.pipe.unet, model.pipe.scheduler.config.num_train_timesteps
+    with ipadapter.applied(unet, ip_units, cfg=cfg, timesteps=steps), \
+            t2i_adapter.applied(unet, t2i_units, cfg=cfg, timesteps=steps):
+        yield
 
 
 def resolve_checkpoint(job: Job, services: Services) -> ObjectInfo:

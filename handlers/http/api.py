@@ -17,17 +17,17 @@ from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation.generate import execute_job
 from handlers.generation.scripts import check as check_script
 from handlers.http import files as file_browser  # `files` is the /files/ route below
-from handlers.http import (a1111, controlnet, docs, eas, extras, gallery, health, listing, prompt, scripts, tasks,
-                           uploads, webui)
+from handlers.http import (a1111, controlnet, disconnect, docs, eas, extras, gallery, health, listing, prompt,
+                           scripts, tasks, uploads, webui)
 from handlers.http.accounts import accounts_router
 from handlers.http.models import models_router
 from handlers.http.observe import RequestLog, metrics_router
 from handlers.http.tasks import TaskAccepted
-from handlers.jobs import DeviceTimeExceeded, Job
+from handlers.jobs import Canceled, DeviceTimeExceeded, Job
 from handlers.schemas import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
 from handlers.services import Services
 from handlers.tasks import sync_claims
-from loaders.errors import EaselError, InvalidRequest, NotFound, PayloadTooLarge, TimeLimitExceeded
+from loaders.errors import ClientDisconnected, EaselError, InvalidRequest, NotFound, PayloadTooLarge, TimeLimitExceeded
 from loaders.storage.store import check_key
 from loaders.storage.streams import parse_range
 
@@ -224,13 +224,19 @@ def generation(services: Services, who: Tenant, mode: str, body, request: Reques
     task_id = eas.request_task_id(body, None) or uuid.uuid4().hex  # force_task_id or EAS's id_task
     request.state.id_task = request.state.log["task_id"] = task_id  # named in the error body if the run fails
     job = Job(user=who.user, mode=mode, request=body, task_id=task_id, base_url=str(request.base_url))
-    with services.user_slots.hold(who.user):  # one user cannot take every server thread (SECURITY.md #8)
+    with services.user_slots.hold(who.user), disconnect.watched(request) as gone:  # (SECURITY.md #8)
         # One task id = one execution = one ledger record: a reused id answers from its claim (issue 19 #1).
+        # A client that hangs up stops the run at its next step (remote runners finish it: no callback there).
+        run = (lambda: services.runner(job, services)) if services.runner else (
+            lambda: execute_job(job, services, disconnect.stop_when_gone(gone)))
         try:
-            response = sync_claims.run_once(services, who.user, mode, body, task_id,
-                                            lambda: (services.runner or execute_job)(job, services))
+            response = sync_claims.run_once(services, who.user, mode, body, task_id, run)
         except DeviceTimeExceeded as e:  # billed for what ran (the ledger says canceled)
             raise TimeLimitExceeded(f"task {task_id!r} {e}; ask for fewer steps or pixels") from None
+        except Canceled as e:
+            if not gone.is_set():
+                raise
+            raise ClientDisconnected(f"task {task_id!r}: {e}; billed for the steps that ran") from None
     timings = getattr(getattr(response, "parameters", None), "timings", None)
     if timings is not None:
         request.state.log["timings"] = timings.model_dump()

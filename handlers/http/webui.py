@@ -12,7 +12,7 @@ from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.services import Services
 
 STATIC_DIR = Path(__file__).parent / "static"
-TABS = ("txt2img", "img2img", "gallery", "files", "prompt")
+TABS = ("txt2img", "img2img", "queue", "gallery", "extras", "pnginfo", "files", "prompt")
 # The page shows a control only when the route behind it exists, so a server without (say) ControlNet
 # hides that control instead of answering every page load with 404s.
 FEATURE_ROUTES = {
@@ -23,6 +23,9 @@ FEATURE_ROUTES = {
     "upload": ("POST", "/models/{kind}"),
     "tasks": ("GET", "/tasks/{task_id}"),
     "beautifulprompt": ("POST", "/beautifulprompt"),
+    "pnginfo": ("POST", "/sdapi/v1/png-info"),
+    "extras": ("POST", "/sdapi/v1/extra-single-image"),
+    "scripts": ("GET", "/sdapi/v1/scripts"),
 }
 # The page's own script and styles only: no CDN, no inline code, images from the app, data:/blob: or signed URLs.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob: https: http:; "
@@ -39,7 +42,9 @@ def page_config(services: Services, who: Tenant, app: FastAPI) -> dict:
     hidden = [t for t in services.settings.hidden_tabs() if t in TABS]
     if not services.settings.filebrowser and "files" not in hidden:
         hidden.append("files")  # --no-filebrowser: no browse routes, so no tab
-    return {"user": who.user, "role": who.role, "hidden_tabs": hidden, "features": features(app),
+    found = features(app)
+    found["tasks"] = found["tasks"] and services.executor is not None  # ?task_id= needs a task executor
+    return {"user": who.user, "role": who.role, "hidden_tabs": hidden, "features": found,
             "nsfw_censor": services.censor is not None}
 
 

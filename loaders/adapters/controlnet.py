@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loaders.adapters.annotators import AnnotatorCache
+from loaders.adapters.clip_vision import ImageEncoderCache
+from loaders.adapters.ipadapter import LoadedIPAdapter, build_ip_adapter, is_ip_adapter
+from loaders.adapters.t2i_adapter import LoadedT2IAdapter, build_t2i_adapter, is_t2i_adapter
 from loaders.errors import InvalidRequest
 from loaders.models.families import CONFIGS
 from loaders.models.manager import FileCache
@@ -21,7 +24,7 @@ from loaders.storage.store import ObjectInfo, ObjectStore
 
 # checkpoint family -> shipped diffusers ControlNetModel config folder
 CONTROLNET_CONFIGS = {"demo": "demo-controlnet", "sd15": "controlnet-sd15", "sd2": "controlnet-sd2",
-                      "demo-sd2": "demo-sd2-controlnet"}
+                      "demo-sd2": "demo-sd2-controlnet", "sdxl": "controlnet-sdxl", "demo-sdxl": "demo-sdxl-controlnet"}
 # the width of the text embedding the ControlNet's cross-attention reads tells SD 1.x (768) from 2.x (1024)
 _CROSS_ATTN_WIDTH = {768: "sd15", 1024: "sd2"}
 LDM_PREFIX = "control_model."
@@ -45,6 +48,9 @@ def detect_controlnet_family(path: Path, name: str) -> str:
 
     header = read_header(path, name)
     keys = header.keys
+    refused = unsupported_kind(keys)
+    if refused is not None:
+        raise InvalidRequest(f"{name!r} is {refused}, which this server does not load yet")
     if not any(k.startswith(LDM_PREFIX) or k.startswith("controlnet_cond_embedding.") for k in keys):
         raise InvalidRequest(f"{name!r} is not a ControlNet model (no `control_model.*` weights)")
     if header.metadata.get("easel.family"):
@@ -59,19 +65,59 @@ def detect_controlnet_family(path: Path, name: str) -> str:
     return _CROSS_ATTN_WIDTH.get(width, f"unknown (cross-attention width {width})")
 
 
+def unsupported_kind(keys) -> str | None:
+    """ControlNet-like files this server recognises but cannot run: named in the 422 rather than failing on shapes."""
+    keys = set(keys)
+    if "lora_controlnet" in keys:  # Stability's Control-LoRA marker key
+        return "a Control-LoRA (control-lora-*: LoRA deltas over the SDXL UNet's encoder)"
+    if any(k.startswith(("task_embedding", "control_add_embedding", "transformer_layes.", "spatial_ch_projs."))
+           for k in keys):  # xinsir's ControlNet-Union (ProMax): one net, a control type per image
+        return "a ControlNet-Union (ProMax) model"
+    return None
+
+
 def build_controlnet(path: Path, family: str, device: str, dtype):
-    """A diffusers ControlNetModel from a single file, configured only from the shipped config (no hub)."""
+    """A diffusers ControlNetModel from a single file, configured only from the shipped config (no hub).
+
+    Files come in the LDM layout (`control_model.*`, lllyasviel's SD 1.x / 2.x ones) or diffusers' own key names
+    (most SDXL ControlNets: `diffusers_xl_*`, xinsir's, thibaud's); diffusers' converter reads both but drops an
+    LDM file's `label_emb` (SDXL's size/crop embedding), so that one is converted here first."""
     from diffusers import ControlNetModel
 
+    source: str | dict = str(path)
+    if family in ("sdxl", "demo-sdxl"):
+        source = _sdxl_state(path, family)
     model = ControlNetModel.from_single_file(
-        str(path), config=str(controlnet_config_dir(family)), local_files_only=True, torch_dtype=dtype)
+        source, config=str(controlnet_config_dir(family)), local_files_only=True, torch_dtype=dtype)
     return model.to(device).eval()
 
 
-def _check_fits(name: str, family: str, base_family: str, field: str) -> None:
+def _sdxl_state(path: Path, family: str) -> dict:
+    """An SDXL ControlNet's weights under diffusers' names (LDM files converted, add_embedding included)."""
+    import json
+
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING, convert_controlnet_checkpoint
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    if "time_embedding.linear_1.weight" in state:  # diffusers' key names already
+        return state
+    config = json.loads((controlnet_config_dir(family) / "config.json").read_text())
+    converted = convert_controlnet_checkpoint(state, config)
+    for new, old in DIFFUSERS_TO_LDM_MAPPING["controlnet"]["addition_embed_type"].items():
+        if LDM_PREFIX + old in state:
+            converted[new] = state[LDM_PREFIX + old]
+    return converted
+
+
+def _check_fits(name: str, family: str, base_family: str, field: str, kind: str = "ControlNet") -> None:
     if family != same_unet(base_family):
-        raise InvalidRequest(f"`{field}` {name!r} is a ControlNet for {family} models; "
+        raise InvalidRequest(f"`{field}` {name!r} is a{'n' if kind[0] in 'AEIO' else ''} {kind} for {family} models; "
                              f"the checkpoint is a {base_family} model")
+
+
+def _kind(loaded) -> str:
+    return {LoadedIPAdapter: "IP-Adapter", LoadedT2IAdapter: "T2I-Adapter"}.get(type(loaded), "ControlNet")
 
 
 @dataclass
@@ -83,27 +129,34 @@ class LoadedControlNet:
     name: str
 
 
+AnyLoaded = LoadedControlNet | LoadedIPAdapter | LoadedT2IAdapter  # what a models/ControlNet/ file loads as
+
+
 class ControlNetCache:
     """Loaded ControlNet models keyed by (key, ETag) — a changed file loads again — with LRU eviction.
 
-    `annotators` holds the weights of model-based preprocessors, loaded the same way.
+    `annotators` holds the weights of model-based preprocessors, loaded the same way; IP-Adapter files (which the
+    extension also keeps in models/ControlNet/) load here too, as `LoadedIPAdapter`, their image encoders in
+    `image_encoders`.
     """
 
     def __init__(self, store: ObjectStore, cache_dir: Path, *, capacity: int = 4):
         self.files = FileCache(store, Path(cache_dir) / "controlnet")
         self.annotators = AnnotatorCache(store, cache_dir)
+        self.image_encoders = ImageEncoderCache(store, cache_dir)
         self.capacity = capacity
-        self._loaded: OrderedDict[tuple[str, str, str], LoadedControlNet] = OrderedDict()
+        self._loaded: OrderedDict[tuple[str, str, str], AnyLoaded] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, info: ObjectInfo, *, base_family: str, device: str, dtype, field: str) -> tuple[LoadedControlNet, float]:
+    def get(self, info: ObjectInfo, *, base_family: str, device: str, dtype,
+            field: str) -> tuple[AnyLoaded, float]:
         """The model for this object version on `device`, and the seconds spent loading it (0 when resident)."""
         cache_key = (info.key, info.etag, f"{device}/{dtype}")
         with self._lock:
             if cache_key in self._loaded:
                 self._loaded.move_to_end(cache_key)
                 resident = self._loaded[cache_key]
-                _check_fits(resident.name, resident.family, base_family, field)  # resident for another checkpoint
+                _check_fits(resident.name, resident.family, base_family, field, _kind(resident))
                 return resident, 0.0
             started = time.perf_counter()
             loaded = self._load(info, base_family, device, dtype, field)
@@ -114,9 +167,16 @@ class ControlNetCache:
                 self._loaded.popitem(last=False)
             return loaded, time.perf_counter() - started
 
-    def _load(self, info: ObjectInfo, base_family: str, device: str, dtype, field: str) -> LoadedControlNet:
+    def _load(self, info: ObjectInfo, base_family: str, device: str, dtype,
+              field: str) -> AnyLoaded:
         name = info.key.rsplit("/", 1)[-1]
         path = self.files.ensure(info)
+        keys = read_header(path, name).keys
+        if is_ip_adapter(keys) or is_t2i_adapter(keys):
+            ip = is_ip_adapter(keys)
+            loaded = (build_ip_adapter if ip else build_t2i_adapter)(path, name, info.key, info.etag, device, dtype)
+            _check_fits(name, loaded.family, base_family, field, "IP-Adapter" if ip else "T2I-Adapter")
+            return loaded
         family = detect_controlnet_family(path, name)
         _check_fits(name, family, base_family, field)
         try:

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from loaders.adapters import preprocessor_table
+from loaders.adapters.clip_vision import MODULE_ENCODERS
 from loaders.errors import InvalidRequest
 
 Runner = Callable[[np.ndarray, float, float, "Context"], np.ndarray]
@@ -207,9 +208,6 @@ WEIGHTS = {
     "inpaint_only+lama": "lama/ControlNetLama.safetensors",
     "clip_vision": "clip_vision/clip_vitl.safetensors", "revision_clipvision": "clip_vision/clip_g.safetensors",
     "revision_ignore_prompt": "clip_vision/clip_g.safetensors",
-    "ip-adapter_clip_sd15": "clip_vision/clip_h.safetensors", "ip-adapter_clip_sdxl": "clip_vision/clip_g.safetensors",
-    "ip-adapter_clip_sdxl_plus_vith": "clip_vision/clip_h.safetensors",
-    "ip-adapter_face_id_plus": "clip_vision/clip_h.safetensors", "ip-adapter-auto": "clip_vision/clip_h.safetensors",
 }
 # modules that are not a map from one image: why each is refused here (they need a mask, a face analyser, or
 # generation-time hooks this server does not have)
@@ -218,6 +216,7 @@ NOT_HERE = {
     "inpaint_only": "inpaint units need an image mask, which this server does not take in ControlNet units",
     "mediapipe_face": "needs the mediapipe package, which this server does not install",
     "ip-adapter_face_id": "needs insightface, which this server does not install",
+    "ip-adapter_face_id_plus": "needs insightface, which this server does not install",
     "instant_id_face_embedding": "needs insightface, which this server does not install",
     "instant_id_face_keypoints": "needs insightface, which this server does not install",
     "ip-adapter_pulid": "needs insightface and facexlib, which this server does not install",
@@ -239,6 +238,9 @@ def module_status(name: str) -> tuple[str | None, str]:
         return (weights[0] if weights else None), "runs"
     if name in WEIGHTS:
         return WEIGHTS[name], "no runner yet (422 names the file)"
+    if name in MODULE_ENCODERS:
+        encoder = MODULE_ENCODERS[name] or "clip_h.safetensors or clip_g.safetensors (by the model)"
+        return f"{encoder} in models/clip_vision/", "runs as an IP-Adapter unit (the model is an IP-Adapter file)"
     return None, NOT_HERE.get(name, "not a map (handled by the generation)")
 
 
@@ -255,7 +257,8 @@ def run_module(name: str, image: Image.Image, *, resolution: int, threshold_a: f
             load_annotator(WEIGHTS[name])  # a missing file is the first thing to tell the client
             raise InvalidRequest(f"`{field}` {name!r}: this server does not ship a runner for these weights yet; "
                                  "use a weight-free module or `lineart`")
-        reason = NOT_HERE.get(name, "it is not an image-to-map preprocessor")
+        reason = NOT_HERE.get(name, "it is not an image-to-map preprocessor"
+                              + (" (it runs in IP-Adapter units)" if name in MODULE_ENCODERS else ""))
         raise InvalidRequest(f"`{field}` {name!r} is not available here: {reason}")
     if pre.fixed_resolution is not None:
         image = resize_short_side(image, pre.fixed_resolution)

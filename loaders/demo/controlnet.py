@@ -35,7 +35,8 @@ def _prefixes(config: dict) -> list[tuple[str, str]]:
 
 def controlnet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
     """diffusers ControlNetModel state dict → A1111 `control_model.*` keys."""
-    fixed = DIFFUSERS_TO_LDM_MAPPING["controlnet"]["layers"]
+    fixed = {**DIFFUSERS_TO_LDM_MAPPING["controlnet"]["layers"],  # SDXL's size/crop embedding is `label_emb`
+             **DIFFUSERS_TO_LDM_MAPPING["controlnet"]["addition_embed_type"]}
     pairs = _prefixes(config)
     out = {}
     for key, value in state.items():
@@ -73,10 +74,11 @@ def demo_controlnet(seed: int = 0, family: str = "demo"):
     return model
 
 
-def demo_controlnet_bytes(seed: int = 0, family: str = "demo") -> bytes:
-    """The demo ControlNet as A1111 `.safetensors` bytes (LDM key names, fp32)."""
+def demo_controlnet_bytes(seed: int = 0, family: str = "demo", layout: str = "ldm") -> bytes:
+    """The demo ControlNet as A1111 `.safetensors` bytes, fp32: LDM key names (`control_model.*`, lllyasviel's
+    files), or with `layout="diffusers"` diffusers' own names (how most SDXL ControlNets ship as one file)."""
     model = demo_controlnet(seed, family)
-    state = controlnet_to_ldm(model.state_dict(), dict(model.config))
+    state = model.state_dict() if layout == "diffusers" else controlnet_to_ldm(model.state_dict(), dict(model.config))
     state = {k: v.detach().contiguous() for k, v in state.items()}
     return save(state, metadata={"easel.family": family, "easel.seed": str(seed)})
 

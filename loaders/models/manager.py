@@ -240,34 +240,69 @@ class ModelManager:
         self.hits = self.misses = self.evictions = 0  # resident pipelines (the /metrics counters)
         self._loaded: OrderedDict[tuple[str, str], LoadedCheckpoint] = OrderedDict()
         self._failed: OrderedDict[tuple[str, str], InvalidRequest] = OrderedDict()  # versions that cannot load
+        # A short lock for the dicts only; each version's download + build holds its own gate, so a request for
+        # a resident model never waits behind another model's load, and two requests for one cold model load it once.
         self._lock = threading.Lock()
+        self._gates: dict[tuple[str, str], threading.Lock] = {}
 
     def checkpoint(self, info: ObjectInfo) -> tuple[LoadedCheckpoint, float]:
         """The loaded pipeline for this exact object version, and the seconds spent loading it (0 if resident)."""
+        loaded, load_s, _ = self.checkpoint_timed(info)
+        return loaded, load_s
+
+    def checkpoint_timed(self, info: ObjectInfo) -> tuple[LoadedCheckpoint, float, float]:
+        """(pipeline, seconds this request spent loading it, seconds it waited for another request's load of it)."""
         cache_key = (info.key, info.etag)
-        with self._lock:
-            if cache_key in self._loaded:
-                self.hits += 1
-                self._loaded.move_to_end(cache_key)
-                return self._loaded[cache_key], 0.0
-            if cache_key in self._failed:  # the same bytes fail the same way: no second download or build
-                raise InvalidRequest(str(self._failed[cache_key]))
-            self.misses += 1
-            started = time.perf_counter()
-            try:
-                loaded = self._load(info)
-            except InvalidRequest as e:
+        asked = time.perf_counter()
+        while True:
+            with self._lock:
+                found = self._resident_or_raise(cache_key)
+                if found is not None:
+                    return found, 0.0, time.perf_counter() - asked
+                gate = self._gates.setdefault(cache_key, threading.Lock())
+            with gate:
+                with self._lock:
+                    found = self._resident_or_raise(cache_key)
+                    if found is not None:  # loaded by the request we waited for
+                        return found, 0.0, time.perf_counter() - asked
+                    if self._gates.get(cache_key) is not gate:  # that load failed and a newer gate took over
+                        continue
+                    self.misses += 1
+                waited = time.perf_counter() - asked
+                try:
+                    return self._load_and_keep(info, cache_key), time.perf_counter() - asked - waited, waited
+                finally:
+                    with self._lock:
+                        self._gates.pop(cache_key, None)
+
+    def _resident_or_raise(self, cache_key: tuple[str, str]) -> LoadedCheckpoint | None:
+        """Under `_lock`: the resident pipeline (counted as a hit), None if not loaded, or the remembered failure."""
+        if cache_key in self._loaded:
+            self.hits += 1
+            self._loaded.move_to_end(cache_key)
+            return self._loaded[cache_key]
+        if cache_key in self._failed:  # the same bytes fail the same way: no second download or build
+            raise InvalidRequest(str(self._failed[cache_key]))
+        return None
+
+    def _load_and_keep(self, info: ObjectInfo, cache_key: tuple[str, str]) -> LoadedCheckpoint:
+        """Under this version's gate: download + build (no global lock held), then make it resident (LRU)."""
+        try:
+            loaded = self._load(info)
+        except InvalidRequest as e:
+            with self._lock:
                 self._failed[cache_key] = e
                 while len(self._failed) > MAX_REMEMBERED_FAILURES:
                     self._failed.popitem(last=False)
-                raise
+            raise
+        with self._lock:
             for stale in [k for k in self._loaded if k[0] == info.key]:  # an older version of this file
                 del self._loaded[stale]
             self._loaded[cache_key] = loaded
             while len(self._loaded) > self.capacity or self._short_of_ram():
                 self._loaded.popitem(last=False)
                 self.evictions += 1
-            return loaded, time.perf_counter() - started
+        return loaded
 
     def _short_of_ram(self) -> bool:
         """Over the reserve with more than the pipeline just loaded resident (that one is always kept)."""

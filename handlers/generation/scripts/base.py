@@ -51,7 +51,7 @@ class ScriptRun:
 
     def __init__(self, job: Job, services: Services, on_step: StepCallback | None, hooks: Hooks, args: list):
         self.job, self.services, self.on_step, self.hooks, self.args = job, services, on_step, hooks, args
-        self.load_s = self.generate_s = 0.0
+        self.load_s = self.generate_s = self.wait_s = 0.0
         self.model = None
         self.label = ""
         self.generated_count = 0
@@ -111,6 +111,7 @@ class ScriptRun:
             raise
         self.model, self.label = done.model, done.label
         self.load_s += done.load_s
+        self.wait_s += done.wait_s
         self.generate_s += done.generate_s
         return done.generated
 
@@ -129,7 +130,8 @@ class ScriptRun:
             key = f"{image_dir}{stamp}-{task}-{k:02d}.png"
             saved.append((key, self.hooks.persist_image(self.services, key, image, text)))
         persist_s = time.perf_counter() - t0
-        timings = Timings(queue_s=round(max(0.0, started - self.job.queued_at), 4), load_s=round(self.load_s, 4),
+        timings = Timings(queue_s=round(max(0.0, started - self.job.queued_at) + self.wait_s, 4),
+                          load_s=round(self.load_s, 4),
                           generate_s=round(self.generate_s, 4), persist_s=round(persist_s, 4),
                           total_s=round(time.time() - self.job.queued_at, 4), billed_s=round(self.generate_s, 4))
         shown = Result(images=result.images or result.grids, seeds=result.seeds,

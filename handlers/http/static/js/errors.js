@@ -3,7 +3,7 @@
 // API field names → the form's data-for names, where they differ.
 const ALIASES = {
   sampler_index: "sampler_name", sd_model_checkpoint: "checkpoint", sd_vae: "vae", init_images: "init_images",
-  image_link: "init_images", mask: "mask", controlnet: "controlnet", scheduler: "sampler_name",
+  image_link: "init_images", mask: "mask", controlnet: "controlnet",
 };
 
 function fieldFromLocation(loc) {
@@ -28,12 +28,18 @@ export function clearErrors(root) {
   root.querySelectorAll(".field.invalid").forEach((f) => f.classList.remove("invalid"));
 }
 
+function shown(node) {
+  const hidden = node.closest("[hidden]");
+  return !hidden;
+}
+
 // Put each message next to its field when the form has one, else in the form's general error slot.
 export function showErrors(root, detail) {
   for (const [field, message] of fieldErrors(detail)) {
     const name = field ? (ALIASES[field] || field) : null;
-    const box = name && root.querySelector(`.field[data-for="${CSS.escape(name)}"]:not([hidden])`);
-    const slot = box ? box.querySelector(".err") : root.querySelector(".err.general");
+    const box = name && [...root.querySelectorAll(`.field[data-for="${CSS.escape(name)}"]`)].find(shown);
+    // A message never goes missing: without a field or a general slot it joins the first message box.
+    const slot = box ? box.querySelector(".err") : root.querySelector(".err.general") || root.querySelector(".err");
     if (box) box.classList.add("invalid");
     slot.textContent = slot.textContent ? `${slot.textContent}\n${message}` : message;
   }

@@ -1,9 +1,11 @@
-// The gallery: the caller's own outputs, newest first, a page at a time, with infotext and download.
+// The gallery: the caller's own outputs, newest first, a page at a time (the server reads only that page's
+// PNGs), with infotext and download; a click opens the lightbox.
 
 import { api, el, formatTime, imageUrl } from "./api.js";
 import { clearErrors, showErrors } from "./errors.js";
+import { Lightbox } from "./lightbox.js";
 
-const PAGE = 12;
+const PAGE = 24;
 
 export class GalleryTab {
   constructor(section, app) {
@@ -13,13 +15,16 @@ export class GalleryTab {
     this.more = section.querySelector('[data-action="more"]');
     this.empty = section.querySelector(".empty");
     this.cursor = null;
+    this.items = [];
     this.seq = 0;
+    this.lightbox = new Lightbox(this, app);
     section.querySelector('[data-action="refresh"]').addEventListener("click", () => this.load());
     this.more.addEventListener("click", () => this.page());
   }
 
   async load() {
     this.cursor = null;
+    this.items = [];
     this.grid.replaceChildren();
     await this.page();
   }
@@ -37,27 +42,36 @@ export class GalleryTab {
       return;
     }
     if (seq !== this.seq) return;
+    const items = await Promise.all(data.items.map(async (item) => {
+      let src = "";
+      try { src = await imageUrl(item.url); } catch { /* the card still shows name and infotext */ }
+      return { ...item, src };
+    }));
+    if (seq !== this.seq) return;
     this.cursor = data.next_cursor;
     this.more.hidden = !this.cursor;
-    this.empty.hidden = data.items.length > 0 || this.grid.children.length > 0;
-    const cards = await Promise.all(data.items.map((item) => this.card(item)));
-    if (seq === this.seq) this.grid.append(...cards);
+    const start = this.items.length;
+    this.items.push(...items);
+    this.grid.append(...items.map((item, k) => this.card(item, start + k)));
+    this.empty.hidden = this.items.length > 0;
   }
 
-  async card(item) {
-    let src = "";
-    try { src = await imageUrl(item.url); } catch { /* the card still shows name and infotext */ }
+  removeItem(i) {
+    this.items.splice(i, 1);
+    this.grid.replaceChildren(...this.items.map((item, k) => this.card(item, k)));
+    this.empty.hidden = this.items.length > 0;
+  }
+
+  card(item, i) {
     const buttons = el("div", { class: "buttons" },
-      el("a", { class: "button", href: src, download: item.name, text: "Download" }));
-    if (this.app.features.img2img && src) {
-      buttons.append(el("button", { type: "button", text: "Send to img2img",
-        onclick: () => this.app.sendToImg2img(src, {}) }));
-    }
+      el("a", { class: "button", href: item.src, download: item.name, text: "Download" }),
+      el("button", { type: "button", text: "Open", onclick: () => this.lightbox.open(i) }));
     const caption = el("figcaption", {},
       el("div", { class: "meta", text: `${item.folder.replace(/\/\d{4}-\d{2}-\d{2}$/, "")} · ${formatTime(item.modified)}` }),
       item.infotext ? el("pre", { class: "infotext", text: item.infotext }) : null,
       buttons);
     return el("figure", { class: "out", "data-key": item.key },
-      el("img", { src, alt: item.infotext ? item.infotext.split("\n")[0] : item.name, loading: "lazy" }), caption);
+      el("img", { src: item.src, alt: item.infotext ? item.infotext.split("\n")[0] : item.name, loading: "lazy",
+        onclick: () => this.lightbox.open(i) }), caption);
   }
 }
