@@ -21,6 +21,7 @@ from functions.modal_config import (
     bake_tokenizers_commands,
     deploy_problems,
     deploy_time,
+    web_requirements,
 )
 from handlers.settings import Settings
 
@@ -62,6 +63,16 @@ image = (
     # the project with its data files (model configs, tokenizers, web page), not only .py files
     .add_local_python_source("functions", "handlers", "loaders", ignore=_not_bytecode)
 )
+
+# The web, webhook and poller functions never run a model: by default they get an image without torch/CUDA
+# (a cold web container imports in ~2 s instead of ~15 s; EventBridge API destinations give up after 5 s).
+light_image = (
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    .uv_pip_install(*web_requirements(PROJECT / "pyproject.toml"))
+    .env({"EASEL_CACHE_DIR": "/cache/easel"})
+    .add_local_python_source("functions", "handlers", "loaders", ignore=_not_bytecode)
+)
+web_image = light_image if DEPLOY.web_image == "light" else image
 
 with image.imports():  # needed only where the code runs (containers, tests), not to deploy
     from functions.modal_runtime import GpuWorker, deliver_task_webhook, poll_inbox_once, web_services
@@ -133,7 +144,7 @@ def gpu_pool(name: str):
     return Generator(checkpoint=name)
 
 
-@app.function(image=image, secrets=secrets, env=container_env, **DEPLOY.web_options())
+@app.function(image=web_image, secrets=secrets, env=container_env, **DEPLOY.web_options())
 @modal.concurrent(max_inputs=DEPLOY.web_max_inputs)
 @modal.asgi_app()
 def web():
@@ -141,20 +152,20 @@ def web():
     return create_app(web_services(Settings(), DEPLOY, lambda name: gpu_pool(name)))
 
 
-@app.function(image=image, secrets=secrets, env=container_env, timeout=300,
+@app.function(image=web_image, secrets=secrets, env=container_env, timeout=300,
               schedule=modal.Period(minutes=DEPLOY.poll_minutes) if DEPLOY.poll_minutes else None)
 def poll_inbox() -> None:
     """Fallback trigger: one pass over users/*/inbox/ for uploads whose bucket event never arrived."""
     poll_inbox_once(Settings(), DEPLOY, lambda name: gpu_pool(name))
 
 
-@app.function(image=image, secrets=secrets, env=container_env, timeout=600)
+@app.function(image=web_image, secrets=secrets, env=container_env, timeout=600)
 def send_webhook(user: str, task_id: str) -> None:
     """A finished task's webhook, delivered on CPU so its retry backoff never holds a GPU."""
     deliver_task_webhook(Settings(), user, task_id)
 
 
-@app.function(image=image, secrets=secrets, env=container_env, timeout=120, schedule=modal.Period(minutes=10))
+@app.function(image=web_image, secrets=secrets, env=container_env, timeout=120, schedule=modal.Period(minutes=10))
 def keep_pools() -> None:
     """Dedicated pools exist from their first call; this creates them and keeps their minimum warm
     (a deploy resets autoscaler overrides, so it runs again within ten minutes of each deploy)."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -74,6 +76,10 @@ class ModalDeploy(BaseSettings):
     pool_min_containers: int = Field(1, ge=0, description="containers kept warm in each dedicated pool")
     web_min_containers: int = Field(0, ge=0, description="web (CPU) containers kept warm")
     web_max_inputs: int = Field(32, ge=1, description="concurrent requests per web container")
+    web_image: Literal["light", "full"] = Field("light", description="the web, webhook and poller image: "
+                                                "light (no torch/CUDA, ~2 s cold import) or full (the GPU "
+                                                "image; CPU-side model routes such as /controlnet/detect "
+                                                "and extras run in the web container only with it)")
     poll_minutes: int = Field(5, ge=0, description="inbox poller period, the fallback for missed bucket "
                                                    "events (0: off)")
 
@@ -253,3 +259,15 @@ def describe(deploy: ModalDeploy, settings: Settings) -> dict[str, Any]:
                   "tokenizers": [f"{TOKENIZERS_DIR}/{n}" for n in TOKENIZER_NAMES]},
         "problems": deploy_problems(deploy, settings),
     }
+
+
+# What only generation needs: left out of the light web image (torch and CUDA are most of the GPU image).
+GPU_ONLY_PACKAGES = {"torch", "diffusers", "transformers", "accelerate", "torchsde", "peft", "spandrel", "scipy",
+                     "opencv-python-headless"}
+
+
+def web_requirements(pyproject: Path) -> list[str]:
+    """The project's runtime dependencies (and modal) without the GPU-only ones, for the light web image."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["modal"]]
+    return [req for req in wanted if re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower() not in GPU_ONLY_PACKAGES]

@@ -7,11 +7,13 @@ tested) on a CPU without a Modal token. A "pool lookup" is the seam: `pools(name
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from functions.modal_config import ModalDeploy, cloud_store_problem, pool_checkpoint, pool_for
+from functions.modal_progress import SharedProgressBoard
 from functions.modal_sync import HandoffWatch, wait_or_hand_over
 from functions.wiring import build_services
 from handlers.generation.generate import execute_job, resolve_checkpoint
@@ -29,13 +31,24 @@ PoolLookup = Callable[[str], Any]
 
 
 def cloud_services(settings: Settings) -> Services:
-    """Services on the bucket; a deployment whose default is the demo model gets it installed once."""
+    """Services on the bucket; a deployment whose default is the demo model gets it installed once (by a
+    container with torch: the light web tier cannot build it, the first GPU container then does)."""
     if problem := cloud_store_problem(settings):
         raise RuntimeError(problem)
     services = build_services(settings)
-    if settings.default_checkpoint == DEMO_NAME:
+    # the web container answers /sdapi/v1/progress and interrupt for generations in the GPU containers
+    services.progress = SharedProgressBoard(services.store, settings.task_progress_interval_s)
+    if settings.default_checkpoint == DEMO_NAME and has_torch():
         install_demo(services.store)  # conditional create: many containers starting at once write it once
     return services
+
+
+def has_torch() -> bool:
+    """Whether this container can run models (the GPU image) or only serves the API (the light web image)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except ImportError:  # a finder that refuses it (tests/web_tier_run.py) counts as absent
+        return False
 
 
 class GpuWorker:

@@ -38,6 +38,7 @@ class StepProgress:
     preview_every: int = 0  # A1111 show_progress_every_n_steps (≤ 0: no live preview)
     latents: Any = None  # the first image's latents at the last preview step (decoded only when asked for)
     preview_family: str = "sd"
+    preview_png: str | None = None  # an already encoded preview (a generation running in another process)
 
     @property
     def eta_s(self) -> float:

@@ -16,11 +16,11 @@ COEFFICIENTS = {
 
 def preview_png_b64(latents, family: str = "sd") -> str | None:
     """A base64 PNG of the first image's latents (1, 4, h, w), or None when they are not 4-channel."""
+    if latents is None or latents.ndim != 4 or latents.shape[1] != 4:
+        return None  # before importing torch: the web tier has none (its previews come encoded)
     import torch
     from PIL import Image
 
-    if latents is None or latents.ndim != 4 or latents.shape[1] != 4:
-        return None
     coefs = torch.tensor(COEFFICIENTS.get(family, COEFFICIENTS["sd"]), dtype=torch.float32)
     rgb = torch.einsum("lxy,lr->xyr", latents[0].float().cpu(), coefs)
     pixels = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()

@@ -6,19 +6,20 @@ from __future__ import annotations
 import functools
 import inspect
 
-import diffusers
-
 from handlers.samplers import SCHEDULES, NoiseParams, Sampler, noise_step_kwargs
-from loaders.models.cfgpp import CFGppDDIMScheduler
-from loaders.models.planned import PlannedScheduler
-
-_OWN_SCHEDULERS = {"CFGppDDIMScheduler": CFGppDDIMScheduler}
+from loaders.models import cfgpp, planned  # their diffusers subclasses are built on first use (web tier)
 
 
 def _scheduler_class(sampler: Sampler):
+    """The class a sampler's scheduler is built from (imported here, not at module import: the web tier serves
+    without diffusers)."""
+    import diffusers
+
     if sampler.planned:
-        return PlannedScheduler
-    return _OWN_SCHEDULERS.get(sampler.scheduler) or getattr(diffusers, sampler.scheduler)
+        return planned.PlannedScheduler
+    if sampler.scheduler == "CFGppDDIMScheduler":
+        return cfgpp.CFGppDDIMScheduler
+    return getattr(diffusers, sampler.scheduler)
 
 
 def schedule_refusal(sampler: Sampler, schedule: str, field: str = "scheduler") -> str | None:
@@ -42,7 +43,9 @@ def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automat
     if base_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
         # SD 3.5: flow-matching Euler with the checkpoint's own shift (handlers.generation.family_rules
         # refuses every other sampler, schedule and noise knob for these families)
-        return diffusers.FlowMatchEulerDiscreteScheduler.from_config(base_config)
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler.from_config(base_config)
     if sampler.fixed_schedule:
         schedule = sampler.fixed_schedule  # as A1111: the request's schedule type does not apply
     elif schedule == "automatic":
@@ -54,7 +57,7 @@ def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automat
         noise = NoiseParams()  # else the pipeline's own eta=0 reaches TCD's step: gamma 0, not TCD's default
     kwargs = noise_step_kwargs(sampler, noise) if noise is not None else {}
     if sampler.scheduler == "EulerAncestralDiscreteScheduler" and kwargs:
-        cls = EtaEulerAncestral
+        cls = eta_euler_ancestral()
     accepted = inspect.signature(cls.__init__).parameters
     extra = {k: v for k, v in SCHEDULES[schedule][1].items() if k in accepted}
     scheduler = cls.from_config(base_config, **sampler.options, **extra)
@@ -65,7 +68,7 @@ def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automat
 
 def _planned(base_config: dict, sampler: Sampler, schedule: str, noise: NoiseParams, strength: float | None):
     knobs = {"eta": 0.0, "s_noise": 1.0} | noise_step_kwargs(sampler, noise)  # Restart takes neither
-    scheduler = PlannedScheduler.from_config(base_config, **SCHEDULES[schedule][1])
+    scheduler = planned.PlannedScheduler.from_config(base_config, **SCHEDULES[schedule][1])
     return scheduler.plan(sampler.planned, eta=knobs["eta"], s_noise=knobs["s_noise"], strength=strength)
 
 
@@ -80,32 +83,48 @@ def _forcing(step, forced: dict):
     return wrapped
 
 
-class EtaEulerAncestral(diffusers.EulerAncestralDiscreteScheduler):
-    """k-diffusion's sample_euler_ancestral step with A1111's `eta` and `s_noise` (diffusers fixes both at 1)."""
+@functools.cache
+def eta_euler_ancestral() -> type:
+    """EtaEulerAncestral, the diffusers subclass, built on first use so importing this module needs no diffusers."""
+    import diffusers
 
-    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True, eta: float = 1.0,
-             s_noise: float = 1.0):
-        import torch
-        from diffusers.utils.torch_utils import randn_tensor
+    return type("EtaEulerAncestral", (diffusers.EulerAncestralDiscreteScheduler,),
+                {"step": _eta_euler_step, "__module__": __name__,
+                 "__doc__": "k-diffusion's sample_euler_ancestral step with A1111's `eta` and `s_noise` "
+                            "(diffusers fixes both at 1)."})
 
-        if self.step_index is None:
-            self._init_step_index(timestep)
-        sigma_from, sigma_to = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
-        sample = sample.to(torch.float32)
-        if self.config.prediction_type == "v_prediction":
-            denoised = model_output * (-sigma_from / (sigma_from**2 + 1) ** 0.5) + sample / (sigma_from**2 + 1)
-        else:
-            denoised = sample - sigma_from * model_output
-        sigma_up = torch.clamp(eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5, max=sigma_to)
-        sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
-        prev = sample + (sample - denoised) / sigma_from * (sigma_down - sigma_from)
-        if sigma_to > 0:
-            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
-                                 generator=generator)
-            prev = prev + noise * s_noise * sigma_up
-        self._step_index += 1
-        prev = prev.to(model_output.dtype)
-        if not return_dict:
-            return prev, denoised
-        return diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteSchedulerOutput(
-            prev_sample=prev, pred_original_sample=denoised)
+
+def __getattr__(name: str):
+    if name == "EtaEulerAncestral":  # `schedulers.EtaEulerAncestral` (and unpickling one) still resolve
+        return eta_euler_ancestral()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _eta_euler_step(self, model_output, timestep, sample, generator=None, return_dict: bool = True,
+                    eta: float = 1.0, s_noise: float = 1.0):
+    """EtaEulerAncestral.step: one ancestral Euler step with A1111's eta and s_noise."""
+    import diffusers
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    if self.step_index is None:
+        self._init_step_index(timestep)
+    sigma_from, sigma_to = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
+    sample = sample.to(torch.float32)
+    if self.config.prediction_type == "v_prediction":
+        denoised = model_output * (-sigma_from / (sigma_from**2 + 1) ** 0.5) + sample / (sigma_from**2 + 1)
+    else:
+        denoised = sample - sigma_from * model_output
+    sigma_up = torch.clamp(eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5, max=sigma_to)
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    prev = sample + (sample - denoised) / sigma_from * (sigma_down - sigma_from)
+    if sigma_to > 0:
+        noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
+                             generator=generator)
+        prev = prev + noise * s_noise * sigma_up
+    self._step_index += 1
+    prev = prev.to(model_output.dtype)
+    if not return_dict:
+        return prev, denoised
+    return diffusers.schedulers.scheduling_euler_ancestral_discrete.EulerAncestralDiscreteSchedulerOutput(
+        prev_sample=prev, pred_original_sample=denoised)

@@ -73,10 +73,13 @@ def cmd_flags(services: Services) -> dict:
 
 def memory(services: Services) -> dict:
     import psutil
-    import torch
 
     vm = psutil.virtual_memory()
     ram = {"free": vm.available, "used": vm.total - vm.available, "total": vm.total}
+    try:
+        import torch
+    except ImportError:  # Modal's light web tier: the GPU is in another container
+        return {"ram": ram, "cuda": {"error": "no CUDA device in this process (it has no torch)"}}
     if not torch.cuda.is_available():
         return {"ram": ram, "cuda": {"error": "no CUDA device in this process"}}
     free, total = torch.cuda.mem_get_info()

@@ -108,6 +108,7 @@ def progress(services: Services, user: str, skip_current_image: bool = False) ->
         return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
     state |= {"skipped": current.skipped, "interrupted": current.interrupted, "job": current.task_id,
               "job_count": 1, "sampling_step": current.step, "sampling_steps": current.total}
-    image = None if skip_current_image else preview_png_b64(current.latents, current.preview_family)
+    image = None if skip_current_image else (current.preview_png
+                                              or preview_png_b64(current.latents, current.preview_family))
     return {"progress": round(current.step / max(current.total, 1), 4), "eta_relative": round(current.eta_s, 3),
             "state": state, "current_image": image, "textinfo": None}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
-from safetensors.torch import save
+from typing import TYPE_CHECKING
 
 from loaders.models import ldm_keys
 from loaders.models.families import config_dir
 
 from loaders.demo.names import DEMO_FAMILIES, DEMO_FAMILY, DEMO_NAME, DEMO_NAMES  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:  # torch only where a demo model is built: the web tier imports this module without it
+    import torch
 
 
 def demo_family(name: str) -> str:
@@ -22,6 +23,7 @@ def demo_family(name: str) -> str:
 
 def family_components(family: str = DEMO_FAMILY, seed: int = 0) -> dict[str, torch.nn.Module]:
     """Random but deterministic components of a tiny family, built from its shipped configs."""
+    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -48,6 +50,8 @@ def _text_encoders_to_ldm(family: str, parts: dict[str, torch.nn.Module]) -> dic
     """Each text encoder under the prefix and layout (OpenAI CLIP or OpenCLIP) its real family uses."""
     te, te2 = parts.get("text_encoder"), parts.get("text_encoder_2")
     if family == "demo-sd2":  # OpenCLIP ViT-H layout; real files carry a text_projection nobody reads
+        import torch
+
         hidden = te.config.hidden_size
         return ldm_keys.openclip_to_ldm(te.state_dict(), ldm_keys.OPENCLIP_PREFIX, torch.eye(hidden))
     if family == "demo-sdxl":
@@ -60,6 +64,8 @@ def _text_encoders_to_ldm(family: str, parts: dict[str, torch.nn.Module]) -> dic
 
 def demo_checkpoint_bytes(seed: int = 0, family: str = DEMO_FAMILY) -> bytes:
     """A tiny checkpoint as A1111 `.safetensors` bytes (LDM key names, fp32)."""
+    from safetensors.torch import save
+
     family = demo_family(family)
     parts = family_components(family, seed)
     unet, vae = parts["unet"], parts["vae"]

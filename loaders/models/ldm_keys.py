@@ -7,8 +7,10 @@ round-trip test (write → load → same outputs) proves this mapping.
 
 from __future__ import annotations
 
-import torch
-from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and diffusers only where a checkpoint is written: the web tier has neither
+    import torch
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -21,6 +23,12 @@ REFINER_OPENCLIP_PREFIX = "conditioner.embedders.0.model."  # SDXL refiner OpenC
 _UNET_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
                 ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
 _VAE_ATTN = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out.")]
+
+
+def _mapping() -> dict:
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    return DIFFUSERS_TO_LDM_MAPPING
 
 
 def _unet_prefixes(config: dict) -> list[tuple[str, str]]:
@@ -51,9 +59,9 @@ def _swap_prefix(key: str, pairs: list[tuple[str, str]]) -> tuple[str, str] | No
 
 
 def unet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
-    fixed = dict(DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"])
+    fixed = dict(_mapping()["unet"]["layers"])
     if config.get("addition_embed_type") == "text_time":  # SDXL: add_embedding is LDM's label_emb
-        fixed.update(DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"])
+        fixed.update(_mapping()["unet"]["addition_embed_type"])
     pairs = _unet_prefixes(config)
     out = {}
     for key, value in state.items():
@@ -118,8 +126,10 @@ def openclip_to_ldm(state: dict[str, torch.Tensor], prefix: str,
     q/k/v projections are concatenated into `attn.in_proj_*`; `text_projection` is stored transposed (OpenCLIP
     multiplies `x @ proj`). A CLIPTextModel without projection (SD 2.x) may pass one to write, as real files have.
     """
+    import torch
+
     state = _with_text_model(state)
-    fixed = {d: ldm for d, ldm in DIFFUSERS_TO_LDM_MAPPING["openclip"]["layers"].items()}
+    fixed = {d: ldm for d, ldm in _mapping()["openclip"]["layers"].items()}
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in state.items():

@@ -136,8 +136,10 @@ def device_memory_guard(what: str):
 def resolve_device(device: str) -> str:
     if device != "auto":
         return device  # no torch import: operator commands build a ModelManager too
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # a process without torch (Modal's light web tier) runs no model: nothing to place
+        return "cpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
