@@ -34,3 +34,25 @@ def test_the_light_image_installs_no_gpu_package_and_is_the_default():
     assert not names & GPU_ONLY_PACKAGES
     assert {"fastapi", "boto3", "pillow", "modal", "psutil"} <= names  # what the web routes import
     assert ModalDeploy().web_image == "light"
+
+
+def test_a_model_route_on_a_tier_without_the_model_libraries_is_a_clear_503_not_a_500(services):
+    """On the light image, a route that runs a model (detect, extras, prompt models) cannot import torch."""
+    from fastapi.testclient import TestClient
+
+    from handlers.http.api import create_app
+
+    app = create_app(services)
+
+    def runs_a_model():
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    def has_a_bug():
+        raise ModuleNotFoundError("No module named 'handlers.nothing'", name="handlers.nothing")
+
+    app.add_api_route("/needs-torch", runs_a_model)
+    app.add_api_route("/buggy", has_a_bug)
+    client = TestClient(app, raise_server_exceptions=False)
+    r = client.get("/needs-torch")
+    assert r.status_code == 503 and "EASEL_MODAL_WEB_IMAGE=full" in r.json()["detail"], r.text
+    assert client.get("/buggy").status_code == 500  # any other missing module is a bug, reported as one

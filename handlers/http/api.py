@@ -114,6 +114,9 @@ ERROR_RESPONSES = {"4XX": {"model": ErrorBody, "description": "The request was r
                    "5XX": {"model": ErrorBody, "description": "The server failed; `detail` says why"}}
 
 
+MODEL_PACKAGES = {"torch", "diffusers", "transformers", "accelerate", "torchsde", "peft", "spandrel", "scipy", "cv2"}
+
+
 def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="easel", version="0.1.0", responses=ERROR_RESPONSES, docs_url=None, redoc_url=None,
                   description="Stable Diffusion per request, speaking the A1111 / PAI-EAS API")
@@ -140,6 +143,18 @@ def create_app(services: Services) -> FastAPI:
         detail = _validation_message(exc)
         request.state.error = f"InvalidRequest: {detail}"[:500]
         return JSONResponse(error_body("InvalidRequest", detail, 422, _id_task(request)), status_code=422)
+
+    @app.exception_handler(ModuleNotFoundError)
+    async def missing_module(request: Request, exc: ModuleNotFoundError):
+        # A route that runs a model (detect, extras, prompt models), served by a process installed without the
+        # model libraries (Modal's light web tier): the server's set-up, not the caller's fault, and not a bug.
+        root = (exc.name or "").split(".")[0]
+        if root not in MODEL_PACKAGES:
+            return await internal_error(request, exc)
+        detail = (f"this route runs a model, and this server process has no `{root}` (a light web tier); "
+                  "ask the operator to serve it with the full image (EASEL_MODAL_WEB_IMAGE=full)")
+        request.state.error = f"Unavailable: {detail}"
+        return JSONResponse(error_body("Unavailable", detail, 503, _id_task(request)), status_code=503)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
