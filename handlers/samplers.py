@@ -21,6 +21,8 @@ class Sampler:
     # A1111's timestep samplers (sd_samplers_timesteps: DDIM, DDIM CFG++, PLMS, UniPC) ignore the schedule type and
     # always walk range(0, 1000, 1000 // steps) + 1: the "ddim" grid here, whatever the request's scheduler says
     fixed_schedule: str | None = None
+    # the planned (loaders.models.ksampling) form of this sampler, for schedule types its diffusers class lacks
+    planned_for_schedules: str | None = None
 
     @property
     def a1111_options(self) -> dict:
@@ -44,7 +46,7 @@ SAMPLERS = [
             aliases=("k_dpmpp_3m_sde",), default_schedule="exponential",
             flags=("discard_next_to_last_sigma", "brownian_noise")),
     Sampler("Euler a", "EulerAncestralDiscreteScheduler", aliases=("k_euler_a", "k_euler_ancestral"),
-            flags=("uses_ensd",)),
+            flags=("uses_ensd",), planned_for_schedules="euler_ancestral"),
     Sampler("Euler", "EulerDiscreteScheduler", aliases=("k_euler",)),
     Sampler("LMS", "LMSDiscreteScheduler", aliases=("k_lms",)),
     Sampler("Heun", "HeunDiscreteScheduler", aliases=("k_heun",), flags=("second_order",)),

@@ -106,11 +106,19 @@ def test_trailing_schedules_change_the_picture(client):
 
 
 @pytest.mark.parametrize("body, field", [({"sampler_name": "LCM", "scheduler": "Karras"}, "scheduler"),
-                                         ({"sampler_name": "TCD", "scheduler": "SGM Uniform"}, "scheduler"),
-                                         ({"sampler_name": "Euler a", "scheduler": "Karras"}, "scheduler")])
+                                         ({"sampler_name": "TCD", "scheduler": "SGM Uniform"}, "scheduler")])
 def test_a_schedule_the_sampler_would_ignore_is_refused_by_name(client, body, field):
     r = txt2img(client, **body)
     assert r.status_code == 422 and field in r.text and body["sampler_name"] in r.text, r.text
+
+
+def test_euler_a_runs_every_schedule_type_as_a1111_does(client):
+    """diffusers' Euler a scheduler has no Karras / exponential sigmas: the k-diffusion form runs them."""
+    plain = pixels(txt2img(client, sampler_name="Euler a", steps=3))
+    karras = pixels(txt2img(client, sampler_name="Euler a", scheduler="Karras", steps=3))
+    assert np.abs(karras - plain).max() > 0
+    assert np.array_equal(karras, pixels(txt2img(client, sampler_name="k_euler_a", scheduler="Karras", steps=3)))
+    assert np.abs(karras - pixels(txt2img(client, sampler_name="Euler a", scheduler="Exponential", steps=3))).max() > 0
 
 
 @pytest.mark.parametrize("sampler", ["DDIM", "PLMS"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from handlers.generation.schedulers import make_scheduler
+from handlers.generation.schedulers import make_scheduler, runs_planned
 from handlers.samplers import Sampler, find_sampler
 from loaders.errors import InvalidRequest
 from loaders.models.families import family
@@ -35,7 +35,8 @@ def load_refiner(job, services, base: LoadedCheckpoint) -> tuple[LoadedCheckpoin
         return None, 0.0
     name, _ = wanted
     sampler = find_sampler(job.request.sampler)
-    if sampler.planned:  # the hand-over cuts the schedule by timestep, which these samplers' plans do not follow
+    if runs_planned(sampler, job.request.schedule):  # the hand-over cuts the schedule by timestep, which these
+        # samplers' plans do not follow
         raise InvalidRequest(f"`refiner_checkpoint` cannot be used with sampler {sampler.name!r} here; "
                              "pick another sampler or leave the refiner out")
     info = resolve_model(services.store, job.user, "checkpoint", name, "refiner_checkpoint")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import replace
 
 from handlers.samplers import SCHEDULES, NoiseParams, Sampler, noise_step_kwargs
 from loaders.models import cfgpp, planned  # their diffusers subclasses are built on first use (web tier)
@@ -28,11 +29,24 @@ def schedule_refusal(sampler: Sampler, schedule: str, field: str = "scheduler") 
     options = SCHEDULES[schedule][1]
     if not options or sampler.fixed_schedule or schedule == (sampler.default_schedule or "automatic"):
         return None
+    if sampler.planned_for_schedules:  # run as its planned form when the diffusers class lacks the schedule
+        return None
     accepted = set(inspect.signature(_scheduler_class(sampler).__init__).parameters)
     if sampler.own_timesteps or not set(options) <= accepted:
         return (f"`{field}` {SCHEDULES[schedule][0]!r} is not available with sampler {sampler.name!r} here; "
                 "use Automatic" + ("" if sampler.own_timesteps else " or another sampler"))
     return None
+
+
+def runs_planned(sampler: Sampler, schedule: str) -> bool:
+    """Whether this sampler runs as a planned (k-diffusion) sampler with this schedule type ("automatic" resolved)."""
+    if sampler.planned:
+        return True
+    if not sampler.planned_for_schedules:
+        return False
+    if schedule == "automatic":
+        schedule = sampler.default_schedule or "automatic"
+    return not set(SCHEDULES[schedule][1]) <= set(inspect.signature(_scheduler_class(sampler)).parameters)
 
 
 def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automatic", noise: NoiseParams | None = None,
@@ -52,6 +66,10 @@ def make_scheduler(base_config: dict, sampler: Sampler, schedule: str = "automat
         schedule = sampler.default_schedule or "automatic"
     if sampler.planned:
         return _planned(base_config, sampler, schedule, noise or NoiseParams(), strength)
+    if runs_planned(sampler, schedule):
+        # Euler a with Karras / exponential / beta...: k-diffusion's sampler over that schedule, as A1111 runs it
+        return _planned(base_config, replace(sampler, planned=sampler.planned_for_schedules), schedule,
+                        noise or NoiseParams(), strength)
     cls = _scheduler_class(sampler)
     if noise is None and sampler.name == "TCD":
         noise = NoiseParams()  # else the pipeline's own eta=0 reaches TCD's step: gamma 0, not TCD's default

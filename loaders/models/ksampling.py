@@ -60,6 +60,19 @@ def dpmpp_2s_ancestral(x, sigmas: list[float], knobs: Knobs) -> Eval:
     return x
 
 
+def euler_ancestral(x, sigmas: list[float], knobs: Knobs) -> Eval:
+    """k-diffusion's sample_euler_ancestral, over any schedule (Karras, exponential...: diffusers' Euler a
+    scheduler takes none of them)."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x, denoised = yield x, sigma
+        down, up = ancestral_step(sigma, sigma_next, knobs.eta)
+        x = x + (x - denoised) / sigma * (down - sigma)
+        if sigma_next > 0 and up > 0:
+            x = x + knobs.noise(x) * knobs.s_noise * up
+    return x
+
+
 def dpm_fast(x, sigmas: list[float], knobs: Knobs) -> Eval:
     """DPM-Solver fast (Lu et al. 2022): len(sigmas) - 1 model evaluations spread over 3rd-order steps uniform
     in t = -log σ from σ_max to σ_min; like k-diffusion it ends at σ_min, not at 0."""
@@ -220,7 +233,7 @@ class _StepSize:
 
 SAMPLERS: dict[str, Callable[..., Eval]] = {
     "dpmpp_2s_ancestral": dpmpp_2s_ancestral, "dpm_fast": dpm_fast, "restart": restart,
-    "dpm_adaptive": dpm_adaptive,
+    "dpm_adaptive": dpm_adaptive, "euler_ancestral": euler_ancestral,
 }
 ADAPTIVE = {"dpm_adaptive"}  # evaluation points depend on the latents: planned one evaluation at a time
 
