@@ -75,7 +75,8 @@ light_image = (
 web_image = light_image if DEPLOY.web_image == "light" else image
 
 with image.imports():  # needed only where the code runs (containers, tests), not to deploy
-    from functions.modal_runtime import GpuWorker, deliver_task_webhook, poll_inbox_once, web_services
+    from functions.modal_runtime import (GpuWorker, deliver_task_webhook, poll_inbox_once, reap_tasks_once,
+                                         web_services)
     from handlers.http.api import create_app
 
 app = modal.App(DEPLOY.app_name)
@@ -163,6 +164,12 @@ def poll_inbox() -> None:
 def send_webhook(user: str, task_id: str) -> None:
     """A finished task's webhook, delivered on CPU so its retry backoff never holds a GPU."""
     deliver_task_webhook(Settings(), user, task_id)
+
+
+@app.function(image=web_image, secrets=secrets, env=container_env, timeout=300, schedule=modal.Period(minutes=1))
+def reap_tasks() -> None:
+    """Tasks whose container died (lease expired) or whose spawn was lost run again, within about a lease."""
+    reap_tasks_once(Settings(), DEPLOY, lambda name: gpu_pool(name))
 
 
 @app.function(image=web_image, secrets=secrets, env=container_env, timeout=120, schedule=modal.Period(minutes=10))

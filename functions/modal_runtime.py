@@ -193,3 +193,29 @@ def poll_inbox_once(settings: Settings, deploy: ModalDeploy, pools: PoolLookup) 
 
     outcomes = poll_inbox(web_services(settings, deploy, pools))
     log.info("inbox poll: %d new uploads", len(outcomes))
+
+
+def reap_tasks_once(settings: Settings, deploy: ModalDeploy, pools: PoolLookup, now: float | None = None) -> int:
+    """The scheduled reaper on Modal (no serving process runs one there): every open task that no live container
+    holds — queued for longer than a lease (its spawn was lost) or running with an expired lease (its container
+    died) — is spawned again in its pool. Claiming is compare-and-swap, so a task spawned twice still runs once."""
+    import time
+
+    from handlers.tasks import records
+    from handlers.tasks.workers import needs_worker
+
+    services = web_services(settings, deploy, pools)
+    now = time.time() if now is None else now
+    spawned = 0
+    for user, task_id in records.open_tasks(services):
+        try:
+            record = records.load_task(services, user, task_id)
+        except (EaselError, ValueError):
+            continue
+        fresh = record.status == "queued" and now - record.created_at < settings.task_lease_s
+        if not fresh and needs_worker(services, user, task_id):
+            services.executor.submit(user, task_id)
+            spawned += 1
+    if spawned:
+        log.info("reaper: %d open task(s) spawned again", spawned)
+    return spawned

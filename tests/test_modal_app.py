@@ -11,6 +11,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -376,3 +377,19 @@ def test_webhooks_of_spawned_tasks_are_delivered_off_the_gpu(web, modal_app, mon
     assert url == "https://hooks.example.com/easel" and json.loads(body)["status"] == "succeeded"
     assert verify_signature("s3cret", headers["X-Easel-Timestamp"], body, headers["X-Easel-Signature"])
 
+
+
+def test_the_scheduled_reaper_spawns_again_a_task_whose_spawn_was_lost_and_it_runs_once(web, modal_app, monkeypatch):
+    client, pools = web
+    r = client.post("/sdapi/v1/txt2img?task_id=lost-1", json={"prompt": "a dog", "seed": 4, **SMALL}, headers=auth())
+    assert r.status_code == 200 and pools.calls == [(DEMO_NAME, "run_task.spawn", "alice", "lost-1")]  # never ran
+    modal_app.reap_tasks.local()
+    assert len(pools.calls) == 1  # queued for less than a lease: its first spawn may still be starting
+    monkeypatch.setenv("EASEL_TASK_LEASE_S", "0.01")
+    time.sleep(0.05)
+    pools.run_spawned = True
+    modal_app.reap_tasks.local()
+    assert pools.calls[1:] == [(DEMO_NAME, "run_task.spawn", "alice", "lost-1")]
+    assert client.get("/tasks/lost-1", headers=auth()).json()["status"] == "succeeded"
+    modal_app.reap_tasks.local()
+    assert len(pools.calls) == 2  # finished: nothing left to reap
