@@ -28,11 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_mistake_is_one_line_naming_the_bad_value(tmp_path, monkeypatch, capsys, argv, env, needle):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EASEL_STORE", f"file://{tmp_path / 'data'}")
-    if env == "no-credentials":
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-            monkeypatch.delenv(k, raising=False)
-        env = {"AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-               "AWS_EC2_METADATA_DISABLED": "true"}
+    if env == "no-credentials":  # in a fresh process: no credentials another test's boto3 session holds
+        clean = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "EASEL_STORE": f"file://{tmp_path / 'data'}",
+                 "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                 "AWS_EC2_METADATA_DISABLED": "true"}
+        run = subprocess.run([sys.executable, "-c", "import sys; from functions.cli import main; sys.exit(main())",
+                              *argv], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120)
+        err = run.stderr.strip()
+        assert run.returncode == 2 and err.count("\n") == 0 and needle in err, err
+        return
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert main(argv) == 2

@@ -102,7 +102,7 @@ def test_gfpgan_dir_shares_the_public_face_restorers_else_each_user_sees_only_th
     from loaders.errors import InvalidRequest, Unavailable
 
     store.put_bytes("public/models/GFPGAN/GFPGANv1.4.safetensors", b"x")
-    isolated = make_services(store)
+    isolated = make_services(store, gfpgan_dir="")  # EAS default
     with pytest.raises(InvalidRequest, match="no GFPGAN model is installed"):  # the public file is not alice's
         face_restorer_unavailable(isolated, "alice", "gfpgan", "gfpgan_visibility")
     shared = make_services(store, gfpgan_dir=f"{MOUNT}/models/GFPGAN")

@@ -29,7 +29,9 @@ REFERENCES = {
     ("TCD", "automatic"): ("TCDScheduler", {}),  # TCD / Hyper-SD TCD LoRAs
     ("Euler", "sgm_uniform"): ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),  # SDXL-Lightning
     ("Euler a", "simple"): ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),  # SDXL-Turbo
-    ("DDIM", "sgm_uniform"): ("DDIMScheduler", {"timestep_spacing": "trailing"}),  # Hyper-SD
+    # Hyper-SD's card runs DDIM with trailing spacing; A1111's DDIM ignores the schedule type (its own grid),
+    # so an A1111 client gets that grid here too (test_timestep_samplers_walk_a1111s_grid…); Euler takes trailing
+    ("Euler", "simple"): ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
 }
 
 
