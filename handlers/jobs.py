@@ -28,3 +28,4 @@ class Job:
     task_id: str
     queued_at: float = field(default_factory=time.time)
     base_url: str = "http://127.0.0.1:7860"
+    queued: bool = False  # a stored task (?task_id=, uploads): a waiting synchronous request takes the device first

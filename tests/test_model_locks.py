@@ -104,3 +104,30 @@ def test_a_request_waiting_for_the_device_shows_the_wait_in_queue_s(store, tmp_p
     timings = out[0]["parameters"]["timings"]
     assert timings["queue_s"] >= 0.9 and timings["load_s"] < 0.5, timings
     assert DEMO_NAME.removesuffix(".safetensors") in out[0]["info"]
+
+
+def test_a_waiting_synchronous_request_takes_the_device_before_queued_tasks():
+    """One user's flood of stored tasks never stands between another user's request and the device for more
+    than the generation already running (issue 19's mixed load)."""
+    from loaders.speed.fast_loader import DeviceLock
+
+    lock, order = DeviceLock(), []
+
+    def task(name: str) -> None:
+        with lock.queued():
+            order.append(name)
+
+    def request() -> None:
+        with lock:
+            order.append("request")
+
+    lock.acquire()  # a generation is running
+    first = threading.Thread(target=task, args=("task-1",))
+    first.start()
+    time.sleep(0.1)  # the task waits first ...
+    second = threading.Thread(target=request)
+    second.start()
+    time.sleep(0.1)  # ... then a request arrives
+    lock.release()
+    first.join(5), second.join(5)
+    assert order == ["request", "task-1"]

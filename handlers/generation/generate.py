@@ -162,7 +162,8 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
     """Run one request on the device by itself, its adapters applied around it only.
     Returns (images, generate_s, seconds spent loading adapters, seconds waited for the device)."""
     asked = time.perf_counter()
-    with services.device_lock:
+    queued_turn = getattr(services.device_lock, "queued", None)  # DeviceLock; a plain lock has one tier
+    with queued_turn() if job.queued and queued_turn else services.device_lock:
         device_wait_s = time.perf_counter() - asked
         return _generate_holding_device(job, services, model, inputs, networks, control, refiner, progress,
                                         fidelity, hr_upscaler) + (device_wait_s,)

@@ -62,7 +62,7 @@ def run_claimed(services: Services, claimed: Claimed) -> TaskRecord | None:
         #    in the record before the ledger record is written
         request = records.load_request(services, user, task_id)
         job = Job(user=user, mode=record.mode, request=request, task_id=task_id, queued_at=record.created_at,
-                  **({"base_url": record.base_url} if record.base_url else {}))
+                  queued=True, **({"base_url": record.base_url} if record.base_url else {}))
         response = execute_job(job, services, progress_writer(claimed),
                                before_record=lambda r: lifecycle.keep_result(claimed, r.model_dump(mode="json")))
         result = response.model_dump(mode="json")

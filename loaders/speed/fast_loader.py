@@ -64,6 +64,7 @@ class DeviceLock:
 
     @contextmanager
     def background(self):
+        """The device once no request is waiting (warm-up compiles)."""
         with self._cond:
             while self._held or self._waiting:
                 self._cond.wait()
@@ -72,6 +73,11 @@ class DeviceLock:
             yield
         finally:
             self.release()
+
+    # A stored task (async queue) is not interactive: it takes the device after every waiting synchronous
+    # request, as background work does, so one user's flood of tasks cannot stand between another user's
+    # request and the device for more than the one generation already running.
+    queued = background
 
 
 class Warmer:

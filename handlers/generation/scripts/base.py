@@ -102,7 +102,7 @@ class ScriptRun:
         if self.generated_count > MAX_SCRIPT_IMAGES:
             raise InvalidRequest(f"`script_name` {self.req.script_name!r} would generate over {MAX_SCRIPT_IMAGES} "
                                  "images; use fewer values or a smaller batch")
-        sub = Job(user=self.job.user, mode=self.job.mode, request=req, task_id=self.job.task_id,
+        sub = Job(user=self.job.user, mode=self.job.mode, request=req, task_id=self.job.task_id, queued=self.job.queued,
                   queued_at=self.job.queued_at, base_url=self.job.base_url)
         try:
             done = self.hooks.produce(sub, self.services, self.on_step)
