@@ -225,3 +225,35 @@ def test_a_store_failure_is_a_503_and_the_next_delivery_makes_the_task(client, s
     r = post_event(client, s3_event("users/alice/inbox/retry.json"))
     assert r.json()["results"][0]["status"] == "task"
     assert manifest(store, "users/alice/outbox/retry.result.json")["status"] == "succeeded"
+
+
+def test_a_versioned_bucket_runs_each_version_of_an_identical_upload_once(make_services, demo_bytes):
+    """Dedupe is per object version: the same bytes uploaded twice (one ETag, two version ids) are two
+    uploads and run twice; a re-delivered notification of either is a duplicate."""
+    import boto3
+    from moto import mock_aws
+
+    from handlers.tasks.events import handle_notification
+    from loaders.demo.model import DEMO_NAME
+    from loaders.storage.store import open_store
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="versioned")
+        s3.put_bucket_versioning(Bucket="versioned", VersioningConfiguration={"Status": "Enabled"})
+        store = open_store("s3://versioned")
+        store.put_bytes(f"public/models/Stable-diffusion/{DEMO_NAME}", demo_bytes)
+        services = make_services(store)
+        try:
+            key = "users/alice/inbox/cat.json"
+            statuses = []
+            for _ in range(2):
+                upload(store, key, request_json())  # identical bytes: the same ETag, a new version id
+                statuses += [o.status for o in handle_notification(services, s3_event(key, bucket="versioned"))]
+            statuses += [o.status for o in handle_notification(services, s3_event(key, bucket="versioned"))]
+            notes = [json.loads(store.get_bytes(i.key)) for i in store.list("system/events/")]
+        finally:
+            services.executor.stop()
+    assert statuses == ["task", "task", "duplicate"]
+    versions = {n["version"] for n in notes}
+    assert len(notes) == 2 and len(versions) == 2 and None not in versions  # told apart by the version id
