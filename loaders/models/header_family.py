@@ -32,11 +32,15 @@ class HeaderFamilies:
             if cache_key in self._known:
                 return self._known[cache_key]
         found = self._detect(info)
+        self.remember(info, found)
+        return found
+
+    def remember(self, info: ObjectInfo, family: str | None) -> None:
+        """What this version is known to be (a load settles what the header alone cannot: SD 2.x's v-prediction)."""
         with self._lock:
             if len(self._known) >= _CACHE_LIMIT:
                 self._known.clear()
-            self._known[cache_key] = found
-        return found
+            self._known[(info.key, info.etag)] = family
 
     def _detect(self, info: ObjectInfo) -> str | None:
         try:

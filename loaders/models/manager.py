@@ -241,8 +241,7 @@ class ModelManager:
         self.hits = self.misses = self.evictions = 0  # resident pipelines (the /metrics counters)
         self._loaded: OrderedDict[tuple[str, str], LoadedCheckpoint] = OrderedDict()
         self._failed: OrderedDict[tuple[str, str], InvalidRequest] = OrderedDict()  # versions that cannot load
-        self._families: dict[tuple[str, str], str] = {}  # as loaded (an SD 2.x file's v-prediction is settled then)
-        self._header_families = HeaderFamilies(store)
+        self._header_families = HeaderFamilies(store)  # as loaded, else as the header says (bounded)
         # A short lock for the dicts only; each version's download + build holds its own gate, so a request for
         # a resident model never waits behind another model's load, and two requests for one cold model load it once.
         self._lock = threading.Lock()
@@ -337,7 +336,7 @@ class ModelManager:
 
     def known_family(self, info: ObjectInfo) -> str | None:
         """The family a checkpoint loaded as, else the one its header says (None: not a checkpoint we know)."""
-        return self._families.get((info.key, info.etag)) or self._header_families.family(info)
+        return self._header_families.family(info)
 
     def _load(self, info: ObjectInfo) -> LoadedCheckpoint:
         name = info.key.rsplit("/", 1)[-1]
@@ -356,7 +355,7 @@ class ModelManager:
                 settle_v_prediction(pipe)
                 family = "sd2-v"
             sha = digest.result()
-        self._families[(info.key, info.etag)] = family
+        self._header_families.remember(info, family)
         return LoadedCheckpoint(pipe, info.key, info.etag, family, name.removesuffix(".safetensors"), sha)
 
     def _build(self, path: Path, family: str, name: str):
