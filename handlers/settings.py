@@ -164,12 +164,12 @@ class Settings(BaseSettings):
         return {a.strip() for a in self.admins.split(",") if a.strip()}
 
     def public_model_kinds(self) -> set[str]:
-        """Model kinds whose public folder users may resolve (checkpoints, ControlNet and upscalers are always
-        shared)."""
+        """Model kinds whose public folder users may resolve (checkpoints, their separate text encoders,
+        ControlNet and upscalers are always shared)."""
         switches = {"lora": self.public_lora or bool(self.lora_dir), "vae": self.public_vae,
                     "embedding": self.public_embeddings, "gfpgan": bool(self.gfpgan_dir),
                     "codeformer": bool(self.gfpgan_dir)}  # EAS --gfpgan-dir: face restorers shared, else per user
-        always = {"checkpoint", "controlnet", "esrgan", "realesrgan", "swinir", "dat"}
+        always = {"checkpoint", "controlnet", "esrgan", "realesrgan", "swinir", "dat", "text_encoder"}
         return always | {kind for kind, on in switches.items() if on}
 
     def public_only_kinds(self) -> set[str]:

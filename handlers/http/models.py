@@ -24,7 +24,7 @@ from loaders.models.manager import clean_model_name, list_models, model_key, pub
 from loaders.models.pickle_convert import is_pickle_name
 
 Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "esrgan", "realesrgan", "swinir", "dat",
-               "gfpgan", "codeformer"]
+               "gfpgan", "codeformer", "text_encoder"]
 SWITCH = {"lora": "EASEL_PUBLIC_LORA", "vae": "EASEL_PUBLIC_VAE", "embedding": "EASEL_PUBLIC_EMBEDDINGS"}
 
 

@@ -161,8 +161,8 @@ def accelerated(builder: Builder, config: FastPathConfig, *, store: ObjectStore,
     """
     tiny_vae_keys = tiny_vae_keys or {}
 
-    def build(path: Path, family: str, device: str):
-        pipe = builder(path, family, device)
+    def build(path: Path, family: str, device: str, **parts):
+        pipe = builder(path, family, device, **parts)  # parts: a transformer checkpoint's separate files
         fast = config.enabled and device in on_devices
         tiny_key = tiny_vae_keys.get(family)
         if not fast and not tiny_key:
