@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
     cpu_dtype: Literal["float32", "bfloat16"] = Field("float32", description="pipeline precision on CPU: "
                                                      "bfloat16 halves the memory (SDXL ~7 GB instead of ~14 GB)")
+    transformer_storage: Literal["native", "float8"] = Field(
+        "native", description="FLUX.1 / SD 3.5 transformer weights: native (the pipeline's dtype) or float8 "
+        "(stored as float8_e4m3fn, upcast layer by layer for compute: about half of bf16's memory)")
     # --- tenancy, uploads, metering (handlers/accounts/users.py, handlers/http/models.py, handlers/billing/metering.py) ---
     # EAS defaults: each user's LoRAs, VAEs and embeddings are their own unless a *_dir names the public folder.
     public_lora: bool = Field(False, description="users also see public/models/Lora (as --lora-dir does)")

@@ -8,9 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
-from loaders.demo.flux import (DEMO_FLUX_NAME, demo_flux_checkpoint_bytes, flux_lora_bytes, separate_files,
-                               transformer_keys)
+from handlers.http.api import create_app
+
+from loaders.demo.flux import (DEMO_FLUX_NAME, demo_flux_checkpoint_bytes, flux_components, flux_lora_bytes,
+                               separate_files, transformer_keys)
 from loaders.demo.mmdit import tiny_t5_tokenizer_json
 from loaders.errors import InvalidRequest
 from loaders.models.families import DIT_PREFIX, config_dir, detect_family
@@ -153,9 +156,23 @@ def test_flux_loras_in_kohya_and_diffusers_layouts_change_the_picture(client, fl
 
 
 def test_the_tiny_writer_round_trips_through_our_reader():
-    from loaders.demo.flux import flux_components
-
     transformer = flux_components()["transformer"]
     back = flux_to_diffusers(transformer_keys({"transformer": transformer}), dict(transformer.config))
     original = transformer.state_dict()
     assert set(back) == set(original) and all(torch.equal(back[k], original[k]) for k in original)
+
+
+def test_float8_storage_keeps_the_transformer_in_float8_draws_nearly_the_same_picture_and_refuses_loras(
+        flux_store, make_services, flux_files):
+    services = make_services(flux_store, transformer_storage="float8")
+    flux_store.put_bytes("public/models/Lora/flux-kohya.safetensors", flux_lora_bytes(seed=5))
+    with TestClient(create_app(services)) as client:
+        stored = pixels(generate(client))
+        pipe = services.models.checkpoint(services.store.stat(CKPT))[0].pipe
+        weights = pipe.transformer.transformer_blocks[0].attn.to_q.weight
+        assert weights.dtype == torch.float8_e4m3fn  # half of bf16's bytes per weight
+        r = generate(client, prompt="a cute dog <lora:flux-kohya:1>")
+        assert r.status_code == 422 and "float8" in r.text and "demo-flux" in r.text, r.text
+    with TestClient(create_app(make_services(flux_store))) as client:
+        native = pixels(generate(client))
+    assert 0 < np.abs(stored - native).max() <= 40  # float8 rounding, not another picture

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from loaders.demo.mmdit import (DEMO_SD3_NAME, DIT_PREFIX, demo_sd3_checkpoint_bytes, sd3_components, sd3_state,
-                                sd3_transformer_to_single_file, tiny_t5_tokenizer_json)
+from loaders.demo.mmdit import (DEMO_SD3_NAME, DIT_PREFIX, demo_sd3_checkpoint_bytes, sd3_components,
+                                sd3_separate_files, sd3_state, sd3_transformer_to_single_file,
+                                tiny_t5_tokenizer_json)
 from loaders.models.families import SD3_T5, config_dir, detect_family
 from tests.conftest import auth
 
@@ -130,8 +131,6 @@ def test_a_diffusers_format_sd35_lora_changes_the_picture_and_weight_zero_does_n
 
 
 def test_a_checkpoint_without_text_encoders_loads_clip_l_clip_g_and_t5_files_own_then_public(client, store):
-    from loaders.demo.mmdit import sd3_separate_files
-
     store.put_bytes(T5_KEY, tiny_t5_tokenizer_json())
     store.put_bytes("users/alice/models/Stable-diffusion/sd35-bare.safetensors",
                     demo_sd3_checkpoint_bytes(text_encoders=False))

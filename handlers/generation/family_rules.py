@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from handlers.schemas import DISTILLED_CFG_DEFAULT
 from loaders.errors import InvalidRequest
+from loaders.models.builds import stored_in_float8
 from loaders.models.families import family as family_spec
 
 FLOW_SAMPLER = "Euler"
@@ -44,6 +45,9 @@ def check_family_request(job, model, *, networks, units, inputs, fidelity) -> No
         raise InvalidRequest(f"`{field}` {chosen!r} is not available for {name} models (a flow-matching "
                              f"transformer); use {FLOW_SAMPLER!r}")
     req.sampler_name = FLOW_SAMPLER
+    if networks.plan.loras and stored_in_float8(model.pipe):
+        raise InvalidRequest(f"`prompt`: LoRAs are not supported for {name} models on this server, whose transformer "
+                             "weights are stored in float8 (EASEL_TRANSFORMER_STORAGE=float8)")
     refused = _refused_fields(req, networks, units, inputs, fidelity)
     if refused:
         field, what = refused[0]
