@@ -164,13 +164,17 @@ def test_the_tiny_writer_round_trips_through_our_reader():
 
 def test_float8_storage_keeps_the_transformer_in_float8_draws_nearly_the_same_picture_and_refuses_loras(
         flux_store, make_services, flux_files):
-    services = make_services(flux_store, transformer_storage="float8")
+    """Also EASEL_OFFLOAD_T5: the T5 is parked in host memory with hooks that bring it to the device per call
+    (on this CPU-only machine both are the host, so only the wiring and an unchanged picture are checked)."""
+    services = make_services(flux_store, transformer_storage="float8", offload_t5=True)
     flux_store.put_bytes("public/models/Lora/flux-kohya.safetensors", flux_lora_bytes(seed=5))
     with TestClient(create_app(services)) as client:
         stored = pixels(generate(client))
         pipe = services.models.checkpoint(services.store.stat(CKPT))[0].pipe
         weights = pipe.transformer.transformer_blocks[0].attn.to_q.weight
         assert weights.dtype == torch.float8_e4m3fn  # half of bf16's bytes per weight
+        assert pipe.text_encoder_2._easel_offloaded == ("cpu", "cpu")  # T5 only: CLIP-L stays where it is
+        assert not hasattr(pipe.text_encoder, "_easel_offloaded")
         r = generate(client, prompt="a cute dog <lora:flux-kohya:1>")
         assert r.status_code == 422 and "float8" in r.text and "demo-flux" in r.text, r.text
     with TestClient(create_app(make_services(flux_store))) as client:

@@ -26,13 +26,13 @@ def pipeline_dtype(family: str, device: str, cpu_dtype: str = "float32"):
 
 
 def build_pipeline(path: Path, family: str, device: str, *, configs=None, cpu_dtype: str = "float32",
-                   parts: dict[str, Path] | None = None, storage: str = "native"):
+                   parts: dict[str, Path] | None = None, storage: str = "native", offload_t5: bool = False):
     """A diffusers pipeline from an A1111 single file, configured only from configs shipped in the package.
 
     `configs` (a loaders.models.family_configs.FamilyConfigs) completes the real families' folders with tokenizers;
     without it only families whose shipped folder is complete (the demos) load. `parts`: component → separate
     file for what the single file lacks (loaders.models.parts). `storage` "float8": a transformer's weights are
-    kept in float8 (`store_transformer`).
+    kept in float8 (`store_transformer`); `offload_t5`: T5-XXL waits in host memory between uses (`offload`).
     """
     import diffusers
 
@@ -40,7 +40,7 @@ def build_pipeline(path: Path, family: str, device: str, *, configs=None, cpu_dt
     config = configs.ensure(family) if configs is not None else config_dir(family)
     dtype = pipeline_dtype(family, device, cpu_dtype)
     if spec.arch == "flux":
-        return _finish(build_flux(path, config, dtype, parts or {}), device, storage)
+        return _finish(build_flux(path, config, dtype, parts or {}), device, storage, offload_t5)
     cls = getattr(diffusers, spec.pipeline)
     # A1111 runs no safety checker and adds no invisible watermark
     extra = {"add_watermarker": False} if spec.is_sdxl else {"safety_checker": None, "requires_safety_checker": False}
@@ -52,17 +52,38 @@ def build_pipeline(path: Path, family: str, device: str, *, configs=None, cpu_dt
         device=device,  # UNet and VAE weights go from the mmapped file straight to the device: no host copy
         **extra, **separate_modules(config, parts or {}, dtype),
     )
-    return _finish(pipe, device, storage)
+    return _finish(pipe, device, storage, offload_t5)
 
 
-def _finish(pipe, device: str, storage: str = "native"):
+def _finish(pipe, device: str, storage: str = "native", offload_t5: bool = False):
     for tokenizer in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)):
         if tokenizer is not None and "CLIP" in type(tokenizer).__name__:  # FLUX's tokenizer_2 is T5's
             pad_without_splitting(tokenizer)  # "!" in an OpenCLIP prompt is text, as in A1111
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
     store_transformer(pipe, storage)
+    if offload_t5:
+        for module in pipe.components.values():
+            if type(module).__name__ == "T5EncoderModel":
+                offload(module, device)
     return pipe
+
+
+def offload(module, device: str, home: str = "cpu") -> None:
+    """Keep `module` in host memory; each forward moves it to `device` and back when done. A T5-XXL encodes a
+    prompt once (twice with CFG) per request, so the GPU holds its 9.5 GB only for those calls."""
+    module.to(home)
+
+    def arrive(mod, args, kwargs):
+        mod.to(device)
+
+    def leave(mod, args, kwargs, output):
+        mod.to(home)
+        return output
+
+    module.register_forward_pre_hook(arrive, with_kwargs=True)
+    module.register_forward_hook(leave, with_kwargs=True)
+    module._easel_offloaded = (device, home)
 
 
 def store_transformer(pipe, storage: str) -> None:
