@@ -60,7 +60,7 @@ def _finish(pipe, device: str, storage: str = "native", offload_t5: bool = False
         if tokenizer is not None and "CLIP" in type(tokenizer).__name__:  # FLUX's tokenizer_2 is T5's
             pad_without_splitting(tokenizer)  # "!" in an OpenCLIP prompt is text, as in A1111
     pipe.set_progress_bar_config(disable=True)
-    pipe = pipe.to(device)
+    pipe = move_stragglers(pipe, device)
     store_transformer(pipe, storage)
     if offload_t5:
         for module in pipe.components.values():
@@ -84,6 +84,17 @@ def offload(module, device: str, home: str = "cpu") -> None:
     module.register_forward_pre_hook(arrive, with_kwargs=True)
     module.register_forward_hook(leave, with_kwargs=True)
     module._easel_offloaded = (device, home)
+
+
+def move_stragglers(pipe, device: str):
+    """Moves only what `from_single_file` left elsewhere (text encoders, on CUDA): `pipe.to` walks every parameter."""
+    import torch
+
+    for part in pipe.components.values():
+        first = next(part.parameters(), None) if isinstance(part, torch.nn.Module) else None
+        if first is not None and first.device.type != torch.device(device).type:
+            part.to(device)
+    return pipe
 
 
 def store_transformer(pipe, storage: str) -> None:
