@@ -16,6 +16,7 @@ from loaders.demo.flux import (DEMO_FLUX_NAME, demo_flux_checkpoint_bytes, flux_
                                separate_files, transformer_keys)
 from loaders.demo.mmdit import tiny_t5_tokenizer_json
 from loaders.errors import InvalidRequest
+from loaders.models.components import load_component
 from loaders.models.families import DIT_PREFIX, config_dir, detect_family
 from loaders.models.flux_keys import diffusers_to_flux, flux_to_diffusers
 from tests.conftest import auth
@@ -180,3 +181,9 @@ def test_float8_storage_keeps_the_transformer_in_float8_draws_nearly_the_same_pi
     with TestClient(create_app(make_services(flux_store))) as client:
         native = pixels(generate(client))
     assert 0 < np.abs(stored - native).max() <= 40  # float8 rounding, not another picture
+
+
+def test_a_comfyui_scaled_fp8_file_is_refused_rather_than_upcast_without_its_scales():
+    state = {"scaled_fp8": torch.zeros(0), "encoder.block.0.layer.0.SelfAttention.q.scale_weight": torch.ones(1)}
+    with pytest.raises(ValueError, match="scaled-fp8"):
+        load_component(config_dir("demo-flux"), "text_encoder_2", state, torch.float32)

@@ -46,7 +46,8 @@ def transformer_keys(parts: dict) -> dict[str, torch.Tensor]:
 def ae_keys(parts: dict) -> dict[str, torch.Tensor]:
     """The autoencoder in BFL's `ae.safetensors` layout (bare LDM names: `encoder.down.0.block.0.…`)."""
     vae = parts["vae"]
-    return {k.removeprefix(ldm_keys.VAE_PREFIX): v for k, v in ldm_keys.vae_to_ldm(vae.state_dict(), dict(vae.config)).items()}
+    ldm = ldm_keys.vae_to_ldm(vae.state_dict(), dict(vae.config))
+    return {k.removeprefix(ldm_keys.VAE_PREFIX): v for k, v in ldm.items()}
 
 
 def clip_l_keys(parts: dict) -> dict[str, torch.Tensor]:

@@ -131,8 +131,8 @@ def sd3_separate_files(seed: int = 0, family: str = "demo-sd3") -> dict[str, byt
     clip_l = {k: v for k, v in parts["text_encoder"].state_dict().items() if k != "text_projection.weight"}
     t5 = {k: v.half() for k, v in parts["text_encoder_3"].state_dict().items()}
     own = lambda state: {k: v.detach().clone().contiguous() for k, v in state.items()}  # noqa: E731
-    return {"clip_l.safetensors": save(own(clip_l)), "clip_g.safetensors": save(own(parts["text_encoder_2"].state_dict())),
-            "t5xxl_fp16.safetensors": save(own(t5))}
+    return {"clip_l.safetensors": save(own(clip_l)), "t5xxl_fp16.safetensors": save(own(t5)),
+            "clip_g.safetensors": save(own(parts["text_encoder_2"].state_dict()))}
 
 
 def tiny_t5_tokenizer_json(words: tuple[str, ...] = ("a", "cute", "dog", "cat", "lighthouse", "at", "dusk")) -> bytes:

@@ -29,6 +29,10 @@ def component_class(root: Path, component: str) -> str:
 
 def load_component(root: Path, component: str, state: dict, dtype):
     """The pipeline's `component` (class from the folder's model_index.json) with the weights in `state`."""
+    if "scaled_fp8" in state or any(k.endswith(".scale_weight") for k in state):
+        # ComfyUI's "fp8_scaled" files: each weight needs its own scale, which a plain upcast would drop
+        raise ValueError(f"{component}: a ComfyUI scaled-fp8 file (`scaled_fp8`, `*.scale_weight`) is not supported; "
+                         "use the fp16, bf16 or plain fp8_e4m3fn file")
     cls_name = component_class(root, component)
     if cls_name == "AutoencoderKL":
         from diffusers import AutoencoderKL

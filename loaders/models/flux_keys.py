@@ -25,7 +25,8 @@ _KINDS = ("weight", "bias")
 
 
 def swap_halves(t):
-    """(shift, scale) ↔ (scale, shift): diffusers' AdaLayerNormContinuous orders the final modulation the other way."""
+    """(shift, scale) ↔ (scale, shift): diffusers' AdaLayerNormContinuous orders the final modulation the
+    other way."""
     import torch
 
     a, b = t.chunk(2, dim=0)

@@ -32,7 +32,8 @@ _CLIP_L_PREFIX = ("text_encoders.clip_l.transformer.",)
 
 PARTS: dict[str, tuple[Part, ...]] = {
     "flux": (
-        Part("vae", "the FLUX autoencoder", ("vae.", "first_stage_model."), "vae", ("ae.safetensors", "flux_ae.safetensors")),
+        Part("vae", "the FLUX autoencoder", ("vae.", "first_stage_model."), "vae",
+             ("ae.safetensors", "flux_ae.safetensors")),
         Part("text_encoder", "CLIP-L", _CLIP_L_PREFIX, "text_encoder", _CLIP_L_NAMES),
         Part("text_encoder_2", "T5-XXL", _T5_PREFIX, "text_encoder", _T5_NAMES),
     ),
@@ -63,7 +64,7 @@ def missing_parts(arch: str, keys: set[str]) -> list[Part]:
 
 def find_parts(parts: list[Part], namespaces: Callable[[str], list[str]], stat: Callable[[str], object],
                kind_dir: Callable[[str], str], checkpoint: str) -> dict[str, object]:
-    """component → the ObjectInfo of its separate file (first namespace of its kind, then first name, that has one)."""
+    """component → the ObjectInfo of its separate file (first namespace of its kind, then first name found)."""
     found, absent = {}, []
     for part in parts:
         info = _first(part, namespaces, stat, kind_dir)
