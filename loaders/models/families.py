@@ -5,6 +5,8 @@ How a family is told (first answer wins):
 2. the keys (and one shape): SDXL base has `conditioner.embedders.1.*`, the SDXL refiner only
    `conditioner.embedders.0.model.*` (OpenCLIP bigG), SD 2.x `cond_stage_model.model.*` (OpenCLIP ViT-H),
    SD 1.x `cond_stage_model.transformer.*` (OpenAI CLIP-L); 9 UNet input channels mean an inpainting model;
+   SD 3.5 `model.diffusion_model.joint_blocks.*` (Medium: MMDiT-X `attn2`), FLUX.1
+   `double_blocks.*.img_attn.norm.key_norm.scale` with or without that prefix (dev: `guidance_in.*`);
 3. SD 2.x only: v-prediction (768-v) and epsilon (512 base) have identical keys. Like A1111 we look, in
    order, at safetensors metadata (`modelspec.prediction_type`, kohya's `ss_v_parameterization`), at a
    `<name>.yaml` sidecar next to the checkpoint (`parameterization: "v"`), and else at the loaded UNet
@@ -26,6 +28,7 @@ OPENCLIP_BIGG = "clip-vit-bigG-14"  # OpenCLIP ViT-bigG/14 (same BPE vocab, pad 
 T5_XXL = "t5-v1_1-xxl"  # Google T5 v1.1 SentencePiece vocabulary (32k): SD 3.5's third encoder
 
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
+DIT_PREFIX = "model.diffusion_model."  # where A1111 / Forge / ComfyUI single files keep the denoiser
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ def mmdit_family(keys: set[str]) -> str:
 
 
 FLUX_MARK = "double_blocks.0.img_attn.norm.key_norm.scale"  # diffusers' own FLUX test key
-FLUX_IMG_IN = ("img_in.weight", "model.diffusion_model.img_in.weight")
+FLUX_IMG_IN = ("img_in.weight", DIT_PREFIX + "img_in.weight")
 _QUANTIZED = (".absmax", ".quant_map", ".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4")
 
 
@@ -174,7 +177,6 @@ def flux_family(keys: set[str], shapes: dict[str, tuple]) -> str:
     return "flux1-dev" if prefix + "guidance_in.in_layer.weight" in keys else "flux1-schnell"
 
 
-DIT_PREFIX = "model.diffusion_model."
 SHAPE_KEYS = (UNET_IN, *FLUX_IMG_IN)  # the tensors whose shapes detection reads
 
 
