@@ -19,6 +19,9 @@ $(BIN)/python:
 
 $(RUNTIME): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
+	# CodeFormer's architecture for spandrel (face restoration). --no-deps: it names torchvision, whose PyPI
+	# wheel would upgrade the pinned torch (or fail against the CPU build); it needs only spandrel's own deps
+	$(BIN)/pip install -q --no-deps 'spandrel-extra-arches>=0.2,<0.3'
 	touch $@
 
 $(TESTING): pyproject.toml $(RUNTIME)

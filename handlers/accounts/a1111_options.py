@@ -149,14 +149,13 @@ HONOURED = {
     "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "tiling", "samples_format", "jpeg_quality",
     "webp_lossless", "return_grid", "grid_save", "grid_only_if_multiple", "enable_pnginfo", "sd_vae_decode_method",
     "show_progress_every_n_steps", "live_previews_enable", "add_model_hash_to_info", "add_model_name_to_info",
-    "control_net_no_detectmap", "overlay_inpaint",
+    "control_net_no_detectmap", "overlay_inpaint", "face_restoration", "face_restoration_model", "code_former_weight",
 }
 
 # Change generation in A1111, not implemented here: only their default is accepted (with its reason).
 REFUSED = {
     "randn_source": "the noise is drawn on the CPU generator (A1111's `CPU` source) so images match on any device",
-    "upscaler_for_img2img": "img2img resizes with Lanczos only", "face_restoration": "not run in generations here",
-    "face_restoration_model": "not run in generations here", "code_former_weight": "not run in generations here",
+    "upscaler_for_img2img": "img2img resizes with Lanczos only",
     "enable_quantization": "not implemented", "emphasis": "prompts are encoded as plain text (no (word:1.2))",
     "comma_padding_backtrack": "not implemented", "upcast_attn": "not implemented",
     "sdxl_crop_top": "not implemented", "sdxl_crop_left": "not implemented",

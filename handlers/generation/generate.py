@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from handlers.billing import metering
-from handlers.generation import (controlnet, extra_networks, extras, hires, img2img, ipadapter, outputs, reference,
+from handlers.generation import (controlnet, extra_networks, faces, hires, img2img, ipadapter, outputs, reference,
                                  scripts, t2i_adapter, upscaling)
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
@@ -122,7 +122,8 @@ def produce(job: Job, services: Services, on_step: StepCallback | None, fidelity
     networks = extra_networks.resolve(req, services.store, job.user, info)
     inputs = (img2img.load_inputs(req, services.store, job.user, services.settings.max_input_pixels,
                                   services.settings.max_encode_pixels) if job.mode == "img2img" else None)
-    extras.check_restore_faces(services, job.user, req)
+    if fidelity.face_restoration is not None:  # restore_faces: the restorer's weights must be installed
+        faces.find_restorer(services, job.user, faces.KIND_OF[fidelity.face_restoration], "restore_faces")
     hr_upscaler = upscaling.hires_resizer(services.store, job.user, services.upscalers, req)
     # 2. Load the checkpoint (free when resident), the refiner, the ControlNet units' models and detected
     #    maps, and fetch the LoRA / VAE / embedding files
@@ -143,13 +144,19 @@ def produce(job: Job, services: Services, on_step: StepCallback | None, fidelity
     #    Running out of device memory fails this request cleanly (503, billed 0) and frees the memory.
     progress = _with_progress(job, services, on_step)
     with device_memory_guard(f"generating {req.image_count} image(s) of {req.width}x{req.height}"):
-        if not networks.plan.uses_any and services.batcher is not None and services.batcher.applies(job, model):
+        if (not networks.plan.uses_any and fidelity.face_restoration is None and services.batcher is not None
+                and services.batcher.applies(job, model)):
             generated, generate_s = services.batcher.generate(job, services, model, progress)
         else:
             generated, generate_s, adapters_load_s, device_wait_s = generate_alone(
                 job, services, model, inputs, networks, control, refiner, progress, fidelity, hr_upscaler)
             load_s += adapters_load_s
             wait_s += device_wait_s
+        # A1111 restores faces right after the decode, before the images are saved: part of the billed run
+        t0 = time.perf_counter()
+        generated.images = faces.restore_generated(services, job.user, generated.images, fidelity.face_restoration,
+                                                   fidelity.code_former_weight)
+        generate_s += time.perf_counter() - t0
     # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
     if services.censor is not None:
         generated.nsfw = censor_images(generated.images, services.censor)
@@ -273,7 +280,7 @@ def generate(job: Job, model: LoadedCheckpoint, ctx: RunContext, inputs: img2img
     texts = [
         outputs.infotext(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
                          sampler=req.sampler, schedule=req.schedule, cfg_scale=req.cfg_scale, seed=s,
-                         width=img.width, height=img.height,
+                         width=img.width, height=img.height, face_restoration=ctx.fidelity.face_restoration,
                          model_name=model.name if ctx.fidelity.info_model_name else None,
                          model_hash=model.short_hash if ctx.fidelity.info_model_hash else None,
                          extra={**ctx.fidelity.infotext(sub), **sampler_infotext(req, ctx.fidelity), **extra})
