@@ -203,7 +203,7 @@ def test_codeformer_extras_use_the_weight_and_report_it(client, store, codeforme
     r = client.post("/sdapi/v1/extra-single-image", headers=auth(), json={
         "image": png_b64(Image.fromarray(src)), "codeformer_visibility": 1, "codeformer_weight": 0.7})
     assert r.status_code == 200, r.text
-    assert r.json()["html_info"] == "<p>CodeFormer visibility: 1, CodeFormer weight: 0.7</p>"
+    assert r.json()["html_info"] == "<p>CodeFormer visibility: 1.0, CodeFormer weight: 0.7</p>"  # A1111's floats
     out = np.asarray(decode(r.json()["image"]).convert("RGB")).astype(int)
     face, far = face_box_and_far(src)
     assert np.abs(out - src)[face].mean() > 10
@@ -213,8 +213,10 @@ def test_codeformer_extras_use_the_weight_and_report_it(client, store, codeforme
 @pytest.mark.fullsize
 def test_txt2img_restore_faces_runs_the_restorer_on_the_faces_found(client, store, gfpgan):
     store.put_bytes("users/alice/models/GFPGAN/GFPGANv1.4.safetensors", gfpgan)
-    # the YuNet-format detector reports the brightest cell of any picture as a face (min_brightness 0)
-    store.put_bytes("users/alice/models/GFPGAN/face_detection_yunet_2023mar.onnx", yunet_onnx_bytes(min_brightness=0))
+    # the YuNet-format detector reports the brightest cell of any picture as a face (min_brightness 0), half
+    # the 64² picture wide (its eyes 8 pixels apart: closer than 5, A1111 skips a face)
+    store.put_bytes("users/alice/models/GFPGAN/face_detection_yunet_2023mar.onnx",
+                    yunet_onnx_bytes(box_px=320, min_brightness=0))
     body = {"prompt": "a face", "width": 64, "height": 64, "steps": 1, "seed": 4,
             "override_settings": {"face_restoration_model": "GFPGAN"}}
     plain = client.post("/sdapi/v1/txt2img", json={**body, "restore_faces": False}, headers=auth()).json()
@@ -224,3 +226,13 @@ def test_txt2img_restore_faces_runs_the_restorer_on_the_faces_found(client, stor
     b = np.asarray(decode(restored.json()["images"][0]).convert("RGB")).astype(int)
     assert a.shape == b.shape and np.abs(a - b).mean() > 1
     assert "Face restoration: GFPGAN" in json.loads(restored.json()["info"])["infotexts"][0]
+
+
+def test_xyz_face_restore_axis_switches_restore_faces_per_cell(client, store):
+    store.put_bytes("users/alice/models/GFPGAN/GFPGANv1.4.safetensors", b"never read: no face in noise")
+    r = client.post("/sdapi/v1/txt2img", headers=auth(), json={
+        "prompt": "a face", "width": 64, "height": 64, "steps": 1, "seed": 5, "script_name": "X/Y/Z plot",
+        "script_args": ["Face restore", "GFPGAN, false", None, 0, "", None, 0, "", None, True, True]})
+    assert r.status_code == 200, r.text
+    texts = json.loads(r.json()["info"])["infotexts"]  # the grid's, then one per cell
+    assert "Face restoration: GFPGAN" in texts[1] and "Face restoration" not in texts[2]

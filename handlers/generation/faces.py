@@ -10,6 +10,9 @@ public ones (models/GFPGAN, models/Codeformer), `.safetensors` only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
+
 import numpy as np
 from PIL import Image
 
@@ -52,8 +55,8 @@ def find_detector(services: Services, user: str) -> ObjectInfo | None:
     return None
 
 
-def restore_faces(services: Services, user: str, image: Image.Image, kind: str,
-                  codeformer_weight: float = 0.5) -> Image.Image:
+def restore_faces(services: Services, user: str, image: Image.Image, kind: str, codeformer_weight: float = 0.5,
+                  *, holding_device: bool = False) -> Image.Image:
     """Every face found in `image` restored by the `kind` network (A1111's FaceRestoration.restore)."""
     info = find_restorer(services, user, kind, "face restoration")
     detector = find_detector(services, user)
@@ -63,15 +66,18 @@ def restore_faces(services: Services, user: str, image: Image.Image, kind: str,
     if not crops:
         return image.convert("RGB")
     restored = []
-    with services.device_lock:  # the networks run on the device generations use
+    # the networks run on the device generations use (a generation calls this already holding it)
+    with nullcontext() if holding_device else services.device_lock:
         model = services.face_restorers.get(info, kind)
         for crop, matrix in crops:
             restored.append((restore_crop(model, crop, codeformer_weight), matrix))
     return Image.fromarray(face_align.paste_back(rgb, restored))
 
 
-def restore_generated(services: Services, user: str, images: list, name: str | None, weight: float) -> list:
-    """txt2img / img2img `restore_faces`: each decoded image restored by A1111's `face_restoration_model`."""
+def restorer(services: Services, user: str, name: str | None, weight: float) -> Callable | None:
+    """txt2img / img2img `restore_faces`: (image) -> image with A1111's `face_restoration_model`, for a
+    generation holding the device; None when the request does not restore faces."""
     if name is None:
-        return images
-    return [restore_faces(services, user, im, KIND_OF[name], weight) for im in images]
+        return None
+    kind = KIND_OF[name]
+    return lambda image: restore_faces(services, user, image, kind, weight, holding_device=True)

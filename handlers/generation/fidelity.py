@@ -130,7 +130,7 @@ def resolve(req, options: dict, mode: str) -> Fidelity:
                     info_model_hash=bool(options.get("add_model_hash_to_info", True)),
                     info_model_name=bool(options.get("add_model_name_to_info", True)),
                     face_restoration=_face_restoration(req, options),
-                    code_former_weight=_number(options, "code_former_weight", 0.5))
+                    code_former_weight=_code_former_weight(req, options))
 
 
 FACE_RESTORER_NAMES = ("CodeFormer", "GFPGAN")  # A1111's face_restoration_model choices
@@ -142,7 +142,8 @@ def _face_restoration(req, options: dict) -> str | None:
         "face_restoration", False)
     if not restore:
         return None
-    name = options.get("face_restoration_model", "CodeFormer")
+    # the request's own override first: a script's cell (X/Y/Z "Face restore") sets it after options were read
+    name = req.override_settings.get("face_restoration_model", options.get("face_restoration_model", "CodeFormer"))
     if name not in FACE_RESTORER_NAMES:
         raise InvalidRequest(f"`override_settings.face_restoration_model` {str(name)[:80]!r}: use "
                              f"{' or '.join(FACE_RESTORER_NAMES)}")
@@ -151,3 +152,10 @@ def _face_restoration(req, options: dict) -> str | None:
 
 def _pick(value: float | None, options: dict, key: str, default: float) -> float:
     return value if value is not None else _number(options, key, default)
+
+
+def _code_former_weight(req, options: dict) -> float:
+    weight = _number({**options, **req.override_settings}, "code_former_weight", 0.5)
+    if not 0 <= weight <= 1:
+        raise InvalidRequest(f"`code_former_weight` must be in 0..1, not {weight:g}")
+    return weight

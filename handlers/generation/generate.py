@@ -152,11 +152,6 @@ def produce(job: Job, services: Services, on_step: StepCallback | None, fidelity
                 job, services, model, inputs, networks, control, refiner, progress, fidelity, hr_upscaler)
             load_s += adapters_load_s
             wait_s += device_wait_s
-        # A1111 restores faces right after the decode, before the images are saved: part of the billed run
-        t0 = time.perf_counter()
-        generated.images = faces.restore_generated(services, job.user, generated.images, fidelity.face_restoration,
-                                                   fidelity.code_former_weight)
-        generate_s += time.perf_counter() - t0
     # 3b. Screen the images when the NSFW censor is on, before anything is written or returned
     if services.censor is not None:
         generated.nsfw = censor_images(generated.images, services.censor)
@@ -189,7 +184,8 @@ def _generate_holding_device(job, services, model, inputs, networks, control, re
         steps = StepCounter(progress, total, live)
         try:
             ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner, fidelity,
-                             hr_upscaler)
+                             hr_upscaler, restore=faces.restorer(services, job.user, fidelity.face_restoration,
+                                                                 fidelity.code_former_weight))
             with circular(ctx.fidelity.tiling, *(_tiled_modules(model, adapters, refiner) if ctx.fidelity.tiling else ())), \
                     reference.applied(model.pipe, control.references if control is not None else [],
                                       vae=adapters.vae, seed=job.request.seed_or_none or 0,
@@ -272,9 +268,9 @@ def generate(job: Job, model: LoadedCheckpoint, ctx: RunContext, inputs: img2img
         low = replace(ctx, control=ctx.control.for_pass(hires_pass=False)) if ctx.control else ctx
         high = replace(ctx, control=ctx.control.for_pass(hires_pass=True)) if ctx.control else ctx
         first = generate_txt2img(req, model, low, seeds, output_type=hires.first_pass_output(req), subseeds=subseeds)
-        images = hires.second_pass(req, model, high, seeds, first)
+        images = ctx.restored(hires.second_pass(req, model, high, seeds, first))
     else:
-        images = generate_txt2img(req, model, ctx, seeds, subseeds=subseeds)
+        images = ctx.restored(generate_txt2img(req, model, ctx, seeds, subseeds=subseeds))
     extra = {**refiner_infotext(ctx.refiner, req.refiner()[1] if ctx.refiner else None),
              **(ctx.control.infotext() if ctx.control is not None else {}), **mode_infotext(job)}
     texts = [
