@@ -17,11 +17,10 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 
+# The `upscalers` extra goes in without its declared torchvision, which would pull a CUDA torch (see pyproject.toml)
 $(RUNTIME): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
-	# CodeFormer's architecture for spandrel (face restoration). --no-deps: it names torchvision, whose PyPI
-	# wheel would upgrade the pinned torch (or fail against the CPU build); it needs only spandrel's own deps
-	$(BIN)/pip install -q --no-deps 'spandrel-extra-arches>=0.2,<0.3'
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['upscalers']))")
 	touch $@
 
 $(TESTING): pyproject.toml $(RUNTIME)
