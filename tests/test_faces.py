@@ -236,3 +236,27 @@ def test_xyz_face_restore_axis_switches_restore_faces_per_cell(client, store):
     assert r.status_code == 200, r.text
     texts = json.loads(r.json()["info"])["infotexts"]  # the grid's, then one per cell
     assert "Face restoration: GFPGAN" in texts[1] and "Face restoration" not in texts[2]
+
+
+def test_img2img_restores_after_the_decode_and_inpaint_before_the_original_goes_back(client, store, monkeypatch):
+    """Where the step sits (A1111's process_images_inner: restore, then the inpaint overlay), seen through a
+    restorer that inverts the picture; the networks' own work is covered by the full-size tests."""
+    from PIL import ImageOps
+
+    from handlers.generation import faces
+    from tests.test_img2img_api import centre_mask, img2img, ok, outside, picture
+    from tests.test_img2img_api import png_b64 as png
+
+    store.put_bytes("users/alice/models/GFPGAN/GFPGANv1.4.safetensors", b"never read: the restorer is replaced")
+    monkeypatch.setattr(faces, "restore_faces", lambda services, user, image, kind, weight=0.5, **_:
+                        ImageOps.invert(image.convert("RGB")))
+    gfpgan = {"override_settings": {"face_restoration_model": "GFPGAN"}, "steps": 2, "denoising_strength": 0.5}
+    plain = decode(ok(img2img(client, **gfpgan))["images"][0]).convert("RGB")
+    restored = decode(ok(img2img(client, restore_faces=True, **gfpgan))["images"][0]).convert("RGB")
+    assert np.array_equal(np.asarray(restored), np.asarray(ImageOps.invert(plain)))
+    masked = {**gfpgan, "mask": png(centre_mask()), "inpainting_fill": 1}
+    painted = decode(ok(img2img(client, **masked))["images"][0]).convert("RGB")
+    both = decode(ok(img2img(client, restore_faces=True, **masked))["images"][0]).convert("RGB")
+    assert np.abs(outside(both) - outside(picture())).max() <= 2  # the original, pasted back after restoring
+    inside = (slice(28, 36), slice(28, 36))  # the mask's centre, clear of the overlay's feathered edge
+    assert np.abs(np.asarray(both, int)[inside] - (255 - np.asarray(painted, int)[inside])).max() <= 3
