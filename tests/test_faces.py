@@ -260,3 +260,8 @@ def test_img2img_restores_after_the_decode_and_inpaint_before_the_original_goes_
     assert np.abs(outside(both) - outside(picture())).max() <= 2  # the original, pasted back after restoring
     inside = (slice(28, 36), slice(28, 36))  # the mask's centre, clear of the overlay's feathered edge
     assert np.abs(np.asarray(both, int)[inside] - (255 - np.asarray(painted, int)[inside])).max() <= 3
+
+
+def test_saving_a_copy_before_face_restoration_is_refused_by_name(client):
+    r = client.post("/sdapi/v1/options", json={"save_images_before_face_restoration": True}, headers=auth())
+    assert r.status_code == 422 and "save_images_before_face_restoration" in r.json()["detail"], r.text

@@ -156,6 +156,7 @@ HONOURED = {
 REFUSED = {
     "randn_source": "the noise is drawn on the CPU generator (A1111's `CPU` source) so images match on any device",
     "upscaler_for_img2img": "img2img resizes with Lanczos only",
+    "save_images_before_face_restoration": "images are saved once, after face restoration",
     "enable_quantization": "not implemented", "emphasis": "prompts are encoded as plain text (no (word:1.2))",
     "comma_padding_backtrack": "not implemented", "upcast_attn": "not implemented",
     "sdxl_crop_top": "not implemented", "sdxl_crop_left": "not implemented",
