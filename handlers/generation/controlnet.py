@@ -31,6 +31,7 @@ from handlers.generation.controlnet_units import FIELD, MAX_UNITS, ControlNetUni
 from handlers.generation.ipadapter import IPAdapterUnit
 from handlers.generation.t2i_adapter import T2IUnit
 from handlers.generation.reference import ADAIN_MODULES, ATTN_MODULES, ReferenceUnit
+from loaders.adapters.controlnet_union import check_type, union_view
 from loaders.adapters.ipadapter import LoadedIPAdapter
 from loaders.adapters.t2i_adapter import LoadedT2IAdapter
 from loaders.adapters.preprocessors import fit, pixel_perfect_resolution, run_module
@@ -145,7 +146,8 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
             raise InvalidRequest(f"`{where}.model` is required for an enabled unit")
         info = resolve_model(services.store, user, "controlnet", unit.model, f"{where}.model")
         loaded, load_s = services.controlnets.get(info, base_family=checkpoint.family, device=unet.device,
-                                                  dtype=unet.dtype, field=f"{where}.model")
+                                                  dtype=unet.dtype, field=f"{where}.model", unet=unet,
+                                                  base=f"{checkpoint.key}@{checkpoint.etag}")
         plan.load_s += load_s
         if isinstance(loaded, LoadedIPAdapter) or unit.entry.name in ipadapter.MODULES:
             _add_ip_adapter(services, user, plan, unit, loaded, where, init_image, unet, hires=hr_size is not None)
@@ -171,7 +173,7 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
             plan.t2i_adapters.append(T2IUnit(unit, loaded, _t2i_maps(unit, fitted, hr_fitted)))
         else:
             plan.units.append(unit)
-            plan.nets.append(loaded.model)
+            plan.nets.append(_unit_net(unit, loaded, where))
             plan.model_names.append(loaded.name)
             plan.images.append(fitted)
             if hr_fitted is not None:
@@ -179,6 +181,15 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
         if keep_maps and unit.save_detected_map:
             plan.detected += [hr_fitted, fitted] if hr_fitted is not None else [fitted]
     return plan
+
+
+def _unit_net(unit: ControlNetUnit, loaded, where: str):
+    """The module the pipeline runs for a ControlNet unit: the model, or a union model's view for the unit's type
+    (`union_control_type` has no effect on other models, as in the extension)."""
+    if not loaded.union:
+        return loaded.model
+    check_type(loaded.model, unit.union_type, f"{where}.union_control_type", loaded.name)
+    return union_view(loaded.model, unit.union_type)
 
 
 def _note(plan: ControlPlan, unit: ControlNetUnit, model_name: str) -> None:
