@@ -146,3 +146,10 @@ def test_sdxl_union_and_control_lora_on_an_sd1_checkpoint_are_422_naming_them(cl
     for name in ("controlnet-union-promax", "control-lora-canny-rank4"):
         got = txt2img(client, [cn(name)])
         assert got.status_code == 422 and name in got.text and "demo" in got.text, got.text
+
+
+def test_control_types_list_a_union_model_under_the_types_it_serves(client):
+    types = client.get("/controlnet/control_types", headers=auth()).json()["control_types"]
+    for tag in ("Canny", "Depth", "OpenPose", "Tile"):
+        assert "controlnet-union-promax" in types[tag]["model_list"], (tag, types[tag]["model_list"])
+    assert "controlnet-union-promax" not in types["IP-Adapter"]["model_list"]
