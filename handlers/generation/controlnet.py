@@ -9,6 +9,8 @@ The units themselves (fields, aliases, enums, leniency) are `controlnet_units`. 
   2 "ControlNet is more important": soft injection and the residuals only on the prompt half (cfg injection).
 - `advanced_weighting`: one factor per residual (13 for SD 1.x: 12 encoder blocks + middle), replacing soft
   injection, as the extension does.
+- ControlNet-Union models run as a per-unit view for the unit's `union_control_type` (`controlnet_union`), and
+  Control-LoRAs are plain ControlNets once merged at load, so both take every field above.
 - `resize_mode` (default 1 Crop and Resize): how the detected map is fitted to the output size.
 - `processor_res` is the preprocessor's short side; `pixel_perfect` computes it from the output size.
 - Detected maps: the fitted map of every enabled unit (module `none` too: its map is the fitted input), unless the

@@ -9,6 +9,8 @@
 - Leniency as the extension's: a `processor_res` / `threshold_a` / `threshold_b` outside the module's slider range
   (-1 included) becomes the slider's default; a value other than -1 replaced so is reported (`adjusted`), and the
   infotext shows the values used. `weight` outside 0–2 and `guidance_start` > `guidance_end` are 422s, as there.
+- `union_control_type`: the extension's ControlNetUnionControlType by its value ("Hard Edge", "Depth", …, "Unknown",
+  case-insensitive); another name is a 422. It steers ControlNet-Union models only (no effect on others, as there).
 - `enabled` defaults to true (the extension's API before 1.1.450; EAS's documents always send it); disabled units
   are skipped before anything else is checked.
 - Fields of the extension's that this server does not implement are accepted only at their defaults, else a 422
