@@ -153,3 +153,21 @@ def test_control_types_list_a_union_model_under_the_types_it_serves(client):
     for tag in ("Canny", "Depth", "OpenPose", "Tile"):
         assert "controlnet-union-promax" in types[tag]["model_list"], (tag, types[tag]["model_list"])
     assert "controlnet-union-promax" not in types["IP-Adapter"]["model_list"]
+
+
+def test_control_lora_is_built_and_cached_per_checkpoint(services, store):
+    """Its weights are the checkpoint's UNet + deltas: another checkpoint gets its own, the first stays resident."""
+    other = "users/alice/models/Stable-diffusion/tiny-xl-2.safetensors"
+    store.put_bytes(other, demo_checkpoint_bytes(family="demo-sdxl", seed=7))
+    info = store.stat(CN + "control-lora-canny-rank4.safetensors")
+    nets = []
+    for key in ("users/alice/models/Stable-diffusion/" + XL, other, "users/alice/models/Stable-diffusion/" + XL):
+        checkpoint, _ = services.models.checkpoint(store.stat(key))
+        loaded, load_s = services.controlnets.get(info, base_family="demo-sdxl", device="cpu", dtype=torch.float32,
+                                                  field="f", unet=checkpoint.pipe.unet,
+                                                  base=f"{checkpoint.key}@{checkpoint.etag}")
+        nets.append((loaded.model, load_s))
+    (first, cold), (second, _), (again, warm) = nets
+    weight = "down_blocks.0.resnets.0.conv1.weight"
+    assert not torch.equal(first.state_dict()[weight], second.state_dict()[weight])
+    assert again is first and cold > 0 and warm == 0.0
