@@ -159,6 +159,8 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
             _check_t2i(unit, loaded, where, width, height, hr_size)
         else:
             _check_layer_weights(unit, loaded.model, where)
+            if loaded.union:  # before the image is read: a type the model lacks is a 422 up front
+                check_type(loaded.model, unit.union_type, f"{where}.union_control_type", loaded.name)
         # 2. The image: base64 or link (SSRF-safe), else the init image (img2img), else a 422
         image = unit_image(services, user, unit, where, init_image)
         # 3. The detected map, fitted to the output size
@@ -175,7 +177,7 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
             plan.t2i_adapters.append(T2IUnit(unit, loaded, _t2i_maps(unit, fitted, hr_fitted)))
         else:
             plan.units.append(unit)
-            plan.nets.append(_unit_net(unit, loaded, where))
+            plan.nets.append(_unit_net(unit, loaded))
             plan.model_names.append(loaded.name)
             plan.images.append(fitted)
             if hr_fitted is not None:
@@ -185,13 +187,10 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
     return plan
 
 
-def _unit_net(unit: ControlNetUnit, loaded, where: str):
+def _unit_net(unit: ControlNetUnit, loaded):
     """The module the pipeline runs for a ControlNet unit: the model, or a union model's view for the unit's type
     (`union_control_type` has no effect on other models, as in the extension)."""
-    if not loaded.union:
-        return loaded.model
-    check_type(loaded.model, unit.union_type, f"{where}.union_control_type", loaded.name)
-    return union_view(loaded.model, unit.union_type)
+    return union_view(loaded.model, unit.union_type) if loaded.union else loaded.model
 
 
 def _note(plan: ControlPlan, unit: ControlNetUnit, model_name: str) -> None:
