@@ -2,8 +2,8 @@
 
 - Union: diffusers' `ControlNetUnionModel` keys, as xinsir's `diffusion_pytorch_model_promax.safetensors` ships
   (8 control types; 6 for the first release), sized like the demo SDXL ControlNet.
-- Control-LoRA: Stability's layout — LDM names without a prefix, the `lora_controlnet` marker, each Linear / Conv
-  weight of the encoder as a rank-r `.up` / `.down` pair, everything else (biases, norms, `input_hint_block`,
+- Control-LoRA: Stability's layout — LDM names without a prefix, the `lora_controlnet` marker, each weight of 2+
+  dimensions that the UNet shares as a rank-r `.up` / `.down` pair (ComfyUI's ControlLoraSave rule), everything else (biases, norms, `input_hint_block`,
   `zero_convs`, `middle_block_out`) in full. Written through `controlnet_to_ldm`, so the key names are the ones
   lllyasviel-layout ControlNets use, which is what Stability's files use.
 """
@@ -52,7 +52,7 @@ def demo_control_lora_state(seed: int = 0, family: str = "demo-sdxl", rank: int 
     source = demo_controlnet(seed, family)
     ldm = controlnet_to_ldm(source.state_dict(), dict(source.config))
     generator = torch.Generator().manual_seed(seed + 1)
-    out = {MARKER: torch.tensor([1.0])}
+    out = {MARKER: torch.tensor([])}  # Stability's and ComfyUI's ControlLoraSave write an empty marker
     for key, value in ldm.items():
         key = key.removeprefix(LDM_PREFIX)
         if key.endswith(".weight") and value.ndim >= 2 and not key.startswith(FULL_PREFIXES):
@@ -66,5 +66,6 @@ def demo_control_lora_state(seed: int = 0, family: str = "demo-sdxl", rank: int 
 
 
 def demo_control_lora_bytes(seed: int = 0, family: str = "demo-sdxl", rank: int = 4) -> bytes:
-    state = {k: v.contiguous() for k, v in demo_control_lora_state(seed, family, rank).items()}
+    """fp16, as the published files are."""
+    state = {k: v.half().contiguous() for k, v in demo_control_lora_state(seed, family, rank).items()}
     return save(state, metadata={"easel.seed": str(seed)})
