@@ -35,7 +35,7 @@ def store(store, files):
 
 
 def xl(client, units, **body):
-    return txt2img(client, units, override_settings={"sd_model_checkpoint": XL}, **body)
+    return txt2img(client, units, override_settings={"sd_model_checkpoint": XL}, **{"steps": 1, **body})
 
 
 def cn(model: str, **fields) -> dict:
