@@ -114,7 +114,8 @@ def _hypernetwork_uses(req: GenerationRequest, store: ObjectStore, user: str,
             info = resolve_model(store, user, "hypernetwork", name, f"<hypernet:{name}>")
         except NotFound:
             raise InvalidRequest(f"`prompt`: <hypernet:{name[:60]}>: no such hypernetwork in your "
-                                 "models/hypernetworks or the public one") from None
+                                 "models/hypernetworks or the public one (named by a tag or by the "
+                                 "`sd_hypernetwork` option)") from None
         uses.append(HypernetworkUse(info, name, multiplier))
     return tuple(uses), cleaned
 
