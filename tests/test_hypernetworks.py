@@ -187,17 +187,34 @@ def test_files_that_lie_are_refused_at_upload_and_at_use(client, store):
     assert r.status_code == 422
 
 
-def test_the_cache_keeps_at_most_its_capacity(tmp_path):
+@pytest.mark.parametrize("bounds,kept", [({"capacity": 2}, 2), ({"max_bytes": 1}, 1)])
+def test_the_cache_keeps_at_most_its_capacity_and_bytes(tmp_path, bounds, kept):
     from loaders.models.file_cache import FileCache
     from loaders.storage.store import LocalStore
 
     store = LocalStore(tmp_path / "d")
-    cache = HypernetworkCache(FileCache(store, tmp_path / "c"), capacity=2)
+    cache = HypernetworkCache(FileCache(store, tmp_path / "c"), **bounds)
     for n in range(3):
         store.put_bytes(f"{OWN}/h{n}.safetensors", safetensors_of(n))
         info: ObjectInfo = store.stat(f"{OWN}/h{n}.safetensors")
         cache.load(HypernetworkUse(info, f"h{n}", 1.0), "cpu", torch.float32)
-    assert len(cache._loaded) == 2
+    assert len(cache._loaded) == kept
+
+
+def test_a_compiled_unet_runs_eager_while_the_hooks_are_on():
+    """Compiled graphs were traced without the hooks: while they are on, the eager forward runs."""
+    from diffusers.models.attention_processor import Attention
+
+    from loaders.speed.shape_dispatch import call_signature, install
+
+    net = torch.nn.Sequential(Attention(query_dim=32, heads=2, dim_head=8))
+    dispatch = install(net, "forward", lambda fn: (lambda *a, **k: "compiled"), lambda a, k: True)
+    x = torch.randn(1, 3, 32)
+    dispatch.ready.add(call_signature((x,), {}))  # as a warm-up leaves it
+    assert net(x) == "compiled"
+    with torch.no_grad(), attached([net], [(_Loaded(demo_hypernetwork(1)[1]), 1.0)]):
+        assert isinstance(net(x), torch.Tensor)
+    assert net.forward is dispatch and net(x) == "compiled"
 
 
 def test_the_sd_hypernetwork_option_adds_the_tag_with_the_default_multiplier(client, store):

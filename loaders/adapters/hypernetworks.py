@@ -44,6 +44,10 @@ class LoadedHypernetwork:
     name: str
     layers: dict  # context width → (k module, v module), torch.nn.Sequential each, in eval mode
 
+    @property
+    def nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for pair in self.layers.values() for m in pair for p in m.parameters())
+
 
 def load_modules(path, name: str, device, dtype) -> LoadedHypernetwork:
     """Validate the file from its header, then build and fill each module (strict: every tensor has its place)."""
@@ -79,11 +83,13 @@ def _new_name(key: str) -> str:
 
 
 class HypernetworkCache:
-    """Loaded hypernetworks, least recently used evicted beyond `capacity`."""
+    """Loaded hypernetworks, least recently used evicted beyond `capacity` files or `max_bytes` of weights
+    (device memory: a request holds the ones it uses itself, so eviction never breaks a running one)."""
 
-    def __init__(self, files: FileCache, capacity: int = 4):
+    def __init__(self, files: FileCache, capacity: int = 4, max_bytes: int = 2 * 2**30):
         self.files = files
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._loaded: OrderedDict = OrderedDict()
         self._guard = threading.Lock()
 
@@ -96,7 +102,8 @@ class HypernetworkCache:
         loaded = load_modules(self.files.ensure(use.info), use.name, device, dtype)
         with self._guard:
             self._loaded[key] = loaded
-            while len(self._loaded) > self.capacity:
+            while len(self._loaded) > 1 and (len(self._loaded) > self.capacity or sum(
+                    h.nbytes for h in self._loaded.values()) > self.max_bytes):
                 self._loaded.popitem(last=False)
         return loaded
 
