@@ -105,6 +105,8 @@ def _number_list(value, field: str, where: str) -> tuple[float, ...]:
 
 def _flag(meta: dict[str, str], name: str, default: bool, where: str) -> bool:
     value = _field(meta, name, default)
+    if isinstance(value, str) and value.lower() in ("true", "false"):  # written by hand as Python's True
+        value = value.lower() == "true"
     if not isinstance(value, bool):
         raise InvalidRequest(f"{where}: `{name}` {str(value)[:40]!r} is not true or false")
     return value
