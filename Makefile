@@ -17,8 +17,10 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 
+# The `upscalers` extra goes in without its declared torchvision, which would pull a CUDA torch (see pyproject.toml)
 $(RUNTIME): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['upscalers']))")
 	touch $@
 
 $(TESTING): pyproject.toml $(RUNTIME)
