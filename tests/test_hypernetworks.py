@@ -230,3 +230,18 @@ def test_the_sd_hypernetwork_option_adds_the_tag_with_the_default_multiplier(cli
     assert not np.array_equal(plain, tagged)
     r = txt2img(client, "a cat", override_settings={"sd_hypernetwork": "gone"})
     assert r.status_code == 422 and "gone" in r.json()["detail"] and "sd_hypernetwork" in r.json()["detail"]
+
+
+def test_img2img_and_hires_fix_run_under_the_hypernetwork_too(client, store):
+    store.put_bytes(f"{OWN}/anime.safetensors", safetensors_of(1))
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    body = {"init_images": [base64.b64encode(buf.getvalue()).decode()], "denoising_strength": 0.8, **SMALL, "seed": 3}
+    img2img = [pixels(client.post("/sdapi/v1/img2img", json={**body, "prompt": p}, headers=auth()))
+               for p in ("a cat", "a cat <hypernet:anime>")]
+    assert np.abs(img2img[0] - img2img[1]).mean() > 1
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 1}
+    same = txt2img(client, "a cat <hypernet:anime>", hr_prompt="a dog <hypernet:anime>", **hires)
+    assert same.status_code == 200, same.text
+    r = txt2img(client, "a cat <hypernet:anime>", hr_prompt="a dog", **hires)
+    assert r.status_code == 422 and "hr_prompt" in r.json()["detail"]
