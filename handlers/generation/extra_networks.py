@@ -121,7 +121,8 @@ def _hypernetwork_uses(req: GenerationRequest, store: ObjectStore, user: str,
 
 
 def resolve(req: GenerationRequest, store: ObjectStore, user: str, checkpoint: ObjectInfo) -> Networks:
-    """Every LoRA, VAE and embedding the request names, resolved in the caller's namespaces (404 names a missing one)."""
+    """Every LoRA, VAE, embedding and hypernetwork the request names, resolved in the caller's namespaces (a missing
+    LoRA or VAE is a 404, a missing hypernetwork a 422, each naming it)."""
     cleaned, tags = {}, []
     texts = {field: getattr(req, field, "") or "" for field in
              ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")}

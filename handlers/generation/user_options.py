@@ -48,7 +48,7 @@ def added_hypernetwork(opts: dict, prompt: str, hr_prompt: str) -> dict:
     name = opts.get("sd_hypernetwork") or "None"
     if name == "None" or any(tag[0] == name for tag in parse_hypernet_tags(prompt, "prompt")[1]):
         return {}
-    tag = f"<hypernet:{name}:{float(opts.get('extra_networks_default_multiplier', 1.0))}>"
+    tag = f"<hypernet:{name}:{opts.get('extra_networks_default_multiplier', 1.0)}>"  # A1111 formats it as stored
     return {"prompt": prompt + tag, **({"hr_prompt": hr_prompt + tag} if hr_prompt else {})}
 
 

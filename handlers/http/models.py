@@ -26,7 +26,8 @@ from loaders.models.pickle_convert import is_pickle_name
 
 Kind = Literal["checkpoint", "lora", "vae", "embedding", "hypernetwork", "controlnet", "esrgan", "realesrgan",
                "swinir", "dat", "gfpgan", "codeformer"]
-SWITCH = {"lora": "EASEL_PUBLIC_LORA=false", "vae": "EASEL_PUBLIC_VAE=false", "embedding": "EASEL_PUBLIC_EMBEDDINGS=false",
+SWITCH = {"lora": "EASEL_PUBLIC_LORA=false", "vae": "EASEL_PUBLIC_VAE=false",
+          "embedding": "EASEL_PUBLIC_EMBEDDINGS=false",
           "hypernetwork": "no --hypernetwork-dir / EASEL_HYPERNETWORK_DIR"}
 
 

@@ -119,7 +119,8 @@ def structure_of(meta: dict[str, str], where: str) -> Structure:
         raise InvalidRequest(f"{where}: `layer_structure` {list(layers)} must start and end with 1 and have 2 to "
                              f"{MAX_LAYERS} entries")
     if any(not 0 < v <= MAX_FACTOR for v in layers):
-        raise InvalidRequest(f"{where}: `layer_structure` {list(layers)}: each entry must be within (0, {MAX_FACTOR:g}]")
+        raise InvalidRequest(f"{where}: `layer_structure` {list(layers)}: each entry must be within "
+                             f"(0, {MAX_FACTOR:g}]")
     activation = _field(meta, "activation_func", None)
     if activation == "linear":
         activation = None
