@@ -245,3 +245,18 @@ def test_img2img_and_hires_fix_run_under_the_hypernetwork_too(client, store):
     assert same.status_code == 200, same.text
     r = txt2img(client, "a cat <hypernet:anime>", hr_prompt="a dog", **hires)
     assert r.status_code == 422 and "hr_prompt" in r.json()["detail"]
+
+
+def test_the_webuiapi_client_lists_and_uses_them(services, store):
+    webuiapi = pytest.importorskip("webuiapi")
+    from tests.browser_support import ServerThread
+    from tests.conftest import TOKENS
+
+    store.put_bytes(f"{OWN}/anime.safetensors", safetensors_of(1))
+    with ServerThread(create_app(services)) as server:
+        host, port = server.url.rsplit("//", 1)[1].split(":")
+        api = webuiapi.WebUIApi(host=host, port=int(port), sampler="Euler a", steps=2)
+        api.session.headers["Authorization"] = f"Bearer {TOKENS['alice']}"
+        assert [h["name"] for h in api.get_hypernetworks()] == ["anime"]
+        r = api.txt2img(prompt="a cat <hypernet:anime:0.5>", seed=1, width=64, height=64, steps=2)
+        assert len(r.images) == 1 and r.info["prompt"] == "a cat <hypernet:anime:0.5>"
