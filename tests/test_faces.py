@@ -3,12 +3,14 @@ CodeFormer loaded with spandrel from random state dicts in their real layouts (l
 visibilities and txt2img `restore_faces`, the listings and the per-user options.
 
 GFPGAN and CodeFormer run at their one real size (spandrel builds GFPGAN at 512² whatever the file says; the
-VQGAN of CodeFormer is fixed), a minute a pass on 2 busy cores: the tests that run them are marked `fullsize`.
+VQGAN of CodeFormer is fixed), a minute a pass on 2 busy cores: the tests that run them are marked `fullsize`, and
+only the txt2img one runs in `make test` (the extras pair joins the SDXL-sized cases in `make test-fullsize`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -22,6 +24,10 @@ from loaders.demo.faces import codeformer_bytes, gfpgan_bytes, yunet_onnx_bytes
 from loaders.errors import InvalidRequest
 from tests.conftest import auth
 from tests.test_extras import decode, png_b64
+
+# a full-size restorer pass per test, minutes on 2 cores: with the SDXL-sized cases under `make test-fullsize`
+ONLY_IN_FULLSIZE_RUN = pytest.mark.skipif(not os.environ.get("EASEL_FULLSIZE_XL"),
+                                          reason="a full-size restorer pass: make test-fullsize")
 
 LEFT_EYE, RIGHT_EYE = (106, 114), (150, 114)  # where drawn_face() puts the pupils
 
@@ -183,6 +189,7 @@ def face_box_and_far(rgb: np.ndarray):
 
 
 @pytest.mark.fullsize
+@ONLY_IN_FULLSIZE_RUN
 def test_gfpgan_extras_restore_the_face_blend_by_visibility_and_leave_the_background(client, store, gfpgan):
     store.put_bytes("users/alice/models/GFPGAN/GFPGANv1.4.safetensors", gfpgan)
     src = drawn_face()
@@ -197,6 +204,7 @@ def test_gfpgan_extras_restore_the_face_blend_by_visibility_and_leave_the_backgr
 
 
 @pytest.mark.fullsize
+@ONLY_IN_FULLSIZE_RUN
 def test_codeformer_extras_use_the_weight_and_report_it(client, store, codeformer):
     store.put_bytes("public/models/Codeformer/codeformer-v0.1.0.safetensors", codeformer)
     src = drawn_face()
