@@ -8,6 +8,7 @@ import { Lightbox } from "./lightbox.js";
 import { pngParameters } from "./pngtext.js";
 
 const PAGE = 24;
+const NEAR_PX = 600;  // the next page loads when the end of the grid is this close below the screen
 
 export class GalleryTab {
   constructor(section, app) {
@@ -26,7 +27,7 @@ export class GalleryTab {
     // The "Load more" button is the sentinel: when it comes into view (within a screen), the next page loads.
     new IntersectionObserver((entries) => {
       if (entries.some((e) => e.isIntersecting) && !section.hidden) this.next();
-    }, { rootMargin: "0px 0px 600px 0px" }).observe(this.more);
+    }, { rootMargin: `0px 0px ${NEAR_PX}px 0px` }).observe(this.more);
   }
 
   async load() {
@@ -69,6 +70,14 @@ export class GalleryTab {
     this.items.push(...items);
     this.grid.append(...items.map((item, k) => this.card(item, start + k)));
     this.empty.hidden = this.items.length > 0;
+    requestAnimationFrame(() => this.fillScreen());
+  }
+
+  // The observer reports only changes: when the end of the grid is still in view after a page (a tall
+  // screen), the next page is asked for here.
+  fillScreen() {
+    if (this.section.hidden || this.more.hidden) return;
+    if (this.more.getBoundingClientRect().top < innerHeight + NEAR_PX) this.next();
   }
 
   // The item with its image's src and infotext (null: unknown here, the lightbox asks the server).
