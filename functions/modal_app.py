@@ -56,7 +56,8 @@ image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
     # CUDA torch pinned first; the project's own dependency ranges then leave it as it is
     .uv_pip_install(f"torch=={TORCH_VERSION}")
-    .pip_install_from_pyproject(str(PROJECT / "pyproject.toml"))  # read at build time, on the deployer
+    # read at build time, on the deployer; spandrel (the `upscalers` extra) with its torchvision, over the CUDA torch
+    .pip_install_from_pyproject(str(PROJECT / "pyproject.toml"), optional_dependencies=["upscalers"])
     .run_commands(*bake_tokenizers_commands())  # the only hub access: once, while the image is built
     .env({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",  # no model hub while serving, ever
           "TOKENIZERS_PARALLELISM": "false", "EASEL_CACHE_DIR": "/cache/easel", "EASEL_TOKENIZERS_DIR": TOKENIZERS_DIR})

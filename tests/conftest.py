@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for a model hub fails instead of hanging
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one torch thread each (OpenMP threads spinning against the other
+    # worker's cost more than they give); the servers tests start inherit it
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "torch" in sys.modules:  # a plugin imported torch before this file ran: the variable came too late
+        sys.modules["torch"].set_num_threads(1)
 
 import pytest
 from fastapi.testclient import TestClient
