@@ -53,6 +53,8 @@ def test_eas_defaults_isolate_users_loras_vaes_and_embeddings(monkeypatch):
     assert serve_settings("--lora-dir", "public/models/Lora").public_model_kinds() == shared | {"lora"}
     assert serve_settings("--gfpgan-dir", "public/models/GFPGAN").public_model_kinds() == shared | {"gfpgan",
                                                                                                    "codeformer"}
+    assert serve_settings("--hypernetwork-dir", f"{MOUNT}/models/hypernetworks").public_model_kinds() == shared | {
+        "hypernetwork"}
 
 
 def test_a_dir_flag_names_the_public_folder_or_is_refused():

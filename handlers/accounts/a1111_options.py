@@ -150,6 +150,8 @@ HONOURED = {
     "webp_lossless", "return_grid", "grid_save", "grid_only_if_multiple", "enable_pnginfo", "sd_vae_decode_method",
     "show_progress_every_n_steps", "live_previews_enable", "add_model_hash_to_info", "add_model_name_to_info",
     "control_net_no_detectmap", "overlay_inpaint",
+    # A1111's ExtraNetworkHypernet: `sd_hypernetwork` adds <hypernet:name:extra_networks_default_multiplier>
+    "sd_hypernetwork", "extra_networks_default_multiplier",
 }
 
 # Change generation in A1111, not implemented here: only their default is accepted (with its reason).
@@ -170,8 +172,7 @@ REFUSED = {
     "token_merging_ratio_hr": "not implemented", "pad_cond_uncond": "not implemented",
     "use_old_emphasis_implementation": "not implemented", "use_old_karras_scheduler_sigmas": "not implemented",
     "use_old_hires_fix_width_height": "not implemented", "hires_fix_use_firstpass_conds": "not implemented",
-    "use_old_scheduling": "not implemented", "extra_networks_default_multiplier": "not implemented",
-    "sd_hypernetwork": "not implemented", "n_rows": "grids are laid out as square as possible",
+    "use_old_scheduling": "not implemented", "n_rows": "grids are laid out as square as possible",
     "grid_prevent_empty_spots": "not implemented",
     "sigma_min": "not implemented", "sigma_max": "not implemented", "rho": "not implemented",
     "always_discard_next_to_last_sigma": "not implemented", "uni_pc_variant": "not implemented",

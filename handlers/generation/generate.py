@@ -171,7 +171,10 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
 
 def _generate_holding_device(job, services, model, inputs, networks, control, refiner, progress, fidelity,
                              hr_upscaler) -> tuple[Generated, float, float]:
-    with services.adapters.applied(model, networks.plan) as adapters:
+    with services.adapters.applied(model, networks.plan) as adapters, \
+            services.adapters.hypernetworks.applied(_attention_models(model, control, refiner),
+                                                    networks.plan.hypernetworks) as hypernet_load_s:
+        adapters.load_s += hypernet_load_s
         t0 = time.perf_counter()
         total = planned_steps(job)
         fidelity = fidelity or Fidelity()
@@ -195,6 +198,13 @@ def _generate_holding_device(job, services, model, inputs, networks, control, re
         finally:
             services.progress.finish(job.user, job.task_id)
         return generated, time.perf_counter() - t0, adapters.load_s
+
+
+def _attention_models(model: LoadedCheckpoint, control, refiner) -> list:
+    """The models whose attention a hypernetwork changes: A1111 patches every CrossAttention, so the UNet, the
+    refiner's and the ControlNet models' alike."""
+    nets = list(control.nets) if control is not None else []
+    return [getattr(model.pipe, "unet", None), getattr(refiner.pipe, "unet", None) if refiner else None, *nets]
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation import extras, upscaling
+from handlers.http.listing import hypernetworks as hypernetwork_items
 from handlers.services import Services
 from loaders.errors import NotFound, Unavailable
 from loaders.models.manager import list_models
@@ -128,7 +129,7 @@ def router(services: Services) -> APIRouter:
 
     @r.get("/sdapi/v1/hypernetworks")
     def hypernetworks(who: Tenant = Depends(tenant)) -> list[dict]:
-        return []  # none can be applied yet (a `<hypernet:...>` tag is a 422), so none is listed
+        return hypernetwork_items(services, who.user)
 
     @r.get("/sdapi/v1/upscalers", response_model=list[UpscalerItem])
     def upscalers(who: Tenant = Depends(tenant)):

@@ -30,6 +30,7 @@ KIND_DIRS = {
     "vae": "models/VAE",
     "controlnet": "models/ControlNet",
     "embedding": "embeddings",
+    "hypernetwork": "models/hypernetworks",  # A1111 hypernetworks (loaders.adapters.hypernetworks)
     # upscalers and face restorers (A1111's folder names), loaded by loaders.adapters.upscalers
     "esrgan": "models/ESRGAN", "realesrgan": "models/RealESRGAN", "swinir": "models/SwinIR", "dat": "models/DAT",
     "gfpgan": "models/GFPGAN", "codeformer": "models/Codeformer",
