@@ -25,8 +25,9 @@ from loaders.storage.store import LocalStore
 
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob", "root": "tok-root"}
 # Most tests share public LoRAs/VAEs/embeddings; EAS's default (each user's own only) is tested in test_eas_flags.
-SHARED_PUBLIC = {"public_lora": True, "public_vae": True, "public_embeddings": True,
-                 "gfpgan_dir": "public/models/GFPGAN"}  # tests share every kind; EAS defaults are tested alone
+SHARED_PUBLIC = {"public_lora": True, "public_vae": True, "public_embeddings": True,  # tests share every kind;
+                 "gfpgan_dir": "public/models/GFPGAN",  # EAS defaults are tested alone
+                 "hypernetwork_dir": "public/models/hypernetworks"}
 SMALL = {"width": 64, "height": 64, "steps": 2}  # tiny and fast: the suite must run on 2 CPU cores
 
 

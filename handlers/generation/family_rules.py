@@ -2,10 +2,10 @@
 
 SD 3.5 and FLUX.1 are rectified-flow transformers: they sample with flow-matching Euler only (diffusers'
 FlowMatchEulerDiscreteScheduler, the checkpoint's own shift; FLUX.1-dev's resolution-dependent one). LoRAs
-apply (diffusers' SD3 / FLUX loaders, which also read kohya's FLUX layout); the UNet-era extras (VAE / embedding
-files, ControlNet units, hires fix, refiner, inpainting, tiling, CLIP skip, variation seeds, s_churn) are not
-wired for them here. Each is refused with a 422 naming the field and the family rather than run differently
-from what was asked.
+apply (diffusers' SD3 / FLUX loaders, which also read kohya's FLUX layout); the UNet-era extras (VAE /
+embedding / hypernetwork files, ControlNet units, hires fix, refiner, inpainting, tiling, CLIP skip, variation
+seeds, s_churn) are not wired for them here. Each is refused with a 422 naming the field and the family rather
+than run differently from what was asked.
 
 FLUX.1 as Forge runs it: `distilled_cfg_scale` (default 3.5) is dev's guidance input; `cfg_scale` above 1 adds
 real classifier-free guidance with the negative prompt (twice the work), 1 skips it (the recommended setting).
@@ -59,6 +59,7 @@ def _refused_fields(req, networks, units, inputs, fidelity) -> list[tuple[str, s
         ("scheduler", "a schedule type other than Automatic", req.scheduler not in (None, "automatic")),
         ("sd_vae", "another VAE", networks.plan.vae is not None),
         ("prompt", "textual-inversion embeddings", bool(networks.plan.embeddings)),
+        ("prompt", "hypernetworks (they hook UNet cross-attention)", bool(networks.plan.hypernetworks)),
         ("alwayson_scripts", "ControlNet", bool(units)),
         ("enable_hr", "hires fix", bool(getattr(req, "enable_hr", False))),
         ("refiner_checkpoint", "a refiner", bool(getattr(req, "refiner_checkpoint", None))),

@@ -32,6 +32,7 @@ KIND_DIRS = {
     "controlnet": "models/ControlNet",
     "embedding": "embeddings",
     "text_encoder": "models/text_encoder",  # Forge's folder: CLIP-L / CLIP-G / T5 files of transformer checkpoints
+    "hypernetwork": "models/hypernetworks",  # A1111 hypernetworks (loaders.adapters.hypernetworks)
     # upscalers and face restorers (A1111's folder names), loaded by loaders.adapters.upscalers
     "esrgan": "models/ESRGAN", "realesrgan": "models/RealESRGAN", "swinir": "models/SwinIR", "dat": "models/DAT",
     "gfpgan": "models/GFPGAN", "codeformer": "models/Codeformer",
