@@ -78,6 +78,7 @@ class GenerateSpy:
         self.billable: list[float] = []
         self.failed = 0
         self.killed = 0
+        self.succeeded: dict[tuple[str, str], int] = {}  # (user, task id) → executions that ran to their end
         real = generate.run_job
 
         def spy(job, services, on_step=None):
@@ -96,6 +97,8 @@ class GenerateSpy:
                 self.killed += 1
                 raise
             self.billable.append(response.parameters.timings.generate_s)
+            key = (job.user, job.task_id)
+            self.succeeded[key] = self.succeeded.get(key, 0) + 1
             return response
 
         monkeypatch.setattr(generate, "run_job", spy)
