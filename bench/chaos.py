@@ -36,7 +36,8 @@ def main() -> None:
     spy, accepted = outcome["spy"], outcome["accepted"]
     figures = outcome["figures"]
     reran = {k: n for k, n in spy.succeeded.items() if n > 1}
-    print(f"accepted {len(accepted)}, refused at submission (a 503 the client retries) {outcome['refused']}")
+    print(f"accepted {len(accepted)}, refused at submission (a 503 the client retries) {outcome['refused']}: "
+          f"{outcome['refusals']}")
     print(f"ended exactly once {sum(states.values())}/{len(accepted)}: {states}; lost {len(accepted) - sum(states.values())}; stuck after one lease "
           f"{len(outcome['stuck'])}; orphan outputs {figures['orphan_outputs']}")
     print(f"executions {outcome['runs']} (killed mid-run {spy.killed}, failed {spy.failed}, ran to the end or "

@@ -50,14 +50,15 @@ def run_chaos(proxy, tmp_path, monkeypatch, *, tasks: int, seconds: float, seed:
     gen.script = lambda i: "crash" if rng.random() < 0.15 else ("cancel", 1) if rng.random() < 0.05 else "ok"
     servers = [first, server(store, tmp_path, "b", **LEASE)]
     proxy.enabled = True
-    accepted, refused = [], 0
+    accepted, refused, reasons = [], 0, {}
     for n in range(tasks):
         user = ("alice", "bob")[n % 2]
         try:
             submit_task(rng.choice(servers), user, "txt2img", request(seed=n, steps=4), f"c-{n}")
             accepted.append((user, f"c-{n}"))
-        except EaselError:
+        except EaselError as e:
             refused += 1  # a 503 the client sees (and would retry); not accepted, so not counted
+            reasons[f"{type(e).__name__}: {str(e)[:90]}"] = reasons.get(f"{type(e).__name__}: {str(e)[:90]}", 0) + 1
     deadline = time.monotonic() + seconds
     restarts = stops = 0
     while time.monotonic() < deadline:
@@ -79,7 +80,8 @@ def run_chaos(proxy, tmp_path, monkeypatch, *, tasks: int, seconds: float, seed:
     for s in servers:
         s.executor.stop(timeout_s=1)
     return {"store": store, "accepted": accepted, "refused": refused, "stuck": stuck, "restarts": restarts,
-            "stops": stops, "faults": dict(proxy.counts), "runs": gen.calls, "spy": spy}
+            "stops": stops, "faults": dict(proxy.counts), "runs": gen.calls, "spy": spy,
+            "refusals": reasons}
 
 
 def _worker_died(s) -> bool:

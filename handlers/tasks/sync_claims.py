@@ -65,6 +65,8 @@ class LeaseKeeper:
             for (_, user, task_id), services in live:
                 try:
                     records.update_task(services, user, task_id, self._renew(services))
+                except NotFound:
+                    pass  # the run ended and freed its id (a refused request) since the snapshot
                 except Exception as e:  # the store is failing: next beat; the lease has two beats of slack
                     log.warning("sync run %s/%s: lease not renewed (%s)", user, task_id, e)
 
