@@ -17,8 +17,10 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 
+# The `upscalers` extra goes in without its declared torchvision, which would pull a CUDA torch (see pyproject.toml)
 $(RUNTIME): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['upscalers']))")
 	touch $@
 
 $(TESTING): pyproject.toml $(RUNTIME)
@@ -31,8 +33,11 @@ $(TESTING): pyproject.toml $(RUNTIME)
 serve: $(RUNTIME)
 	$(BIN)/easel serve --host $(HOST) --port $(PORT) --data-dir ./data
 
+# Two workers on CI's two cores, whole test files each (a file's tests share fixtures and build/ files); the
+# suite is mostly Python and subprocess waits, which one process leaves a core idle for. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(TESTING)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # every full-size architecture, SDXL and its refiner included (about 20 GB of files in build/fullsize, many minutes)
 test-fullsize: $(TESTING)

@@ -1,11 +1,13 @@
 """Added cost of each ControlNet unit kind on the demo model (64×64, 2 steps, CPU unless EASEL_DEVICE says).
 
 Kinds: ControlNet (one / two units), reference_only/adain/adain+attn, IP-Adapter (plain, plus; with the tiny
-CLIP vision encoder), T2I-Adapter. Prints JSON: for each kind, load_s of its first request (cold: the model file
+CLIP vision encoder), T2I-Adapter; with `--family sdxl`, on the demo SDXL checkpoint: an SDXL ControlNet,
+ControlNet-Union ProMax (a known control type, and "Unknown") and a Control-LoRA (whose cold load merges its deltas
+into the UNet). Prints JSON: for each kind, load_s of its first request (cold: the model file
 and, for IP-Adapter, its image encoder load) and of later ones
 (warm), the median generate_s, and the added generate_s over the same request without units; and the median
 seconds of `POST /controlnet/detect`'s work (the preprocessor alone) for a few weight-free modules.
-    .venv/bin/python bench/bench_controlnet_units.py [--runs 3]
+    .venv/bin/python bench/bench_controlnet_units.py [--runs 3] [--family sd15|sdxl]
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from handlers.generation.generate import execute_job
 from handlers.jobs import Job
 from handlers.schemas import Txt2ImgRequest
 from handlers.settings import Settings
-from loaders.demo.controlnet import DEMO_CONTROLNET_NAME, install_demo_controlnet
+from loaders.demo.controlnet import DEMO_CONTROLNET_NAME, demo_controlnet_bytes, install_demo_controlnet
+from loaders.demo.controlnet_kinds import demo_control_lora_bytes, demo_union_bytes
 from loaders.demo.ipadapter import demo_image_encoder_bytes, demo_ip_adapter_bytes
 from loaders.demo.t2i_adapter import demo_t2i_adapter_bytes
 from loaders.demo.model import install_demo
+from loaders.demo.names import DEMO_NAMES
 from loaders.storage.store import LocalStore
 
 
@@ -55,6 +59,23 @@ def kinds(image: str) -> dict[str, list[dict]]:
             "t2i_adapter_canny": [{**cn, "model": "t2iadapter_bench"}]}
 
 
+def xl_kinds(image: str) -> dict[str, list[dict]]:
+    cn = {"module": "canny", "model": "xl_bench", "image": image}
+    union = {**cn, "model": "controlnet-union-promax_bench"}
+    return {"plain": [], "sdxl_controlnet_canny": [cn],
+            "union_hard_edge": [{**union, "union_control_type": "Hard Edge"}], "union_unknown_type": [union],
+            "control_lora_canny": [{**cn, "model": "control-lora-canny_bench"}]}
+
+
+def install_xl(store) -> None:
+    """The demo SDXL checkpoint and the tiny SDXL ControlNet, ControlNet-Union ProMax and Control-LoRA."""
+    install_demo(store, "demo-sdxl")
+    folder = "public/models/ControlNet/"
+    store.put_bytes(folder + "xl_bench.safetensors", demo_controlnet_bytes(family="demo-sdxl"))
+    store.put_bytes(folder + "controlnet-union-promax_bench.safetensors", demo_union_bytes())
+    store.put_bytes(folder + "control-lora-canny_bench.safetensors", demo_control_lora_bytes())
+
+
 def install_adapters(store) -> None:
     """The tiny IP-Adapters (plain, plus), their CLIP vision encoder and a T2I-Adapter, for the demo UNet."""
     folder = "public/models/ControlNet/"
@@ -67,22 +88,28 @@ def install_adapters(store) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--family", choices=["sd15", "sdxl"], default="sd15")
     args = ap.parse_args()
+    xl = args.family == "sdxl"
     root = Path(tempfile.mkdtemp())
     store = LocalStore(root / "data")
     install_demo(store)
     install_demo_controlnet(store)
     install_adapters(store)
+    if xl:
+        install_xl(store)
     services = build_services(Settings(store=f"file://{root / 'data'}", cache_dir=root / "cache"), store=store)
     image = picture()
-    warmup = Txt2ImgRequest(prompt="x", width=64, height=64, steps=2, seed=1)
+    checkpoint = {"sd_model_checkpoint": DEMO_NAMES["demo-sdxl"]} if xl else {}
+    warmup = Txt2ImgRequest(prompt="x", width=64, height=64, steps=2, seed=1, override_settings=checkpoint)
     execute_job(Job(user="bench", mode="txt2img", request=warmup, task_id="warmup"), services)  # checkpoint load
     result = {}
-    for label, units in kinds(image).items():
+    for label, units in (xl_kinds if xl else kinds)(image).items():
         loads, gens = [], []
         for k in range(args.runs + 1):
             scripts = {"controlnet": {"args": units}} if units else {}
-            req = Txt2ImgRequest(prompt="x", width=64, height=64, steps=2, seed=1, alwayson_scripts=scripts)
+            req = Txt2ImgRequest(prompt="x", width=64, height=64, steps=2, seed=1, alwayson_scripts=scripts,
+                                 override_settings=checkpoint)
             timings = execute_job(Job(user="bench", mode="txt2img", request=req, task_id=f"{label}{k}"),
                                   services).parameters.timings
             loads.append(timings.load_s)

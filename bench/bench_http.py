@@ -1,8 +1,9 @@
-"""Whole request path vs a direct pipeline call: median seconds for 512×512, 20 steps, on the demo model.
+"""Whole request path vs a direct pipeline call: median seconds (default 512×512, 20 steps, the demo model).
 
 Runs `easel serve`'s app under uvicorn on loopback (HTTP, auth, persist, meter, base64) and the same
-generation called directly on the pipeline, interleaved, in one process. Prints JSON; target ratio ≤ 1.10.
-    .venv/bin/python bench/bench_http.py [--runs 7]
+generation called directly on the pipeline, interleaved, in one process. Prints JSON; target ratio ≤ 1.10
+(≤ 1.05 at full size: `--file` a real-shape checkpoint, e.g. build/fullsize/sd15-*.safetensors).
+    .venv/bin/python bench/bench_http.py [--runs 7] [--file PATH --size 256 --steps 10]
 """
 
 from __future__ import annotations
@@ -39,10 +40,18 @@ def free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--file", type=Path, help="an A1111 single-file checkpoint instead of the demo model")
+    parser.add_argument("--size", type=int, default=BODY["width"])
+    parser.add_argument("--steps", type=int, default=BODY["steps"])
     args = parser.parse_args()
+    BODY.update(width=args.size, height=args.size, steps=args.steps)
     data = Path(tempfile.mkdtemp(prefix="easel-bench-"))
     services = build_services(Settings(store=f"file://{data}", tokens="bench=tok", cache_dir=data / "cache"))
     key = install_demo(services.store)
+    if args.file:
+        key = f"public/models/Stable-diffusion/{args.file.name}"
+        (data / key).hardlink_to(args.file.resolve())
+        BODY["override_settings"] = {"sd_model_checkpoint": args.file.stem}
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
@@ -59,7 +68,7 @@ def main() -> None:
 
     def direct() -> float:
         t = time.perf_counter()
-        pipe(BODY["prompt"], num_inference_steps=20, width=512, height=512, guidance_scale=7.0,
+        pipe(BODY["prompt"], num_inference_steps=args.steps, width=args.size, height=args.size, guidance_scale=7.0,
              generator=torch.Generator().manual_seed(42)).images[0]
         return time.perf_counter() - t
 
@@ -74,7 +83,7 @@ def main() -> None:
     for _ in range(args.runs):
         d.append(direct())
         h.append(http())
-    result = {"runs": args.runs, "threads": torch.get_num_threads(), "direct_median_s": round(statistics.median(d), 4),
+    result = {"model": key.rsplit("/", 1)[-1], "size": args.size, "steps": args.steps, "runs": args.runs, "threads": torch.get_num_threads(), "direct_median_s": round(statistics.median(d), 4),
               "http_median_s": round(statistics.median(h), 4),
               "ratio": round(statistics.median(h) / statistics.median(d), 4)}
     print(json.dumps(result))

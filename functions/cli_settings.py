@@ -10,7 +10,8 @@ EAS_PATH_FLAGS = {
     "--lora-dir": ("lora_dir", "public LoRA folder all users see beside their own (EAS path or public/models/Lora)"),
     "--vae-dir": ("vae_dir", "public VAE folder; users load VAEs from it only"),
     "--embeddings-dir": ("embeddings_dir", "public embeddings folder; users load embeddings from it only"),
-    "--hypernetwork-dir": ("hypernetwork_dir", "accepted for EAS command lines; this server has no hypernetworks"),
+    "--hypernetwork-dir": ("hypernetwork_dir", "public hypernetwork folder all users see beside their own "
+                           "(EAS path or public/models/hypernetworks)"),
     "--gfpgan-dir": ("gfpgan_dir", "public face-restorer folder (models/GFPGAN, models/Codeformer) users see"),
 }
 

@@ -20,6 +20,7 @@ from handlers.settings import Settings
 
 GENERAL_POOL = "general"  # the pool parameter for checkpoints without their own pool (never a file name)
 TORCH_VERSION = "2.13.0"  # the CUDA build from PyPI's default index; the same version as the local CPU pin
+TORCHVISION_VERSION = "0.28.0"  # torch 2.13's: installed with it, so spandrel's torchvision cannot move torch
 PYTHON_VERSION = "3.11"
 # CLIP tokenizers baked into the image at build time (EASEL_TOKENIZERS_DIR), so no request touches a model hub.
 # One CLIP BPE vocabulary serves SD 1.x, SD 2.x and SDXL; the shipped family configs set each one's padding.

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from handlers.metrics import Metrics
 from handlers.settings import Settings
 from loaders.adapters.controlnet import ControlNetCache
+from loaders.adapters.face_restorers import FaceRestorerCache
 from loaders.adapters.networks import Adapters
 from loaders.adapters.upscalers import UpscalerCache
 from loaders.errors import TooManyRequests
@@ -139,6 +140,7 @@ class Services:
     executor: Executor | None = None  # runs queued tasks (handlers.tasks.workers.LocalExecutor unless replaced)
     adapters: Adapters | None = None  # LoRA / VAE / embeddings on the resident pipelines
     upscalers: UpscalerCache | None = None  # ESRGAN-family models for extras and hires (loaders.adapters.upscalers)
+    face_restorers: FaceRestorerCache | None = None  # GFPGAN / CodeFormer (loaders.adapters.face_restorers)
     metrics: Metrics = field(default_factory=Metrics)  # this process's /metrics (handlers/metrics.py)
 
     def __post_init__(self):
@@ -150,6 +152,8 @@ class Services:
                                      max_vectors=self.settings.max_embedding_vectors)
         if self.upscalers is None:
             self.upscalers = UpscalerCache(self.models.files, self.models.device)
+        if self.face_restorers is None:
+            self.face_restorers = FaceRestorerCache(self.models.files, self.models.device, capacity=1)
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route; with

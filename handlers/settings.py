@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     lora_dir: str = Field("", description="EAS --lora-dir: the public LoRA folder; users see it and their own")
     vae_dir: str = Field("", description="EAS --vae-dir: the public VAE folder; users load VAEs from it only")
     embeddings_dir: str = Field("", description="EAS --embeddings-dir: the public embeddings folder, used alone")
-    hypernetwork_dir: str = Field("", description="EAS --hypernetwork-dir (accepted: no hypernetworks here)")
+    hypernetwork_dir: str = Field("", description="EAS --hypernetwork-dir: the public hypernetwork folder; users "
+                                  "see it and their own")
     gfpgan_dir: str = Field("", description="EAS --gfpgan-dir: the public face-restorer folder (GFPGAN, "
                             "CodeFormer) users see; unset, each user's own only")
     root_extensions: bool = Field(False, description="EAS --root-extensions (accepted: no extensions here)")
@@ -172,7 +173,8 @@ class Settings(BaseSettings):
         shared)."""
         switches = {"lora": self.public_lora or bool(self.lora_dir), "vae": self.public_vae,
                     "embedding": self.public_embeddings, "gfpgan": bool(self.gfpgan_dir),
-                    "codeformer": bool(self.gfpgan_dir)}  # EAS --gfpgan-dir: face restorers shared, else per user
+                    "codeformer": bool(self.gfpgan_dir),  # EAS --gfpgan-dir: face restorers shared, else per user
+                    "hypernetwork": bool(self.hypernetwork_dir)}
         always = {"checkpoint", "controlnet", "esrgan", "realesrgan", "swinir", "dat"}
         return always | {kind for kind, on in switches.items() if on}
 

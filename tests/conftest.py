@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for a model hub fails instead of hanging
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one torch thread each (OpenMP threads spinning against the other
+    # worker's cost more than they give); the servers tests start inherit it
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "torch" in sys.modules:  # a plugin imported torch before this file ran: the variable came too late
+        sys.modules["torch"].set_num_threads(1)
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,8 +25,9 @@ from loaders.storage.store import LocalStore
 
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob", "root": "tok-root"}
 # Most tests share public LoRAs/VAEs/embeddings; EAS's default (each user's own only) is tested in test_eas_flags.
-SHARED_PUBLIC = {"public_lora": True, "public_vae": True, "public_embeddings": True,
-                 "gfpgan_dir": "public/models/GFPGAN"}  # tests share every kind; EAS defaults are tested alone
+SHARED_PUBLIC = {"public_lora": True, "public_vae": True, "public_embeddings": True,  # tests share every kind;
+                 "gfpgan_dir": "public/models/GFPGAN",  # EAS defaults are tested alone
+                 "hypernetwork_dir": "public/models/hypernetworks"}
 SMALL = {"width": 64, "height": 64, "steps": 2}  # tiny and fast: the suite must run on 2 CPU cores
 
 

@@ -74,17 +74,3 @@ def test_sdxl_ip_adapter_and_t2i_adapter_units(client):
         zero, one = xl(client, [zero_unit]), xl(client, [unit])
         assert zero.status_code == one.status_code == 200, one.text
         assert pixels(zero.json()) == plain and pixels(one.json()) != plain
-
-
-def test_union_and_control_lora_files_are_422_naming_them(client, store, xl_files):
-    import torch
-    from safetensors.torch import load, save
-
-    base = load(xl_files["public/models/ControlNet/xl-diffusers.safetensors"])
-    for extra, needle in [({"lora_controlnet": [1]}, "Control-LoRA"),
-                          ({"task_embedding": [6, 320], "control_add_embedding.linear_1.weight": [4, 4]},
-                           "ControlNet-Union")]:
-        state = {**base, **{k: torch.zeros(shape) for k, shape in extra.items()}}
-        store.put_bytes(f"public/models/ControlNet/special-{len(extra)}.safetensors", save(state))
-        got = xl(client, [cn(f"special-{len(extra)}")])
-        assert got.status_code == 422 and needle in got.text and "special" in got.text, got.text

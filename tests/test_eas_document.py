@@ -123,7 +123,7 @@ def test_controlnet_and_img2img_bodies(service_url):
                "tiling": False, "init_images": [], "mask_blur": 4, "resize_mode": 1, "denoising_strength": 0.75,
                "inpainting_mask_invert": 0, "inpainting_fill": 0, "inpaint_full_res": 0,
                "inpaint_full_res_padding": 32}
-    # The document asks for face restoration, which this server does not run: refused by name, never dropped
+    # The document asks for face restoration; with no restorer installed it is refused by name, never dropped
     r = requests.post(f"{SERVICE_URL}/sdapi/v1/img2img", json=fast(img2img), headers={"Authorization": TOKEN})
     assert r.status_code == 422 and "restore_faces" in r.json()["detail"], r.text
     r = requests.post(f"{SERVICE_URL}/sdapi/v1/img2img", json=fast({**img2img, "restore_faces": False}),

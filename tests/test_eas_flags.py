@@ -53,6 +53,8 @@ def test_eas_defaults_isolate_users_loras_vaes_and_embeddings(monkeypatch):
     assert serve_settings("--lora-dir", "public/models/Lora").public_model_kinds() == shared | {"lora"}
     assert serve_settings("--gfpgan-dir", "public/models/GFPGAN").public_model_kinds() == shared | {"gfpgan",
                                                                                                    "codeformer"}
+    assert serve_settings("--hypernetwork-dir", f"{MOUNT}/models/hypernetworks").public_model_kinds() == shared | {
+        "hypernetwork"}
 
 
 def test_a_dir_flag_names_the_public_folder_or_is_refused():
@@ -98,13 +100,13 @@ def test_dynamic_cache_keeps_pipelines_while_ram_is_above_the_reserve(tmp_path, 
 
 
 def test_gfpgan_dir_shares_the_public_face_restorers_else_each_user_sees_only_their_own(store, make_services):
-    from handlers.generation.extras import face_restorer_unavailable
-    from loaders.errors import InvalidRequest, Unavailable
+    from handlers.generation.faces import find_restorer
+    from loaders.errors import InvalidRequest
 
     store.put_bytes("public/models/GFPGAN/GFPGANv1.4.safetensors", b"x")
     isolated = make_services(store, gfpgan_dir="")  # EAS default
     with pytest.raises(InvalidRequest, match="no GFPGAN model is installed"):  # the public file is not alice's
-        face_restorer_unavailable(isolated, "alice", "gfpgan", "gfpgan_visibility")
+        find_restorer(isolated, "alice", "gfpgan", "gfpgan_visibility")
     shared = make_services(store, gfpgan_dir=f"{MOUNT}/models/GFPGAN")
-    with pytest.raises(Unavailable, match="weights are installed"):  # found; face detection is what is missing
-        face_restorer_unavailable(shared, "alice", "gfpgan", "gfpgan_visibility")
+    found = find_restorer(shared, "alice", "gfpgan", "gfpgan_visibility")
+    assert found.key == "public/models/GFPGAN/GFPGANv1.4.safetensors"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from handlers.http.infotext import parse_generation_parameters
 from handlers.schemas import IMAGE_UPSCALERS, LATENT_UPSCALERS
 from tests.conftest import SMALL, auth
 
@@ -54,6 +55,19 @@ def test_second_pass_options_change_the_image(client):
         assert np.abs(other - plain).mean() > 0.5, extra
     again = np.asarray(image(txt2img(client, **base)), np.int16)
     assert np.array_equal(again, plain)
+
+
+def test_second_pass_sampler_schedule_and_prompts_are_in_the_infotext_where_they_differ(client):
+    text = image(txt2img(client, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", steps=2, sampler_name="Euler",
+                         hr_sampler_name="Euler a", hr_scheduler="Karras", hr_prompt="a red car, at night",
+                         hr_negative_prompt="blurry")).text["parameters"]
+    got = parse_generation_parameters(text)  # A1111's own reading of it: the quoted prompt survives its commas
+    assert (got["Hires sampler"], got["Hires schedule type"]) == ("Euler a", "Karras")
+    assert (got["Hires prompt"], got["Hires negative prompt"]) == ("a red car, at night", "blurry")
+    same = image(txt2img(client, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", steps=2, sampler_name="Euler",
+                         hr_sampler_name="Use same sampler", hr_scheduler="Use same scheduler",
+                         hr_prompt="a cute dog")).text["parameters"]
+    assert "Hires sampler" not in same and "Hires schedule type" not in same and "Hires prompt" not in same
 
 
 def test_hires_off_ignores_hr_fields(client):

@@ -148,8 +148,3 @@ def test_outpainting_mk2_grows_each_side_from_matched_noise(client):
     result = np.asarray(decode(out["images"][0]))
     assert result.shape == (128, 64, 3)  # 64 + 32 rows, rounded up to a multiple of 64 (as A1111), width kept
     assert result[70:].std() > 1  # the new strip is painted, not black
-
-
-def test_a_hypernetwork_tag_is_refused_not_sent_to_the_text_encoder(client):
-    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "a cat <hypernet:anime:0.8>"}, headers=auth())
-    assert r.status_code == 422 and "hypernet" in r.json()["detail"]

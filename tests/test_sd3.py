@@ -113,6 +113,17 @@ def test_what_sd35_cannot_do_here_is_a_422_naming_the_field_and_the_family(clien
     assert r.status_code == 422 and field in r.text and "demo-sd3" in r.text, r.text
 
 
+def test_a_hypernetwork_on_sd35_is_a_422_not_silently_skipped(client, sd3_store):
+    from safetensors.torch import save
+
+    from loaders.demo.hypernetwork import demo_hypernetwork
+    from loaders.models.pickle_convert import weights_of
+
+    sd3_store.put_bytes("users/alice/models/hypernetworks/h.safetensors", save(*weights_of(demo_hypernetwork()[0])))
+    r = generate(client, prompt="a cute dog <hypernet:h>")
+    assert r.status_code == 422 and "hypernetwork" in r.text and "demo-sd3" in r.text, r.text
+
+
 def test_a_missing_t5_tokenizer_is_a_503_naming_the_file(client, store, sd3_bytes):
     store.put_bytes(f"public/models/Stable-diffusion/{DEMO_SD3_NAME}", sd3_bytes)
     r = generate(client)

@@ -117,6 +117,15 @@ def test_bad_refiner_requests_are_refused_naming_the_problem(client, xl_store, c
     assert needle in r.json()["detail"]
 
 
+def test_img2img_refuses_a_refiner_it_would_not_run(client, xl_store):
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(buf, "PNG")
+    r = client.post("/sdapi/v1/img2img", headers=auth(), json={
+        "prompt": "x", **SMALL, "init_images": [base64.b64encode(buf.getvalue()).decode()],
+        "refiner_checkpoint": "tiny-refiner", "alwayson_scripts": {"sd_model_checkpoint": "tiny-xl"}})
+    assert r.status_code == 422 and "refiner_checkpoint" in r.json()["detail"] and "txt2img" in r.json()["detail"]
+
+
 def test_bob_cannot_use_alices_refiner(client, xl_store, store, tiny_bytes):
     store.put_bytes("users/bob/models/Stable-diffusion/bob-xl.safetensors", tiny_bytes["tiny-xl"])
     r = txt2img(client, "bob-xl", user="bob", refiner_checkpoint="tiny-refiner")

@@ -467,6 +467,7 @@ def test_zz_screenshots_of_every_tab(browser, site):
     tab.locator("[data-field=enable_hr]").check()  # the groups as a person opens them
     tab.locator("details[data-group=hires] summary").click()
     tab.locator("[data-field=enable_hr]").uncheck()
+    tab.locator("details[data-group=sampler-params] summary").click()
     tab.locator("button.generate").click()
     expect(tab.locator("figure.out").nth(1)).to_be_visible(timeout=SLOW)  # two images, no grid (A1111's rule)
     expect(tab.locator("figure.out.grid")).to_have_count(0)

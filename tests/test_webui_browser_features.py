@@ -224,7 +224,9 @@ def test_gallery_lightbox_keys_copy_send_and_delete(page, site):
     page.keyboard.press("Delete")
     expect(box.locator(".infotext")).to_contain_text("lightbox first")  # the next one is shown
     expect(page.locator("#tab-gallery figure.out")).to_have_count(1)
-    assert [i["infotext"].split("\n")[0] for i in api(site, "GET", "/outputs", user="root")["items"]] == ["lightbox first"]
+    left = api(site, "GET", "/outputs", user="root")["items"]
+    assert [api(site, "GET", f"/outputs/infotext?key={i['key']}", user="root")["infotext"].split("\n")[0]
+            for i in left] == ["lightbox first"]
     box.locator("button", has_text="Send to txt2img").click()
     expect(page.locator("#tab-txt2img [data-field=prompt]")).to_have_value("lightbox first")
     expect(page.locator("#tab-txt2img [data-field=seed]")).to_have_value("4")

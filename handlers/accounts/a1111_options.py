@@ -149,14 +149,16 @@ HONOURED = {
     "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "tiling", "samples_format", "jpeg_quality",
     "webp_lossless", "return_grid", "grid_save", "grid_only_if_multiple", "enable_pnginfo", "sd_vae_decode_method",
     "show_progress_every_n_steps", "live_previews_enable", "add_model_hash_to_info", "add_model_name_to_info",
-    "control_net_no_detectmap", "overlay_inpaint",
+    "control_net_no_detectmap", "overlay_inpaint", "face_restoration", "face_restoration_model", "code_former_weight",
+    # A1111's ExtraNetworkHypernet: `sd_hypernetwork` adds <hypernet:name:extra_networks_default_multiplier>
+    "sd_hypernetwork", "extra_networks_default_multiplier",
 }
 
 # Change generation in A1111, not implemented here: only their default is accepted (with its reason).
 REFUSED = {
     "randn_source": "the noise is drawn on the CPU generator (A1111's `CPU` source) so images match on any device",
-    "upscaler_for_img2img": "img2img resizes with Lanczos only", "face_restoration": "not run in generations here",
-    "face_restoration_model": "not run in generations here", "code_former_weight": "not run in generations here",
+    "upscaler_for_img2img": "img2img resizes with Lanczos only",
+    "save_images_before_face_restoration": "images are saved once, after face restoration",
     "enable_quantization": "not implemented", "emphasis": "prompts are encoded as plain text (no (word:1.2))",
     "comma_padding_backtrack": "not implemented", "upcast_attn": "not implemented",
     "sdxl_crop_top": "not implemented", "sdxl_crop_left": "not implemented",
@@ -170,8 +172,7 @@ REFUSED = {
     "token_merging_ratio_hr": "not implemented", "pad_cond_uncond": "not implemented",
     "use_old_emphasis_implementation": "not implemented", "use_old_karras_scheduler_sigmas": "not implemented",
     "use_old_hires_fix_width_height": "not implemented", "hires_fix_use_firstpass_conds": "not implemented",
-    "use_old_scheduling": "not implemented", "extra_networks_default_multiplier": "not implemented",
-    "sd_hypernetwork": "not implemented", "n_rows": "grids are laid out as square as possible",
+    "use_old_scheduling": "not implemented", "n_rows": "grids are laid out as square as possible",
     "grid_prevent_empty_spots": "not implemented",
     "sigma_min": "not implemented", "sigma_max": "not implemented", "rho": "not implemented",
     "always_discard_next_to_last_sigma": "not implemented", "uni_pc_variant": "not implemented",

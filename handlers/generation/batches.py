@@ -78,3 +78,8 @@ class RunContext:
     refiner: object | None = None  # a LoadedCheckpoint
     fidelity: Fidelity = field(default_factory=Fidelity)  # variation seeds, tiling, CLIP skip, eta / s_*
     upscaler: object | None = None  # hires fix with a model upscaler: (image, width, height) -> image
+    restore: object | None = None  # restore_faces: (image) -> image, after the decode (inpaint: before the overlay)
+
+    def restored(self, images: list) -> list:
+        """A1111's restore_faces step on decoded images (none asked: as they are)."""
+        return [self.restore(im) for im in images] if self.restore is not None else images

@@ -9,6 +9,8 @@ The units themselves (fields, aliases, enums, leniency) are `controlnet_units`. 
   2 "ControlNet is more important": soft injection and the residuals only on the prompt half (cfg injection).
 - `advanced_weighting`: one factor per residual (13 for SD 1.x: 12 encoder blocks + middle), replacing soft
   injection, as the extension does.
+- ControlNet-Union models run as a per-unit view for the unit's `union_control_type` (`controlnet_union`), and
+  Control-LoRAs are plain ControlNets once merged at load, so both take every field above.
 - `resize_mode` (default 1 Crop and Resize): how the detected map is fitted to the output size.
 - `processor_res` is the preprocessor's short side; `pixel_perfect` computes it from the output size.
 - Detected maps: the fitted map of every enabled unit (module `none` too: its map is the fitted input), unless the
@@ -31,6 +33,7 @@ from handlers.generation.controlnet_units import FIELD, MAX_UNITS, ControlNetUni
 from handlers.generation.ipadapter import IPAdapterUnit
 from handlers.generation.t2i_adapter import T2IUnit
 from handlers.generation.reference import ADAIN_MODULES, ATTN_MODULES, ReferenceUnit
+from loaders.adapters.controlnet_union import check_type, union_view
 from loaders.adapters.ipadapter import LoadedIPAdapter
 from loaders.adapters.t2i_adapter import LoadedT2IAdapter
 from loaders.adapters.preprocessors import fit, pixel_perfect_resolution, run_module
@@ -145,7 +148,8 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
             raise InvalidRequest(f"`{where}.model` is required for an enabled unit")
         info = resolve_model(services.store, user, "controlnet", unit.model, f"{where}.model")
         loaded, load_s = services.controlnets.get(info, base_family=checkpoint.family, device=unet.device,
-                                                  dtype=unet.dtype, field=f"{where}.model")
+                                                  dtype=unet.dtype, field=f"{where}.model", unet=unet,
+                                                  base=f"{checkpoint.key}@{checkpoint.etag}")
         plan.load_s += load_s
         if isinstance(loaded, LoadedIPAdapter) or unit.entry.name in ipadapter.MODULES:
             _add_ip_adapter(services, user, plan, unit, loaded, where, init_image, unet, hires=hr_size is not None)
@@ -155,6 +159,8 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
             _check_t2i(unit, loaded, where, width, height, hr_size)
         else:
             _check_layer_weights(unit, loaded.model, where)
+            if loaded.union:  # before the image is read: a type the model lacks is a 422 up front
+                check_type(loaded.model, unit.union_type, f"{where}.union_control_type", loaded.name)
         # 2. The image: base64 or link (SSRF-safe), else the init image (img2img), else a 422
         image = unit_image(services, user, unit, where, init_image)
         # 3. The detected map, fitted to the output size
@@ -171,7 +177,7 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
             plan.t2i_adapters.append(T2IUnit(unit, loaded, _t2i_maps(unit, fitted, hr_fitted)))
         else:
             plan.units.append(unit)
-            plan.nets.append(loaded.model)
+            plan.nets.append(_unit_net(unit, loaded))
             plan.model_names.append(loaded.name)
             plan.images.append(fitted)
             if hr_fitted is not None:
@@ -179,6 +185,12 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
         if keep_maps and unit.save_detected_map:
             plan.detected += [hr_fitted, fitted] if hr_fitted is not None else [fitted]
     return plan
+
+
+def _unit_net(unit: ControlNetUnit, loaded):
+    """The module the pipeline runs for a ControlNet unit: the model, or a union model's view for the unit's type
+    (`union_control_type` has no effect on other models, as in the extension)."""
+    return union_view(loaded.model, unit.union_type) if loaded.union else loaded.model
 
 
 def _note(plan: ControlPlan, unit: ControlNetUnit, model_name: str) -> None:

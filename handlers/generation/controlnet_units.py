@@ -9,6 +9,8 @@
 - Leniency as the extension's: a `processor_res` / `threshold_a` / `threshold_b` outside the module's slider range
   (-1 included) becomes the slider's default; a value other than -1 replaced so is reported (`adjusted`), and the
   infotext shows the values used. `weight` outside 0–2 and `guidance_start` > `guidance_end` are 422s, as there.
+- `union_control_type`: the extension's ControlNetUnionControlType by its value ("Hard Edge", "Depth", …, "Unknown",
+  case-insensitive); another name is a 422. It steers ControlNet-Union models only (no effect on others, as there).
 - `enabled` defaults to true (the extension's API before 1.1.450; EAS's documents always send it); disabled units
   are skipped before anything else is checked.
 - Fields of the extension's that this server does not implement are accepted only at their defaults, else a 422
@@ -24,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from loaders.adapters import preprocessor_table
+from loaders.adapters.controlnet_union import UNKNOWN, union_type_index
 from loaders.adapters.preprocessor_table import Slider
 from loaders.errors import InvalidRequest
 
@@ -85,6 +88,8 @@ class ControlNetUnit(BaseModel):
     save_detected_map: bool = True
     inpaint_crop_input_image: bool = True  # only meaningful for ControlNet inpaint units, which are refused
     advanced_weighting: list[float] | None = None
+    # ControlNet-Union's control type ("Hard Edge", "Depth", …); the extension reads it only for union models
+    union_control_type: str = UNKNOWN
     # the extension's fields this server does not implement: only their defaults are accepted
     input_mode: str = "simple"
     batch_images: Any = None
@@ -135,6 +140,14 @@ class ControlNetUnit(BaseModel):
     @classmethod
     def _control_mode(cls, v):
         return _by_name(v, CONTROL_MODES, "control_mode")
+
+    @field_validator("union_control_type", mode="before")
+    @classmethod
+    def _union_type(cls, v):
+        if not isinstance(v, str):
+            raise ValueError(f"union_control_type must be a name, not {v!r:.40}")
+        union_type_index(v)  # a name the extension's ControlNetUnionControlType does not have is a 422
+        return v
 
     @field_validator("hr_option", mode="before")
     @classmethod
@@ -189,6 +202,11 @@ class ControlNetUnit(BaseModel):
     @property
     def adjusted(self) -> list[str]:
         return list(self._adjusted)
+
+    @property
+    def union_type(self) -> int | None:
+        """The union model's task-embedding row for this unit's type; None for "Unknown"."""
+        return union_type_index(self.union_control_type)
 
     @property
     def entry(self) -> preprocessor_table.Entry:

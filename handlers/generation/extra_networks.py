@@ -1,4 +1,5 @@
-"""What a request asks of LoRA, VAE and embeddings: `<lora:name:w>` tags, `sd_vae`, embedding names in prompts.
+"""What a request asks of LoRA, VAE, embeddings and hypernetworks: `<lora:name:w>` and `<hypernet:name:w>` tags,
+`sd_vae`, embedding names in prompts.
 
 Names resolve per tenant (own models first, then public). The tags are removed from the text the encoder
 sees; the original prompt stays in the infotext, as A1111 writes it.
@@ -11,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from handlers.schemas import GenerationRequest
+from loaders.adapters.hypernetworks import HypernetworkUse
 from loaders.adapters.networks import AdapterPlan, EmbeddingUse, LoraUse, reserved_free
 from loaders.errors import InvalidRequest, NotFound
 from loaders.models.manager import list_models, resolve_model
@@ -74,27 +76,63 @@ def _weight(value: str, tag: str, field: str) -> float:
 
 
 HYPERNET_TAG = re.compile(r"<hypernet:([^<>]*)>", re.IGNORECASE)
+MAX_HYPERNET_TAGS = 8  # each one is a pass through an MLP at every attention layer of every step
 
 
-def refuse_hypernetworks(req: GenerationRequest) -> None:
-    """A1111's `<hypernet:name:weight>` is not applied here yet: refused, never left in the prompt as text."""
-    for field in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
-        match = HYPERNET_TAG.search(getattr(req, field, "") or "")
-        if match:
-            raise InvalidRequest(f"`{field}`: {match.group(0)[:100]!r}: hypernetworks are not supported by this "
-                                 "server yet; remove the tag")
+def parse_hypernet_tags(text: str, field: str) -> tuple[str, list[tuple[str, float]]]:
+    """(text without tags, [(name, multiplier)...] in order). A1111: `<hypernet:name>` (multiplier 1) or
+    `<hypernet:name:multiplier>`."""
+    found = []
+    for match in HYPERNET_TAG.finditer(text):
+        parts = [p.strip() for p in match.group(1).split(":")]
+        if not parts[0] or len(parts) > 2:
+            raise InvalidRequest(f"`{field}`: {match.group(0)[:120]!r} is not <hypernet:name:multiplier>")
+        found.append((parts[0], _weight(parts[1], match.group(0), field) if len(parts) == 2 else 1.0))
+        if len(found) > MAX_HYPERNET_TAGS:
+            raise InvalidRequest(f"`{field}` has more than {MAX_HYPERNET_TAGS} hypernetwork tags")
+    return HYPERNET_TAG.sub("", text), found
+
+
+def _hypernetwork_uses(req: GenerationRequest, store: ObjectStore, user: str,
+                       texts: dict[str, str]) -> tuple[tuple[HypernetworkUse, ...], dict[str, str]]:
+    """The prompt's hypernetworks, resolved (own first, then public), and every text with the tags removed.
+    A1111 reads them from the prompt only (its negative prompt goes to the text encoder as written), and its
+    hires pass from the hires prompt: here that one must name the same ones."""
+    cleaned, tags = {}, {}
+    for field, text in texts.items():
+        cleaned[field], tags[field] = parse_hypernet_tags(text, field)
+    for field in ("negative_prompt", "hr_negative_prompt"):
+        if tags[field]:
+            raise InvalidRequest(f"`{field}`: <hypernet:{tags[field][0][0][:60]}>: A1111 applies hypernetworks "
+                                 "from the prompt only; remove the tag from the negative prompt")
+    if texts["hr_prompt"] and getattr(req, "enable_hr", False) and tags["hr_prompt"] != tags["prompt"]:
+        raise InvalidRequest("`hr_prompt`: its hypernetworks differ from the prompt's; the hires pass runs with the "
+                             "prompt's here, so name the same ones (or leave the hires prompt empty)")
+    uses = []
+    for name, multiplier in tags["prompt"]:
+        try:
+            info = resolve_model(store, user, "hypernetwork", name, f"<hypernet:{name}>")
+        except NotFound:
+            raise InvalidRequest(f"`prompt`: <hypernet:{name[:60]}>: no such hypernetwork in your "
+                                 "models/hypernetworks or the public one (named by a tag or by the "
+                                 "`sd_hypernetwork` option)") from None
+        uses.append(HypernetworkUse(info, name, multiplier))
+    return tuple(uses), cleaned
 
 
 def resolve(req: GenerationRequest, store: ObjectStore, user: str, checkpoint: ObjectInfo) -> Networks:
-    """Every LoRA, VAE and embedding the request names, resolved in the caller's namespaces (404 names a missing one)."""
+    """Every LoRA, VAE, embedding and hypernetwork the request names, resolved in the caller's namespaces (a missing
+    LoRA or VAE is a 404, a missing hypernetwork a 422, each naming it)."""
     cleaned, tags = {}, []
-    refuse_hypernetworks(req)
+    texts = {field: getattr(req, field, "") or "" for field in
+             ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")}
+    hypernetworks, texts = _hypernetwork_uses(req, store, user, texts)
     for field in ("prompt", "negative_prompt"):
-        cleaned[field], found = parse_lora_tags(reserved_free(getattr(req, field)), field)
+        cleaned[field], found = parse_lora_tags(reserved_free(texts[field]), field)
         tags += found
     main = {t.name for t in tags}
     for field, fallback in (("hr_prompt", "prompt"), ("hr_negative_prompt", "negative_prompt")):
-        text = getattr(req, field, "")
+        text = texts[field]
         if not text:
             cleaned[field] = cleaned[fallback]
             continue
@@ -107,6 +145,7 @@ def resolve(req: GenerationRequest, store: ObjectStore, user: str, checkpoint: O
         loras=_lora_uses(store, user, tags),
         vae=choose_vae(req, store, user, checkpoint),
         embeddings=_embeddings_in(store, user, cleaned.values()),
+        hypernetworks=hypernetworks,
     )
     return Networks(plan, Prompts(**cleaned))
 

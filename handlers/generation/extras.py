@@ -12,17 +12,14 @@ from typing import Literal
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from handlers.generation import upscaling
+from handlers.generation import faces, upscaling
 from handlers.schemas import MAX_IMAGES_PER_REQUEST
 from handlers.services import Services
-from loaders.errors import InvalidRequest, PayloadTooLarge, Unavailable
-from loaders.models.manager import list_models
+from loaders.errors import InvalidRequest, PayloadTooLarge
 from loaders.storage.images import load_image
 
 MAX_INPUT_PIXELS = 2048 * 2048  # an extras input picture
 MAX_OUTPUT_PIXELS = 8192 * 8192  # what one upscale may produce (a 4x upscale of 2048²)
-FACE_RESTORERS = {"gfpgan": ("GFPGAN", "GFPGANv1.4.safetensors"), "codeformer": ("CodeFormer", "codeformer-v0.1.0.safetensors")}
-FACE_FOLDERS = {"gfpgan": "models/GFPGAN", "codeformer": "models/Codeformer"}
 
 
 class ExtrasBaseRequest(BaseModel):
@@ -75,37 +72,17 @@ def run(services: Services, user: str, req: ExtrasBaseRequest, images: list[tupl
     for (field, _), image in zip(images, decoded):
         check_sizes(req, image, field)
     # 3. Process, in A1111's order
-    done = [postprocess(services, req, image, up1, up2) for image in decoded]
+    done = [postprocess(services, user, req, image, up1, up2) for image in decoded]
     text = infotext(done[-1].info) if done else ""
     outputs = [with_pnginfo(pp, src, text) for pp, src in zip(done, decoded)]
     return outputs, plaintext_to_html(text)
 
 
 def check_face_restorers(services: Services, user: str, req: ExtrasBaseRequest) -> None:
+    """Each restorer the request turns on has weights installed (a 422 naming the file otherwise)."""
     for kind, visibility in (("gfpgan", req.gfpgan_visibility), ("codeformer", req.codeformer_visibility)):
         if visibility > 0:
-            face_restorer_unavailable(services, user, kind, f"{kind}_visibility")
-
-
-def face_restorer_unavailable(services: Services, user: str, kind: str, field: str) -> None:
-    """Face restoration needs the restorer's weights and a face detector (A1111: facexlib's RetinaFace)."""
-    label, filename = FACE_RESTORERS[kind]
-    if not list_models(services.store, user, kind):
-        raise InvalidRequest(f"`{field}`: no {label} model is installed; upload {FACE_FOLDERS[kind]}/{filename} "
-                             f"(converted to .safetensors) and models/GFPGAN/detection_Resnet50_Final.safetensors")
-    raise Unavailable(f"`{field}`: {label} weights are installed, but face detection is not available on this "
-                      "server yet, so faces cannot be restored; send 0")
-
-
-def check_restore_faces(services: Services, user: str, req) -> None:
-    """`restore_faces` on txt2img / img2img: the restorer A1111's `face_restoration_model` option names."""
-    if not getattr(req, "restore_faces", None):
-        return
-    model = str(req.override_settings.get("face_restoration_model", "CodeFormer"))
-    kind = {"codeformer": "codeformer", "gfpgan": "gfpgan"}.get(model.lower())
-    if kind is None:
-        raise InvalidRequest(f"`override_settings.face_restoration_model` {model[:80]!r}: use CodeFormer or GFPGAN")
-    face_restorer_unavailable(services, user, kind, "restore_faces")
+            faces.find_restorer(services, user, kind, f"{kind}_visibility")
 
 
 def check_sizes(req: ExtrasBaseRequest, image: Image.Image, field: str) -> None:
@@ -129,10 +106,29 @@ def target_scale(req: ExtrasBaseRequest, image: Image.Image) -> float:
     return req.upscaling_resize
 
 
-def postprocess(services: Services, req: ExtrasBaseRequest, image: Image.Image, up1, up2) -> Postprocessed:
+def postprocess(services: Services, user: str, req: ExtrasBaseRequest, image: Image.Image, up1, up2) -> Postprocessed:
+    """A1111's postprocessing scripts in their order: Upscale (1000), GFPGAN (2000), CodeFormer (3000)."""
     pp = Postprocessed(image.convert("RGB"), {})
-    if up1 is None:  # A1111: upscaler_1 "None" skips the whole upscale step
-        return pp
+    if up1 is not None:  # A1111: upscaler_1 "None" skips the whole upscale step
+        upscale(services, req, pp, up1, up2)
+    if req.gfpgan_visibility > 0:
+        restore(services, user, pp, "gfpgan", req.gfpgan_visibility)
+        pp.info["GFPGAN visibility"] = round(req.gfpgan_visibility, 3)
+    if req.codeformer_visibility > 0:
+        restore(services, user, pp, "codeformer", req.codeformer_visibility, req.codeformer_weight)
+        pp.info["CodeFormer visibility"] = round(req.codeformer_visibility, 3)
+        pp.info["CodeFormer weight"] = round(req.codeformer_weight, 3)
+    return pp
+
+
+def restore(services: Services, user: str, pp: Postprocessed, kind: str, visibility: float, weight: float = 0.5) -> None:
+    """One restorer over the picture, blended with it by `visibility` (A1111's postprocessing_gfpgan/codeformer)."""
+    source = pp.image.convert("RGB")
+    restored = faces.restore_faces(services, user, source, kind, weight)
+    pp.image = restored if visibility >= 1 else Image.blend(source, restored, visibility)
+
+
+def upscale(services: Services, req: ExtrasBaseRequest, pp: Postprocessed, up1, up2) -> None:
     upscaled = scaled(services, req, pp, up1)
     pp.info["Postprocess upscaler"] = up1.name
     if up2 is not None and req.extras_upscaler_2_visibility > 0:
@@ -140,7 +136,6 @@ def postprocess(services: Services, req: ExtrasBaseRequest, image: Image.Image, 
         upscaled = Image.blend(upscaled, second.convert(upscaled.mode), req.extras_upscaler_2_visibility)
         pp.info["Postprocess upscaler 2"] = up2.name
     pp.image = upscaled
-    return pp
 
 
 def scaled(services: Services, req: ExtrasBaseRequest, pp: Postprocessed, up) -> Image.Image:

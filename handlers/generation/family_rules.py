@@ -3,7 +3,7 @@
 SD 3.5 is a rectified-flow transformer: it samples with flow-matching Euler only (diffusers'
 FlowMatchEulerDiscreteScheduler, the checkpoint's own shift). LoRAs apply (diffusers' SD3 loader: the
 transformer at the `<lora:name:w>` weight, the CLIP encoders at its text-encoder weight); the UNet-era
-extras (VAE / embedding files, ControlNet units, hires fix, refiner, inpainting, tiling, CLIP skip,
+extras (VAE / embedding / hypernetwork files, ControlNet units, hires fix, refiner, inpainting, tiling, CLIP skip,
 variation seeds, s_churn) are not wired for it here. Each is refused with a 422 naming the field and the family rather
 than run differently from what was asked.
 """
@@ -43,6 +43,7 @@ def _refused_fields(req, networks, units, inputs, fidelity) -> list[tuple[str, s
         ("scheduler", "a schedule type other than Automatic", req.scheduler not in (None, "automatic")),
         ("sd_vae", "another VAE", networks.plan.vae is not None),
         ("prompt", "textual-inversion embeddings", bool(networks.plan.embeddings)),
+        ("prompt", "hypernetworks (they hook UNet cross-attention)", bool(networks.plan.hypernetworks)),
         ("alwayson_scripts", "ControlNet", bool(units)),
         ("enable_hr", "hires fix", bool(getattr(req, "enable_hr", False))),
         ("refiner_checkpoint", "a refiner", bool(getattr(req, "refiner_checkpoint", None))),

@@ -26,6 +26,8 @@ class Fidelity:
     overlay_inpaint: bool = True  # A1111 overlay_inpaint: paste the original back outside the mask
     info_model_hash: bool = True  # A1111 add_model_hash_to_info / add_model_name_to_info
     info_model_name: bool = True
+    face_restoration: str | None = None  # A1111 face_restoration_model when restore_faces is on, else None
+    code_former_weight: float = 0.5  # A1111 code_former_weight (CodeFormer's fidelity weight)
 
     def seeds(self, seed: int, count: int) -> list[int]:
         """A1111: image k uses seed + k, except with a variation strength, where every image shares the seed."""
@@ -126,8 +128,34 @@ def resolve(req, options: dict, mode: str) -> Fidelity:
     return Fidelity(variation, subseed, noise, tiling, clip_skip, preview_every,
                     overlay_inpaint=bool(options.get("overlay_inpaint", True)),
                     info_model_hash=bool(options.get("add_model_hash_to_info", True)),
-                    info_model_name=bool(options.get("add_model_name_to_info", True)))
+                    info_model_name=bool(options.get("add_model_name_to_info", True)),
+                    face_restoration=_face_restoration(req, options),
+                    code_former_weight=_code_former_weight(req, options))
+
+
+FACE_RESTORER_NAMES = ("CodeFormer", "GFPGAN")  # A1111's face_restoration_model choices
+
+
+def _face_restoration(req, options: dict) -> str | None:
+    """A1111: `restore_faces` unset takes the `face_restoration` option; the restorer is `face_restoration_model`."""
+    restore = req.restore_faces if getattr(req, "restore_faces", None) is not None else options.get(
+        "face_restoration", False)
+    if not restore:
+        return None
+    # the request's own override first: a script's cell (X/Y/Z "Face restore") sets it after options were read
+    name = req.override_settings.get("face_restoration_model", options.get("face_restoration_model", "CodeFormer"))
+    if name not in FACE_RESTORER_NAMES:
+        raise InvalidRequest(f"`override_settings.face_restoration_model` {str(name)[:80]!r}: use "
+                             f"{' or '.join(FACE_RESTORER_NAMES)}")
+    return name
 
 
 def _pick(value: float | None, options: dict, key: str, default: float) -> float:
     return value if value is not None else _number(options, key, default)
+
+
+def _code_former_weight(req, options: dict) -> float:
+    weight = _number({**options, **req.override_settings}, "code_former_weight", 0.5)
+    if not 0 <= weight <= 1:
+        raise InvalidRequest(f"`code_former_weight` must be in 0..1, not {weight:g}")
+    return weight

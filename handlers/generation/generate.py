@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from handlers.billing import metering
-from handlers.generation import (controlnet, extra_networks, extras, hires, img2img, ipadapter, outputs, reference,
+from handlers.generation import (controlnet, extra_networks, faces, hires, img2img, ipadapter, outputs, reference,
                                  scripts, t2i_adapter, upscaling)
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
@@ -122,7 +122,8 @@ def produce(job: Job, services: Services, on_step: StepCallback | None, fidelity
     networks = extra_networks.resolve(req, services.store, job.user, info)
     inputs = (img2img.load_inputs(req, services.store, job.user, services.settings.max_input_pixels,
                                   services.settings.max_encode_pixels) if job.mode == "img2img" else None)
-    extras.check_restore_faces(services, job.user, req)
+    if fidelity.face_restoration is not None:  # restore_faces: the restorer's weights must be installed
+        faces.find_restorer(services, job.user, faces.KIND_OF[fidelity.face_restoration], "restore_faces")
     hr_upscaler = upscaling.hires_resizer(services.store, job.user, services.upscalers, req)
     # 2. Load the checkpoint (free when resident), the refiner, the ControlNet units' models and detected
     #    maps, and fetch the LoRA / VAE / embedding files
@@ -143,7 +144,8 @@ def produce(job: Job, services: Services, on_step: StepCallback | None, fidelity
     #    Running out of device memory fails this request cleanly (503, billed 0) and frees the memory.
     progress = _with_progress(job, services, on_step)
     with device_memory_guard(f"generating {req.image_count} image(s) of {req.width}x{req.height}"):
-        if not networks.plan.uses_any and services.batcher is not None and services.batcher.applies(job, model):
+        if (not networks.plan.uses_any and fidelity.face_restoration is None and services.batcher is not None
+                and services.batcher.applies(job, model)):
             generated, generate_s = services.batcher.generate(job, services, model, progress)
         else:
             generated, generate_s, adapters_load_s, device_wait_s = generate_alone(
@@ -171,7 +173,10 @@ def generate_alone(job: Job, services: Services, model: LoadedCheckpoint, inputs
 
 def _generate_holding_device(job, services, model, inputs, networks, control, refiner, progress, fidelity,
                              hr_upscaler) -> tuple[Generated, float, float]:
-    with services.adapters.applied(model, networks.plan) as adapters:
+    with services.adapters.applied(model, networks.plan) as adapters, \
+            services.adapters.hypernetworks.applied(_attention_models(model, control, refiner),
+                                                    networks.plan.hypernetworks) as hypernet_load_s:
+        adapters.load_s += hypernet_load_s
         t0 = time.perf_counter()
         total = planned_steps(job)
         fidelity = fidelity or Fidelity()
@@ -182,7 +187,8 @@ def _generate_holding_device(job, services, model, inputs, networks, control, re
         steps = StepCounter(progress, total, live)
         try:
             ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner, fidelity,
-                             hr_upscaler)
+                             hr_upscaler, restore=faces.restorer(services, job.user, fidelity.face_restoration,
+                                                                 fidelity.code_former_weight))
             with circular(ctx.fidelity.tiling, *(_tiled_modules(model, adapters, refiner) if ctx.fidelity.tiling else ())), \
                     reference.applied(model.pipe, control.references if control is not None else [],
                                       vae=adapters.vae, seed=job.request.seed_or_none or 0,
@@ -195,6 +201,13 @@ def _generate_holding_device(job, services, model, inputs, networks, control, re
         finally:
             services.progress.finish(job.user, job.task_id)
         return generated, time.perf_counter() - t0, adapters.load_s
+
+
+def _attention_models(model: LoadedCheckpoint, control, refiner) -> list:
+    """The models whose attention a hypernetwork changes: A1111 patches every CrossAttention, so the UNet, the
+    refiner's and the ControlNet models' alike."""
+    nets = list(control.nets) if control is not None else []
+    return [getattr(model.pipe, "unet", None), getattr(refiner.pipe, "unet", None) if refiner else None, *nets]
 
 
 @contextmanager
@@ -265,15 +278,15 @@ def generate(job: Job, model: LoadedCheckpoint, ctx: RunContext, inputs: img2img
         low = replace(ctx, control=ctx.control.for_pass(hires_pass=False)) if ctx.control else ctx
         high = replace(ctx, control=ctx.control.for_pass(hires_pass=True)) if ctx.control else ctx
         first = generate_txt2img(req, model, low, seeds, output_type=hires.first_pass_output(req), subseeds=subseeds)
-        images = hires.second_pass(req, model, high, seeds, first)
+        images = ctx.restored(hires.second_pass(req, model, high, seeds, first))
     else:
-        images = generate_txt2img(req, model, ctx, seeds, subseeds=subseeds)
+        images = ctx.restored(generate_txt2img(req, model, ctx, seeds, subseeds=subseeds))
     extra = {**refiner_infotext(ctx.refiner, req.refiner()[1] if ctx.refiner else None),
              **(ctx.control.infotext() if ctx.control is not None else {}), **mode_infotext(job)}
     texts = [
         outputs.infotext(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
                          sampler=req.sampler, schedule=req.schedule, cfg_scale=req.cfg_scale, seed=s,
-                         width=img.width, height=img.height,
+                         width=img.width, height=img.height, face_restoration=ctx.fidelity.face_restoration,
                          model_name=model.name if ctx.fidelity.info_model_name else None,
                          model_hash=model.short_hash if ctx.fidelity.info_model_hash else None,
                          extra={**ctx.fidelity.infotext(sub), **sampler_infotext(req, ctx.fidelity), **extra})

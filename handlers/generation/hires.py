@@ -6,6 +6,7 @@ size with `denoising_strength`, `hr_prompt` and `hr_sampler_name`. A ControlNet 
 
 from __future__ import annotations
 
+import json
 import math
 
 from PIL import Image
@@ -13,7 +14,7 @@ from PIL import Image
 from handlers.generation import controlnet
 from handlers.generation.batches import RunContext, batches, denoise_steps
 from handlers.generation.schedulers import make_scheduler
-from handlers.samplers import find_sampler
+from handlers.samplers import SCHEDULES, find_sampler
 from handlers.schemas import IMAGE_UPSCALERS, LATENT_UPSCALERS, Txt2ImgRequest
 from loaders.models.manager import LoadedCheckpoint
 from loaders.models.pipelines import task_view
@@ -30,9 +31,26 @@ def _strength(req: Txt2ImgRequest) -> float:
 
 
 def infotext(req: Txt2ImgRequest) -> dict:
-    return {"Denoising strength": f"{req.denoising_strength:g}", "Hires upscale": f"{req.hr_scale:g}",
-            "Hires resize": "{}x{}".format(*req.hr_size), "Hires upscaler": req.hr_upscaler,
-            "Hires steps": req.hr_second_pass_steps}
+    """A1111's hires entries; the second pass's own sampler, schedule and prompts only where they differ from
+    the first pass's (A1111 processing.py / sd_samplers_kdiffusion.py write them the same way)."""
+    out = {"Denoising strength": f"{req.denoising_strength:g}", "Hires upscale": f"{req.hr_scale:g}",
+           "Hires resize": "{}x{}".format(*req.hr_size), "Hires upscaler": req.hr_upscaler,
+           "Hires steps": req.hr_second_pass_steps}
+    if req.hr_sampler_name and req.hr_sampler_name != req.sampler:
+        out["Hires sampler"] = req.hr_sampler_name
+    if req.hr_scheduler and req.hr_scheduler != req.schedule:
+        out["Hires schedule type"] = SCHEDULES[req.hr_scheduler][0]
+    for label, text, first in (("Hires prompt", req.hr_prompt, req.prompt),
+                               ("Hires negative prompt", req.hr_negative_prompt, req.negative_prompt)):
+        if text and text != first:
+            out[label] = quoted(text)
+    return out
+
+
+def quoted(text: str) -> str:
+    """An infotext value as A1111 quotes it (infotext_utils.quote): JSON when a comma, colon or newline in it
+    would otherwise end the value."""
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
 
 def first_pass_output(req: Txt2ImgRequest) -> str:

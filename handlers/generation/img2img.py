@@ -104,5 +104,5 @@ def generate(req: Img2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, inpu
             **ctx.fidelity.encoder_kwargs(pipe),
             **(ctx.control.call_kwargs(image_key="control_image") if ctx.control else {}),
         )
-        images.extend(out.images)
+        images.extend(ctx.restored(out.images))
     return images

@@ -103,7 +103,9 @@ def generate(req, model: LoadedCheckpoint, ctx: RunContext, images: list[Image.I
             **latent_fill(pipe, req.inpainting_fill, regions, generators), **ctx.fidelity.encoder_kwargs(pipe),
             **(ctx.control.call_kwargs(image_key="control_image") if ctx.control else {}),
         )
-        out_images.extend(finish(pipe, r, img, ctx.fidelity.overlay_inpaint) for r, img in zip(regions, out.images))
+        # A1111 restores faces on the generated picture, then pastes the original back outside the mask
+        out_images.extend(finish(pipe, r, img, ctx.fidelity.overlay_inpaint)
+                          for r, img in zip(regions, ctx.restored(out.images)))
     return out_images
 
 

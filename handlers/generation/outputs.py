@@ -58,7 +58,7 @@ def output_prefix(user: str, label: str, folder: str, now: datetime | None = Non
 
 def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, schedule: str, cfg_scale: float,
              seed: int, width: int, height: int, model_name: str | None, model_hash: str | None,
-             extra: dict | None = None) -> str:
+             extra: dict | None = None, face_restoration: str | None = None) -> str:
     """The A1111 `parameters` text: prompt, negative prompt, then `Key: value` pairs (a None model name or hash
     is left out, as A1111 leaves them out when add_model_name_to_info / add_model_hash_to_info are off)."""
     fields = {
@@ -67,6 +67,7 @@ def infotext(*, prompt: str, negative_prompt: str, steps: int, sampler: str, sch
         "Schedule type": schedule.capitalize() if schedule != "sgm_uniform" else "SGM Uniform",
         "CFG scale": f"{cfg_scale:g}",
         "Seed": seed,
+        **({"Face restoration": face_restoration} if face_restoration else {}),  # A1111 writes it before Size
         "Size": f"{width}x{height}",
         **({"Model hash": model_hash} if model_hash is not None else {}),
         **({"Model": model_name} if model_name is not None else {}),

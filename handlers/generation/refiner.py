@@ -34,6 +34,8 @@ def load_refiner(job, services, base: LoadedCheckpoint) -> tuple[LoadedCheckpoin
     if wanted is None:
         return None, 0.0
     name, _ = wanted
+    if job.mode != "txt2img":  # img2img's passes have no hand-over here: refused, not loaded and left unused
+        raise InvalidRequest("`refiner_checkpoint` is supported for txt2img only here; leave it out of img2img")
     sampler = find_sampler(job.request.sampler)
     if runs_planned(sampler, job.request.schedule):  # the hand-over cuts the schedule by timestep, which these
         # samplers' plans do not follow

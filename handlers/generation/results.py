@@ -94,8 +94,8 @@ def info_json(job: Job, model, generated: Generated, opts: dict, fidelity, grid_
         "all_subseeds": generated.subseeds or [fidelity.subseed], "subseed_strength": strength,
         "width": generated.images[0].width, "height": generated.images[0].height,
         "sampler_name": req.sampler, "scheduler": req.schedule, "cfg_scale": req.cfg_scale, "steps": req.steps,
-        "batch_size": req.batch_size, "n_iter": req.n_iter, "restore_faces": bool(getattr(req, "restore_faces", False)),
-        "face_restoration_model": None, "sd_model_name": model.name, "sd_model_hash": model.short_hash,
+        "batch_size": req.batch_size, "n_iter": req.n_iter, "restore_faces": fidelity.face_restoration is not None,
+        "face_restoration_model": fidelity.face_restoration, "sd_model_name": model.name, "sd_model_hash": model.short_hash,
         "sd_vae_name": _vae_name(req), "sd_vae_hash": None,
         "seed_resize_from_w": req.seed_resize_from_w, "seed_resize_from_h": req.seed_resize_from_h,
         "denoising_strength": getattr(req, "denoising_strength", None) if (

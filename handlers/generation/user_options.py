@@ -6,6 +6,7 @@ from __future__ import annotations
 from handlers.accounts import options as user_options
 from handlers.accounts import styles
 from handlers.accounts.a1111_options import DEFAULTS, HONOURED
+from handlers.generation.extra_networks import parse_hypernet_tags
 from handlers.generation.fidelity import Fidelity
 from handlers.jobs import Job
 from handlers.services import Services
@@ -33,9 +34,22 @@ def apply_user_options(job: Job, services: Services) -> dict:
             update["hr_prompt"], _ = styles.apply(mine_styles, req.styles, req.hr_prompt, "")
         if getattr(req, "hr_negative_prompt", ""):
             _, update["hr_negative_prompt"] = styles.apply(mine_styles, req.styles, "", req.hr_negative_prompt)
+    hr_prompt = update.get("hr_prompt", getattr(req, "hr_prompt", ""))
+    update |= added_hypernetwork(opts, update.get("prompt", req.prompt), hr_prompt)
     if update:
         job.request = req.model_copy(update=update)
     return opts
+
+
+def added_hypernetwork(opts: dict, prompt: str, hr_prompt: str) -> dict:
+    """A1111's `sd_hypernetwork` option: `<hypernet:name:extra_networks_default_multiplier>` appended to the
+    prompt unless the prompt names that hypernetwork already (the hires pass gets it too, as A1111 activates it
+    for both). The name is resolved with the prompt's tags, so a missing one is a 422 naming it."""
+    name = opts.get("sd_hypernetwork") or "None"
+    if name == "None" or any(tag[0] == name for tag in parse_hypernet_tags(prompt, "prompt")[1]):
+        return {}
+    tag = f"<hypernet:{name}:{opts.get('extra_networks_default_multiplier', 1.0)}>"  # A1111 formats it as stored
+    return {"prompt": prompt + tag, **({"hr_prompt": hr_prompt + tag} if hr_prompt else {})}
 
 
 def sampler_infotext(req, fidelity: Fidelity) -> dict:

@@ -12,7 +12,8 @@ from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel
 
 from handlers.accounts.auth import Tenant, tenant_dependency
-from handlers.generation import extras, upscaling
+from handlers.generation import extras, faces, upscaling
+from handlers.http.listing import hypernetworks as hypernetwork_items
 from handlers.services import Services
 from loaders.errors import NotFound, Unavailable
 from loaders.models.manager import list_models
@@ -96,7 +97,7 @@ def face_restorer_items(services: Services, user: str) -> list[FaceRestorerItem]
     """Only restorers whose weights are installed (A1111 lists its two and downloads on first use; we never
     download, so listing one that cannot run would mislead)."""
     items = []
-    for kind, (label, _) in extras.FACE_RESTORERS.items():
+    for kind, (label, _) in faces.RESTORERS.items():
         installed = list_models(services.store, user, kind)
         if installed:
             items.append(FaceRestorerItem(name=label, cmd_dir=installed[0].key.rsplit("/", 1)[0]))
@@ -128,7 +129,7 @@ def router(services: Services) -> APIRouter:
 
     @r.get("/sdapi/v1/hypernetworks")
     def hypernetworks(who: Tenant = Depends(tenant)) -> list[dict]:
-        return []  # none can be applied yet (a `<hypernet:...>` tag is a 422), so none is listed
+        return hypernetwork_items(services, who.user)
 
     @r.get("/sdapi/v1/upscalers", response_model=list[UpscalerItem])
     def upscalers(who: Tenant = Depends(tenant)):

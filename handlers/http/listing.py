@@ -57,6 +57,12 @@ def listed_metadata(path, name: str, cap: int) -> dict:
     return kept
 
 
+def hypernetworks(services: Services, user: str) -> list[dict]:
+    """A1111's `[{"name", "path"}]`: the caller's hypernetworks, then the public ones (--hypernetwork-dir)."""
+    return [{"name": info.key.rsplit("/", 1)[-1].removesuffix(".safetensors"), "path": info.key}
+            for info in list_models(services.store, user, "hypernetwork")]
+
+
 def sd_vae(services: Services, user: str) -> list[dict]:
     return [{"model_name": info.key.rsplit("/", 1)[-1], "filename": info.key}
             for info in list_models(services.store, user, "vae")]

@@ -18,14 +18,17 @@ from fastapi.concurrency import run_in_threadpool
 
 from handlers.accounts.auth import Tenant, require_admin, tenant_dependency
 from handlers.services import Services
+from loaders.adapters.hypernet_format import check_file
 from loaders.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from loaders.models import model_files
 from loaders.models.manager import clean_model_name, list_models, model_key, public_kinds
 from loaders.models.pickle_convert import is_pickle_name
 
-Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "esrgan", "realesrgan", "swinir", "dat",
-               "gfpgan", "codeformer"]
-SWITCH = {"lora": "EASEL_PUBLIC_LORA", "vae": "EASEL_PUBLIC_VAE", "embedding": "EASEL_PUBLIC_EMBEDDINGS"}
+Kind = Literal["checkpoint", "lora", "vae", "embedding", "hypernetwork", "controlnet", "esrgan", "realesrgan",
+               "swinir", "dat", "gfpgan", "codeformer"]
+SWITCH = {"lora": "EASEL_PUBLIC_LORA=false", "vae": "EASEL_PUBLIC_VAE=false",
+          "embedding": "EASEL_PUBLIC_EMBEDDINGS=false",
+          "hypernetwork": "no --hypernetwork-dir / EASEL_HYPERNETWORK_DIR"}
 
 
 def target_key(services: Services, who: Tenant, kind: str, name: str, *, public: bool, overwrite: bool) -> str:
@@ -35,7 +38,7 @@ def target_key(services: Services, who: Tenant, kind: str, name: str, *, public:
     if public:
         require_admin(who, "write public models")
         if kind not in public_kinds(services.store):
-            raise InvalidRequest(f"public {kind} models are switched off ({SWITCH.get(kind, kind)}=false)")
+            raise InvalidRequest(f"public {kind} models are switched off ({SWITCH.get(kind, kind + '=false')})")
     key = model_key("public/" if public else f"users/{who.user}/", kind, filename)
     if not overwrite and services.store.exists(key):
         raise Conflict(f"{kind} {filename!r} exists; send overwrite=true to replace it")
@@ -62,7 +65,10 @@ def finish_upload(services: Services, staging: model_files.StagingFile, key: str
     name = key.rsplit("/", 1)[-1]
     if is_pickle_name(source_name):
         staging.convert_pickle(source_name)
-    entry = model_files.publish(services.store, key, staging.finish(name))
+    staged = staging.finish(name)
+    if kind == "hypernetwork":  # its structure against its tensors, from the header: a bad file never lists
+        check_file(staged.path, f"hypernetwork {name!r}")
+    entry = model_files.publish(services.store, key, staged)
     return describe(entry, kind)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from loaders.adapters.annotators import AnnotatorCache
 from loaders.adapters.clip_vision import ImageEncoderCache
+from loaders.adapters.control_lora import build_control_lora, control_lora_family, is_control_lora
+from loaders.adapters.controlnet_union import build_union, is_union
 from loaders.adapters.ipadapter import LoadedIPAdapter, build_ip_adapter, is_ip_adapter
 from loaders.adapters.t2i_adapter import LoadedT2IAdapter, build_t2i_adapter, is_t2i_adapter
 from loaders.errors import InvalidRequest
@@ -48,9 +50,6 @@ def detect_controlnet_family(path: Path, name: str) -> str:
 
     header = read_header(path, name)
     keys = header.keys
-    refused = unsupported_kind(keys)
-    if refused is not None:
-        raise InvalidRequest(f"{name!r} is {refused}, which this server does not load yet")
     if not any(k.startswith(LDM_PREFIX) or k.startswith("controlnet_cond_embedding.") for k in keys):
         raise InvalidRequest(f"{name!r} is not a ControlNet model (no `control_model.*` weights)")
     if header.metadata.get("easel.family"):
@@ -63,17 +62,6 @@ def detect_controlnet_family(path: Path, name: str) -> str:
     with safe_open(str(path), framework="pt") as f:
         width = f.get_slice(probe).get_shape()[-1]
     return _CROSS_ATTN_WIDTH.get(width, f"unknown (cross-attention width {width})")
-
-
-def unsupported_kind(keys) -> str | None:
-    """ControlNet-like files this server recognises but cannot run: named in the 422 rather than failing on shapes."""
-    keys = set(keys)
-    if "lora_controlnet" in keys:  # Stability's Control-LoRA marker key
-        return "a Control-LoRA (control-lora-*: LoRA deltas over the SDXL UNet's encoder)"
-    if any(k.startswith(("task_embedding", "control_add_embedding", "transformer_layes.", "spatial_ch_projs."))
-           for k in keys):  # xinsir's ControlNet-Union (ProMax): one net, a control type per image
-        return "a ControlNet-Union (ProMax) model"
-    return None
 
 
 def build_controlnet(path: Path, family: str, device: str, dtype):
@@ -117,16 +105,23 @@ def _check_fits(name: str, family: str, base_family: str, field: str, kind: str 
 
 
 def _kind(loaded) -> str:
-    return {LoadedIPAdapter: "IP-Adapter", LoadedT2IAdapter: "T2I-Adapter"}.get(type(loaded), "ControlNet")
+    kinds = {LoadedIPAdapter: "IP-Adapter", LoadedT2IAdapter: "T2I-Adapter"}
+    return kinds.get(type(loaded)) or loaded.kind
 
 
 @dataclass
 class LoadedControlNet:
-    model: object  # diffusers ControlNetModel (never modified after loading; shared between requests)
+    model: object  # diffusers ControlNetModel / ControlNetUnionModel (never modified after loading; shared)
     key: str
     etag: str
     family: str
     name: str
+    kind: str = "ControlNet"  # or "ControlNet-Union" (takes a control type) or "Control-LoRA"
+    base: str = ""  # a Control-LoRA's checkpoint (key@etag): its weights are that UNet's plus the deltas
+
+    @property
+    def union(self) -> bool:
+        return self.kind == "ControlNet-Union"
 
 
 AnyLoaded = LoadedControlNet | LoadedIPAdapter | LoadedT2IAdapter  # what a models/ControlNet/ file loads as
@@ -148,18 +143,21 @@ class ControlNetCache:
         self._loaded: OrderedDict[tuple[str, str, str], AnyLoaded] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, info: ObjectInfo, *, base_family: str, device: str, dtype,
-            field: str) -> tuple[AnyLoaded, float]:
-        """The model for this object version on `device`, and the seconds spent loading it (0 when resident)."""
-        cache_key = (info.key, info.etag, f"{device}/{dtype}")
+    def get(self, info: ObjectInfo, *, base_family: str, device: str, dtype, field: str,
+            unet=None, base: str = "") -> tuple[AnyLoaded, float]:
+        """The model for this object version on `device`, and the seconds spent loading it (0 when resident).
+        `unet` / `base` (key@etag) are the checkpoint's, which a Control-LoRA is built from (and cached under)."""
+        placed = f"{device}/{dtype}"
         with self._lock:
-            if cache_key in self._loaded:
-                self._loaded.move_to_end(cache_key)
-                resident = self._loaded[cache_key]
-                _check_fits(resident.name, resident.family, base_family, field, _kind(resident))
-                return resident, 0.0
+            for cache_key in ((info.key, info.etag, placed, ""), (info.key, info.etag, placed, base)):
+                if cache_key in self._loaded:
+                    self._loaded.move_to_end(cache_key)
+                    resident = self._loaded[cache_key]
+                    _check_fits(resident.name, resident.family, base_family, field, _kind(resident))
+                    return resident, 0.0
             started = time.perf_counter()
-            loaded = self._load(info, base_family, device, dtype, field)
+            loaded = self._load(info, base_family, device, dtype, field, unet, base)
+            cache_key = (info.key, info.etag, placed, getattr(loaded, "base", ""))
             for stale in [k for k in self._loaded if k[0] == info.key and k[1] != info.etag]:
                 del self._loaded[stale]
             self._loaded[cache_key] = loaded
@@ -167,8 +165,8 @@ class ControlNetCache:
                 self._loaded.popitem(last=False)
             return loaded, time.perf_counter() - started
 
-    def _load(self, info: ObjectInfo, base_family: str, device: str, dtype,
-              field: str) -> AnyLoaded:
+    def _load(self, info: ObjectInfo, base_family: str, device: str, dtype, field: str, unet,
+              base: str) -> AnyLoaded:
         name = info.key.rsplit("/", 1)[-1]
         path = self.files.ensure(info)
         keys = read_header(path, name).keys
@@ -177,14 +175,37 @@ class ControlNetCache:
             loaded = (build_ip_adapter if ip else build_t2i_adapter)(path, name, info.key, info.etag, device, dtype)
             _check_fits(name, loaded.family, base_family, field, "IP-Adapter" if ip else "T2I-Adapter")
             return loaded
+        if is_control_lora(keys):
+            return _load_control_lora(path, name, info, keys, base_family, field, unet, base, device, dtype)
         family = detect_controlnet_family(path, name)
         _check_fits(name, family, base_family, field)
         try:
             controlnet_config_dir(family)
         except KeyError:
             raise InvalidRequest(f"`{field}` {name!r} is a {family} ControlNet, which this server cannot load") from None
+        union = is_union(keys)
+        kind = "ControlNet-Union" if union else "ControlNet"
+        if union and family not in ("sdxl", "demo-sdxl"):
+            raise InvalidRequest(f"`{field}` {name!r} is a ControlNet-Union model for {family}; only SDXL ones exist")
         try:
-            model = build_controlnet(path, family, device, dtype)
+            model = (build_union(path, name, controlnet_config_dir(family), device, dtype) if union
+                     else build_controlnet(path, family, device, dtype))
         except (ValueError, RuntimeError, KeyError, TypeError) as e:  # weights that do not fit the shipped config
-            raise InvalidRequest(f"`{field}` {name!r} could not be loaded as a {family} ControlNet: {e}"[:500]) from None
-        return LoadedControlNet(model, info.key, info.etag, family, name.removesuffix(".safetensors"))
+            raise InvalidRequest(f"`{field}` {name!r} could not be loaded as a {family} {kind}: {e}"[:500]) from None
+        return LoadedControlNet(model, info.key, info.etag, family, name.removesuffix(".safetensors"), kind)
+
+
+def _load_control_lora(path: Path, name: str, info: ObjectInfo, keys, base_family: str, field: str, unet,
+                       base: str, device, dtype) -> LoadedControlNet:
+    """A Control-LoRA fits any checkpoint of its UNet layout (SD 1.x or SDXL); it is merged into this one's UNet."""
+    family = same_unet(base_family)
+    xl_file, xl_base = control_lora_family(keys) == "sdxl", family in ("sdxl", "demo-sdxl")
+    if xl_file != xl_base or unet is None or family not in CONTROLNET_CONFIGS:
+        raise InvalidRequest(f"`{field}` {name!r} is a Control-LoRA for {'SDXL' if xl_file else 'SD 1.x'} "
+                             f"models; the checkpoint is a {base_family} model")
+    try:
+        model = build_control_lora(path, name, controlnet_config_dir(family), unet, device, dtype)
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise InvalidRequest(f"`{field}` {name!r} could not be loaded as a Control-LoRA: {e}"[:500]) from None
+    return LoadedControlNet(model, info.key, info.etag, family, name.removesuffix(".safetensors"), "Control-LoRA",
+                            base)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from loaders.adapters.hypernetworks import HypernetworkCache, HypernetworkUse
 from loaders.errors import InvalidRequest
 from loaders.models.families import config_dir
 from loaders.models.manager import FileCache, LoadedCheckpoint
@@ -49,10 +50,11 @@ class AdapterPlan:
     loras: tuple[LoraUse, ...] = ()
     vae: ObjectInfo | None = None
     embeddings: tuple[EmbeddingUse, ...] = ()
+    hypernetworks: tuple[HypernetworkUse, ...] = ()  # in prompt order: A1111 chains them in that order
 
     @property
     def uses_any(self) -> bool:
-        return bool(self.loras or self.vae or self.embeddings)
+        return bool(self.loras or self.vae or self.embeddings or self.hypernetworks)
 
 
 @dataclass
@@ -89,8 +91,9 @@ class Adapters:
     """Loaded adapter files per resident pipeline (LoRA LRU per pipeline, VAE LRU shared)."""
 
     def __init__(self, files: FileCache, device: str, *, lora_capacity: int = 8, vae_capacity: int = 2,
-                 embedding_capacity: int = 16, max_vectors: int = 75):
+                 embedding_capacity: int = 16, max_vectors: int = 75, hypernetwork_capacity: int = 4):
         self.files = files
+        self.hypernetworks = HypernetworkCache(files, hypernetwork_capacity)
         self.device = device
         self.lora_capacity = lora_capacity
         self.vae_capacity = vae_capacity
@@ -104,6 +107,7 @@ class Adapters:
         """Download (or find locally) every file the plan needs and check its header; seconds spent."""
         started = time.perf_counter()
         infos = [u.info for u in plan.loras] + [e.info for e in plan.embeddings] + ([plan.vae] if plan.vae else [])
+        infos += [h.info for h in plan.hypernetworks]
         for info in infos:
             read_header(self.files.ensure(info), _file_name(info))
         return time.perf_counter() - started

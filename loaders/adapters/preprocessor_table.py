@@ -108,9 +108,14 @@ TAG_FILTERS = {"instructp2p": ["ip2p"], "segmentation": ["seg"], "normalmap": ["
                "t2i-adapter": ["t2i_adapter", "t2iadapter", "t2ia"], "ip-adapter": ["ip_adapter", "ipadapter"],
                "openpose": ["openpose", "densepose"], "instant-id": ["instant_id", "instantid"],
                "scribble": ["sketch"], "tile": ["blur"]}
+# control types a ControlNet-Union model serves: a model named "…union…" is listed under each (the extension's
+# ControlNetUnionControlType.all_tags)
+UNION_TAGS = {"openpose", "depth", "softedge", "scribble", "canny", "lineart", "mlsd", "normalmap", "segmentation",
+              "inpaint", "tile"}
 
 
 def model_matches(tag: str, model_name: str) -> bool:
     """Whether a model file belongs to a control type, by the words in its name (the extension's rule)."""
     low, pattern = model_name.lower(), tag.lower()
-    return pattern in low or any(word in low for word in TAG_FILTERS.get(pattern, []))
+    words = [*TAG_FILTERS.get(pattern, []), *(["union"] if pattern in UNION_TAGS else [])]
+    return pattern in low or any(word in low for word in words)

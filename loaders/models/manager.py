@@ -30,6 +30,7 @@ KIND_DIRS = {
     "vae": "models/VAE",
     "controlnet": "models/ControlNet",
     "embedding": "embeddings",
+    "hypernetwork": "models/hypernetworks",  # A1111 hypernetworks (loaders.adapters.hypernetworks)
     # upscalers and face restorers (A1111's folder names), loaded by loaders.adapters.upscalers
     "esrgan": "models/ESRGAN", "realesrgan": "models/RealESRGAN", "swinir": "models/SwinIR", "dat": "models/DAT",
     "gfpgan": "models/GFPGAN", "codeformer": "models/Codeformer",
@@ -176,7 +177,18 @@ def build_pipeline(path: Path, family: str, device: str, *, configs=None, cpu_dt
         if tokenizer is not None:
             pad_without_splitting(tokenizer)  # "!" in an OpenCLIP prompt is text, as in A1111
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return move_stragglers(pipe, device)
+
+
+def move_stragglers(pipe, device: str):
+    """Moves only what `from_single_file` left elsewhere (text encoders, on CUDA): `pipe.to` walks every parameter."""
+    import torch
+
+    for part in pipe.components.values():
+        first = next(part.parameters(), None) if isinstance(part, torch.nn.Module) else None
+        if first is not None and first.device.type != torch.device(device).type:
+            part.to(device)
+    return pipe
 
 
 def pipeline_view(base, cls=None, **components):

@@ -54,8 +54,35 @@ def _flatten(value, prefix: str, tensors: dict, meta: dict) -> None:
         meta[prefix] = json.dumps(value)
 
 
+def is_hypernetwork(obj) -> bool:
+    """A1111's hypernetwork dict: int context widths → (k module state, v module state)."""
+    return isinstance(obj, dict) and any(
+        isinstance(k, int) and isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(s, dict) for s in v)
+        for k, v in obj.items())
+
+
+def _plain(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, (int, float, str, bool)) or value is None
+
+
+def hypernetwork_weights(obj: dict) -> tuple[dict, dict]:
+    """`768.0.linear.0.weight` (k) / `768.1.…` (v) tensors; `layer_structure`, `activation_func`… each one JSON
+    metadata value, so loaders.adapters.hypernet_format reads the structure back whole."""
+    tensors, meta = {}, {}
+    for key, value in obj.items():
+        if isinstance(key, int):
+            _flatten(value, str(key), tensors, {})
+        elif isinstance(key, str) and _plain(value):
+            meta[key] = json.dumps(value)
+    return tensors, meta
+
+
 def weights_of(obj) -> tuple[dict, dict]:
     """(tensors, metadata) of a loaded checkpoint / LoRA / embedding / hypernetwork / upscaler."""
+    if is_hypernetwork(obj):
+        return hypernetwork_weights(obj)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # A1111 / Lightning checkpoints
     if isinstance(obj, dict) and isinstance(obj.get("string_to_param"), dict):

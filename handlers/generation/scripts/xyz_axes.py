@@ -18,7 +18,7 @@ from loaders.errors import InvalidRequest
 class Axis:
     label: str
     type: type
-    apply: str | None  # a request field, "prompt_sr", "checkpoint", "vae", "nothing"; None: not run here
+    apply: str | None  # a request field, "prompt_sr", "checkpoint", "vae", "face_restore", "nothing"; None: not run here
     modes: tuple[str, ...] = ("txt2img", "img2img")
 
 
@@ -38,7 +38,7 @@ AXES = [
     Axis("Denoising", float, "denoising_strength"), Axis("Initial noise multiplier", float, None),
     Axis("Extra noise", float, None), Axis("Hires upscaler", str, "hr_upscaler", _T2I),
     Axis("Cond. Image Mask Weight", float, None, _I2I), Axis("VAE", str, "vae"), Axis("Styles", str, None),
-    Axis("UniPC Order", int, None), Axis("Face restore", str, None), Axis("Token merging ratio", float, None),
+    Axis("UniPC Order", int, None), Axis("Face restore", str, "face_restore"), Axis("Token merging ratio", float, None),
     Axis("Token merging ratio high-res", float, None), Axis("Always discard next-to-last sigma", str, None),
     Axis("SGM noise multiplier", str, None), Axis("Refiner checkpoint", str, "refiner_checkpoint"),
     Axis("Refiner switch at", float, "refiner_switch_at"), Axis("RNG source", str, None),

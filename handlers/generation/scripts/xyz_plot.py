@@ -58,6 +58,12 @@ def _apply(s: ScriptRun, update: dict, axis: Axis, value, values: list) -> None:
         scripts_ = dict(update.get("alwayson_scripts", s.req.alwayson_scripts))
         scripts_.pop(key, None)  # an EAS alwayson value would win over the axis
         update["alwayson_scripts"] = scripts_
+    elif axis.apply == "face_restore":  # A1111's apply_face_restore: a restorer's name, or a yes/no
+        name = {"codeformer": "CodeFormer", "gfpgan": "GFPGAN"}.get(str(value).lower())
+        update["restore_faces"] = name is not None or str(value).lower() in ("true", "yes", "y", "1")
+        if name is not None:
+            update["override_settings"] = {**update.get("override_settings", s.req.override_settings),
+                                           "face_restoration_model": name}
     else:
         update[axis.apply] = value
 

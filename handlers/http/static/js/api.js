@@ -58,12 +58,18 @@ export async function api(path, { method = "GET", json, body, signal } = {}) {
 // Our own /files/ URLs need the token, which an <img src> cannot send: fetch them and hand out blob: URLs.
 // Signed URLs of another origin (S3) are used as they are.
 export async function imageUrl(url) {
-  if (url.startsWith("data:") || url.startsWith("blob:")) return url;
+  return (await fetchImage(url)).src;
+}
+
+// { src, blob }: the blob when the page could read the bytes (our own /files/), else null (a signed URL).
+export async function fetchImage(url) {
+  if (url.startsWith("data:") || url.startsWith("blob:")) return { src: url, blob: null };
   const u = new URL(url, location.href);
-  if (u.origin !== location.origin && !u.pathname.startsWith("/files/")) return url;
+  if (u.origin !== location.origin && !u.pathname.startsWith("/files/")) return { src: url, blob: null };
   const res = await fetch(u.pathname + u.search, { headers: authHeaders() });
   if (!res.ok) throw new ApiError(res.status, `cannot load ${u.pathname} (${res.status})`);
-  return URL.createObjectURL(await res.blob());
+  const blob = await res.blob();
+  return { src: URL.createObjectURL(blob), blob };
 }
 
 // Upload a File/Blob as the raw body, with progress (fetch has no upload progress; XMLHttpRequest does).

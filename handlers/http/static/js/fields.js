@@ -45,7 +45,9 @@ const INFOTEXT = {
   "Schedule type": "scheduler", "CFG scale": "cfg_scale", Seed: "seed", "Size-1": "width", "Size-2": "height",
   "Clip skip": "clip_skip", "Variation seed": "subseed", "Variation seed strength": "subseed_strength",
   "Hires upscale": "hr_scale", "Hires steps": "hr_second_pass_steps", "Hires upscaler": "hr_upscaler",
-  "Denoising strength": "denoising_strength",
+  "Denoising strength": "denoising_strength", "Hires sampler": "hr_sampler_name", "Hires schedule type": "hr_scheduler",
+  "Hires prompt": "hr_prompt", "Hires negative prompt": "hr_negative_prompt", Eta: "eta", "Eta DDIM": "eta",
+  "Sigma churn": "s_churn", "Sigma tmin": "s_tmin", "Sigma tmax": "s_tmax", "Sigma noise": "s_noise",
 };
 
 export function fieldsFromInfotext(parameters) {

@@ -5,7 +5,7 @@ import { clearErrors, showErrors } from "./errors.js";
 
 // Model folders and the kind the models API calls them (a model is deleted through it when it exists).
 const MODEL_DIRS = { "models/Stable-diffusion": "checkpoint", "models/Lora": "lora", "models/VAE": "vae",
-  "models/ControlNet": "controlnet", embeddings: "embedding" };
+  "models/ControlNet": "controlnet", embeddings: "embedding", "models/hypernetworks": "hypernetwork" };
 
 function modelKind(path) {
   const folder = path.split("/").slice(0, -1).join("/");

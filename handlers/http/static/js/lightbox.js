@@ -28,11 +28,12 @@ export class Lightbox {
     this.index = i;
     const item = this.items[i];
     const status = el("p", { class: "ok", role: "status" });
+    const text = el("pre", { class: "infotext", text: item.infotext === null ? "reading parameters…" : item.infotext || "no parameters stored" });
     this.node.replaceChildren(el("div", { class: "lightbox-body" },
-      el("img", { src: item.src, alt: item.infotext.split("\n")[0] || item.name }),
+      el("img", { src: item.src, alt: (item.infotext || "").split("\n")[0] || item.name }),
       el("div", { class: "lightbox-side" },
         el("div", { class: "meta", text: `${i + 1} / ${this.items.length}${this.gallery.cursor ? "+" : ""} · ${item.name}` }),
-        el("pre", { class: "infotext", text: item.infotext || "no parameters stored" }),
+        text,
         el("div", { class: "buttons" },
           el("button", { type: "button", text: "◀", "aria-label": "previous", disabled: i === 0, onclick: () => this.open(i - 1) }),
           el("button", { type: "button", text: "▶", "aria-label": "next", disabled: i === this.items.length - 1,
@@ -45,13 +46,16 @@ export class Lightbox {
           el("button", { type: "button", text: "Close", onclick: () => this.close() })),
         status, el("p", { class: "err", role: "alert" }))));
     this.node.hidden = false;
+    if (item.infotext === null) {  // not a PNG this page could read: the server reads this one image
+      this.gallery.infotextOf(item).then((t) => { if (this.index === i) text.textContent = t || "no parameters stored"; });
+    }
   }
 
   close() { this.node.hidden = true; }
 
   async copy(item, status) {
     try {
-      await navigator.clipboard.writeText(item.infotext);
+      await navigator.clipboard.writeText(await this.gallery.infotextOf(item));
       status.textContent = "Parameters copied.";
     } catch {
       status.textContent = "The browser refused the clipboard: select the text above and copy it.";
@@ -59,7 +63,8 @@ export class Lightbox {
   }
 
   async send(item, mode) {
-    const values = item.infotext ? fieldsFromInfotext(parseInfotext(item.infotext)) : {};
+    const infotext = await this.gallery.infotextOf(item);
+    const values = infotext ? fieldsFromInfotext(parseInfotext(infotext)) : {};
     this.close();
     if (mode === "extras") this.app.sendToExtras(item.src);
     else if (mode === "img2img") await this.app.sendToImg2img(item.src, values);

@@ -50,11 +50,13 @@ export class FormLists {
   async samplers() {
     const samplers = await api("/sdapi/v1/samplers");
     fillSelect(this.f("sampler_name"), samplers.map((s) => [s.name]), "Euler a");
+    fillSelect(this.f("hr_sampler_name"), [["Use same sampler"], ...samplers.map((s) => [s.name])], "Use same sampler");
   }
 
   async schedulers() {
     const schedules = await api("/sdapi/v1/schedulers");
     fillSelect(this.f("scheduler"), schedules.map((s) => [s.label]), "Automatic");
+    fillSelect(this.f("hr_scheduler"), [["Use same scheduler"], ...schedules.map((s) => [s.label])], "Use same scheduler");
   }
 
   async checkpoints(options) {

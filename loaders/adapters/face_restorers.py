@@ -1,0 +1,119 @@
+"""Face restorer networks (GFPGAN, CodeFormer) loaded with spandrel from `.safetensors`, as A1111 1.10 loads
+them (`load_spandrel_model(..., expected_architecture="GFPGAN" | "CodeFormer")`).
+
+spandrel knows GFPGAN (v1 "clean", the GFPGANv1.3 / v1.4 files); CodeFormer comes with `spandrel_extra_arches`
+(the companion package A1111 installs for it), added to spandrel's registry once. Both take one aligned 512²
+face in [-1, 1] RGB and return it restored. Only safetensors is read (pickle never runs in the server).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from loaders.adapters.spandrel_import import import_spandrel
+from loaders.errors import InvalidRequest, Unavailable
+from loaders.models.file_cache import FileCache
+from loaders.storage.store import ObjectInfo
+
+MAX_MODEL_BYTES = 2 * 2**30  # GFPGANv1.4 is 350 MB, CodeFormer 380 MB; refuse to read anything absurd
+ARCHITECTURES = {"gfpgan": "GFPGAN", "codeformer": "CodeFormer"}  # our model kind → spandrel's architecture id
+_install_lock = threading.Lock()
+
+
+def spandrel_with_face_arches():
+    """spandrel with CodeFormer registered (spandrel_extra_arches, when installed), once per process."""
+    spandrel = import_spandrel()
+    with _install_lock:
+        if not _has_codeformer(spandrel):
+            try:
+                import spandrel_extra_arches
+            except ImportError:  # GFPGAN still works; CodeFormer is refused by name (load_face_restorer)
+                return spandrel
+            spandrel_extra_arches.install(ignore_duplicates=True)
+    return spandrel
+
+
+def _has_codeformer(spandrel) -> bool:
+    return "CodeFormer" in {a.architecture.id for a in spandrel.MAIN_REGISTRY.architectures()}
+
+
+@dataclass
+class FaceRestorerModel:
+    kind: str  # gfpgan | codeformer
+    name: str
+    net: object  # the torch module
+    device: str
+
+
+def load_face_restorer(path: Path, kind: str, name: str, device: str) -> FaceRestorerModel:
+    """The network in a `.safetensors` file; a file of another architecture is a 422 naming it."""
+    from safetensors.torch import load_file
+
+    spandrel = spandrel_with_face_arches()
+    if kind == "codeformer" and not _has_codeformer(spandrel):
+        raise Unavailable("CodeFormer needs the spandrel-extra-arches package, which is not installed on this server")
+    if Path(path).stat().st_size > MAX_MODEL_BYTES:
+        raise InvalidRequest(f"face restorer {name!r} is over {MAX_MODEL_BYTES // 2**30} GB")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # a corrupt upload; safetensors checks offsets and sizes
+        raise InvalidRequest(f"face restorer {name!r} is not a readable .safetensors file ({exc})") from None
+    try:
+        descriptor = spandrel.ModelLoader(device).load_from_state_dict(state)
+    except spandrel.UnsupportedModelError:
+        raise InvalidRequest(f"face restorer {name!r}: spandrel does not recognise this model's architecture") from None
+    except (RuntimeError, KeyError) as exc:  # the right keys with the wrong shapes
+        raise InvalidRequest(f"face restorer {name!r} does not load ({str(exc)[:200]})") from None
+    found, expected = descriptor.architecture.id, ARCHITECTURES[kind]
+    if found != expected:
+        raise InvalidRequest(f"face restorer {name!r} is a {found} model, not {expected}")
+    descriptor.model.float().eval()  # both are fp32 networks (spandrel: supports_half=False)
+    return FaceRestorerModel(kind, name, descriptor.model, device)
+
+
+def restore_crop(model: FaceRestorerModel, crop: np.ndarray, codeformer_weight: float = 0.5) -> np.ndarray:
+    """One aligned 512² RGB uint8 face restored (A1111's restore_with_face_helper around the network call)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div(255.0)
+    x = ((x - 0.5) / 0.5).unsqueeze(0).to(model.device)
+    with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # GFPGAN's StyleGAN decoder draws noise per call: same face in, same face out
+        if model.kind == "codeformer":
+            y = model.net(x, weight=codeformer_weight, adain=True)[0]
+        else:
+            y = model.net(x, return_rgb=False)[0]
+    y = (y[0].float().clamp(-1, 1) + 1) / 2
+    return (y.permute(1, 2, 0).cpu().numpy() * 255.0).astype(np.uint8)  # truncated, as A1111
+
+
+class FaceRestorerCache:
+    """Loaded face restorers, least recently used evicted; keyed by key + ETag so a replaced file reloads."""
+
+    def __init__(self, files: FileCache, device: str, capacity: int = 2):
+        self.files, self.device, self.capacity = files, device, capacity
+        self._models: OrderedDict[tuple[str, str], FaceRestorerModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, info: ObjectInfo, kind: str) -> FaceRestorerModel:
+        key = (info.key, info.etag)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        name = info.key.rsplit("/", 1)[-1]
+        model = load_face_restorer(self.files.ensure(info), kind, name, self.device)
+        with self._lock:
+            self._models[key] = model
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+        return model
+
+    def path(self, info: ObjectInfo) -> Path:
+        """A local copy of a detector file (the YuNet ONNX) beside the networks."""
+        return self.files.ensure(info)
