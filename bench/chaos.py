@@ -45,6 +45,7 @@ def main() -> None:
           f"(a store failure or lost lease before billing; not billed twice: one ledger record per task)")
     print(f"ledger billed {figures['ledger_billed_s']:.4f}s = ledger generate_s of succeeded+canceled "
           f"{figures['ledger_generate_s']:.4f}s; generate_s of every execution that ran {sum(spy.billable):.4f}s")
+    print(f"failed tasks' errors: {figures['failed_errors']}")
     print(f"restarts {outcome['restarts']} (graceful stops {outcome['stops']}); proxy {outcome['faults']}; "
           f"wall {time.monotonic() - started:.1f}s")
     print("invariants held: every accepted task ended once, ledger = generate_s of succeeded+canceled, no orphans")

@@ -111,9 +111,12 @@ def check_invariants(outcome: dict) -> dict:
     billed = generated = 0.0
     referenced = set()
     states = {}
+    errors: list[str] = []  # why the failed tasks failed (a worker killed twice under one is failed by design)
     for user, task_id in outcome["accepted"]:
         record = task(store, task_id, user)
         states[record.status] = states.get(record.status, 0) + 1
+        if record.status == "failed":
+            errors.append(record.error[:160])
         ledger = [r for r in ledger_of(store, task_id) if r["user"] == user]
         assert len(ledger) <= 1
         if record.status in ("succeeded", "canceled"):
@@ -127,7 +130,7 @@ def check_invariants(outcome: dict) -> dict:
     outputs = {i.key for i in store.list("users/") if "/outputs/" in i.key}
     orphans = [k for k in outputs if not any(f"/{k}" in url for url in referenced)]
     outcome["figures"] = {"ledger_billed_s": round(billed, 4), "ledger_generate_s": round(generated, 4),
-                          "orphan_outputs": len(orphans)}
+                          "orphan_outputs": len(orphans), "failed_errors": errors}
     assert orphans == [], f"orphan outputs: {orphans[:5]}"
     assert abs(billed - generated) < 1e-6
     return states
