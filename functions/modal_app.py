@@ -22,6 +22,7 @@ from functions.modal_config import (
     bake_tokenizers_commands,
     deploy_problems,
     deploy_time,
+    pool_family,
     web_requirements,
 )
 from handlers.settings import Settings
@@ -94,7 +95,7 @@ def _device_label() -> str:
     if modal.is_local():
         return "local"
     names = DEPLOY.gpu.split(",")
-    if len(names) == 1:
+    if len(names) == 1 and not DEPLOY.pool_names():  # dedicated pools may run on their family's GPU instead
         return names[0]
     import torch
 
@@ -143,8 +144,12 @@ def notify_webhook(user: str, task_id: str) -> None:
 
 @functools.lru_cache(maxsize=None)  # bounded: names come from pool_for (the listed pools and "general")
 def gpu_pool(name: str):
-    """The pool lookup the web side routes with (tests substitute a local stand-in)."""
-    return Generator(checkpoint=name)
+    """The pool lookup the web side routes with (tests substitute a local stand-in). A dedicated pool runs on
+    its family's GPU (FAMILY_GPUS, read from the checkpoint's header in the bucket) unless EASEL_MODAL_POOL_GPUS
+    names another."""
+    gpu = DEPLOY.pool_gpu(name, pool_family(name, SETTINGS) if name != GENERAL_POOL else None)
+    cls = Generator if gpu == DEPLOY.gpu_request() else Generator.with_options(gpu=gpu)
+    return cls(checkpoint=name)
 
 
 @app.function(image=web_image, secrets=secrets, env=container_env, **DEPLOY.web_options())

@@ -33,6 +33,20 @@ TOKENIZER_NAMES = ("clip-vit-large-patch14", "clip-vit-h-14", "clip-vit-bigG-14"
 KNOWN_GPUS = ("T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB", "RTX-PRO-6000", "H100", "H100!",
               "H200", "B200", "B200+")
 WEB_SLACK_S = 60  # the web function outlives its longest sync wait by this much, so our 202 always goes out
+# A dedicated pool's GPU by its checkpoint's family (README "Model families": weights + one 1024² image in
+# fp16/bf16): FLUX.1 and SD 3.5 Large need an 80 GB card, SDXL / SD 3.5 Medium a 48 GB one, SD 1.x / 2.x fit an L4.
+# EASEL_MODAL_POOL_GPUS overrides it per pool; the general pool and unknown families use EASEL_MODAL_GPU.
+FAMILY_GPUS = {"flux": "H100", "sd35-large": "H100", "sd35-medium": "L40S", "sdxl": "L40S", "sdxl-refiner": "L40S",
+               "sd1": "L4", "sd2": "L4"}
+
+
+def family_gpu(family: str | None) -> str | None:
+    """FAMILY_GPUS for a family name (by name, then architecture); None for the tiny demo families and unknowns."""
+    from loaders.models.families import FAMILIES
+
+    if family is None or family.startswith("demo") or family not in FAMILIES:
+        return None
+    return FAMILY_GPUS.get(family) or FAMILY_GPUS.get(FAMILIES[family].arch)
 
 
 def normal_checkpoint(name: str) -> str | None:
@@ -74,6 +88,8 @@ class ModalDeploy(BaseSettings):
     gpu_snapshot: bool = Field(True, description="include GPU memory in the snapshot (loaded weights, CUDA "
                                                  "context)")
     pools: str = Field("", description="checkpoints with their own warm pool, comma-separated")
+    pool_gpus: str = Field("", description='a pool\'s GPU instead of its family\'s (FAMILY_GPUS): '
+                           '"flux1-dev.safetensors=A100-80GB,sd15.safetensors=T4"')
     pool_min_containers: int = Field(1, ge=0, description="containers kept warm in each dedicated pool")
     web_min_containers: int = Field(0, ge=0, description="web (CPU) containers kept warm")
     web_max_inputs: int = Field(32, ge=1, description="concurrent requests per web container")
@@ -110,6 +126,25 @@ class ModalDeploy(BaseSettings):
                 raise ValueError(f"EASEL_MODAL_POOLS entry {raw!r} is not a checkpoint file name")
             names.append(name)
         return ",".join(dict.fromkeys(names))
+
+    @field_validator("pool_gpus")
+    @classmethod
+    def _pool_gpu_pairs(cls, v: str) -> str:
+        pairs = []
+        for raw in filter(None, (p.strip() for p in v.split(","))):
+            name, sep, gpu = raw.partition("=")
+            checkpoint = normal_checkpoint(name.strip())
+            if not sep or checkpoint is None or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_:.!+-]*", gpu.strip()):
+                raise ValueError(f"EASEL_MODAL_POOL_GPUS entry {raw!r} is not CHECKPOINT=GPU")
+            pairs.append(f"{checkpoint}={gpu.strip()}")
+        return ",".join(pairs)
+
+    def pool_gpu(self, pool: str, family: str | None) -> str | list[str]:
+        """The GPU of one pool: its EASEL_MODAL_POOL_GPUS entry, else its family's, else EASEL_MODAL_GPU."""
+        if pool == GENERAL_POOL:
+            return self.gpu_request()
+        chosen = dict(p.split("=", 1) for p in self.pool_gpus.split(",") if p).get(pool) or family_gpu(family)
+        return chosen or self.gpu_request()
 
     # --- what the Modal decorators receive ---
     def gpu_request(self) -> str | list[str]:
@@ -178,6 +213,21 @@ def pool_for(checkpoint: str | None, deploy: ModalDeploy, default_checkpoint: st
     return name if name in deploy.pool_names() else GENERAL_POOL
 
 
+def pool_family(pool: str, settings: Settings, store=None) -> str | None:
+    """A dedicated pool's checkpoint family from its safetensors header in the bucket (one ranged read), or None
+    where it cannot be read: the pool then runs on EASEL_MODAL_GPU."""
+    from loaders.errors import EaselError
+    from loaders.models.header_family import HeaderFamilies
+    from loaders.models.manager import KIND_DIRS
+    from loaders.storage.store import open_store
+
+    try:
+        store = store or open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
+        return HeaderFamilies(store).family(store.stat(f"public/{KIND_DIRS['checkpoint']}/{pool}"))
+    except (EaselError, OSError, ValueError):
+        return None
+
+
 def pool_checkpoint(pool: str, default_checkpoint: str) -> str:
     """The checkpoint a pool's containers load before their first request."""
     return default_checkpoint if pool == GENERAL_POOL else pool
@@ -194,7 +244,8 @@ def cloud_store_problem(settings: Settings) -> str | None:
 def gpu_problem(deploy: ModalDeploy) -> str | None:
     """A GPU type Modal does not offer (or a bad count), named, or None."""
     known = {g.upper() for g in KNOWN_GPUS}
-    for entry in deploy.gpu.split(","):
+    per_pool = [p.split("=", 1)[1] for p in deploy.pool_gpus.split(",") if p]
+    for entry in [*deploy.gpu.split(","), *per_pool]:
         kind, _, count = entry.partition(":")
         if kind.upper() not in known:
             return f"EASEL_MODAL_GPU names {kind!r}, not a Modal GPU type ({', '.join(KNOWN_GPUS)})"

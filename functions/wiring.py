@@ -27,7 +27,8 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
     store = store or open_store(settings.store, endpoint_url=settings.s3_endpoint_url)
     # Real families' config folders are completed with the shipped CLIP vocabulary (or the image's own).
     builder = builder or partial(build_pipeline, configs=FamilyConfigs(settings.cache_dir, settings.tokenizers_dir, store=store),
-                                 cpu_dtype=settings.cpu_dtype)
+                                 cpu_dtype=settings.cpu_dtype, storage=settings.transformer_storage,
+                                 offload_t5=settings.offload_t5)
     if settings.cpu_threads:
         import torch
 

@@ -17,6 +17,9 @@ SEED_MAX = 2**32 - 1
 MAX_STYLES = 32
 
 
+DISTILLED_CFG_DEFAULT = 3.5  # Forge's default
+
+
 class GenerationRequest(BaseModel):
     """Fields shared by txt2img and img2img (A1111 names and defaults). Keys A1111 itself ignores are ignored;
     A1111 fields that would change the result and are not honoured here are refused by name (handlers.unhonoured)."""
@@ -29,6 +32,9 @@ class GenerationRequest(BaseModel):
     seed: int = Field(-1, ge=-1, le=SEED_MAX, description="-1 picks a random seed; image k uses seed + k")
     steps: int = Field(20, ge=1, le=150)
     cfg_scale: float = Field(7.0, ge=0.0, le=30.0, allow_inf_nan=False)
+    distilled_cfg_scale: float = Field(DISTILLED_CFG_DEFAULT, ge=0.0, le=30.0, allow_inf_nan=False,
+                                       description="Forge's FLUX.1-dev guidance (an input of the model); "
+                                                   "other families refuse any other value than 3.5")
     width: int = Field(512, ge=64, le=2048)
     height: int = Field(512, ge=64, le=2048)
     batch_size: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU (0 = torch's default)")
     cpu_dtype: Literal["float32", "bfloat16"] = Field("float32", description="pipeline precision on CPU: "
                                                      "bfloat16 halves the memory (SDXL ~7 GB instead of ~14 GB)")
+    transformer_storage: Literal["native", "float8"] = Field(
+        "native", description="FLUX.1 / SD 3.5 transformer weights: native (the pipeline's dtype) or float8 "
+        "(stored as float8_e4m3fn, upcast layer by layer for compute: about half of bf16's memory)")
+    offload_t5: bool = Field(False, description="keep SD 3.5 / FLUX.1's T5-XXL encoder (9.5 GB in fp16) in host "
+                             "memory, moved to the GPU only while it encodes a prompt (when GPU memory is short)")
     # --- tenancy, uploads, metering (handlers/accounts/users.py, handlers/http/models.py, handlers/billing/metering.py) ---
     # EAS defaults: each user's LoRAs, VAEs and embeddings are their own unless a *_dir names the public folder.
     public_lora: bool = Field(False, description="users also see public/models/Lora (as --lora-dir does)")
@@ -169,13 +174,13 @@ class Settings(BaseSettings):
         return {a.strip() for a in self.admins.split(",") if a.strip()}
 
     def public_model_kinds(self) -> set[str]:
-        """Model kinds whose public folder users may resolve (checkpoints, ControlNet and upscalers are always
-        shared)."""
+        """Model kinds whose public folder users may resolve (checkpoints, their separate text encoders,
+        ControlNet and upscalers are always shared)."""
         switches = {"lora": self.public_lora or bool(self.lora_dir), "vae": self.public_vae,
                     "embedding": self.public_embeddings, "gfpgan": bool(self.gfpgan_dir),
                     "codeformer": bool(self.gfpgan_dir),  # EAS --gfpgan-dir: face restorers shared, else per user
                     "hypernetwork": bool(self.hypernetwork_dir)}
-        always = {"checkpoint", "controlnet", "esrgan", "realesrgan", "swinir", "dat"}
+        always = {"checkpoint", "controlnet", "esrgan", "realesrgan", "swinir", "dat", "text_encoder"}
         return always | {kind for kind, on in switches.items() if on}
 
     def public_only_kinds(self) -> set[str]:

@@ -13,6 +13,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from loaders.adapters.upscalers import load_upscaler, run_model
 from loaders.demo.upscalers import tiny_esrgan_bytes
+from loaders.errors import InvalidRequest
 from tests.conftest import auth
 
 
@@ -180,3 +181,15 @@ def test_interrogate_is_refused_naming_what_it_would_need(client):
     assert client.post("/sdapi/v1/interrogate", json={"image": png_b64(picture()), "model": "x"},
                        headers=auth()).status_code == 404
     assert client.post("/sdapi/v1/interrogate", json={"image": "??"}, headers=auth()).status_code == 422
+
+
+def test_an_upscaler_with_its_architectures_keys_at_wrong_shapes_is_a_422_naming_it(tmp_path, esrgan2):
+    from safetensors.torch import load, save
+
+    state = load(esrgan2)
+    name = next(k for k in state if k.endswith("weight") and state[k].dim() == 4 and k != next(iter(state)))
+    state[name] = state[name][:, :1].contiguous()  # one input channel where the layer before gives eight
+    path = tmp_path / "lying.safetensors"
+    path.write_bytes(save(state))
+    with pytest.raises(InvalidRequest, match="upscaler 'lying'"):
+        load_upscaler(path, "lying", "cpu")

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from loaders.demo.mmdit import (DEMO_SD3_NAME, DIT_PREFIX, demo_sd3_checkpoint_bytes, sd3_components, sd3_state,
-                                sd3_transformer_to_single_file, tiny_t5_tokenizer_json)
-from loaders.errors import InvalidRequest
+from loaders.demo.mmdit import (DEMO_SD3_NAME, DIT_PREFIX, demo_sd3_checkpoint_bytes, sd3_components,
+                                sd3_separate_files, sd3_state, sd3_transformer_to_single_file,
+                                tiny_t5_tokenizer_json)
 from loaders.models.families import SD3_T5, config_dir, detect_family
 from tests.conftest import auth
 
@@ -52,8 +52,7 @@ def test_full_size_shapes_match_the_published_sizes_and_are_detected_from_keys(f
     keys, count = meta_keys(family)
     assert abs(count - published) / published < 0.015, count
     assert detect_family(keys | {SD3_T5}, {}) == family
-    with pytest.raises(InvalidRequest, match="no text encoders"):
-        detect_family(keys, {})
+    assert detect_family(keys, {}) == family  # without its text encoders (they come from separate files)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +139,21 @@ def test_a_diffusers_format_sd35_lora_changes_the_picture_and_weight_zero_does_n
     assert np.abs(pixels(generate(client, prompt="a cute dog <lora:hyper-sd3:0>")) - plain).max() <= 8
     r = generate(client, prompt="a cute dog <lora:missing-one:1>")
     assert r.status_code == 404 and "missing-one" in r.text
+
+
+def test_a_checkpoint_without_text_encoders_loads_clip_l_clip_g_and_t5_files_own_then_public(client, store):
+    store.put_bytes(T5_KEY, tiny_t5_tokenizer_json())
+    store.put_bytes("users/alice/models/Stable-diffusion/sd35-bare.safetensors",
+                    demo_sd3_checkpoint_bytes(text_encoders=False))
+    body = {"override_settings": {"sd_model_checkpoint": "sd35-bare"}}
+    missing = generate(client, **body)
+    assert missing.status_code == 503, missing.text
+    for name in ("models/text_encoder", "clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        assert name in missing.text
+    files = sd3_separate_files()
+    store.put_bytes("public/models/text_encoder/clip_l.safetensors", files["clip_l.safetensors"])
+    store.put_bytes("users/alice/models/text_encoder/clip_g.safetensors", files["clip_g.safetensors"])
+    store.put_bytes("public/models/text_encoder/t5xxl_fp16.safetensors", files["t5xxl_fp16.safetensors"])
+    bare = pixels(generate(client, **body))
+    store.put_bytes(f"public/models/Stable-diffusion/{DEMO_SD3_NAME}", demo_sd3_checkpoint_bytes())
+    assert np.abs(bare - pixels(generate(client))).max() <= 8  # the same model, encoders inside or beside it

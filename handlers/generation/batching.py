@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from handlers.generation import outputs
+from handlers.generation.family_rules import is_flux
 from handlers.generation.generate import Generated, pick_seed
 from handlers.generation.schedulers import make_scheduler
 from handlers.samplers import find_sampler
@@ -45,6 +46,8 @@ def batch_key(job, model, default_decode: str = "Full") -> tuple | None:
     req = job.request
     sampler = find_sampler(req.sampler)
     if job.mode != "txt2img" or req.n_iter != 1 or sampler is None or sampler.scheduler in SHARED_NOISE_SCHEDULERS:
+        return None
+    if is_flux(model.pipe):  # its call differs (real vs distilled guidance, packed latents): it runs alone
         return None
     fields = type(req).model_fields
     if any(getattr(req, name) != info.get_default(call_default_factory=True)

@@ -1,37 +1,53 @@
 """What a request may ask of a model family that is not SD 1.x / 2.x / SDXL, checked once the checkpoint is known.
 
-SD 3.5 is a rectified-flow transformer: it samples with flow-matching Euler only (diffusers'
-FlowMatchEulerDiscreteScheduler, the checkpoint's own shift). LoRAs apply (diffusers' SD3 loader: the
-transformer at the `<lora:name:w>` weight, the CLIP encoders at its text-encoder weight); the UNet-era
-extras (VAE / embedding / hypernetwork files, ControlNet units, hires fix, refiner, inpainting, tiling, CLIP skip,
-variation seeds, s_churn) are not wired for it here. Each is refused with a 422 naming the field and the family rather
+SD 3.5 and FLUX.1 are rectified-flow transformers: they sample with flow-matching Euler only (diffusers'
+FlowMatchEulerDiscreteScheduler, the checkpoint's own shift; FLUX.1-dev's resolution-dependent one). LoRAs
+apply (diffusers' SD3 / FLUX loaders, which also read kohya's FLUX layout); the UNet-era extras (VAE /
+embedding / hypernetwork files, ControlNet units, hires fix, refiner, inpainting, tiling, CLIP skip, variation
+seeds, s_churn) are not wired for them here. Each is refused with a 422 naming the field and the family rather
 than run differently from what was asked.
+
+FLUX.1 as Forge runs it: `distilled_cfg_scale` (default 3.5) is dev's guidance input; `cfg_scale` above 1 adds
+real classifier-free guidance with the negative prompt (twice the work), 1 skips it (the recommended setting).
+Schnell has no guidance input (Forge prints that it ignores the value); here another value than the default is
+refused, as it is for every family without one.
 """
 
 from __future__ import annotations
 
+from handlers.schemas import DISTILLED_CFG_DEFAULT
 from loaders.errors import InvalidRequest
+from loaders.models.builds import stored_in_float8
 from loaders.models.families import family as family_spec
 
 FLOW_SAMPLER = "Euler"
+FLUX_MULTIPLE = 16  # FLUX packs 2×2 latent patches: sizes in multiples of 8 × 2
 
 
 def check_family_request(job, model, *, networks, units, inputs, fidelity) -> None:
     """Refuse what `model`'s family cannot run; an unset sampler becomes the family's own (A1111 "Euler a"
     is a UNet sampler)."""
+    req, name = job.request, model.family
     try:
         spec = family_spec(model.family)
     except KeyError:
+        spec = None
+    if req.distilled_cfg_scale != DISTILLED_CFG_DEFAULT and not (spec and spec.distilled_guidance):
+        raise InvalidRequest(f"`distilled_cfg_scale` {req.distilled_cfg_scale:g}: {name} models have no distilled "
+                             "guidance (only FLUX.1-dev does); leave it at 3.5 or use `cfg_scale`")
+    if spec is None or not spec.is_flow:
         return
-    if not spec.is_flow:
-        return
-    req, name = job.request, model.family
+    if spec.arch == "flux":
+        _check_flux(req, name)
     chosen = req.sampler_name or req.sampler_index
     if chosen and chosen != FLOW_SAMPLER:
         field = "sampler_name" if req.sampler_name else "sampler_index"
         raise InvalidRequest(f"`{field}` {chosen!r} is not available for {name} models (a flow-matching "
                              f"transformer); use {FLOW_SAMPLER!r}")
     req.sampler_name = FLOW_SAMPLER
+    if networks.plan.loras and stored_in_float8(model.pipe):
+        raise InvalidRequest(f"`prompt`: LoRAs are not supported for {name} models on this server, whose transformer "
+                             "weights are stored in float8 (EASEL_TRANSFORMER_STORAGE=float8)")
     refused = _refused_fields(req, networks, units, inputs, fidelity)
     if refused:
         field, what = refused[0]
@@ -55,3 +71,36 @@ def _refused_fields(req, networks, units, inputs, fidelity) -> list[tuple[str, s
         ("s_churn", "s_churn", fidelity.noise.s_churn != 0),
     ]
     return [(field, what) for field, what, on in checks if on]
+
+
+def _check_flux(req, name: str) -> None:
+    for field in ("width", "height"):
+        value = getattr(req, field)
+        if value % FLUX_MULTIPLE:
+            raise InvalidRequest(f"`{field}` {value} is not a multiple of {FLUX_MULTIPLE}, which {name} models need")
+    if req.cfg_scale < 1:
+        raise InvalidRequest(f"`cfg_scale` {req.cfg_scale:g} is below 1: {name} models run real guidance above 1 "
+                             "and none at 1 (use 1; FLUX.1-dev's guidance is `distilled_cfg_scale`)")
+
+
+def is_flux(pipe) -> bool:
+    return type(pipe).__name__.startswith("Flux")
+
+
+def family_call(pipe, req, call: dict) -> dict:
+    """An SD-style pipeline call in FLUX's terms, as Forge runs it: `cfg_scale` is real CFG (diffusers'
+    `true_cfg_scale`, with the negative prompt), `distilled_cfg_scale` the model's guidance input (dev)."""
+    if not is_flux(pipe):
+        return call
+    call = dict(call, true_cfg_scale=call["guidance_scale"], guidance_scale=req.distilled_cfg_scale)
+    if "image" in call:  # img2img: FLUX's would otherwise sample at its default 1024² and resize the input to it
+        call |= {"width": req.width, "height": req.height}
+    if not pipe.transformer.config.guidance_embeds:
+        call["max_sequence_length"] = 256  # schnell's T5 length (diffusers' and BFL's limit for it)
+    return call
+
+
+def family_infotext(pipe, req) -> dict:
+    if is_flux(pipe) and pipe.transformer.config.guidance_embeds:
+        return {"Distilled CFG Scale": f"{req.distilled_cfg_scale:g}"}  # Forge's infotext key
+    return {}

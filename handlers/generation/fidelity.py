@@ -49,8 +49,12 @@ class Fidelity:
         factor = pipe.vae_scale_factor
         denoiser = getattr(pipe, "unet", None) or pipe.transformer  # SD 3.5: an MMDiT, 16 latent channels
         channels = denoiser.config.in_channels
+        packed = hasattr(pipe, "_pack_latents")  # FLUX: 2×2 patches of 16 channels → 64 per token
+        channels = channels // 4 if packed else channels
         shape = (channels if channels != 9 else 4, height // factor, width // factor)
         latents, generators = batch_noise(seeds, subseeds, shape, self.variation)
+        if packed:  # the noise diffusers itself draws for FLUX (per image, then packed)
+            latents = pipe._pack_latents(latents, latents.shape[0], *shape)
         return {"latents": latents.to(denoiser.device, denoiser.dtype), "generator": generators}
 
     def infotext(self, subseed: int | None = None) -> dict:

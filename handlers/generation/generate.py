@@ -13,7 +13,7 @@ from handlers.generation import (controlnet, extra_networks, faces, hires, img2i
                                  scripts, t2i_adapter, upscaling)
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
-from handlers.generation.family_rules import check_family_request
+from handlers.generation.family_rules import check_family_request, family_call, family_infotext
 from handlers.generation.fidelity import Fidelity
 from handlers.generation.fidelity import resolve as resolve_fidelity
 from handlers.generation.refiner import check_txt2img_model, load_refiner, refiner_infotext, run_refined
@@ -282,7 +282,8 @@ def generate(job: Job, model: LoadedCheckpoint, ctx: RunContext, inputs: img2img
     else:
         images = ctx.restored(generate_txt2img(req, model, ctx, seeds, subseeds=subseeds))
     extra = {**refiner_infotext(ctx.refiner, req.refiner()[1] if ctx.refiner else None),
-             **(ctx.control.infotext() if ctx.control is not None else {}), **mode_infotext(job)}
+             **(ctx.control.infotext() if ctx.control is not None else {}), **mode_infotext(job),
+             **family_infotext(model.pipe, req)}
     texts = [
         outputs.infotext(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
                          sampler=req.sampler, schedule=req.schedule, cfg_scale=req.cfg_scale, seed=s,
@@ -334,6 +335,7 @@ def generate_txt2img(req: GenerationRequest, model: LoadedCheckpoint, ctx: RunCo
             callback_on_step_end=ctx.steps, **ctx.fidelity.encoder_kwargs(pipe),
             **(ctx.control.call_kwargs() if ctx.control else {}),
         )  # SDXL's original_size / target_size default to (height, width), as A1111 sends them
+        call = family_call(pipe, req, call)
         if ctx.refiner is not None:
             images.extend(run_refined(pipe, ctx.refiner, switch_at, sampler, req.schedule, call))
         elif output_type == "latent":

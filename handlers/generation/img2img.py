@@ -8,6 +8,7 @@ from PIL import Image
 
 from handlers.generation import inpaint
 from handlers.generation.batches import RunContext, at_least_one_step, batches, denoise_steps
+from handlers.generation.family_rules import family_call
 from handlers.generation.init_images import latent_resize, mode_pipeline, resize_image
 from handlers.schemas import Img2ImgRequest
 from loaders.errors import InvalidRequest
@@ -97,12 +98,12 @@ def generate(req: Img2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, inpu
             image = latent_resize(pipe, inits, req.width, req.height, generators)
         else:
             image = [resize_image(req.resize_mode, im, req.width, req.height) for im in inits]
-        out = pipe(
+        out = pipe(**family_call(pipe, req, dict(
             prompt=[ctx.prompts.prompt] * len(inits), negative_prompt=[ctx.prompts.negative_prompt] * len(inits),
             image=image, strength=at_least_one_step(req.steps, req.denoising_strength), num_inference_steps=req.steps,
             guidance_scale=req.cfg_scale, generator=generators, callback_on_step_end=ctx.steps,
             **ctx.fidelity.encoder_kwargs(pipe),
             **(ctx.control.call_kwargs(image_key="control_image") if ctx.control else {}),
-        )
+        )))
         images.extend(ctx.restored(out.images))
     return images

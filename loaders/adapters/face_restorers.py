@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from loaders.adapters.spandrel_import import import_spandrel
+from loaders.adapters.spandrel_import import import_spandrel, load_descriptor
 from loaders.errors import InvalidRequest, Unavailable
 from loaders.models.file_cache import FileCache
 from loaders.storage.store import ObjectInfo
 
-MAX_MODEL_BYTES = 2 * 2**30  # GFPGANv1.4 is 350 MB, CodeFormer 380 MB; refuse to read anything absurd
 ARCHITECTURES = {"gfpgan": "GFPGAN", "codeformer": "CodeFormer"}  # our model kind → spandrel's architecture id
 _install_lock = threading.Lock()
 
@@ -52,23 +51,10 @@ class FaceRestorerModel:
 
 def load_face_restorer(path: Path, kind: str, name: str, device: str) -> FaceRestorerModel:
     """The network in a `.safetensors` file; a file of another architecture is a 422 naming it."""
-    from safetensors.torch import load_file
-
     spandrel = spandrel_with_face_arches()
     if kind == "codeformer" and not _has_codeformer(spandrel):
         raise Unavailable("CodeFormer needs the spandrel-extra-arches package, which is not installed on this server")
-    if Path(path).stat().st_size > MAX_MODEL_BYTES:
-        raise InvalidRequest(f"face restorer {name!r} is over {MAX_MODEL_BYTES // 2**30} GB")
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # a corrupt upload; safetensors checks offsets and sizes
-        raise InvalidRequest(f"face restorer {name!r} is not a readable .safetensors file ({exc})") from None
-    try:
-        descriptor = spandrel.ModelLoader(device).load_from_state_dict(state)
-    except spandrel.UnsupportedModelError:
-        raise InvalidRequest(f"face restorer {name!r}: spandrel does not recognise this model's architecture") from None
-    except (RuntimeError, KeyError) as exc:  # the right keys with the wrong shapes
-        raise InvalidRequest(f"face restorer {name!r} does not load ({str(exc)[:200]})") from None
+    descriptor = load_descriptor(spandrel, path, f"face restorer {name!r}", device)
     found, expected = descriptor.architecture.id, ARCHITECTURES[kind]
     if found != expected:
         raise InvalidRequest(f"face restorer {name!r} is a {found} model, not {expected}")

@@ -11,8 +11,11 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from pathlib import Path
 
-from loaders.errors import Unavailable
+from loaders.errors import InvalidRequest, Unavailable
+
+MAX_MODEL_BYTES = 2 * 2**30  # upscalers are tens of MB, GFPGAN / CodeFormer ~350 MB: refuse to read anything absurd
 
 _STUB_NAMES = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
 
@@ -54,3 +57,21 @@ def import_spandrel():
             for name in stubs:
                 sys.modules.pop(name, None)
     return importlib.import_module("spandrel")
+
+
+def load_descriptor(spandrel, path: Path, what: str, device: str):
+    """spandrel's model from a `.safetensors` upload; each way the file can be wrong is a 422 naming `what`."""
+    from safetensors.torch import load_file
+
+    if Path(path).stat().st_size > MAX_MODEL_BYTES:
+        raise InvalidRequest(f"{what} is over {MAX_MODEL_BYTES // 2**30} GB")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # a corrupt upload; safetensors checks offsets and sizes
+        raise InvalidRequest(f"{what} is not a readable .safetensors file ({exc})") from None
+    try:
+        return spandrel.ModelLoader(device).load_from_state_dict(state)
+    except spandrel.UnsupportedModelError:
+        raise InvalidRequest(f"{what}: spandrel does not recognise this model's architecture") from None
+    except (RuntimeError, KeyError) as exc:  # the right keys with the wrong shapes
+        raise InvalidRequest(f"{what} does not load ({str(exc)[:200]})") from None

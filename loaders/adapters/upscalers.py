@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from loaders.adapters.spandrel_import import import_spandrel
+from loaders.adapters.spandrel_import import import_spandrel, load_descriptor
 from loaders.errors import InvalidRequest
 from loaders.models.manager import FileCache
 from loaders.storage.store import ObjectInfo
 
 TILE = 192  # A1111's ESRGAN_tile default: input pixels per tile side
 TILE_OVERLAP = 8  # A1111's ESRGAN_tile_overlap default: context pixels around each tile
-MAX_MODEL_BYTES = 2 * 2**30  # an upscaler state dict is tens of MB; refuse to read anything absurd
 
 
 @dataclass
@@ -37,19 +36,9 @@ class UpscalerModel:
 def load_upscaler(path: Path, name: str, device: str) -> UpscalerModel:
     """A spandrel image model from a `.safetensors` file; an architecture spandrel does not know is a 422."""
     import torch
-    from safetensors.torch import load_file
 
     spandrel = import_spandrel()
-    if Path(path).stat().st_size > MAX_MODEL_BYTES:
-        raise InvalidRequest(f"upscaler {name!r} is over {MAX_MODEL_BYTES // 2**30} GB")
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # a corrupt upload; safetensors checks offsets and sizes
-        raise InvalidRequest(f"upscaler {name!r} is not a readable .safetensors file ({exc})") from None
-    try:
-        descriptor = spandrel.ModelLoader(device).load_from_state_dict(state)
-    except spandrel.UnsupportedModelError:
-        raise InvalidRequest(f"upscaler {name!r}: spandrel does not recognise this model's architecture") from None
+    descriptor = load_descriptor(spandrel, path, f"upscaler {name!r}", device)
     if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.input_channels not in (1, 3):
         raise InvalidRequest(f"upscaler {name!r} ({descriptor.architecture.name}) is not an RGB image model")
     half = device.startswith("cuda") and descriptor.supports_half

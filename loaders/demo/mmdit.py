@@ -123,6 +123,18 @@ def demo_sd3_checkpoint_bytes(seed: int = 0, text_encoders: bool = True, family:
     return save(sd3_state(parts, text_encoders), metadata={"easel.family": family, "easel.seed": str(seed)})
 
 
+def sd3_separate_files(seed: int = 0, family: str = "demo-sd3") -> dict[str, bytes]:
+    """The text encoders of `demo_sd3_checkpoint_bytes(seed)` as Forge / ComfyUI's separate files:
+    `clip_l.safetensors` (`text_model.*`, no projection), `clip_g.safetensors` (with its projection) and
+    `t5xxl_fp16.safetensors` (`shared.weight`, `encoder.*`, in fp16)."""
+    parts = sd3_components(family, seed)
+    clip_l = {k: v for k, v in parts["text_encoder"].state_dict().items() if k != "text_projection.weight"}
+    t5 = {k: v.half() for k, v in parts["text_encoder_3"].state_dict().items()}
+    own = lambda state: {k: v.detach().clone().contiguous() for k, v in state.items()}  # noqa: E731
+    return {"clip_l.safetensors": save(own(clip_l)), "t5xxl_fp16.safetensors": save(own(t5)),
+            "clip_g.safetensors": save(own(parts["text_encoder_2"].state_dict()))}
+
+
 def tiny_t5_tokenizer_json(words: tuple[str, ...] = ("a", "cute", "dog", "cat", "lighthouse", "at", "dusk")) -> bytes:
     """A T5-style tokenizer.json (SentencePiece Unigram, `▁` word boundaries, `</s>` appended, pad id 0,
     eos 1, unk 2) with a few words and every ASCII letter, so any prompt encodes. The real T5-XXL file is

@@ -5,6 +5,8 @@ How a family is told (first answer wins):
 2. the keys (and one shape): SDXL base has `conditioner.embedders.1.*`, the SDXL refiner only
    `conditioner.embedders.0.model.*` (OpenCLIP bigG), SD 2.x `cond_stage_model.model.*` (OpenCLIP ViT-H),
    SD 1.x `cond_stage_model.transformer.*` (OpenAI CLIP-L); 9 UNet input channels mean an inpainting model;
+   SD 3.5 `model.diffusion_model.joint_blocks.*` (Medium: MMDiT-X `attn2`), FLUX.1
+   `double_blocks.*.img_attn.norm.key_norm.scale` with or without that prefix (dev: `guidance_in.*`);
 3. SD 2.x only: v-prediction (768-v) and epsilon (512 base) have identical keys. Like A1111 we look, in
    order, at safetensors metadata (`modelspec.prediction_type`, kohya's `ss_v_parameterization`), at a
    `<name>.yaml` sidecar next to the checkpoint (`parameterization: "v"`), and else at the loaded UNet
@@ -26,12 +28,13 @@ OPENCLIP_BIGG = "clip-vit-bigG-14"  # OpenCLIP ViT-bigG/14 (same BPE vocab, pad 
 T5_XXL = "t5-v1_1-xxl"  # Google T5 v1.1 SentencePiece vocabulary (32k): SD 3.5's third encoder
 
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
+DIT_PREFIX = "model.diffusion_model."  # where A1111 / Forge / ComfyUI single files keep the denoiser
 
 
 @dataclass(frozen=True)
 class Family:
     name: str
-    arch: str  # "sd1" | "sd2" | "sdxl" | "sdxl-refiner" | "sd3": what adapters (LoRA, ControlNet) must match
+    arch: str  # "sd1" | "sd2" | "sdxl" | "sdxl-refiner" | "sd3" | "flux": what adapters (LoRA, ControlNet) must match
     config: str  # folder under loaders/configs/
     pipeline: str  # diffusers class the single file loads as (img2img/inpaint are made from it with from_pipe)
     tokenizers: dict[str, str] = field(default_factory=dict)  # subfolder → tokenizer source (empty: shipped)
@@ -44,12 +47,17 @@ class Family:
 
     @property
     def is_flow(self) -> bool:
-        """A rectified-flow transformer (SD 3.5): flow-matching Euler is its sampler."""
-        return self.arch == "sd3"
+        """A rectified-flow transformer (SD 3.5, FLUX.1): flow-matching Euler is its sampler."""
+        return self.arch in ("sd3", "flux")
+
+    @property
+    def distilled_guidance(self) -> bool:
+        """FLUX.1-dev: guidance is an input of the model (Forge's `distilled_cfg_scale`), not two predictions."""
+        return self.arch == "flux" and "schnell" not in self.name
 
 
 _SD, _XL, _XL_REFINER = "StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"
-_SD3 = "StableDiffusion3Pipeline"
+_SD3, _FLUX = "StableDiffusion3Pipeline", "FluxPipeline"
 _SD3_TOKENIZERS = {"tokenizer": CLIP_L, "tokenizer_2": OPENCLIP_BIGG, "tokenizer_3": T5_XXL}
 _NINE = {"in_channels": 9}  # inpainting variants share their base family's folder
 FAMILIES = {f.name: f for f in [
@@ -72,6 +80,11 @@ FAMILIES = {f.name: f for f in [
     Family("sd35-large", "sd3", "sd35-large", _SD3, _SD3_TOKENIZERS),
     Family("sd35-medium", "sd3", "sd35-medium", _SD3, _SD3_TOKENIZERS),
     Family("demo-sd3", "sd3", "demo-sd3", _SD3, {"tokenizer_3": T5_XXL}),  # tiny CLIP vocabularies shipped
+    # FLUX.1 (double/single-stream transformer + CLIP-L, T5-XXL); dev has a guidance embedder, schnell none
+    Family("flux1-dev", "flux", "flux1-dev", _FLUX, {"tokenizer": CLIP_L, "tokenizer_2": T5_XXL}),
+    Family("flux1-schnell", "flux", "flux1-schnell", _FLUX, {"tokenizer": CLIP_L, "tokenizer_2": T5_XXL}),
+    Family("demo-flux", "flux", "demo-flux", _FLUX, {"tokenizer_2": T5_XXL}),
+    Family("demo-flux-schnell", "flux", "demo-flux-schnell", _FLUX, {"tokenizer_2": T5_XXL}),
 ]}
 
 
@@ -108,6 +121,8 @@ def detect(keys: set[str], metadata: dict[str, str] | None, shapes: dict[str, tu
         return Detection(metadata["easel.family"])
     if MMDIT_FIRST in keys:
         return Detection(mmdit_family(keys))
+    if flux_prefix(keys) is not None:
+        return Detection(flux_family(keys, shapes or {}))
     arch = _arch_from_keys(keys)
     inpainting = _inpainting(shapes or {})
     if arch == "sdxl-refiner":
@@ -128,9 +143,6 @@ def mmdit_family(keys: set[str]) -> str:
     """SD 3.5 from its MMDiT keys: Medium (MMDiT-X) has a second image attention (`x_block.attn2`) in its
     first 13 blocks; Large (and Large Turbo) has 38 blocks and none."""
     blocks = {int(k.split(".")[3]) for k in keys if k.startswith("model.diffusion_model.joint_blocks.")}
-    if SD3_T5 not in keys:
-        raise InvalidRequest("this SD 3.5 checkpoint has no text encoders inside (`text_encoders.t5xxl.*`); "
-                             "only single files with CLIP-L, CLIP-G and T5-XXL included can be loaded here")
     if any(".x_block.attn2." in k for k in keys):
         return "sd35-medium"
     if len(blocks) == 38:
@@ -139,12 +151,41 @@ def mmdit_family(keys: set[str]) -> str:
                          "is not supported; SD 3.5 Large, Large Turbo and Medium are")
 
 
+FLUX_MARK = "double_blocks.0.img_attn.norm.key_norm.scale"  # diffusers' own FLUX test key
+FLUX_IMG_IN = ("img_in.weight", DIT_PREFIX + "img_in.weight")
+_QUANTIZED = (".absmax", ".quant_map", ".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4")
+
+
+def flux_prefix(keys: set[str]) -> str | None:
+    """Where a FLUX transformer's keys start: `model.diffusion_model.` (Forge / ComfyUI full checkpoints),
+    "" (BFL's transformer-only `flux1-dev.safetensors`), None: not FLUX."""
+    if DIT_PREFIX + FLUX_MARK in keys:
+        return DIT_PREFIX
+    return "" if FLUX_MARK in keys else None
+
+
+def flux_family(keys: set[str], shapes: dict[str, tuple]) -> str:
+    """FLUX.1 dev (a guidance embedder, `guidance_in.*`) or schnell (none); Fill / Depth / quantized files refused."""
+    prefix = flux_prefix(keys) or ""
+    if any(k.endswith(_QUANTIZED) for k in keys):
+        raise InvalidRequest("this FLUX checkpoint is quantized with bitsandbytes (NF4/FP4, `.absmax` keys); "
+                             "load an fp16/bf16/fp8 file instead")
+    shape = shapes.get(prefix + "img_in.weight")
+    if shape is not None and len(shape) == 2 and shape[1] != 64:  # 384: Fill, 128: Depth / Canny
+        raise InvalidRequest(f"a FLUX transformer with {shape[1]} input channels (FLUX.1 Fill / Depth / Canny) is "
+                             "not supported; FLUX.1 dev and schnell (64) are")
+    return "flux1-dev" if prefix + "guidance_in.in_layer.weight" in keys else "flux1-schnell"
+
+
+SHAPE_KEYS = (UNET_IN, *FLUX_IMG_IN)  # the tensors whose shapes detection reads
+
+
 def header_shapes(path: Path) -> dict[str, tuple]:
     """The few tensor shapes detection needs, read from the header (no tensor data is loaded)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in (UNET_IN,) if k in f.keys()}
+        return {k: tuple(f.get_slice(k).get_shape()) for k in SHAPE_KEYS if k in f.keys()}
 
 
 def _arch_from_keys(keys: set[str]) -> str:

@@ -6,7 +6,8 @@ special tokens (SD 2.x / SDXL's OpenCLIP tokenizers pad with "!", CLIP-L with <|
 its own (`EASEL_TOKENIZERS_DIR/<name>/`: `tokenizer.json`, or `vocab.json` + `merges.txt`); that folder wins.
 Assembled folders live in the cache, keyed by their content.
 
-T5 (SD 3.5's third tokenizer) is SentencePiece, not BPE, and not shipped: its `tokenizer.json` comes from that
+T5 (SD 3.5's third tokenizer, FLUX.1's second) is SentencePiece, not BPE, and not shipped: its `tokenizer.json`
+comes from that
 folder or the bucket (`system/tokenizers/<name>/tokenizer.json`); absent, the model answers 503 naming it.
 """
 
@@ -81,7 +82,8 @@ class FamilyConfigs:
                 pass
         where = f"{self.tokenizers_dir / source}/ or " if self.tokenizers_dir else ""
         raise TokenizerMissing(f"tokenizer {source!r} is not installed on this server: put its tokenizer.json "
-                               f"(SD 3.5's tokenizer_3, T5 v1.1 SentencePiece, at most {MAX_TOKENIZER_FILE} "
+                               f"(SD 3.5's tokenizer_3 / FLUX.1's tokenizer_2, T5 v1.1 SentencePiece, at most "
+                               f"{MAX_TOKENIZER_FILE} "
                                f"bytes) in {where}the bucket at {key}")
 
     def _assemble(self, name: str, vocabs: dict[str, dict[str, bytes]], target: Path) -> None:

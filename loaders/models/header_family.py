@@ -11,7 +11,7 @@ import json
 import threading
 
 from loaders.errors import EaselError
-from loaders.models.families import UNET_IN, detect
+from loaders.models.families import SHAPE_KEYS, detect
 from loaders.storage.store import ObjectInfo, ObjectStore
 
 MAX_LISTED_HEADER = 16 * 1024 * 1024  # real checkpoint headers are ~100-300 KB; a larger one is not read to list
@@ -51,8 +51,8 @@ class HeaderFamilies:
             return None
         metadata = header.pop("__metadata__", None)
         metadata = metadata if isinstance(metadata, dict) else {}
-        shape = header.get(UNET_IN, {}).get("shape") if isinstance(header.get(UNET_IN), dict) else None
-        shapes = {UNET_IN: tuple(shape)} if isinstance(shape, list) else {}
+        shapes = {k: tuple(header[k]["shape"]) for k in SHAPE_KEYS
+                  if isinstance(header.get(k), dict) and isinstance(header[k].get("shape"), list)}
         try:
             return detect(set(header), {str(k): str(v) for k, v in metadata.items()}, shapes).family
         except EaselError:  # not a checkpoint this server knows: listed without a family

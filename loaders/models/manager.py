@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loaders.errors import InvalidRequest, NotFound, Unavailable
-from loaders.models.clip_vocab import pad_without_splitting
 from loaders.models.families import config_dir, detect, header_shapes, looks_like_v_prediction
 from loaders.models.families import family as family_spec
 from loaders.models.file_cache import FileCache
 from loaders.models.header_family import HeaderFamilies
+from loaders.models.parts import find_parts, missing_parts
 from loaders.models.safetensors_check import check_model_filename, read_header
+from loaders.models.builds import build_pipeline
 from loaders.storage.store import ObjectInfo, ObjectStore
 
 # Folder of each model kind inside a namespace (mirrors the A1111 / EAS data dir).
@@ -30,6 +31,7 @@ KIND_DIRS = {
     "vae": "models/VAE",
     "controlnet": "models/ControlNet",
     "embedding": "embeddings",
+    "text_encoder": "models/text_encoder",  # Forge's folder: CLIP-L / CLIP-G / T5 files of transformer checkpoints
     "hypernetwork": "models/hypernetworks",  # A1111 hypernetworks (loaders.adapters.hypernetworks)
     # upscalers and face restorers (A1111's folder names), loaded by loaders.adapters.upscalers
     "esrgan": "models/ESRGAN", "realesrgan": "models/RealESRGAN", "swinir": "models/SwinIR", "dat": "models/DAT",
@@ -142,53 +144,6 @@ def resolve_device(device: str) -> str:
     except ImportError:  # a process without torch (Modal's light web tier) runs no model: nothing to place
         return "cpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pipeline_dtype(family: str, device: str, cpu_dtype: str = "float32"):
-    """fp16 on CUDA for every family (SDXL's VAE upcasts itself: `force_upcast` in its config); on CPU fp32 unless
-    the operator chose bfloat16 (half the memory: SDXL ~7 GB instead of ~14 GB)."""
-    import torch
-
-    return torch.float16 if device == "cuda" else getattr(torch, cpu_dtype)
-
-
-def build_pipeline(path: Path, family: str, device: str, *, configs=None, cpu_dtype: str = "float32"):
-    """A diffusers pipeline from an A1111 single file, configured only from configs shipped in the package.
-
-    `configs` (a loaders.models.family_configs.FamilyConfigs) completes the real families' folders with tokenizers;
-    without it only families whose shipped folder is complete (the demos) load.
-    """
-    import diffusers
-
-    spec = family_spec(family)
-    config = configs.ensure(family) if configs is not None else config_dir(family)
-    cls = getattr(diffusers, spec.pipeline)
-    # A1111 runs no safety checker and adds no invisible watermark
-    extra = {"add_watermarker": False} if spec.is_sdxl else {"safety_checker": None, "requires_safety_checker": False}
-    pipe = cls.from_single_file(
-        str(path),
-        config=str(config),
-        local_files_only=True,  # no model hub, ever
-        torch_dtype=pipeline_dtype(family, device, cpu_dtype),
-        device=device,  # UNet and VAE weights go from the mmapped file straight to the device: no host copy
-        **extra,
-    )
-    for tokenizer in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)):
-        if tokenizer is not None:
-            pad_without_splitting(tokenizer)  # "!" in an OpenCLIP prompt is text, as in A1111
-    pipe.set_progress_bar_config(disable=True)
-    return move_stragglers(pipe, device)
-
-
-def move_stragglers(pipe, device: str):
-    """Moves only what `from_single_file` left elsewhere (text encoders, on CUDA): `pipe.to` walks every parameter."""
-    import torch
-
-    for part in pipe.components.values():
-        first = next(part.parameters(), None) if isinstance(part, torch.nn.Module) else None
-        if first is not None and first.device.type != torch.device(device).type:
-            part.to(device)
-    return pipe
 
 
 def pipeline_view(base, cls=None, **components):
@@ -360,9 +315,10 @@ class ModelManager:
             config_dir(family)
         except KeyError:
             raise InvalidRequest(f"checkpoint {name!r} is a {family} model, which this server cannot load") from None
+        parts = self._separate_parts(info, family, set(header.keys), name)
         with ThreadPoolExecutor(1) as pool:  # a first hash of GBs takes seconds: overlap it with the build (no GIL)
             digest = pool.submit(self.files.sha256, info, path)  # later loads read it from beside the file
-            pipe = self._build(path, family, name)
+            pipe = self._build(path, family, name, parts)
             if not found.settled and looks_like_v_prediction(pipe.unet):  # SD 2.x that declares nothing
                 settle_v_prediction(pipe)
                 family = "sd2-v"
@@ -370,13 +326,30 @@ class ModelManager:
         self._header_families.remember(info, family)
         return LoadedCheckpoint(pipe, info.key, info.etag, family, name.removesuffix(".safetensors"), sha)
 
-    def _build(self, path: Path, family: str, name: str):
+    def _separate_parts(self, info: ObjectInfo, family: str, keys: set[str], name: str) -> dict[str, Path]:
+        """The separate VAE / text-encoder files of what a transformer checkpoint lacks, downloaded: from the
+        checkpoint owner's folders, then the public ones (a public checkpoint: public ones only, as every user
+        shares its loaded pipeline)."""
+        missing = missing_parts(family_spec(family).arch, keys)
+        if not missing:
+            return {}
+        owner = info.key.split("/")[1] if info.key.startswith("users/") else None
+
+        def spaces(kind: str) -> list[str]:
+            if owner is None:
+                return ["public/"]
+            return namespaces(owner, kind, public_kinds(self.store), public_only_kinds(self.store))
+
+        found = find_parts(missing, spaces, self.store.stat, KIND_DIRS.__getitem__, name)
+        return {component: self.files.ensure(part) for component, part in found.items()}
+
+    def _build(self, path: Path, family: str, name: str, parts: dict[str, Path] | None = None):
         """The builder's pipeline; a file whose tensors do not fit its family is the uploader's error (422)."""
         import torch
         from diffusers.loaders.single_file_utils import SingleFileComponentError
 
         try:
-            return self.builder(path, family, self.device)
+            return self.builder(path, family, self.device, **({"parts": parts} if parts else {}))
         except torch.OutOfMemoryError:
             raise
         except RuntimeError as e:

@@ -189,10 +189,11 @@ def accelerated(builder: Builder, config: FastPathConfig, *, store: ObjectStore,
     """
     tiny_vae_keys = tiny_vae_keys or {}
 
-    def build(path: Path, family: str, device: str):
-        pipe = builder(path, family, device)
-        fast = config.enabled and device in on_devices
-        tiny_key = tiny_vae_keys.get(family)
+    def build(path: Path, family: str, device: str, **parts):
+        pipe = builder(path, family, device, **parts)  # parts: a transformer checkpoint's separate files
+        unet = getattr(pipe, "unet", None) is not None  # every step below is UNet-specific: SD 3.5 / FLUX run eager
+        fast = config.enabled and device in on_devices and unet
+        tiny_key = tiny_vae_keys.get(family) if unet else None
         if not fast and not tiny_key:
             return pipe  # the eager path, untouched
         if fast:
