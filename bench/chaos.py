@@ -33,9 +33,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         outcome = test_chaos.run_chaos(proxy, Path(tmp), mp, tasks=args.tasks, seconds=args.seconds, seed=args.seed)
         states = test_chaos.check_invariants(outcome)
-    print(f"accepted {len(outcome['accepted'])}, refused at submission {outcome['refused']}, final states {states}")
-    print(f"generation runs {outcome['runs']}, restarts {outcome['restarts']} (graceful stops {outcome['stops']})")
-    print(f"proxy: {outcome['faults']}; stuck {len(outcome['stuck'])}; wall {time.monotonic() - started:.1f}s")
+    spy, accepted = outcome["spy"], outcome["accepted"]
+    figures = outcome["figures"]
+    reran = {k: n for k, n in spy.succeeded.items() if n > 1}
+    print(f"accepted {len(accepted)}, refused at submission (a 503 the client retries) {outcome['refused']}: "
+          f"{outcome['refusals']}")
+    print(f"ended exactly once {sum(states.values())}/{len(accepted)}: {states}; lost {len(accepted) - sum(states.values())}; stuck after one lease "
+          f"{len(outcome['stuck'])}; orphan outputs {figures['orphan_outputs']}")
+    print(f"executions {outcome['runs']} (killed mid-run {spy.killed}, failed {spy.failed}, ran to the end or "
+          f"canceled {len(spy.billable)}); tasks that ran to the end more than once {len(reran)} "
+          f"(a store failure or lost lease before billing; not billed twice: one ledger record per task)")
+    print(f"ledger billed {figures['ledger_billed_s']:.4f}s = ledger generate_s of succeeded+canceled "
+          f"{figures['ledger_generate_s']:.4f}s; generate_s of every execution that ran {sum(spy.billable):.4f}s")
+    print(f"failed tasks' errors: {figures['failed_errors']}")
+    print(f"restarts {outcome['restarts']} (graceful stops {outcome['stops']}); proxy {outcome['faults']}; "
+          f"wall {time.monotonic() - started:.1f}s")
     print("invariants held: every accepted task ended once, ledger = generate_s of succeeded+canceled, no orphans")
     mp.undo()
 

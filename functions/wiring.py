@@ -33,7 +33,7 @@ def build_services(settings: Settings, *, store: ObjectStore | None = None, buil
         import torch
 
         torch.set_num_threads(settings.cpu_threads)
-    device_lock = DeviceLock()  # requests before background warm-up
+    device_lock = DeviceLock(settings.device_grace_s, settings.device_grace_cap_s)  # requests before stored tasks, warm-up
     builder = acceleration.wrap_builder(settings, store, device_lock, builder)  # CUDA fast path, tiny VAE
     models = ModelManager(store, settings.cache_dir, device=settings.device,
                           capacity=settings.pipeline_capacity(), builder=builder,

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     vae_decode_method: Literal["Full", "TAESD"] = Field("Full", description="default decode (A1111 option)")
     batching: Literal["auto", "on", "off"] = Field("auto", description="batch look-alike txt2img (auto: CUDA)")
     batch_wait_ms: float = Field(10.0, ge=0, le=1000, description="longest a request waits for batch mates")
+    device_grace_s: float = Field(0.2, ge=0, le=5, description="after a sync request gives the device back, stored "
+                                  "tasks wait this long for the next one (a client's next request keeps its turn)")
+    device_grace_cap_s: float = Field(2.0, ge=0, le=600, description="the most one stored task leaves the device idle "
+                                      "for sync requests that may come (the grace, summed); then it takes its turn")
     batch_max_images: int = Field(8, ge=1, le=64, description="images per device batch")
     hide_tabs: str = Field("", description='web page tabs to hide: "files,prompt" (the seed\'s --always-hide-tabs)')
     enable_nsfw_censor: bool = Field(False, description="screen outputs with public/models/safety_checker/")

@@ -15,6 +15,7 @@ from handlers.generation.generate import Generated
 from handlers.jobs import Canceled, Job
 from handlers.schemas import Txt2ImgRequest
 from handlers.settings import Settings
+from loaders.errors import EaselError
 from tests.conftest import TOKENS
 
 
@@ -64,6 +65,48 @@ class ScriptedGeneration:
         seeds = [1 + k for k in range(req.image_count)]
         return Generated([Image.new("RGB", (req.width, req.height), "red")] * req.image_count, seeds,
                          ["x"] * req.image_count)
+
+
+class GenerateSpy:
+    """Wraps handlers.generation.generate.run_job: what each execution measured itself, apart from the ledger.
+
+    `billable`: the generate_s of every execution that ran to its end (its response's timings) or was canceled
+    (the Canceled it raised); `failed`: executions that failed (billed 0); `killed`: executions whose process
+    died under them (a BaseException such as Crash: no handler may record anything for them)."""
+
+    def __init__(self, monkeypatch):
+        self.billable: list[float] = []
+        self.failed = 0
+        self.killed = 0
+        self.succeeded: dict[tuple[str, str], int] = {}  # (user, task id) → executions that ran to their end
+        real = generate.run_job
+
+        def spy(job, services, on_step=None):
+            try:
+                response = real(job, services, on_step)
+            except Exception as e:
+                if isinstance(e, EaselError) and e.status < 500:
+                    raise  # refused before it ran: not an execution
+                partial = getattr(e, "generate_s", None)  # a canceled run is billed what it ran
+                if partial is None:
+                    self.failed += 1
+                else:
+                    self.billable.append(round(partial, 4))
+                raise
+            except BaseException:
+                self.killed += 1
+                raise
+            self.billable.append(response.parameters.timings.generate_s)
+            key = (job.user, job.task_id)
+            self.succeeded[key] = self.succeeded.get(key, 0) + 1
+            return response
+
+        monkeypatch.setattr(generate, "run_job", spy)
+
+    @property
+    def ended(self) -> int:
+        """Executions that ended in this process (succeeded, canceled or failed): each must leave one record."""
+        return len(self.billable) + self.failed
 
 
 class Crash(BaseException):

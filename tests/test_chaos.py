@@ -17,7 +17,7 @@ from handlers.tasks.workers import LocalExecutor
 from loaders.demo.model import DEMO_NAME
 from loaders.errors import EaselError
 from loaders.storage.store import S3Store
-from tests.billing_fakes import fake_services
+from tests.billing_fakes import GenerateSpy, fake_services
 from tests.reliability_fakes import FaultProxy, server
 from tests.test_task_reliability import ledger_of, request, task
 
@@ -45,41 +45,57 @@ def run_chaos(proxy, tmp_path, monkeypatch, *, tasks: int, seconds: float, seed:
     rng = random.Random(seed)
     store = S3Store("chaos", "", endpoint_url=proxy.url)
     first, _, gen = fake_services(store, tmp_path, monkeypatch, **LEASE)
+    spy = GenerateSpy(monkeypatch)
     gen.step_s = 0.02
     gen.script = lambda i: "crash" if rng.random() < 0.15 else ("cancel", 1) if rng.random() < 0.05 else "ok"
     servers = [first, server(store, tmp_path, "b", **LEASE)]
     proxy.enabled = True
-    accepted, refused = [], 0
+    accepted, refused, reasons = [], 0, {}
     for n in range(tasks):
         user = ("alice", "bob")[n % 2]
         try:
             submit_task(rng.choice(servers), user, "txt2img", request(seed=n, steps=4), f"c-{n}")
             accepted.append((user, f"c-{n}"))
-        except EaselError:
+        except EaselError as e:
             refused += 1  # a 503 the client sees (and would retry); not accepted, so not counted
+            reasons[f"{type(e).__name__}: {str(e)[:90]}"] = reasons.get(f"{type(e).__name__}: {str(e)[:90]}", 0) + 1
     deadline = time.monotonic() + seconds
     restarts = stops = 0
     while time.monotonic() < deadline:
         time.sleep(0.3)
         for s in servers:
-            executor = s.executor
-            dead = any(not t.is_alive() for t in executor._threads if t.name.startswith("easel-worker"))
-            if dead or rng.random() < 0.03:
-                if not dead:
-                    executor.release()  # a deploy: SIGTERM
-                    stops += 1
-                executor.stop(timeout_s=0.1)
-                s.executor = LocalExecutor(s)
-                s.executor.recover()
-                restarts += 1
+            deploy = rng.random() < 0.03
+            if deploy and not _worker_died(s):
+                s.executor.release()  # a deploy: SIGTERM
+                stops += 1
+            restarts += _restart_if(s, deploy or _worker_died(s))
         if all(_done(store, u, t) for u, t in accepted):
             break
     proxy.enabled = False
+    calm = time.monotonic()  # faults and kills stop; a killed worker's server still comes back
+    while time.monotonic() - calm < 2 * LEASE["task_lease_s"] + 1 and not all(_done(store, u, t) for u, t in accepted):
+        time.sleep(0.1)  # what is still open must end within about one lease
+        restarts += sum(_restart_if(s, _worker_died(s)) for s in servers)
     stuck = [t for u, t in accepted if not _done(store, u, t)]
     for s in servers:
         s.executor.stop(timeout_s=1)
     return {"store": store, "accepted": accepted, "refused": refused, "stuck": stuck, "restarts": restarts,
-            "stops": stops, "faults": dict(proxy.counts), "runs": gen.calls}
+            "stops": stops, "faults": dict(proxy.counts), "runs": gen.calls, "spy": spy,
+            "refusals": reasons}
+
+
+def _worker_died(s) -> bool:
+    return any(not t.is_alive() for t in s.executor._threads if t.name.startswith("easel-worker"))
+
+
+def _restart_if(s, restart: bool) -> int:
+    """The server's process comes back: a new executor, which recovers the open tasks at start."""
+    if not restart:
+        return 0
+    s.executor.stop(timeout_s=0.1)
+    s.executor = LocalExecutor(s)
+    s.executor.recover()
+    return 1
 
 
 def _done(store, user, task_id) -> bool:
@@ -95,9 +111,12 @@ def check_invariants(outcome: dict) -> dict:
     billed = generated = 0.0
     referenced = set()
     states = {}
+    errors: list[str] = []  # why the failed tasks failed (a worker killed twice under one is failed by design)
     for user, task_id in outcome["accepted"]:
         record = task(store, task_id, user)
         states[record.status] = states.get(record.status, 0) + 1
+        if record.status == "failed":
+            errors.append(record.error[:160])
         ledger = [r for r in ledger_of(store, task_id) if r["user"] == user]
         assert len(ledger) <= 1
         if record.status in ("succeeded", "canceled"):
@@ -110,6 +129,8 @@ def check_invariants(outcome: dict) -> dict:
             referenced.update(record.result["parameters"]["image_url"].split(","))
     outputs = {i.key for i in store.list("users/") if "/outputs/" in i.key}
     orphans = [k for k in outputs if not any(f"/{k}" in url for url in referenced)]
+    outcome["figures"] = {"ledger_billed_s": round(billed, 4), "ledger_generate_s": round(generated, 4),
+                          "orphan_outputs": len(orphans), "failed_errors": errors}
     assert orphans == [], f"orphan outputs: {orphans[:5]}"
     assert abs(billed - generated) < 1e-6
     return states

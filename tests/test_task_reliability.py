@@ -243,3 +243,39 @@ def test_an_event_that_stopped_half_way_is_completed_by_its_redelivery(hooked, t
     assert task(hooked.inner, again.task_id).status == "succeeded" and gen.calls == 1
     assert handle_object(services, hooked.stat("users/alice/inbox/dog.json")).status == "duplicate"
     services.executor.stop()
+
+
+@pytest.mark.parametrize("killed_at, status, billed", [("ledger", "failed", 0), ("after-ledger", "succeeded", 1)])
+def test_a_sync_run_whose_server_was_killed_ends_after_a_lease_as_the_ledger_says(hooked, tmp_path, monkeypatch,
+                                                                                   killed_at, status, billed):
+    """A sync request's server killed mid-run left its id `running` for ever (a retry: 409 "is running"; an
+    async submission of the id: a task that never ends). Its claim's lease now lapses and the next look ends it."""
+    from fastapi.testclient import TestClient
+
+    from handlers.http.api import create_app
+    from tests.conftest import auth
+
+    services, _, gen = fake_services(hooked, tmp_path, monkeypatch, **FAST)
+    dead = []
+
+    def kill(op, k, data):  # from the kill on, nothing this server writes or reads reaches the store
+        if dead or (killed_at == "ledger" and k.startswith("ledger/")):
+            dead.append(k)
+            raise Crash("server killed")
+        if k.startswith("ledger/"):
+            dead.append(k)  # the ledger record lands; the next call dies
+
+    hooked.hooks.append(kill)
+    body = {"prompt": "p", "width": 64, "height": 64, "steps": 2, "force_task_id": "s1"}
+    TestClient(create_app(services), raise_server_exceptions=False).post("/sdapi/v1/txt2img", json=body,
+                                                                          headers=auth())
+    assert dead and task(hooked.inner, "s1").status == "running"  # the killed server's claim, as it left it
+    other = TestClient(create_app(server(hooked.inner, tmp_path, "b", **FAST)), raise_server_exceptions=False)
+    time.sleep(FAST["task_lease_s"] + 0.1)  # nobody renews it any more
+    seen = other.get("/tasks/s1", headers=auth()).json()
+    assert seen["status"] == status and "server running this request stopped" in seen["error"], seen
+    again = other.post("/sdapi/v1/txt2img", json=body, headers=auth())
+    assert again.status_code == 409 and status in again.json()["detail"]
+    queued = other.post("/sdapi/v1/txt2img?task_id=s1", json={**body, "force_task_id": None}, headers=auth())
+    assert queued.json()["status"] == status  # the async route finds it ended too, and runs nothing
+    assert gen.calls == 1 and len(ledger_of(hooked.inner, "s1")) == billed

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from handlers.billing import ledger
 from handlers.generation import controlnet, outputs
 from handlers.generation.generate import resolve_checkpoint
 from handlers.jobs import Job
@@ -152,8 +153,42 @@ def load_request(services: Services, user: str, task_id: str) -> GenerationReque
 # --- records: every write is a compare-and-swap on the version read -----------------------------------
 
 def load_task(services: Services, user: str, task_id: str) -> TaskRecord:
-    """The caller's own task; another user's id is simply absent (404, never 403)."""
-    return read_task(services, user, task_id)[0]
+    """The caller's own task; another user's id is simply absent (404, never 403). A sync run whose server
+    died under it is ended here, the first time anyone looks (it has no open marker for a reaper to find)."""
+    record, tag = read_task(services, user, task_id)
+    return end_abandoned(services, record, tag) if abandoned(record) else record
+
+
+def abandoned(record: TaskRecord) -> bool:
+    """A sync run's claim its process stopped renewing: the server running the request is gone."""
+    return record.sync and not record.done and record.lease is not None and record.lease.expires <= time.time()
+
+
+ABANDONED = {
+    "failed": "the server running this request stopped before it finished (not billed); send it with a new task_id",
+    "succeeded": "the server running this request stopped after it finished (billed) and before it answered; "
+                 "its images are in your outputs",
+    "canceled": "the server running this request stopped while it was being canceled (billed for the steps run)",
+}
+
+
+def end_abandoned(services: Services, record: TaskRecord, tag: str) -> TaskRecord:
+    """End an abandoned sync run as its ledger record says (one id, one execution, billed once): no record or
+    a failed one → failed; succeeded or canceled → that, without the answer its client never got."""
+    key = ledger.ledger_key(ledger.ledger_date(record.created_at), record.user, record.task_id)
+    try:
+        billed = ledger.read(services.store, key)
+    except NotFound:
+        billed = None
+    record.status = billed.status if billed is not None else "failed"
+    record.error, record.finished_at, record.lease, record.result = ABANDONED[record.status], time.time(), None, None
+    if billed is not None:
+        record.timings = Timings(**billed.timings.model_dump(), billed_s=billed.billed_s, cost=billed.cost)
+    try:
+        swap_task(services, record, tag)
+    except Conflict:  # renewed or ended meanwhile: what is stored now is the answer
+        return read_task(services, record.user, record.task_id)[0]
+    return record
 
 
 def read_task(services: Services, user: str, task_id: str) -> tuple[TaskRecord, str]:

@@ -26,16 +26,20 @@ Builder = Callable[[Path, str, str], object]
 
 
 class DeviceLock:
-    """The device's mutex, where requests (`with lock:`) go before background work (`with lock.background():`).
+    """The device's mutex, where requests (`with lock:`) go before background work (`with lock.background():`)
+    and stored tasks (`with lock.queued():`).
 
     A warm-up compiles one bucket per turn; it takes the device only while no request is waiting, so a
     request waits at most for the bucket being warmed when it arrived, never for the whole queue of them.
     """
 
-    def __init__(self):
+    def __init__(self, grace_s: float = 0.0, grace_cap_s: float = 5.0):
         self._cond = threading.Condition()
         self._held = False
+        self._by_request = False  # the holder is a request (its release starts the grace)
         self._waiting = 0  # requests waiting for the device
+        self._request_released = float("-inf")  # monotonic time a request last gave the device back
+        self.grace_s, self.grace_cap_s = grace_s, grace_cap_s
 
     def acquire(self) -> bool:
         with self._cond:
@@ -43,14 +47,16 @@ class DeviceLock:
             try:
                 while self._held:
                     self._cond.wait()
-                self._held = True
+                self._held = self._by_request = True
             finally:
                 self._waiting -= 1
         return True
 
     def release(self) -> None:
         with self._cond:
-            self._held = False
+            if self._by_request:
+                self._request_released = time.monotonic()
+            self._held = self._by_request = False
             self._cond.notify_all()
 
     def locked(self) -> bool:
@@ -74,10 +80,32 @@ class DeviceLock:
         finally:
             self.release()
 
-    # A stored task (async queue) is not interactive: it takes the device after every waiting synchronous
-    # request, as background work does, so one user's flood of tasks cannot stand between another user's
-    # request and the device for more than the one generation already running.
-    queued = background
+    @contextmanager
+    def queued(self):
+        """A stored task (async queue) is not interactive: it takes the device after every waiting synchronous
+        request, as background work does, so one user's flood of tasks cannot stand between another user's
+        request and the device for more than the one generation already running. It also leaves the device
+        idle for `grace_s` after a request gives it back: a client sending one request after another has its
+        next one in before a task starts (else each of its requests waits for a whole task's generation). One
+        task leaves the device idle so at most `grace_cap_s` in all; then it takes its turn."""
+        idle_left = self.grace_cap_s
+        with self._cond:
+            while True:
+                busy = self._held or self._waiting
+                grace_left = min(self._request_released + self.grace_s - time.monotonic(), idle_left)
+                if not busy and grace_left <= 0:
+                    break
+                if busy:
+                    self._cond.wait()
+                else:  # idle, in a request's grace: what we wait is counted against the cap
+                    before = time.monotonic()
+                    self._cond.wait(grace_left)
+                    idle_left -= time.monotonic() - before
+            self._held = True
+        try:
+            yield
+        finally:
+            self.release()
 
 
 class Warmer:
