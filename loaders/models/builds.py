@@ -11,6 +11,7 @@ from loaders.models.components import load_component, read_state
 from loaders.models.families import config_dir, flux_prefix
 from loaders.models.families import family as family_spec
 from loaders.models.parts import PARTS, inside
+from loaders.models.skip_init import weights_from_file
 
 _NOT_TRANSFORMER = ("vae.", "first_stage_model.", "text_encoders.", "cond_stage_model.")
 
@@ -40,18 +41,21 @@ def build_pipeline(path: Path, family: str, device: str, *, configs=None, cpu_dt
     config = configs.ensure(family) if configs is not None else config_dir(family)
     dtype = pipeline_dtype(family, device, cpu_dtype)
     if spec.arch == "flux":
-        return _finish(build_flux(path, config, dtype, parts or {}), device, storage, offload_t5)
+        with weights_from_file():
+            pipe = build_flux(path, config, dtype, parts or {})
+        return _finish(pipe, device, storage, offload_t5)
     cls = getattr(diffusers, spec.pipeline)
     # A1111 runs no safety checker and adds no invisible watermark
     extra = {"add_watermarker": False} if spec.is_sdxl else {"safety_checker": None, "requires_safety_checker": False}
-    pipe = cls.from_single_file(
-        str(path),
-        config=str(config),
-        local_files_only=True,  # no model hub, ever
-        torch_dtype=dtype,
-        device=device,  # UNet and VAE weights go from the mmapped file straight to the device: no host copy
-        **extra, **separate_modules(config, parts or {}, dtype),
-    )
+    with weights_from_file():
+        pipe = cls.from_single_file(
+            str(path),
+            config=str(config),
+            local_files_only=True,  # no model hub, ever
+            torch_dtype=dtype,
+            device=device,  # UNet and VAE weights go from the mmapped file straight to the device: no host copy
+            **extra, **separate_modules(config, parts or {}, dtype),
+        )
     return _finish(pipe, device, storage, offload_t5)
 
 
