@@ -67,7 +67,7 @@ def test_nms_keeps_the_best_and_drops_overlaps_over_0_4():
     assert retinaface_boxes.nms(boxes[::-1].copy(), scores[::-1].copy()) == [4, 2, 0]  # by score, not position
 
 
-def test_outputs_become_faces_in_picture_pixels_over_0_97_only():
+def test_outputs_become_faces_in_picture_pixels_over_0_97_only(monkeypatch):
     h, w = 64, 96
     p = retinaface_boxes.priors(h, w)
     loc, landms = np.zeros((len(p), 4), np.float32), np.zeros((len(p), 10), np.float32)
@@ -82,6 +82,10 @@ def test_outputs_become_faces_in_picture_pixels_over_0_97_only():
     np.testing.assert_allclose(points[0], [2 * (cx + 0.1 * pw), 2 * (cy - 0.1 * ph)], rtol=1e-5)
     np.testing.assert_allclose(points[1:], np.tile([[2 * cx, 2 * cy]], (4, 1)), rtol=1e-5)
     assert score == pytest.approx(0.99)
+    conf[:, 1] = np.linspace(0.98, 0.99, len(p))  # every prior a face: the NMS sees the best MAX_CANDIDATES only
+    monkeypatch.setattr(retinaface_boxes, "MAX_CANDIDATES", 3)
+    found = retinaface_boxes.faces_from_outputs(loc, conf, landms, (h, w), scale=1.0)
+    assert found and all(score >= np.sort(conf[:, 1])[-3] for _, _, score in found)  # only the best 3 competed
 
 
 def test_the_input_is_bgr_minus_the_mean_with_the_short_side_at_640():

@@ -7,7 +7,8 @@ with `use_origin_size=True`, called by `FaceRestoreHelper.get_face_landmarks_5(r
   cells row-major, centres at the cell middles, all in fractions of the input's width / height;
 - decode with variances (0.1, 0.2): centre = prior centre + offset·0.1·prior size, size = prior size·e^(0.2·v),
   landmarks = prior centre + offset·0.1·prior size;
-- keep scores over 0.97, best first, then greedy NMS at IoU 0.4 (torchvision's `nms`: areas without +1).
+- keep scores over 0.97, best first, then greedy NMS at IoU 0.4 (torchvision's `nms`: areas without +1);
+  (our bound: at most MAX_CANDIDATES enter the NMS, as in the RetinaFace authors' own test script)
 Pure numpy here except the network call, so the maths is testable against hand-computed values.
 """
 
@@ -24,6 +25,7 @@ STEPS = (8, 16, 32)
 VARIANCES = (0.1, 0.2)
 CONF_THRESHOLD = 0.97  # get_face_landmarks_5 calls detect_faces(input_img, 0.97)
 NMS_THRESHOLD = 0.4
+MAX_CANDIDATES = 5000  # Pytorch_Retinaface's top_k: the NMS's work stays bounded whatever the picture
 MEAN_BGR = (104.0, 117.0, 123.0)
 
 
@@ -91,7 +93,7 @@ def faces_from_outputs(loc: np.ndarray, conf: np.ndarray, landms: np.ndarray, in
     points = decode_landmarks(landms, prior) * np.array([w, h], np.float32) * scale
     scores = conf[:, 1]
     chosen = np.flatnonzero(scores > CONF_THRESHOLD)
-    chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
+    chosen = chosen[np.argsort(-scores[chosen], kind="stable")][:MAX_CANDIDATES]
     boxes, points, scores = boxes[chosen], points[chosen], scores[chosen]
     return [(boxes[i], points[i], float(scores[i])) for i in nms(boxes, scores)]
 
