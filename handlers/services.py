@@ -142,7 +142,7 @@ class Services:
     adapters: Adapters | None = None  # LoRA / VAE / embeddings on the resident pipelines
     upscalers: UpscalerCache | None = None  # ESRGAN-family models for extras and hires (loaders.adapters.upscalers)
     face_restorers: FaceRestorerCache | None = None  # GFPGAN / CodeFormer (loaders.adapters.face_restorers)
-    interrogators: InterrogatorCache | None = None  # BLIP + CLIP for /sdapi/v1/interrogate (loaders.adapters.interrogators)
+    interrogators: InterrogatorCache | None = None  # BLIP + CLIP of /sdapi/v1/interrogate (loaders.adapters)
     metrics: Metrics = field(default_factory=Metrics)  # this process's /metrics (handlers/metrics.py)
 
     def __post_init__(self):

@@ -68,7 +68,8 @@ def test_blip_file_in_salesforce_layout_loads_strict_and_captions_as_its_source(
         b = source(pixel_values=pixels, input_ids=ids).logits
     assert torch.allclose(a, b, atol=1e-5)
     args = {"num_beams": 2, "min_length": 5, "max_length": 10}
-    assert blip_caption.caption(loaded, tokenizer, noise(), **args) == blip_caption.caption(source, tokenizer, noise(), **args)
+    expected = blip_caption.caption(source, tokenizer, noise(), **args)
+    assert blip_caption.caption(loaded, tokenizer, noise(), **args) == expected
 
 
 def test_clip_file_in_openai_layout_loads_strict_with_openais_projection_orientation():
@@ -108,8 +109,9 @@ def test_interrogate_options_ranks_skips_topn_and_own_category_files(client, ser
     install(store, files)
     store.put_bytes("public/models/interrogate/moods.top2.list.txt", b"calm\nangry\ngloomy\n")  # A1111's .topN.
     store.put_bytes("users/alice/models/interrogate/mediums.txt", b"a mosaic\n")  # hides the public file
-    r = client.post("/sdapi/v1/options", json={**FAST, "interrogate_return_ranks": True, "interrogate_clip_num_beams": 2,
-                                               "interrogate_clip_skip_categories": ["artists"]}, headers=auth())
+    options = {**FAST, "interrogate_return_ranks": True, "interrogate_clip_num_beams": 2,
+               "interrogate_clip_skip_categories": ["artists"]}
+    r = client.post("/sdapi/v1/options", json=options, headers=auth())
     assert r.status_code == 200, r.text
     caption = ask(client, noise(1))
     ranked = re.findall(r", \(([^:()]+):(\d\.\d{3})\)", caption)

@@ -25,14 +25,14 @@ PROMPT = "a picture of "  # Salesforce's BLIP_Decoder prompt; its text is cut of
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # A1111's generate_caption normalisation (CLIP's)
 STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_VOCAB_LINES = 200_000
-_VISION_TOP = {"visual_encoder.cls_token": "vision_model.embeddings.class_embedding",
+SALESFORCE_VISION = {"visual_encoder.cls_token": "vision_model.embeddings.class_embedding",
                "visual_encoder.pos_embed": "vision_model.embeddings.position_embedding",
                "visual_encoder.patch_embed.proj.weight": "vision_model.embeddings.patch_embedding.weight",
                "visual_encoder.patch_embed.proj.bias": "vision_model.embeddings.patch_embedding.bias",
                "visual_encoder.norm.weight": "vision_model.post_layernorm.weight",
                "visual_encoder.norm.bias": "vision_model.post_layernorm.bias"}
 _BLOCK = re.compile(r"visual_encoder\.blocks\.(\d+)\.(.+)")
-_IN_BLOCK = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.qkv": "self_attn.qkv",
+SALESFORCE_IN_BLOCK = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.qkv": "self_attn.qkv",
              "attn.proj": "self_attn.projection", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
 
 
@@ -44,13 +44,13 @@ def salesforce_to_transformers(state: dict, name: str) -> dict:
     """Salesforce BLIP's names renamed to transformers' (the text decoder's BERT names are the same in both)."""
     out = {}
     for key, value in state.items():
-        if key in _VISION_TOP:
-            out[_VISION_TOP[key]] = value
+        if key in SALESFORCE_VISION:
+            out[SALESFORCE_VISION[key]] = value
         elif (m := _BLOCK.fullmatch(key)) is not None:
             module, _, param = m.group(2).rpartition(".")
-            if module not in _IN_BLOCK:
+            if module not in SALESFORCE_IN_BLOCK:
                 raise InvalidRequest(f"{name!r}: {key!r} is not a key of Salesforce's BLIP")
-            out[f"vision_model.encoder.layers.{m.group(1)}.{_IN_BLOCK[module]}.{param}"] = value
+            out[f"vision_model.encoder.layers.{m.group(1)}.{SALESFORCE_IN_BLOCK[module]}.{param}"] = value
         elif key.startswith("text_decoder."):
             out[key] = value
         else:

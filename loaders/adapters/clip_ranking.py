@@ -29,18 +29,19 @@ TEXT_BATCH = 256  # texts encoded at once while ranking (bounds the activations 
 # shapes give anyway.
 _OPENAI_SCALARS = {"input_resolution", "context_length", "vocab_size"}
 _BLOCK = re.compile(r"(visual\.)?transformer\.resblocks\.(\d+)\.(.+)")
-_TOP = {"token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+OPENAI_TOP = {"token_embedding.weight": "text_model.embeddings.token_embedding.weight",
         "positional_embedding": "text_model.embeddings.position_embedding.weight",
         "ln_final.weight": "text_model.final_layer_norm.weight", "ln_final.bias": "text_model.final_layer_norm.bias",
         "logit_scale": "logit_scale",
         "visual.class_embedding": "vision_model.embeddings.class_embedding",
         "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
         "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-        "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight", "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+        "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+        "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
         "visual.ln_post.weight": "vision_model.post_layernorm.weight",
         "visual.ln_post.bias": "vision_model.post_layernorm.bias"}
-_TRANSPOSED = {"text_projection": "text_projection.weight", "visual.proj": "visual_projection.weight"}  # x @ W
-_IN_BLOCK = {"attn.out_proj.weight": "self_attn.out_proj.weight", "attn.out_proj.bias": "self_attn.out_proj.bias",
+OPENAI_TRANSPOSED = {"text_projection": "text_projection.weight", "visual.proj": "visual_projection.weight"}  # x @ W
+OPENAI_IN_BLOCK = {"attn.out_proj.weight": "self_attn.out_proj.weight", "attn.out_proj.bias": "self_attn.out_proj.bias",
              "ln_1.weight": "layer_norm1.weight", "ln_1.bias": "layer_norm1.bias",
              "ln_2.weight": "layer_norm2.weight", "ln_2.bias": "layer_norm2.bias",
              "mlp.c_fc.weight": "mlp.fc1.weight", "mlp.c_fc.bias": "mlp.fc1.bias",
@@ -58,10 +59,10 @@ def openai_to_transformers(state: dict, name: str) -> dict:
     for key, value in state.items():
         if key in _OPENAI_SCALARS:
             continue
-        if key in _TOP:
-            out[_TOP[key]] = value
-        elif key in _TRANSPOSED:
-            out[_TRANSPOSED[key]] = value.t().contiguous()
+        if key in OPENAI_TOP:
+            out[OPENAI_TOP[key]] = value
+        elif key in OPENAI_TRANSPOSED:
+            out[OPENAI_TRANSPOSED[key]] = value.t().contiguous()
         elif (m := _BLOCK.fullmatch(key)) is not None:
             tower = "vision_model" if m.group(1) else "text_model"
             prefix, rest = f"{tower}.encoder.layers.{m.group(2)}.", m.group(3)
@@ -69,8 +70,8 @@ def openai_to_transformers(state: dict, name: str) -> dict:
                 kind = rest.rsplit("_", 1)[1]
                 for proj, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
                     out[f"{prefix}self_attn.{proj}.{kind}"] = part.contiguous()
-            elif rest in _IN_BLOCK:
-                out[prefix + _IN_BLOCK[rest]] = value
+            elif rest in OPENAI_IN_BLOCK:
+                out[prefix + OPENAI_IN_BLOCK[rest]] = value
             else:
                 raise InvalidRequest(f"{name!r}: {key!r} is not a key of OpenAI's CLIP")
         else:

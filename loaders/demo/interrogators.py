@@ -19,6 +19,7 @@ import math
 import torch
 from safetensors.torch import save
 
+from loaders.adapters import blip_caption, clip_ranking
 from loaders.adapters.blip_caption import BLIP_CONFIG, blip_tokenizer
 from loaders.adapters.clip_ranking import CLIP_CONFIG
 
@@ -78,10 +79,8 @@ def tiny_blip_model(seed: int = 0, vocab: bytes | None = None):
 
 def blip_to_salesforce(state: dict) -> dict:
     """transformers' BLIP names → Salesforce's (the inverse of loaders.adapters.blip_caption's rename)."""
-    from loaders.adapters.blip_caption import _IN_BLOCK, _VISION_TOP
-
-    top = {v: k for k, v in _VISION_TOP.items()}
-    block = {v: k for k, v in _IN_BLOCK.items()}
+    top = {v: k for k, v in blip_caption.SALESFORCE_VISION.items()}
+    block = {v: k for k, v in blip_caption.SALESFORCE_IN_BLOCK.items()}
     out = {}
     for key, value in state.items():
         if key in top:
@@ -122,11 +121,9 @@ def tiny_clip_model(seed: int = 0):
 
 def clip_to_openai(state: dict) -> dict:
     """transformers' CLIPModel names → OpenAI's (q/k/v joined into in_proj, projections as `x @ W`)."""
-    from loaders.adapters.clip_ranking import _IN_BLOCK, _TOP, _TRANSPOSED
-
-    top = {v: k for k, v in _TOP.items()}
-    transposed = {v: k for k, v in _TRANSPOSED.items()}
-    block = {v: k for k, v in _IN_BLOCK.items()}
+    top = {v: k for k, v in clip_ranking.OPENAI_TOP.items()}
+    transposed = {v: k for k, v in clip_ranking.OPENAI_TRANSPOSED.items()}
+    block = {v: k for k, v in clip_ranking.OPENAI_IN_BLOCK.items()}
     out, qkv = {}, {}
     for key, value in state.items():
         if key in top:
