@@ -92,8 +92,6 @@ def interrogate_options(services: Services, user: str) -> dict:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
             raise InvalidRequest(f"option `{key}` = {value!r:.40} must be {low}..{high}")
         opts[key] = int(value)
-    if opts["interrogate_clip_min_length"] > opts["interrogate_clip_max_length"]:
-        raise InvalidRequest("option `interrogate_clip_min_length` is over `interrogate_clip_max_length`")
     return opts
 
 
