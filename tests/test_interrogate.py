@@ -3,6 +3,9 @@ interrogator, with tiny random BLIP / CLIP models written in Salesforce's / Open
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import re
 
 import numpy as np
@@ -141,3 +144,20 @@ def test_interrogate_with_a_wrong_file_or_bad_options_is_a_422_naming_it(client,
     assert r.status_code == 422 and "interrogate_clip_num_beams" in r.json()["detail"]
     r = client.post("/sdapi/v1/options", json={"interrogate_clip_skip_categories": "artists"}, headers=auth("bob"))
     assert r.status_code == 422 and "interrogate_clip_skip_categories" in r.json()["detail"]
+
+
+def test_loopback_appends_the_clip_interrogation_of_each_loops_init_image(client, services, files):
+    install(services.store, files)
+    assert client.post("/sdapi/v1/options", json=FAST, headers=auth()).status_code == 200
+    init = noise(2, 64, 64)
+    body = {"prompt": "x", "width": 64, "height": 64, "steps": 1, "seed": 3, "init_images": [png_b64(init)],
+            "denoising_strength": 0.6, "script_name": "Loopback", "script_args": [2, 0.5, "Linear", "CLIP"]}
+    r = client.post("/sdapi/v1/img2img", json=body, headers=auth())
+    assert r.status_code == 200, r.text
+    prompts = [text.split("\n")[0] for text in json.loads(r.json()["info"])["infotexts"][-2:]]
+    assert prompts[0] == "x, " + ask(client, init)  # the first loop: the request's image
+    output = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][-2])))
+    assert prompts[1] == "x, " + ask(client, output.convert("RGB"))  # the second: the first loop's output
+    body["script_args"] = [2, 0.5, "Linear", "DeepBooru"]
+    r = client.post("/sdapi/v1/img2img", json=body, headers=auth())
+    assert r.status_code == 422 and "append_interrogation" in r.json()["detail"]
