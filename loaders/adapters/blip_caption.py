@@ -53,8 +53,10 @@ def salesforce_to_transformers(state: dict, name: str) -> dict:
             out[f"vision_model.encoder.layers.{m.group(1)}.{SALESFORCE_IN_BLOCK[module]}.{param}"] = value
         elif key.startswith("text_decoder."):
             out[key] = value
-        else:
-            raise InvalidRequest(f"{name!r}: {key!r} is not a key of Salesforce's BLIP captioning decoder")
+        elif key.startswith("visual_encoder."):
+            raise InvalidRequest(f"{name!r}: {key!r} is not a key of Salesforce's BLIP vision encoder")
+        # anything else (a training checkpoint's other heads) is not part of the captioner: Salesforce's
+        # load_checkpoint skips it too (load_state_dict(strict=False)); the captioner's own keys stay strict
     return out
 
 
