@@ -86,6 +86,13 @@ def test_clip_file_in_openai_layout_loads_strict_with_openais_projection_orienta
                           clip_ranking.text_features(source, tokenizer, texts), atol=1e-5)
     assert torch.allclose(clip_ranking.image_features(loaded, noise()), clip_ranking.image_features(source, noise()),
                           atol=1e-5)
+    # padded to 77 as clip.tokenize pads: the same features as the shorter padding
+    ids = tokenizer(texts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        full = source.get_text_features(input_ids=ids)
+    full = getattr(full, "pooler_output", full)
+    assert torch.allclose(full / full.norm(dim=-1, keepdim=True), clip_ranking.text_features(loaded, tokenizer, texts),
+                          atol=1e-5)
     # OpenAI multiplies `pooled @ visual.proj`: the file's matrix, not its transpose, gives the features
     pixels = clip_ranking.preprocess(noise(), 224)
     with torch.no_grad():

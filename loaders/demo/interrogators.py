@@ -149,3 +149,35 @@ def tiny_clip_bytes(seed: int = 0) -> bytes:
     state = {k: v.detach().clone().contiguous() for k, v in tiny_clip_model(seed).state_dict().items()
              if not k.endswith("position_ids")}
     return save(clip_to_openai(state))
+
+
+def full_bert_vocab(size: int = 30522) -> bytes:
+    """A vocab.txt of bert-base-uncased's size and special-token lines (PAD 0, UNK 100, CLS 101, SEP 102,
+    MASK 103), the tiny vocabulary's words after them, fillers to `size` (for full-size benchmarks)."""
+    lines = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(WORDS)
+    lines += [f"tok{i}" for i in range(size - len(lines))]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def fullsize_blip_model(seed: int = 0):
+    """A random BLIP of model_base_caption_capfilt_large's sizes (the shipped config, ViT-B/16 at 384 px)."""
+    import json
+
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    model = BlipForConditionalGeneration(BlipConfig(**json.loads(BLIP_CONFIG.read_text()))).eval()
+    _randomise(model, seed)
+    head = model.text_decoder.cls.predictions
+    head.decoder.weight = model.text_decoder.bert.embeddings.word_embeddings.weight
+    return model
+
+
+def fullsize_clip_model(seed: int = 0):
+    """A random CLIP of OpenAI ViT-L/14's sizes (the shipped config)."""
+    import json
+
+    from transformers import CLIPConfig, CLIPModel
+
+    model = CLIPModel(CLIPConfig(**json.loads(CLIP_CONFIG.read_text()))).eval()
+    _randomise(model, seed)
+    return model
