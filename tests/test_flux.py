@@ -133,12 +133,6 @@ def test_what_flux_cannot_do_here_is_a_422_naming_the_field_and_the_family(clien
     assert r.status_code == 422 and field in r.text and "demo-flux" in r.text, r.text
 
 
-def test_inpainting_with_flux_is_a_422_naming_the_family(client, flux_store):
-    image = b64_png(np.full((64, 64, 3), 128))
-    r = generate(client, "img2img", init_images=[image], mask=b64_png(np.full((64, 64, 3), 255)))
-    assert r.status_code == 422 and "mask" in r.text and "demo-flux" in r.text, r.text
-
-
 def test_schnell_refuses_a_distilled_guidance_it_does_not_have_and_so_do_other_families(client, flux_store, flux_files):
     flux_store.put_bytes("public/models/Stable-diffusion/schnell.safetensors", flux_files["schnell"])
     body = {"override_settings": {"sd_model_checkpoint": "schnell"}}

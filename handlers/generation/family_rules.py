@@ -2,10 +2,11 @@
 
 SD 3.5 and FLUX.1 are rectified-flow transformers: they sample with flow-matching Euler only (diffusers'
 FlowMatchEulerDiscreteScheduler, the checkpoint's own shift; FLUX.1-dev's resolution-dependent one). LoRAs
-apply (diffusers' SD3 / FLUX loaders, which also read kohya's FLUX layout); the UNet-era extras (VAE /
-embedding / hypernetwork files, ControlNet units, hires fix, refiner, inpainting, tiling, CLIP skip, variation
-seeds, s_churn) are not wired for them here. Each is refused with a 422 naming the field and the family rather
-than run differently from what was asked.
+apply (diffusers' SD3 / FLUX loaders, which also read kohya's FLUX layout), and so does inpainting (the
+family's diffusers inpaint pipeline over the same modules, A1111's mask preparation and paste-back) and the
+latent resize mode. The UNet-era extras (VAE / embedding / hypernetwork files, ControlNet units, hires fix,
+refiner, tiling, CLIP skip, variation seeds, s_churn) are not wired for them here. Each is refused with a 422
+naming the field and the family rather than run differently from what was asked.
 
 FLUX.1 as Forge runs it: `distilled_cfg_scale` (default 3.5) is dev's guidance input; `cfg_scale` above 1 adds
 real classifier-free guidance with the negative prompt (twice the work), 1 skips it (the recommended setting).
@@ -63,8 +64,6 @@ def _refused_fields(req, networks, units, inputs, fidelity) -> list[tuple[str, s
         ("alwayson_scripts", "ControlNet", bool(units)),
         ("enable_hr", "hires fix", bool(getattr(req, "enable_hr", False))),
         ("refiner_checkpoint", "a refiner", bool(getattr(req, "refiner_checkpoint", None))),
-        ("mask", "inpainting", inputs is not None and inputs.mask is not None),
-        ("resize_mode", "resize mode 3 (latent upscale)", getattr(req, "resize_mode", 0) == 3),
         ("tiling", "tiling", fidelity.tiling),
         ("CLIP_stop_at_last_layers", "CLIP skip", fidelity.clip_skip > 1),
         ("subseed_strength", "variation seeds / seed resize", not fidelity.variation.is_plain),
