@@ -126,10 +126,58 @@ def test_our_init_image_latents_are_the_ones_each_pipeline_would_encode(config, 
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-def test_latent_resize_mode_runs_on_the_flow_families(client, family):
+def test_latent_resize_mode_runs_on_the_flow_families_at_the_asked_size(client, family):
     init = picture(32, 32)
-    body = {"init_images": [b64_png(init)], "denoising_strength": 0.5, "steps": 4}
+    body = {"init_images": [b64_png(init)], "denoising_strength": 0.5, "steps": 4, "width": 96, "height": 96}
     latent = pixels(generate(client, family, "img2img", resize_mode=3, **body))
     plain = pixels(generate(client, family, "img2img", resize_mode=0, **body))
-    assert latent.shape == plain.shape == (64, 64, 3)
+    assert latent.shape == plain.shape == (96, 96, 3)  # not the model's default size (SD 3.5's pipeline's)
     assert np.abs(latent - plain).mean() > 2  # upscaled latents, not upscaled pixels
+
+
+def hires(client, family: str, **body):
+    fields = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.5, **body}
+    return generate(client, family, **fields)
+
+
+def test_hires_fix_makes_the_hires_size_from_the_first_pass_with_each_upscaler_kind(client, family):
+    plain = pixels(generate(client, family))
+    upscaled = np.asarray(Image.fromarray(plain.astype(np.uint8)).resize((96, 96), Image.LANCZOS), np.int16)
+    r = hires(client, family, denoising_strength=0.1)
+    light = pixels(r)
+    assert light.shape == (96, 96, 3)
+    strong = pixels(hires(client, family, denoising_strength=0.9))
+    # the second pass starts from the upscaled first-pass picture: a light one stays near it, a strong one not
+    assert np.abs(light - upscaled).mean() < np.abs(strong - upscaled).mean()
+    latent = pixels(hires(client, family, hr_upscaler="Latent"))
+    assert latent.shape == (96, 96, 3) and np.abs(latent - pixels(hires(client, family))).mean() > 2
+    text = json.loads(r.json()["info"])["infotexts"][0]
+    assert "Hires upscale: 1.5" in text and "Hires resize: 96x96" in text and "Size: 96x96" in text
+
+
+def test_the_hires_pass_has_its_own_prompt_and_guidance(client, family):
+    """(The tiny random models follow their prompt only a little: a mean change of 1.5 levels is well above the
+    under 0.8 of the same request run twice.)"""
+    def second(**body):
+        return hires(client, family, steps=4, denoising_strength=0.75, **body)
+
+    base = pixels(second())
+    assert np.abs(pixels(second()) - base).mean() < 0.8
+    assert np.abs(pixels(second(hr_prompt="zebra stripes on a purple wall")) - base).mean() > 1.5
+    r = second(hr_cfg=4.0, hr_negative_prompt="blurry")  # Forge's hires CFG (real guidance for FLUX)
+    assert np.abs(pixels(r) - base).mean() > 1.5
+    assert "Hires CFG Scale: 4" in json.loads(r.json()["info"])["infotexts"][0]
+    if family == "flux":  # FLUX.1-dev's guidance input, Forge's hr_distilled_cfg
+        r = second(hr_distilled_cfg=9.0)
+        assert np.abs(pixels(r) - base).mean() > 1.5
+        assert "Hires Distilled CFG Scale: 9" in json.loads(r.json()["info"])["infotexts"][0]
+
+
+@pytest.mark.parametrize("body, field", [({"hr_sampler_name": "DPM++ 2M"}, "hr_sampler_name"),
+                                         ({"hr_scheduler": "Karras"}, "hr_scheduler"),
+                                         ({"hr_resize_x": 104, "hr_resize_y": 104}, "hr_resize_x")])
+def test_what_the_flow_families_cannot_do_in_a_hires_pass_is_a_422_naming_it(client, family, body, field):
+    if family == "sd3" and field == "hr_resize_x":
+        body, field = {"hr_distilled_cfg": 5.0}, "hr_distilled_cfg"  # 104 is fine for SD 3.5; no distilled guidance
+    r = hires(client, family, **body)
+    assert r.status_code == 422 and field in r.text and FAMILIES[family][1] in r.text, r.text

@@ -122,7 +122,6 @@ def test_a_transformer_only_file_loads_its_separate_ae_clip_l_and_t5_files_own_t
 
 
 @pytest.mark.parametrize("body, field", [({"sampler_name": "DPM++ 2M"}, "sampler_name"),
-                                         ({"enable_hr": True, "hr_scale": 2}, "enable_hr"),
                                          ({"width": 72}, "width"),
                                          ({"cfg_scale": 0.5}, "cfg_scale"),
                                          ({"alwayson_scripts": {"controlnet": {"args": [

@@ -105,7 +105,6 @@ def test_sd35_txt2img_and_img2img_over_http(client, sd3_store, services):
 
 
 @pytest.mark.parametrize("body, field", [({"sampler_name": "DPM++ 2M"}, "sampler_name"),
-                                         ({"enable_hr": True, "hr_scale": 2}, "enable_hr"),
                                          ({"tiling": True}, "tiling")])
 def test_what_sd35_cannot_do_here_is_a_422_naming_the_field_and_the_family(client, sd3_store, body, field):
     r = generate(client, **body)
