@@ -67,6 +67,7 @@ def second_pass(req: Txt2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, s
     import torch
 
     base = model.pipe
+    ctx.enter_hires()  # A1111 activates the hires prompt's extra networks here (before its conditioning)
     scheduler = make_scheduler(base.scheduler.config, find_sampler(req.hr_sampler_name or req.sampler),
                                req.hr_scheduler or req.schedule, ctx.fidelity.noise, strength=_strength(req))
     cfg = hires_cfg(req)
