@@ -181,3 +181,16 @@ def test_what_the_flow_families_cannot_do_in_a_hires_pass_is_a_422_naming_it(cli
         body, field = {"hr_distilled_cfg": 5.0}, "hr_distilled_cfg"  # 104 is fine for SD 3.5; no distilled guidance
     r = hires(client, family, **body)
     assert r.status_code == 422 and field in r.text and FAMILIES[family][1] in r.text, r.text
+
+
+def test_forges_hr_cfg_sets_the_hires_pass_guidance_on_a_unet_family_too(client):
+    def second(**body):
+        payload = {"prompt": "a cute dog", "width": 64, "height": 64, "steps": 4, "seed": 2, "cfg_scale": 7.0,
+                   "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.75, **body}
+        return client.post("/sdapi/v1/txt2img", json=payload, headers=auth())
+
+    base = pixels(second())
+    assert np.abs(pixels(second(hr_cfg=7.0)) - base).max() <= 2  # unset is the first pass's cfg_scale (A1111)
+    r = second(hr_cfg=1.0)
+    assert np.abs(pixels(r) - base).mean() > 1.5
+    assert "Hires CFG Scale: 1," in json.loads(r.json()["info"])["infotexts"][0]
