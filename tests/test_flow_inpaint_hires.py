@@ -174,10 +174,9 @@ def test_the_hires_pass_has_its_own_prompt_and_guidance(client, family):
 
 
 def test_what_the_flow_families_cannot_do_in_a_hires_pass_is_a_422_naming_it(client, family):
-    cases = [({"hr_sampler_name": "DPM++ 2M"}, "hr_sampler_name"), ({"hr_scheduler": "Karras"}, "hr_scheduler")]
-    if family == "flux":  # 104 is a multiple of 8 (SD 3.5 runs it) but not of FLUX's 16
-        cases.append(({"hr_resize_x": 104, "hr_resize_y": 104}, "hr_resize_x"))
-    else:  # no distilled guidance input
+    cases = [({"hr_sampler_name": "DPM++ 2M"}, "hr_sampler_name"), ({"hr_scheduler": "Karras"}, "hr_scheduler"),
+             ({"hr_resize_x": 104, "hr_resize_y": 104}, "hr_resize_x")]  # 8 × 13: both need multiples of 16
+    if family == "sd3":  # no distilled guidance input
         cases.append(({"hr_distilled_cfg": 5.0}, "hr_distilled_cfg"))
     for body, field in cases:
         r = hires(client, family, **body)

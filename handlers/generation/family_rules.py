@@ -23,7 +23,7 @@ from loaders.models.builds import stored_in_float8
 from loaders.models.families import family as family_spec
 
 FLOW_SAMPLER = "Euler"
-FLUX_MULTIPLE = 16  # FLUX packs 2×2 latent patches: sizes in multiples of 8 × 2
+FLOW_MULTIPLE = 16  # FLUX packs 2×2 latent patches, SD 3.5's MMDiT patchifies 2×2: sizes in multiples of 8 × 2
 
 
 def check_family_request(job, model, *, networks, units, inputs, fidelity) -> None:
@@ -41,6 +41,7 @@ def check_family_request(job, model, *, networks, units, inputs, fidelity) -> No
                                  "does); leave it at 3.5 or use `cfg_scale`")
     if spec is None or not spec.is_flow:
         return
+    _check_size(req, name)
     if spec.arch == "flux":
         _check_flux(req, name)
     chosen = req.sampler_name or req.sampler_index
@@ -50,7 +51,7 @@ def check_family_request(job, model, *, networks, units, inputs, fidelity) -> No
                              f"transformer); use {FLOW_SAMPLER!r}")
     req.sampler_name = FLOW_SAMPLER
     if getattr(req, "enable_hr", False):
-        _check_hires(req, name, spec)
+        _check_hires(req, name)
     if networks.plan.all_loras and stored_in_float8(model.pipe):
         raise InvalidRequest(f"`prompt`: LoRAs are not supported for {name} models on this server, whose transformer "
                              "weights are stored in float8 (EASEL_TRANSFORMER_STORAGE=float8)")
@@ -76,17 +77,20 @@ def _refused_fields(req, networks, units, inputs, fidelity) -> list[tuple[str, s
     return [(field, what) for field, what, on in checks if on]
 
 
-def _check_flux(req, name: str) -> None:
+def _check_size(req, name: str) -> None:
     for field in ("width", "height"):
         value = getattr(req, field)
-        if value % FLUX_MULTIPLE:
-            raise InvalidRequest(f"`{field}` {value} is not a multiple of {FLUX_MULTIPLE}, which {name} models need")
+        if value % FLOW_MULTIPLE:
+            raise InvalidRequest(f"`{field}` {value} is not a multiple of {FLOW_MULTIPLE}, which {name} models need")
+
+
+def _check_flux(req, name: str) -> None:
     if req.cfg_scale < 1:
         raise InvalidRequest(f"`cfg_scale` {req.cfg_scale:g} is below 1: {name} models run real guidance above 1 "
                              "and none at 1 (use 1; FLUX.1-dev's guidance is `distilled_cfg_scale`)")
 
 
-def _check_hires(req, name: str, spec) -> None:
+def _check_hires(req, name: str) -> None:
     """The hires pass runs the family's img2img pipeline with its one sampler, at a size the family can make."""
     if req.hr_sampler_name not in (None, FLOW_SAMPLER):
         raise InvalidRequest(f"`hr_sampler_name` {req.hr_sampler_name!r} is not available for {name} models (a "
@@ -94,10 +98,9 @@ def _check_hires(req, name: str, spec) -> None:
     if req.hr_scheduler not in (None, "automatic"):
         raise InvalidRequest(f"`hr_scheduler`: a schedule type other than Automatic is not supported for {name} "
                              "models here")
-    multiple = FLUX_MULTIPLE if spec.arch == "flux" else 8
     width, height = req.hr_size
-    if width % multiple or height % multiple:
-        raise InvalidRequest(f"hires fix would make a {width}x{height} image, not a multiple of {multiple}, which "
+    if width % FLOW_MULTIPLE or height % FLOW_MULTIPLE:
+        raise InvalidRequest(f"hires fix would make a {width}x{height} image, not a multiple of {FLOW_MULTIPLE}, which "
                              f"{name} models need (`hr_scale` {req.hr_scale:g}, `hr_resize_x` {req.hr_resize_x}, "
                              f"`hr_resize_y` {req.hr_resize_y})")
 
