@@ -123,10 +123,7 @@ def test_a_transformer_only_file_loads_its_separate_ae_clip_l_and_t5_files_own_t
 
 @pytest.mark.parametrize("body, field", [({"sampler_name": "DPM++ 2M"}, "sampler_name"),
                                          ({"width": 72}, "width"),
-                                         ({"cfg_scale": 0.5}, "cfg_scale"),
-                                         ({"alwayson_scripts": {"controlnet": {"args": [
-                                             {"module": "none", "model": "control_easel_demo",
-                                              "image": b64_png(np.full((64, 64, 3), 9))}]}}}, "alwayson_scripts")])
+                                         ({"cfg_scale": 0.5}, "cfg_scale")])
 def test_what_flux_cannot_do_here_is_a_422_naming_the_field_and_the_family(client, flux_store, body, field):
     r = generate(client, **body)
     assert r.status_code == 422 and field in r.text and "demo-flux" in r.text, r.text

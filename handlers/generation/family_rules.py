@@ -5,9 +5,10 @@ FlowMatchEulerDiscreteScheduler, the checkpoint's own shift; FLUX.1-dev's resolu
 for them: LoRAs (diffusers' SD3 / FLUX loaders, which also read kohya's FLUX layout), img2img with all four
 resize modes, inpainting (the family's diffusers inpaint pipeline over the same modules, A1111's mask
 preparation and paste-back) and hires fix (the family's img2img pipeline for the second pass; Forge's
-`hr_distilled_cfg` for FLUX.1-dev). The UNet-era extras (VAE / embedding / hypernetwork files, ControlNet
-units, refiner, tiling, CLIP skip, variation seeds, s_churn) are not wired for them here. Each is refused with
-a 422 naming the field and the family rather than run differently from what was asked.
+`hr_distilled_cfg` for FLUX.1-dev), and for FLUX.1 txt2img ControlNet units (`flux_controlnet`). The UNet-era
+extras (VAE / embedding / hypernetwork files, ControlNet units on SD 3.5, refiner, tiling, CLIP skip, variation
+seeds, s_churn) are not wired for them here. Each is refused with a 422 naming the field and the family rather
+than run differently from what was asked.
 
 FLUX.1 as Forge runs it: `distilled_cfg_scale` (default 3.5) is dev's guidance input; `cfg_scale` above 1 adds
 real classifier-free guidance with the negative prompt (twice the work), 1 skips it (the recommended setting).
@@ -55,7 +56,7 @@ def check_family_request(job, model, *, networks, units, inputs, fidelity) -> No
     if networks.plan.all_loras and stored_in_float8(model.pipe):
         raise InvalidRequest(f"`prompt`: LoRAs are not supported for {name} models on this server, whose transformer "
                              "weights are stored in float8 (EASEL_TRANSFORMER_STORAGE=float8)")
-    refused = _refused_fields(req, networks, units, inputs, fidelity)
+    refused = _refused_fields(req, networks, units if spec.arch != "flux" else [], inputs, fidelity)
     if refused:
         field, what = refused[0]
         raise InvalidRequest(f"`{field}`: {what} is not supported for {name} models here")

@@ -16,10 +16,13 @@ from loaders.adapters.annotators import AnnotatorCache
 from loaders.adapters.clip_vision import ImageEncoderCache
 from loaders.adapters.control_lora import build_control_lora, control_lora_family, is_control_lora
 from loaders.adapters.controlnet_union import build_union, is_union
+from loaders.adapters.flux_controlnet import (FLUX_CONTROLNET, build_flux_controlnet, is_flux_controlnet,
+                                              is_xlabs_controlnet)
 from loaders.adapters.ipadapter import LoadedIPAdapter, build_ip_adapter, is_ip_adapter
 from loaders.adapters.t2i_adapter import LoadedT2IAdapter, build_t2i_adapter, is_t2i_adapter
 from loaders.errors import InvalidRequest
 from loaders.models.families import CONFIGS
+from loaders.models.families import family as family_spec
 from loaders.models.manager import FileCache
 from loaders.models.safetensors_check import read_header
 from loaders.storage.store import ObjectInfo, ObjectStore
@@ -98,7 +101,18 @@ def _sdxl_state(path: Path, family: str) -> dict:
     return converted
 
 
+def _is_flux(base_family: str) -> bool:
+    try:
+        return family_spec(base_family).arch == "flux"
+    except KeyError:
+        return False
+
+
 def _check_fits(name: str, family: str, base_family: str, field: str, kind: str = "ControlNet") -> None:
+    if family == FLUX_CONTROLNET:  # one file fits FLUX.1 dev and schnell alike (its widths are checked per use)
+        if not _is_flux(base_family):
+            raise InvalidRequest(f"`{field}` {name!r} is a FLUX.1 ControlNet; the checkpoint is a {base_family} model")
+        return
     if family != same_unet(base_family):
         raise InvalidRequest(f"`{field}` {name!r} is a{'n' if kind[0] in 'AEIO' else ''} {kind} for {family} models; "
                              f"the checkpoint is a {base_family} model")
@@ -146,7 +160,8 @@ class ControlNetCache:
     def get(self, info: ObjectInfo, *, base_family: str, device: str, dtype, field: str,
             unet=None, base: str = "") -> tuple[AnyLoaded, float]:
         """The model for this object version on `device`, and the seconds spent loading it (0 when resident).
-        `unet` / `base` (key@etag) are the checkpoint's, which a Control-LoRA is built from (and cached under)."""
+        `unet` / `base` (key@etag) are the checkpoint's, which a Control-LoRA is built from (and cached under);
+        for FLUX.1 `unet` is the checkpoint's transformer, whose rotary axes a FLUX ControlNet shares."""
         placed = f"{device}/{dtype}"
         with self._lock:
             for cache_key in ((info.key, info.etag, placed, ""), (info.key, info.etag, placed, base)):
@@ -177,6 +192,17 @@ class ControlNetCache:
             return loaded
         if is_control_lora(keys):
             return _load_control_lora(path, name, info, keys, base_family, field, unet, base, device, dtype)
+        if is_xlabs_controlnet(keys):
+            raise InvalidRequest(f"`{field}` {name!r} is a FLUX ControlNet in XLabs' own layout, which diffusers does "
+                                 "not convert; use the model's diffusers-format file (InstantX / Shakker-Labs layout)")
+        if is_flux_controlnet(keys):
+            _check_fits(name, FLUX_CONTROLNET, base_family, field)
+            try:
+                model = build_flux_controlnet(path, name, unet.config, device, dtype)
+            except (ValueError, RuntimeError, TypeError) as e:  # e.g. a tensor whose shape the others contradict
+                raise InvalidRequest(f"`{field}` {name!r} could not be loaded as a FLUX ControlNet: {e}"[:500]) from None
+            return LoadedControlNet(model, info.key, info.etag, FLUX_CONTROLNET, name.removesuffix(".safetensors"),
+                                    "ControlNet-Union" if model.union else "ControlNet")
         family = detect_controlnet_family(path, name)
         _check_fits(name, family, base_family, field)
         try:

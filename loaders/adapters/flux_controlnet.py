@@ -1,0 +1,82 @@
+"""FLUX.1 ControlNets (InstantX / Shakker-Labs, diffusers' FluxControlNetModel) from one `.safetensors` file.
+
+These ship in diffusers' own key layout (`controlnet_x_embedder.*`, `controlnet_blocks.*`, `transformer_blocks.*`,
+`single_transformer_blocks.*`), so there is nothing to convert: the config comes from the tensors' shapes over the
+shipped FLUX.1 defaults (`configs/flux-controlnet`), the rotary axes from the checkpoint's transformer (they split
+the same positional ids), and the weights load strictly. XLabs' own layout (`double_blocks.*`, `pos_embed_input.*`)
+is not converted by diffusers and is refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from loaders.errors import InvalidRequest
+from loaders.models.families import CONFIGS
+
+FLUX_CONTROLNET = "flux"  # LoadedControlNet.family of these files: they fit any FLUX.1 transformer of their width
+CONFIG = CONFIGS / "flux-controlnet" / "config.json"
+
+
+def is_flux_controlnet(keys) -> bool:
+    return "controlnet_x_embedder.weight" in keys or any(k.startswith("controlnet_single_blocks.") for k in keys)
+
+
+def is_xlabs_controlnet(keys) -> bool:
+    return "pos_embed_input.weight" in keys and any(k.startswith("double_blocks.") for k in keys)
+
+
+def _count(keys, prefix: str) -> int:
+    return len({k[len(prefix):].split(".", 1)[0] for k in keys if k.startswith(prefix)})
+
+
+def config_from_shapes(shapes: dict[str, tuple[int, ...]], axes_dims_rope: list[int]) -> dict:
+    """FluxControlNetModel's config read off its tensors (depth, widths, guidance input, union modes)."""
+    config = {k: v for k, v in json.loads(CONFIG.read_text()).items() if not k.startswith("_")}
+    inner, in_channels = shapes["x_embedder.weight"]
+    head_dim = shapes["transformer_blocks.0.attn.norm_q.weight"][0] if "transformer_blocks.0.attn.norm_q.weight" in \
+        shapes else shapes["single_transformer_blocks.0.attn.norm_q.weight"][0]
+    config.update(
+        in_channels=in_channels, attention_head_dim=head_dim, num_attention_heads=inner // head_dim,
+        num_layers=_count(shapes, "controlnet_blocks."), num_single_layers=_count(shapes, "controlnet_single_blocks."),
+        joint_attention_dim=shapes["context_embedder.weight"][1],
+        pooled_projection_dim=shapes["time_text_embed.text_embedder.linear_1.weight"][1],
+        guidance_embeds="time_text_embed.guidance_embedder.linear_1.weight" in shapes,
+        num_mode=shapes["controlnet_mode_embedder.weight"][0] if "controlnet_mode_embedder.weight" in shapes else None,
+        conditioning_embedding_channels=(shapes["input_hint_block.conv_out.weight"][0]
+                                         if "input_hint_block.conv_out.weight" in shapes else None),
+        axes_dims_rope=list(axes_dims_rope))
+    return config
+
+
+def check_fits(name: str, net_config, transformer_config, field: str, base_family: str) -> None:
+    """A FLUX ControlNet adds its outputs to the transformer's hidden states and reads its inputs: the widths
+    must be the checkpoint's, else a 422 naming both instead of a shape error mid-run."""
+    def widths(c) -> dict:
+        return {"width": c["num_attention_heads"] * c["attention_head_dim"], "latent channels": c["in_channels"],
+                "text width": c["joint_attention_dim"], "pooled text width": c["pooled_projection_dim"]}
+
+    ours, theirs = widths(dict(net_config)), widths(dict(transformer_config))
+    if ours != theirs:
+        show = lambda w: ", ".join(f"{k} {v}" for k, v in w.items())  # noqa: E731
+        raise InvalidRequest(f"`{field}` {name!r} is a FLUX ControlNet for a transformer of {show(ours)}; the "
+                             f"checkpoint is a {base_family} model ({show(theirs)})")
+
+
+def build_flux_controlnet(path: Path, name: str, transformer_config, device, dtype):
+    """The FluxControlNetModel in `path`, configured from its shapes, weights loaded strictly."""
+    import torch
+    from diffusers import FluxControlNetModel
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    try:
+        config = config_from_shapes(shapes, dict(transformer_config)["axes_dims_rope"])
+    except (KeyError, ValueError, IndexError) as e:
+        raise InvalidRequest(f"{name!r} is not a complete FLUX ControlNet (missing {e})") from None
+    with torch.device("meta"):
+        model = FluxControlNetModel.from_config(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype).eval()

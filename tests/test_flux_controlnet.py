@@ -1,0 +1,145 @@
+"""ControlNet units on FLUX.1: the tiny FLUX ControlNet's single file round trip, and units over HTTP on the tiny
+demo-flux checkpoint (txt2img, 64×64, 2 steps)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load, save
+
+from loaders.adapters.flux_controlnet import build_flux_controlnet, is_flux_controlnet
+from loaders.demo.controlnet import DEMO_CONTROLNET_NAME, demo_controlnet_bytes
+from loaders.demo.flux import DEMO_FLUX_NAME, demo_flux_checkpoint_bytes, flux_components
+from loaders.demo.flux_controlnet import DEMO_FLUX_CONTROLNET_NAME, demo_flux_controlnet, demo_flux_controlnet_bytes
+from loaders.demo.mmdit import tiny_t5_tokenizer_json
+from tests.conftest import auth
+
+T5_KEY = "system/tokenizers/t5-v1_1-xxl/tokenizer.json"
+FCN = DEMO_FLUX_CONTROLNET_NAME.removesuffix(".safetensors")
+SD_CN = DEMO_CONTROLNET_NAME.removesuffix(".safetensors")
+
+
+def square_png(size=(64, 64)) -> str:
+    img = Image.new("RGB", size, "white")
+    img.paste((0, 0, 0), (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def unit(**fields) -> dict:
+    return {"enabled": True, "module": "canny", "model": FCN, "weight": 1, "image": square_png(), "processor_res": 64,
+            **fields}
+
+
+def generate(client, units=None, route="txt2img", **body):
+    payload = {"prompt": "a house", "width": 64, "height": 64, "steps": 2, "seed": 5, "cfg_scale": 1.0,
+               "override_settings": {"sd_model_checkpoint": DEMO_FLUX_NAME}, **body}
+    if units is not None:
+        payload["alwayson_scripts"] = {"controlnet": {"args": units}}
+    return client.post(f"/sdapi/v1/{route}", json=payload, headers=auth())
+
+
+def image(r, k: int = 0) -> np.ndarray:
+    assert r.status_code == 200, r.text
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][k]))).convert("RGB"), np.int16)
+
+
+@pytest.fixture(scope="module")
+def files() -> dict[str, bytes]:
+    return {"flux": demo_flux_checkpoint_bytes(), "cn": demo_flux_controlnet_bytes(),
+            "cn2": demo_flux_controlnet_bytes(seed=1, num_layers=2, num_single_layers=0)}
+
+
+@pytest.fixture
+def flux_store(store, files):
+    store.put_bytes(f"public/models/Stable-diffusion/{DEMO_FLUX_NAME}", files["flux"])
+    store.put_bytes(T5_KEY, tiny_t5_tokenizer_json())
+    store.put_bytes(f"public/models/ControlNet/{DEMO_FLUX_CONTROLNET_NAME}", files["cn"])
+    store.put_bytes("public/models/ControlNet/second.safetensors", files["cn2"])
+    store.put_bytes(f"public/models/ControlNet/{DEMO_CONTROLNET_NAME}", demo_controlnet_bytes())
+    return store
+
+
+def test_the_single_file_loads_strictly_from_its_shapes_and_gives_the_same_outputs(tmp_path, files):
+    path = tmp_path / "cn.safetensors"
+    path.write_bytes(files["cn"])
+    assert is_flux_controlnet(load(files["cn"]).keys())
+    transformer = flux_components()["transformer"]
+    ours, theirs = build_flux_controlnet(path, "cn", transformer.config, "cpu", torch.float32), demo_flux_controlnet()
+    for key in ("num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads", "joint_attention_dim",
+                "pooled_projection_dim", "guidance_embeds", "in_channels", "axes_dims_rope"):
+        assert ours.config[key] == theirs.config[key], key
+    gen = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 16, 64, generator=gen), controlnet_cond=torch.randn(1, 16, 64, generator=gen),
+                  encoder_hidden_states=torch.randn(1, 8, 48, generator=gen),
+                  pooled_projections=torch.randn(1, 16, generator=gen), timestep=torch.tensor([0.5]),
+                  guidance=torch.tensor([3.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), return_dict=False)
+    with torch.no_grad():
+        a, b = ours(**inputs), theirs(**inputs)
+    assert all(torch.equal(x, y) for x, y in zip([*a[0], *a[1]], [*b[0], *b[1]]))
+    assert a[0][0].abs().max() > 0  # the control blocks are not zero: a unit has an effect
+
+
+def test_a_flux_unit_changes_the_image_weight_zero_does_not_and_maps_are_appended(client, flux_store):
+    plain = image(generate(client))
+    r = generate(client, [unit()])
+    controlled = image(r)
+    assert len(r.json()["images"]) == 2  # the canny map after the generated image, as for SD units
+    detected = image(r, 1)
+    assert detected.shape == (64, 64, 3) and (detected == detected[..., :1]).all()  # grey edges on black
+    assert detected.max() > 200 and np.median(detected) == 0
+    assert np.abs(controlled - plain).max() > 10
+    assert np.abs(image(generate(client, [unit(weight=0)])) - plain).max() <= 1
+    info = json.loads(r.json()["info"])["infotexts"][0]
+    assert "ControlNet 0:" in info and FCN in info
+    late = image(generate(client, [unit(guidance_start=0.5)]))  # control for the second of two steps only
+    assert np.abs(late - controlled).max() > 0 and np.abs(late - plain).max() > 0
+    two = generate(client, [unit(), unit(model="second", module="none")], cfg_scale=2.0, negative_prompt="cat")
+    assert len(two.json()["images"]) == 3 and np.abs(image(two) - controlled).max() > 10
+    no_map = generate(client, [unit(save_detected_map=False)])
+    assert len(no_map.json()["images"]) == 1 and np.abs(image(no_map) - controlled).max() <= 1
+
+
+def test_a_controlnet_for_another_family_is_422_naming_both(client, flux_store):
+    r = generate(client, [unit(model=SD_CN)])
+    assert r.status_code == 422 and SD_CN in r.text and "demo-flux" in r.text and "args[0].model" in r.text, r.text
+    r = generate(client, [unit()], override_settings={})  # the default checkpoint: the SD 1.x demo
+    assert r.status_code == 422 and FCN in r.text and "FLUX.1 ControlNet" in r.text and "demo model" in r.text, r.text
+
+
+def test_a_flux_controlnet_of_other_widths_or_in_xlabs_layout_is_422(client, flux_store):
+    wide = {k: v for k, v in load(demo_flux_controlnet_bytes()).items()}
+    wide["context_embedder.weight"] = torch.zeros(16, 96)
+    flux_store.put_bytes("public/models/ControlNet/wide.safetensors", save(wide))
+    r = generate(client, [unit(model="wide")])
+    assert r.status_code == 422 and "text width 96" in r.text and "text width 48" in r.text, r.text
+    xlabs = {"double_blocks.0.img_attn.qkv.weight": torch.zeros(4, 4), "controlnet_blocks.0.weight": torch.zeros(4, 4),
+             "pos_embed_input.weight": torch.zeros(4, 4)}
+    flux_store.put_bytes("public/models/ControlNet/xlabs.safetensors", save(xlabs))
+    r = generate(client, [unit(model="xlabs")])
+    assert r.status_code == 422 and "XLabs" in r.text, r.text
+
+
+@pytest.mark.parametrize("fields, body, needle", [
+    ({"control_mode": 1}, {}, "args[0].control_mode"),
+    ({"control_mode": "ControlNet is more important"}, {}, "args[0].control_mode"),
+    ({"advanced_weighting": [1.0, 1.0]}, {}, "args[0].advanced_weighting"),
+    ({"union_control_type": "Depth"}, {}, "args[0].union_control_type"),
+    ({"module": "reference_only"}, {}, "args[0].module"),
+    ({}, {"enable_hr": True, "hr_scale": 2}, "enable_hr"),
+])
+def test_what_a_flux_unit_cannot_do_here_is_a_422_naming_it(client, flux_store, fields, body, needle):
+    r = generate(client, [unit(**fields)], **body)
+    assert r.status_code == 422 and needle in r.text, r.text
+
+
+def test_flux_units_with_img2img_are_422(client, flux_store):
+    r = generate(client, [unit()], route="img2img", init_images=[square_png()], denoising_strength=0.5)
+    assert r.status_code == 422 and "img2img" in r.text and "alwayson_scripts.controlnet.args[0]" in r.text, r.text
