@@ -112,6 +112,9 @@ def test_a_controlnet_for_another_family_is_422_naming_both(client, flux_store):
     assert r.status_code == 422 and SD_CN in r.text and "demo-flux" in r.text and "args[0].model" in r.text, r.text
     r = generate(client, [unit()], override_settings={})  # the default checkpoint: the SD 1.x demo
     assert r.status_code == 422 and FCN in r.text and "FLUX.1 ControlNet" in r.text and "demo model" in r.text, r.text
+    assert generate(client, [unit()], steps=1).status_code == 200  # now loaded and cached: the check still holds
+    r = generate(client, [unit()], override_settings={})
+    assert r.status_code == 422 and "FLUX.1 ControlNet" in r.text and "demo model" in r.text, r.text
 
 
 def test_a_flux_controlnet_of_other_widths_or_in_xlabs_layout_is_422(client, flux_store):
