@@ -28,8 +28,7 @@ from datetime import datetime, timezone
 
 from PIL import Image
 
-from handlers.generation import flux_controlnet, ipadapter, outputs, t2i_adapter
-from handlers.generation.family_rules import is_flux
+from handlers.generation import ipadapter, outputs, t2i_adapter, transformer_controlnet
 from handlers.generation.controlnet_units import FIELD, MAX_UNITS, ControlNetUnit, parse_units, unit_infotext
 from handlers.generation.ipadapter import IPAdapterUnit
 from handlers.generation.t2i_adapter import T2IUnit
@@ -100,7 +99,7 @@ class ControlPlan:
     t2i_adapters: list[T2IUnit] = field(default_factory=list)  # T2I-Adapter units: features added to the UNet
     infotexts: dict[str, str] = field(default_factory=dict)  # every unit's, in request order
     load_s: float = 0.0
-    flux: bool = False  # FLUX.1 ControlNets (`flux_controlnet`): their pipelines take `control_image`
+    dit: bool = False  # FLUX.1 / SD 3.5 ControlNets (`transformer_controlnet`): their pipelines take `control_image`
 
     def __bool__(self) -> bool:
         """Whether there are ControlNet models to run (a plan of reference units only needs no control pipeline)."""
@@ -115,11 +114,11 @@ class ControlPlan:
             return None
         images = self.hr_images if hires_pass else self.images
         return ControlPlan([self.units[k] for k in keep], [self.nets[k] for k in keep], [images[k] for k in keep],
-                           model_names=[self.model_names[k] for k in keep], flux=self.flux)
+                           model_names=[self.model_names[k] for k in keep], dit=self.dit)
 
     def call_kwargs(self, image_key: str = "image") -> dict:
         """The pipeline call's ControlNet arguments (img2img / inpaint pipelines take `control_image`)."""
-        return {"control_image" if self.flux else image_key: self.images,
+        return {"control_image" if self.dit else image_key: self.images,
                 "controlnet_conditioning_scale": [float(u.weight) for u in self.units],
                 "control_guidance_start": [u.guidance_start for u in self.units],
                 "control_guidance_end": [u.guidance_end for u in self.units]}
@@ -137,14 +136,14 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
     With `hr_size` (hires fix) each map is also fitted to that size, and saved before the first pass's map."""
     if not indexed:
         return None
-    flux = is_flux(checkpoint.pipe)  # family_rules lets units through on FLUX.1, not on SD 3.5
-    plan = ControlPlan([], [], [], flux=flux)
-    unet = checkpoint.pipe.transformer if flux else checkpoint.pipe.unet  # FLUX: the transformer, for the net's rope
+    dit = getattr(checkpoint.pipe, "unet", None) is None  # FLUX.1 / SD 3.5: a transformer instead
+    plan = ControlPlan([], [], [], dit=dit)
+    unet = checkpoint.pipe.transformer if dit else checkpoint.pipe.unet
     annotators = services.controlnets.annotators
     for i, unit in indexed:
         where = f"{FIELD}[{i}]"
-        if flux:
-            flux_controlnet.check_request(where, init_image=init_image, hr_size=hr_size)
+        if dit:
+            transformer_controlnet.check_request(where, checkpoint.family, init_image=init_image, hr_size=hr_size)
             if unit.entry.name in REFERENCE_MODULES or unit.entry.name in ipadapter.MODULES:
                 raise InvalidRequest(f"`{where}.module` {unit.module!r} hooks a UNet; it is not supported for "
                                      f"{checkpoint.family} models")
@@ -163,8 +162,8 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
             _add_ip_adapter(services, user, plan, unit, loaded, where, init_image, unet, hires=hr_size is not None)
             continue
         t2i = isinstance(loaded, LoadedT2IAdapter)
-        if flux:
-            flux_controlnet.check_unit(unit, where, loaded, unet, checkpoint.family)
+        if dit:
+            transformer_controlnet.check_unit(unit, where, loaded, unet, checkpoint.family)
         elif t2i:
             _check_t2i(unit, loaded, where, width, height, hr_size)
         else:
@@ -194,8 +193,8 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
                 plan.hr_images.append(hr_fitted)
         if keep_maps and unit.save_detected_map:
             plan.detected += [hr_fitted, fitted] if hr_fitted is not None else [fitted]
-    if flux:
-        flux_controlnet.check_mix(plan.nets, FIELD)
+    if dit:
+        transformer_controlnet.check_mix(plan.nets, FIELD)
     return plan
 
 
@@ -291,8 +290,8 @@ def pipeline(base, scheduler, plan: ControlPlan, *, cfg: bool, task: str = "txt2
     import diffusers
     from diffusers.models.controlnets import MultiControlNetModel
 
-    if plan.flux:
-        return flux_controlnet.pipeline(base, scheduler, plan.nets, **overrides)
+    if plan.dit:
+        return transformer_controlnet.pipeline(base, scheduler, plan.nets, **overrides)
     xl = getattr(base, "text_encoder_2", None) is not None  # SDXL: its own ControlNet pipelines
     name = {"txt2img": "ControlNetPipeline", "img2img": "ControlNetImg2ImgPipeline",
             "inpaint": "ControlNetInpaintPipeline"}[task]

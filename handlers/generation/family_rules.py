@@ -5,10 +5,10 @@ FlowMatchEulerDiscreteScheduler, the checkpoint's own shift; FLUX.1-dev's resolu
 for them: LoRAs (diffusers' SD3 / FLUX loaders, which also read kohya's FLUX layout), img2img with all four
 resize modes, inpainting (the family's diffusers inpaint pipeline over the same modules, A1111's mask
 preparation and paste-back) and hires fix (the family's img2img pipeline for the second pass; Forge's
-`hr_distilled_cfg` for FLUX.1-dev), and for FLUX.1 txt2img ControlNet units (`flux_controlnet`). The UNet-era
-extras (VAE / embedding / hypernetwork files, ControlNet units on SD 3.5, refiner, tiling, CLIP skip, variation
-seeds, s_churn) are not wired for them here. Each is refused with a 422 naming the field and the family rather
-than run differently from what was asked.
+`hr_distilled_cfg` for FLUX.1-dev), and txt2img ControlNet units (`transformer_controlnet`). The UNet-era
+extras (VAE / embedding / hypernetwork files, refiner, tiling, CLIP skip, variation seeds, s_churn) are not
+wired for them here. Each is refused with a 422 naming the field and the family rather than run differently
+from what was asked.
 
 FLUX.1 as Forge runs it: `distilled_cfg_scale` (default 3.5) is dev's guidance input; `cfg_scale` above 1 adds
 real classifier-free guidance with the negative prompt (twice the work), 1 skips it (the recommended setting).
@@ -27,7 +27,7 @@ FLOW_SAMPLER = "Euler"
 FLOW_MULTIPLE = 16  # FLUX packs 2×2 latent patches, SD 3.5's MMDiT patchifies 2×2: sizes in multiples of 8 × 2
 
 
-def check_family_request(job, model, *, networks, units, inputs, fidelity) -> None:
+def check_family_request(job, model, *, networks, inputs, fidelity) -> None:
     """Refuse what `model`'s family cannot run; an unset sampler becomes the family's own (A1111 "Euler a"
     is a UNet sampler)."""
     req, name = job.request, model.family
@@ -56,19 +56,18 @@ def check_family_request(job, model, *, networks, units, inputs, fidelity) -> No
     if networks.plan.all_loras and stored_in_float8(model.pipe):
         raise InvalidRequest(f"`prompt`: LoRAs are not supported for {name} models on this server, whose transformer "
                              "weights are stored in float8 (EASEL_TRANSFORMER_STORAGE=float8)")
-    refused = _refused_fields(req, networks, units if spec.arch != "flux" else [], inputs, fidelity)
+    refused = _refused_fields(req, networks, inputs, fidelity)
     if refused:
         field, what = refused[0]
         raise InvalidRequest(f"`{field}`: {what} is not supported for {name} models here")
 
 
-def _refused_fields(req, networks, units, inputs, fidelity) -> list[tuple[str, str]]:
+def _refused_fields(req, networks, inputs, fidelity) -> list[tuple[str, str]]:
     checks = [
         ("scheduler", "a schedule type other than Automatic", req.scheduler not in (None, "automatic")),
         ("sd_vae", "another VAE", networks.plan.vae is not None),
         ("prompt", "textual-inversion embeddings", bool(networks.plan.embeddings)),
         ("prompt", "hypernetworks (they hook UNet cross-attention)", bool(networks.plan.all_hypernetworks)),
-        ("alwayson_scripts", "ControlNet", bool(units)),
         ("refiner_checkpoint", "a refiner", bool(getattr(req, "refiner_checkpoint", None))),
         ("tiling", "tiling", fidelity.tiling),
         ("CLIP_stop_at_last_layers", "CLIP skip", fidelity.clip_skip > 1),

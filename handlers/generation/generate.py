@@ -128,7 +128,7 @@ def produce(job: Job, services: Services, on_step: StepCallback | None, fidelity
     # 2. Load the checkpoint (free when resident), the refiner, the ControlNet units' models and detected
     #    maps, and fetch the LoRA / VAE / embedding files
     model, load_s, wait_s = services.models.checkpoint_timed(info)
-    check_family_request(job, model, networks=networks, units=units, inputs=inputs, fidelity=fidelity)
+    check_family_request(job, model, networks=networks, inputs=inputs, fidelity=fidelity)
     if job.mode == "txt2img":
         check_txt2img_model(model)
     refiner, refiner_load_s = load_refiner(job, services, model)

@@ -18,6 +18,7 @@ from loaders.adapters.control_lora import build_control_lora, control_lora_famil
 from loaders.adapters.controlnet_union import build_union, is_union
 from loaders.adapters.flux_controlnet import (FLUX_CONTROLNET, build_flux_controlnet, is_flux_controlnet,
                                               is_xlabs_controlnet)
+from loaders.adapters.sd3_controlnet import SD3_CONTROLNET, build_sd3_controlnet, is_sd3_controlnet
 from loaders.adapters.ipadapter import LoadedIPAdapter, build_ip_adapter, is_ip_adapter
 from loaders.adapters.t2i_adapter import LoadedT2IAdapter, build_t2i_adapter, is_t2i_adapter
 from loaders.errors import InvalidRequest
@@ -101,17 +102,23 @@ def _sdxl_state(path: Path, family: str) -> dict:
     return converted
 
 
-def _is_flux(base_family: str) -> bool:
+# transformer ControlNets: their family label -> (the checkpoint architecture they fit, its name)
+_TRANSFORMER_NETS = {FLUX_CONTROLNET: ("flux", "FLUX.1"), SD3_CONTROLNET: ("sd3", "SD 3.5")}
+
+
+def _arch(base_family: str) -> str:
     try:
-        return family_spec(base_family).arch == "flux"
+        return family_spec(base_family).arch
     except KeyError:
-        return False
+        return ""
 
 
 def _check_fits(name: str, family: str, base_family: str, field: str, kind: str = "ControlNet") -> None:
-    if family == FLUX_CONTROLNET:  # one file fits FLUX.1 dev and schnell alike (its widths are checked per use)
-        if not _is_flux(base_family):
-            raise InvalidRequest(f"`{field}` {name!r} is a FLUX.1 ControlNet; the checkpoint is a {base_family} model")
+    if family in _TRANSFORMER_NETS:  # one file fits every variant of its architecture (widths checked per use)
+        arch, label = _TRANSFORMER_NETS[family]
+        if _arch(base_family) != arch:
+            raise InvalidRequest(f"`{field}` {name!r} is a{'n' if label[0] == 'S' else ''} {label} ControlNet; the "
+                                 f"checkpoint is a {base_family} model")
         return
     if family != same_unet(base_family):
         raise InvalidRequest(f"`{field}` {name!r} is a{'n' if kind[0] in 'AEIO' else ''} {kind} for {family} models; "
@@ -161,7 +168,7 @@ class ControlNetCache:
             unet=None, base: str = "") -> tuple[AnyLoaded, float]:
         """The model for this object version on `device`, and the seconds spent loading it (0 when resident).
         `unet` / `base` (key@etag) are the checkpoint's, which a Control-LoRA is built from (and cached under);
-        for FLUX.1 `unet` is the checkpoint's transformer, whose rotary axes a FLUX ControlNet shares."""
+        for FLUX.1 / SD 3.5 `unet` is the checkpoint's transformer (a transformer ControlNet's config reads it)."""
         placed = f"{device}/{dtype}"
         with self._lock:
             for cache_key in ((info.key, info.etag, placed, ""), (info.key, info.etag, placed, base)):
@@ -203,6 +210,13 @@ class ControlNetCache:
                 raise InvalidRequest(f"`{field}` {name!r} could not be loaded as a FLUX ControlNet: {e}"[:500]) from None
             return LoadedControlNet(model, info.key, info.etag, FLUX_CONTROLNET, name.removesuffix(".safetensors"),
                                     "ControlNet-Union" if model.union else "ControlNet")
+        if is_sd3_controlnet(keys):
+            _check_fits(name, SD3_CONTROLNET, base_family, field)
+            try:
+                model = build_sd3_controlnet(path, name, unet, field, base_family, device, dtype)
+            except (ValueError, RuntimeError, TypeError) as e:
+                raise InvalidRequest(f"`{field}` {name!r} could not be loaded as an SD 3.5 ControlNet: {e}"[:500]) from None
+            return LoadedControlNet(model, info.key, info.etag, SD3_CONTROLNET, name.removesuffix(".safetensors"))
         family = detect_controlnet_family(path, name)
         _check_fits(name, family, base_family, field)
         try:

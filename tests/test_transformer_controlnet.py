@@ -1,5 +1,5 @@
-"""ControlNet units on FLUX.1: the tiny FLUX ControlNet's single file round trip, and units over HTTP on the tiny
-demo-flux checkpoint (txt2img, 64×64, 2 steps)."""
+"""ControlNet units on FLUX.1 and SD 3.5: the tiny transformer ControlNets' single-file round trips, and units over
+HTTP on the tiny demo-flux / demo-sd3 checkpoints (txt2img, 64×64, 2 steps)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from PIL import Image
 from safetensors.torch import load, save
 
 from loaders.adapters.flux_controlnet import build_flux_controlnet, is_flux_controlnet
+from loaders.adapters.sd3_controlnet import build_sd3_controlnet, is_sd3_controlnet
 from loaders.demo.controlnet import DEMO_CONTROLNET_NAME, demo_controlnet_bytes
 from loaders.demo.flux import DEMO_FLUX_NAME, demo_flux_checkpoint_bytes, flux_components
 from loaders.demo.flux_controlnet import DEMO_FLUX_CONTROLNET_NAME, demo_flux_controlnet, demo_flux_controlnet_bytes
-from loaders.demo.mmdit import tiny_t5_tokenizer_json
+from loaders.demo.mmdit import DEMO_SD3_NAME, demo_sd3_checkpoint_bytes, sd3_components, tiny_t5_tokenizer_json
+from loaders.demo.sd3_controlnet import DEMO_SD3_CONTROLNET_NAME, demo_sd3_controlnet, demo_sd3_controlnet_bytes
 from tests.conftest import auth
 
 T5_KEY = "system/tokenizers/t5-v1_1-xxl/tokenizer.json"
@@ -54,7 +56,9 @@ def image(r, k: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def files() -> dict[str, bytes]:
     return {"flux": demo_flux_checkpoint_bytes(), "cn": demo_flux_controlnet_bytes(),
-            "cn2": demo_flux_controlnet_bytes(seed=1, num_layers=2, num_single_layers=0)}
+            "cn2": demo_flux_controlnet_bytes(seed=1, num_layers=2, num_single_layers=0),
+            "sd3": demo_sd3_checkpoint_bytes(), "sd3cn": demo_sd3_controlnet_bytes(),
+            "sd3cn_sai": demo_sd3_controlnet_bytes(seed=1, own_pos_embed=False)}
 
 
 @pytest.fixture
@@ -64,6 +68,9 @@ def flux_store(store, files):
     store.put_bytes(f"public/models/ControlNet/{DEMO_FLUX_CONTROLNET_NAME}", files["cn"])
     store.put_bytes("public/models/ControlNet/second.safetensors", files["cn2"])
     store.put_bytes(f"public/models/ControlNet/{DEMO_CONTROLNET_NAME}", demo_controlnet_bytes())
+    store.put_bytes(f"public/models/Stable-diffusion/{DEMO_SD3_NAME}", files["sd3"])
+    store.put_bytes(f"public/models/ControlNet/{DEMO_SD3_CONTROLNET_NAME}", files["sd3cn"])
+    store.put_bytes("public/models/ControlNet/sd3_sai.safetensors", files["sd3cn_sai"])
     return store
 
 
@@ -146,3 +153,59 @@ def test_what_a_flux_unit_cannot_do_here_is_a_422_naming_it(client, flux_store, 
 def test_flux_units_with_img2img_are_422(client, flux_store):
     r = generate(client, [unit()], route="img2img", init_images=[square_png()], denoising_strength=0.5)
     assert r.status_code == 422 and "img2img" in r.text and "alwayson_scripts.controlnet.args[0]" in r.text, r.text
+
+
+# --- SD 3.5 ---
+SD3CN = DEMO_SD3_CONTROLNET_NAME.removesuffix(".safetensors")
+SD3 = {"override_settings": {"sd_model_checkpoint": DEMO_SD3_NAME}, "cfg_scale": 4.0}
+
+
+@pytest.mark.parametrize("own_pos_embed", [True, False])  # InstantX's kind, Stability's 3.5 Large kind
+def test_sd3_controlnet_single_files_load_strictly_from_their_shapes_and_give_the_same_outputs(tmp_path,
+                                                                                               own_pos_embed):
+    path = tmp_path / "cn.safetensors"
+    path.write_bytes(demo_sd3_controlnet_bytes(own_pos_embed=own_pos_embed))
+    assert is_sd3_controlnet(load(path.read_bytes()).keys())
+    transformer = sd3_components()["transformer"]
+    ours = build_sd3_controlnet(path, "cn", transformer, "f", "demo-sd3", "cpu", torch.float32)
+    theirs = demo_sd3_controlnet(own_pos_embed=own_pos_embed)
+    for key in ("num_layers", "joint_attention_dim", "use_pos_embed", "force_zeros_for_pooled_projection",
+                "pooled_projection_dim", "patch_size", "extra_conditioning_channels",
+                *(["qk_norm"] if own_pos_embed else [])):  # blocks without text attention have no QK norm
+        assert ours.config[key] == theirs.config[key], key
+    if not own_pos_embed:  # as the SD 3.5 ControlNet pipeline gives it the transformer's
+        ours.pos_embed = theirs.pos_embed = ours._get_pos_embed_from_transformer(transformer)
+    gen = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 16, 8, 8, generator=gen), controlnet_cond=torch.randn(1, 16, 8, 8, generator=gen),
+                  encoder_hidden_states=torch.randn(1, 8, 48, generator=gen) if own_pos_embed else None,
+                  pooled_projections=torch.randn(1, 40, generator=gen), timestep=torch.tensor([500]), return_dict=False)
+    with torch.no_grad():
+        a, b = ours(**inputs)[0], theirs(**inputs)[0]
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a, b)) and a[0].abs().max() > 0.1
+
+
+def test_an_sd3_unit_changes_the_image_weight_zero_does_not_and_maps_are_appended(client, flux_store):
+    plain = image(generate(client, **SD3))
+    r = generate(client, [unit(model=SD3CN)], **SD3)
+    assert len(r.json()["images"]) == 2
+    controlled = image(r)
+    # CFG 4 amplifies the tiny model's run-to-run float noise: the same seed repeats to within 8 (as in test_sd3)
+    assert np.abs(controlled - plain).max() > 30
+    assert np.abs(image(generate(client, [unit(model=SD3CN, weight=0)], **SD3)) - plain).max() <= 8
+    both = generate(client, [unit(model=SD3CN), unit(model=SD3CN, module="none")], **SD3)
+    assert len(both.json()["images"]) == 3 and np.abs(image(both) - controlled).max() > 30
+    sai = generate(client, [unit(model="sd3_sai")], **SD3)  # Stability's kind: the transformer's position embedding
+    assert len(sai.json()["images"]) == 2 and np.abs(image(sai) - plain).max() > 30
+    mixed = generate(client, [unit(model=SD3CN), unit(model="sd3_sai")], **SD3)
+    assert mixed.status_code == 422 and "different kinds" in mixed.text, mixed.text
+    # the shared model is not changed by the pipeline that gave the Stability-kind net the transformer's embedding
+    assert np.abs(image(generate(client, [unit(model=SD3CN)], **SD3)) - controlled).max() <= 8
+
+
+def test_sd3_and_flux_controlnets_do_not_cross_and_sd3_units_refuse_what_they_cannot_do(client, flux_store):
+    r = generate(client, [unit(model=SD3CN)])  # on FLUX.1
+    assert r.status_code == 422 and "SD 3.5 ControlNet" in r.text and "demo-flux" in r.text, r.text
+    r = generate(client, [unit()], **SD3)
+    assert r.status_code == 422 and "FLUX.1 ControlNet" in r.text and "demo-sd3" in r.text, r.text
+    r = generate(client, [unit(model=SD3CN, control_mode=2)], **SD3)
+    assert r.status_code == 422 and "args[0].control_mode" in r.text, r.text
