@@ -42,3 +42,16 @@ def read_header(path: Path, name: str) -> SafetensorsHeader:
             return SafetensorsHeader(frozenset(f.keys()), dict(f.metadata() or {}))
     except Exception as e:  # SafetensorError: truncated, bad JSON, overlapping offsets...
         raise InvalidRequest(f"{name!r} is not a valid .safetensors file: {e}") from None
+
+
+def load_bounded(path: Path, what: str, max_bytes: int) -> dict:
+    """A `.safetensors` upload's tensors (CPU); a file over `max_bytes` or one safetensors cannot read is a 422
+    naming `what`."""
+    from safetensors.torch import load_file
+
+    if Path(path).stat().st_size > max_bytes:
+        raise InvalidRequest(f"{what} is over {max_bytes / 2**20:,.0f} MB")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # a corrupt upload; safetensors checks offsets and sizes
+        raise InvalidRequest(f"{what} is not a readable .safetensors file ({exc})") from None
