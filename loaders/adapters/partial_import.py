@@ -17,7 +17,8 @@ from loaders.errors import Unavailable
 
 
 def import_without_init(package: str, submodule: str) -> types.ModuleType:
-    """`package.submodule`, imported with `package` a bare namespace (its `__init__.py` is never run).
+    """`package.submodule`, imported with `package` a bare namespace (its `__init__.py` is never run, nor that of
+    any package between them: `submodule` may be dotted, "open_pose.util").
 
     A package already imported for real (its `__init__` ran elsewhere) is used as it is. Unavailable (503) when
     the package is not installed, so a server without the optional extra says what is missing.
@@ -25,8 +26,8 @@ def import_without_init(package: str, submodule: str) -> types.ModuleType:
     name = f"{package}.{submodule}"
     if name in sys.modules:
         return sys.modules[name]
-    parts = package.split(".")
-    for depth in range(1, len(parts) + 1):  # a nested package: every level above the submodule is bare
+    parts = name.split(".")
+    for depth in range(1, len(parts)):  # every package above the module is bare, nested ones ("a.b.c") too
         _register_bare(".".join(parts[:depth]))
     return importlib.import_module(name)
 
