@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load, save
 
-from loaders.adapters.annotator_nets import ARCHITECTURES, model_state
+from loaders.adapters.annotator_nets import ARCHITECTURES, model_state, open_pose
 from loaders.adapters.annotators import AnnotatorCache
 from loaders.adapters.partial_import import import_without_init
 from loaders.adapters.preprocessors import RUNNERS
@@ -49,8 +49,10 @@ def detect(client, module, images, **body):
 
 def test_controlnet_aux_submodules_import_without_the_package_init():
     hed = import_without_init("controlnet_aux", "hed")
-    import_without_init("controlnet_aux", "open_pose.util")  # its package __init__ imports torchvision
-    assert hed.ControlNetHED_Apache2 is not None
+    import_without_init("controlnet_aux", "pidi.model")  # pidi/__init__ is not run either
+    assert not hasattr(sys.modules["controlnet_aux.pidi"], "PidiNetDetector")
+    op = open_pose()  # open_pose's own __init__ runs, with stand-ins for torchvision and skimage during the import
+    assert op.OpenposeDetector is not None and hed.ControlNetHED_Apache2 is not None
     assert not hasattr(sys.modules["controlnet_aux"], "HEDdetector")  # the package __init__ never ran
     assert "torchvision" not in sys.modules and "skimage" not in sys.modules
 
@@ -137,3 +139,57 @@ def test_a_hed_unit_in_txt2img_appends_its_map(client, store):
     images = r.json()["images"]
     assert len(images) == 2  # the image, then the detected map
     assert np.array_equal(map_of(images[1]), one_map(client, "softedge_hed", square_png()))
+
+
+# --- OpenPose: random weights find nobody, so the body network's output is replaced by a drawn stick figure ---
+
+# COCO-18 joints of a figure in a 64x64 image: nose, neck, shoulders, elbows, hips (x, y in pixels)
+FIGURE = {0: (32, 10), 1: (32, 20), 2: (22, 20), 3: (18, 32), 5: (42, 20), 6: (46, 32), 8: (26, 44), 11: (38, 44)}
+LIMBS = [[2, 3], [2, 6], [3, 4], [4, 5], [6, 7], [7, 8], [2, 9], [9, 10], [10, 11], [2, 12], [12, 13], [13, 14],
+         [2, 1], [1, 15], [15, 17], [1, 16], [16, 18], [3, 17], [6, 18]]  # OpenPose's limbSeq (1-based joints)
+PAF_CHANNELS = [[31, 32], [39, 40], [33, 34], [35, 36], [41, 42], [43, 44], [19, 20], [21, 22], [23, 24], [25, 26],
+                [27, 28], [29, 30], [47, 48], [49, 50], [53, 54], [51, 52], [55, 56], [37, 38], [45, 46]]
+
+
+def figure_outputs(height: int, width: int, image_side: int = 64):
+    """The body network's (PAFs, heatmaps) at its output grid for FIGURE: a peak per joint, and each limb's
+    part-affinity channels pointing from its first joint to its second."""
+    pafs, heat = torch.zeros(1, 38, height, width), torch.zeros(1, 19, height, width)
+    ys, xs = torch.meshgrid(torch.arange(height).float(), torch.arange(width).float(), indexing="ij")
+    k = height / image_side  # the network sees the image at 184 px high, its output is 1/8 of that
+    for joint, (x, y) in FIGURE.items():
+        heat[0, joint] = torch.exp(-((xs - x * k) ** 2 + (ys - y * k) ** 2) / 2)
+    for (a, b), (cx, cy) in zip(LIMBS, PAF_CHANNELS):
+        if a - 1 in FIGURE and b - 1 in FIGURE:
+            vec = torch.tensor(FIGURE[b - 1], dtype=torch.float) - torch.tensor(FIGURE[a - 1], dtype=torch.float)
+            pafs[0, cx - 19], pafs[0, cy - 19] = vec / vec.norm()
+    return pafs, heat
+
+
+def test_openpose_draws_the_bodies_the_body_network_finds(client, services, store):
+    missing = detect(client, "openpose", [square_png()])
+    assert missing.status_code == 422 and "models/annotators/openpose/body_pose_model.safetensors" in missing.text
+    install(store, "openpose/body_pose_model.safetensors")
+    hand = detect(client, "openpose_hand", [noise_png()])
+    assert hand.status_code == 422 and "openpose/hand_pose_model.safetensors" in hand.text
+
+    body = services.controlnets.annotators.load("alice", "openpose/body_pose_model.safetensors", "m")
+    seen = []
+
+    def stick_figure(module, inputs, outputs):
+        seen.append(inputs[0])
+        return figure_outputs(*outputs[0].shape[2:])
+
+    hook = body.register_forward_hook(stick_figure)
+    try:
+        drawn = map_of(detect(client, "openpose", [noise_png()]).json()["images"][0])
+    finally:
+        hook.remove()
+    picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(noise_png()))).convert("RGB"), dtype=np.float32)
+    bgr_scaled = torch.from_numpy(picture[:, :, ::-1] / 256 - 0.5)
+    assert seen and seen[0].shape[1] == 3  # the body network ran on the (BGR, -0.5..0.5) image
+    assert abs(float(seen[0][0].mean()) - float(bgr_scaled.mean())) < 0.05
+    assert drawn.shape == (64, 64) and (drawn > 0).mean() > 0.05  # limbs drawn
+    for joint, (x, y) in FIGURE.items():  # a joint dot where the network put each joint
+        assert drawn[y - 2:y + 3, x - 2:x + 3].max() > 0, joint
+    assert drawn[56:, :].max() == 0  # nothing below the hips

@@ -9,10 +9,13 @@ a file of another network is a 422 rather than a half-initialised model.
 from __future__ import annotations
 
 import functools
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from loaders.adapters.partial_import import import_without_init
+from loaders.errors import Unavailable
 
 
 def aux(submodule: str):
@@ -47,12 +50,64 @@ def _teed():
     return aux("teed.ted").TED()
 
 
-def _openpose(kind: str):
-    def build():
-        aux("open_pose.util")  # util and body import each other: util first completes both
-        return getattr(aux("open_pose.model"), kind)()
+def _label(image, return_num=False, connectivity=None):
+    """skimage.measure.label for 2-D masks (hand.py keeps the hand's largest blob), on OpenCV."""
+    import cv2
+    import numpy as np
 
-    return build
+    count, labels = cv2.connectedComponents(np.ascontiguousarray(image, np.uint8),
+                                            connectivity=4 if connectivity == 1 else 8)
+    return (labels, count - 1) if return_num else labels
+
+
+class _NoTorchvision:
+    """face.py builds a ToTensor and a ToPILImage when imported and never calls them."""
+
+    def __call__(self, *args, **kwargs):
+        raise Unavailable("this OpenPose step needs torchvision, which is not installed on this server")
+
+
+def _stubs() -> dict[str, types.ModuleType]:
+    """Stand-ins for what open_pose imports and this server lacks: torchvision.transforms (unused names) and
+    skimage.measure.label (a working equivalent). Where the real packages load (the GPU image), none."""
+    stubs = {}
+    try:
+        import torchvision.transforms  # noqa: F401
+    except Exception:  # absent, or present but built for another torch
+        root, transforms = types.ModuleType("torchvision"), types.ModuleType("torchvision.transforms")
+        transforms.ToTensor = transforms.ToPILImage = _NoTorchvision
+        root.transforms = transforms
+        stubs.update({"torchvision": root, "torchvision.transforms": transforms})
+    try:
+        import skimage.measure  # noqa: F401
+    except Exception:
+        root, measure = types.ModuleType("skimage"), types.ModuleType("skimage.measure")
+        measure.label, root.measure = _label, measure
+        stubs.update({"skimage": root, "skimage.measure": measure})
+    return stubs
+
+
+def open_pose():
+    """controlnet-aux's open_pose package (its detector, Body/Hand/Face, drawing), imported with `_stubs()` in
+    sys.modules for the import only, so no other library ever sees a torchvision that is not there."""
+    name = "controlnet_aux.open_pose"
+    if name in sys.modules:
+        return sys.modules[name]
+    stubs = {k: v for k, v in _stubs().items() if k not in sys.modules}
+    sys.modules.update(stubs)
+    try:
+        return import_without_init("controlnet_aux", "open_pose")
+    finally:
+        for key in stubs:
+            sys.modules.pop(key, None)
+
+
+def _openpose(kind: str):
+    return lambda: getattr(open_pose().model, kind)()
+
+
+def _facenet():
+    return open_pose().face.FaceNet()
 
 
 @dataclass(frozen=True)
@@ -73,6 +128,7 @@ ARCHITECTURES: dict[str, Net] = {
     "Anyline/MTEED.safetensors": Net(_teed),
     "openpose/body_pose_model.safetensors": Net(_openpose("bodypose_model"), drop_first=True),
     "openpose/hand_pose_model.safetensors": Net(_openpose("handpose_model"), drop_first=True),
+    "openpose/facenet.safetensors": Net(_facenet),
 }
 
 

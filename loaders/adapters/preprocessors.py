@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from loaders.adapters import annotator_runners, preprocessor_table
+from loaders.adapters import annotator_runners, openpose_runners, preprocessor_table
 from loaders.adapters.clip_vision import MODULE_ENCODERS
 from loaders.errors import InvalidRequest
 
@@ -134,7 +134,8 @@ RUNNERS: dict[str, Preprocessor] = {p.name: p for p in [
     Preprocessor("recolor_intensity", _recolor("intensity")),
     Preprocessor("color", _color_grid),
     Preprocessor("shuffle", _shuffle, fixed_resolution=512),
-    *(Preprocessor(name, run, weights=files) for name, (run, files) in annotator_runners.RUNNERS.items()),
+    *(Preprocessor(name, run, weights=files) for name, (run, files) in
+      {**annotator_runners.RUNNERS, **openpose_runners.RUNNERS}.items()),
 ]}
 
 
@@ -147,8 +148,6 @@ WEIGHTS = {
     "depth_anything_v2": "depth_anything_v2/depth_anything_v2_vitl.safetensors",
     "depth_hand_refiner": "hand_refiner/graphormer_hand_state_dict.safetensors",
     "normal_bae": "normal_bae/scannet.safetensors", "normal_dsine": "normal_dsine/dsine.safetensors",
-    **{k: "openpose/body_pose_model.safetensors" for k in ("openpose", "openpose_face", "openpose_faceonly",
-                                                           "openpose_full", "openpose_hand")},
     "dw_openpose_full": "openpose/dw-ll_ucoco_384.safetensors",
     "animal_openpose": "openpose/rtmpose-m_ap10k_256.safetensors",
     "densepose": "densepose/densepose_r50_fpn_dl.safetensors", "densepose_parula": "densepose/densepose_r50_fpn_dl.safetensors",
@@ -187,7 +186,7 @@ def module_status(name: str) -> tuple[str | None, str]:
     """(annotator file it needs or None, 'runs' | 'needs weights' | why it is refused) for the README and tests."""
     if name in RUNNERS:
         weights = RUNNERS[name].weights
-        return (weights[0] if weights else None), "runs"
+        return (", ".join(weights) if weights else None), "runs"
     if name in WEIGHTS:
         return WEIGHTS[name], "no runner yet (422 names the file)"
     if name in MODULE_ENCODERS:
