@@ -26,8 +26,8 @@ from tests.conftest import auth
 from tests.test_controlnet import square_png, txt2img, unit
 from tests.test_controlnet_api import cn_bytes, map_of, store  # noqa: F401  (the demo ControlNet in the bucket)
 
-FILES = ["hed/ControlNetHED.safetensors", "pidinet/table5_pidinet.safetensors", "mlsd/mlsd_large_512_fp32.safetensors",
-         "lineart/sk_model.safetensors", "lineart_anime/netG.safetensors", "TEED/7_model.safetensors"]
+FILES = ["pidinet/table5_pidinet.safetensors", "mlsd/mlsd_large_512_fp32.safetensors",  # the big ones load in detect
+         "lineart/sk_model.safetensors", "TEED/7_model.safetensors"]
 
 
 @functools.cache
