@@ -1,6 +1,7 @@
-"""Model-based ControlNet preprocessors on controlnet-aux's networks (HED, PiDiNet, M-LSD, lineart, TEED, Anyline):
-annotator files in the real key layout load strictly, every module runs through `POST /controlnet/detect` and in a
-txt2img unit, and a missing file is a 422 naming it. Weights are random (loaders.demo.annotators), images 64 px."""
+"""Model-based ControlNet preprocessors on controlnet-aux's networks (HED, PiDiNet, M-LSD, lineart, TEED, Anyline,
+BAE normals, OpenPose): annotator files in the real key layout load strictly, every module runs through
+`POST /controlnet/detect` (HED also in a txt2img unit), and a missing file is a 422 naming it. Weights are random
+(loaders.demo.annotators), images 64 px."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def one_map(client, module, image, **body) -> np.ndarray:
 
 # one module per annotator file; the variants reading the same file are checked below
 @pytest.mark.parametrize("module", ["hed", "pidinet", "mlsd", "lineart", "lineart_coarse", "lineart_anime",
-                                    "softedge_teed", "softedge_anyline"])
+                                    "softedge_teed", "softedge_anyline", "normal_bae"])
 def test_detect_runs_the_module_on_its_weights(client, store, module):
     weights = RUNNERS[module].weights
     missing = detect(client, module, [square_png()])

@@ -8,7 +8,9 @@ a file of another network is a 422 rather than a half-initialised model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import sys
 import types
 from collections.abc import Callable
@@ -48,6 +50,15 @@ def _lineart_anime():
 
 def _teed():
     return aux("teed.ted").TED()
+
+
+def _normal_bae():
+    """BAE's surface-normal net as the extension builds it. Its EfficientNet-B5 encoder comes from the vendored
+    gen-efficientnet repository through torch.hub's *local* source (no download; pretrained=False)."""
+    args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
+                                 importance_ratio=0.7)
+    with contextlib.redirect_stdout(io.StringIO()):  # the encoder prints its loading steps
+        return aux("normalbae.nets.NNET").NNET(args)
 
 
 def _label(image, return_num=False, connectivity=None):
@@ -126,6 +137,7 @@ ARCHITECTURES: dict[str, Net] = {
     "lineart_anime/netG.safetensors": Net(_lineart_anime, prefix="module."),
     "TEED/7_model.safetensors": Net(_teed),
     "Anyline/MTEED.safetensors": Net(_teed),
+    "normal_bae/scannet.safetensors": Net(_normal_bae, prefix="module."),
     "openpose/body_pose_model.safetensors": Net(_openpose("bodypose_model"), drop_first=True),
     "openpose/hand_pose_model.safetensors": Net(_openpose("handpose_model"), drop_first=True),
     "openpose/facenet.safetensors": Net(_facenet),

@@ -1,4 +1,5 @@
-"""Model-based ControlNet preprocessors as sd-webui-controlnet runs them, on controlnet-aux's networks.
+"""Model-based ControlNet preprocessors as sd-webui-controlnet runs them, on controlnet-aux's networks (HED, PiDiNet,
+M-LSD, lineart, lineart_anime, TEED / Anyline, BAE normals; OpenPose is `openpose_runners`).
 
 Each runner gets the image already scaled to the module's resolution (short side) and does what the extension's
 `scripts/preprocessor/legacy/processor.py` and `annotator/*` do after that: pad to a multiple of 64 (edge pixels),
@@ -22,6 +23,7 @@ MLSD = "mlsd/mlsd_large_512_fp32.safetensors"
 LINEART, LINEART_COARSE = "lineart/sk_model.safetensors", "lineart/sk_model2.safetensors"
 LINEART_ANIME = "lineart_anime/netG.safetensors"
 TEED, MTEED = "TEED/7_model.safetensors", "Anyline/MTEED.safetensors"
+NORMAL_BAE = "normal_bae/scannet.safetensors"
 
 
 def padded(run: Runner) -> Runner:
@@ -167,6 +169,19 @@ def _anyline(img, a, b, ctx):
     return np.where(keep, np.uint8(1), edge)
 
 
+def _normal_bae(img, a, b, ctx):
+    """Surface normals as RGB: the ImageNet-normalised image in, the last refinement's (x, y, z) in -1..1 → 0..255."""
+    import torch
+
+    model = ctx.load(NORMAL_BAE)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        normal = model((_tensor(img, 1 / 255) - mean) / std)[0][-1][:, :3]
+        normal = ((normal + 1) * 0.5).clip(0, 1)[0].permute(1, 2, 0).float().numpy()
+    return _to_uint8(normal)
+
+
 def lineart_standard_map(img: np.ndarray) -> np.ndarray:
     """The extension's weight-free lineart_standard: how much darker each pixel is than its blurred surroundings,
     scaled by the median of the clear strokes (dark lines on a light background become white on black)."""
@@ -204,4 +219,5 @@ RUNNERS: dict[str, tuple[Runner, tuple[str, ...]]] = {
     "lineart_anime": (padded(_lineart_anime), (LINEART_ANIME,)),
     "softedge_teed": (padded(_teed), (TEED,)),
     "softedge_anyline": (padded(_anyline), (MTEED,)),
+    "normal_bae": (padded(_normal_bae), (NORMAL_BAE,)),
 }

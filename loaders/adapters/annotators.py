@@ -57,9 +57,21 @@ class AnnotatorCache:
         net = ARCHITECTURES.get(filename)
         if net is None:
             return None
-        model = net.build()
+        model = meta_build(net.build)
         try:
-            model.load_state_dict(model_state(net, model, load_file(str(path))), strict=True)
+            model.load_state_dict(model_state(net, model, load_file(str(path))), strict=True, assign=True)
         except RuntimeError as e:
             raise InvalidRequest(f"`{field}`: {info.key} does not fit the {filename} network: {e}"[:400]) from None
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a tensor the file does not hold
+            model = net.build()
+            model.load_state_dict(model_state(net, model, load_file(str(path))), strict=True)
         return model.eval()
+
+
+def meta_build(build: Callable[[], object]):
+    """The network with its tensors on the meta device: the file gives every weight, so the random initialisation
+    (seconds for OpenPose's or BAE's tens of millions of parameters) is skipped."""
+    import torch
+
+    with torch.device("meta"):
+        return build()

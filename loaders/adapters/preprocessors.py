@@ -147,7 +147,7 @@ WEIGHTS = {
     "depth_zoe": "zoedepth/ZoeD_M12_N.safetensors", "depth_anything": "depth_anything/depth_anything_vitl14.safetensors",
     "depth_anything_v2": "depth_anything_v2/depth_anything_v2_vitl.safetensors",
     "depth_hand_refiner": "hand_refiner/graphormer_hand_state_dict.safetensors",
-    "normal_bae": "normal_bae/scannet.safetensors", "normal_dsine": "normal_dsine/dsine.safetensors",
+"normal_dsine": "normal_dsine/dsine.safetensors",
     "dw_openpose_full": "openpose/dw-ll_ucoco_384.safetensors",
     "animal_openpose": "openpose/rtmpose-m_ap10k_256.safetensors",
     "densepose": "densepose/densepose_r50_fpn_dl.safetensors", "densepose_parula": "densepose/densepose_r50_fpn_dl.safetensors",
