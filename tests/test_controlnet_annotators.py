@@ -81,6 +81,22 @@ def test_a_file_of_another_shape_is_422_not_a_half_loaded_model(tmp_path):
         AnnotatorCache(store, tmp_path / "cache").load("bob", "TEED/7_model.safetensors", "m")
 
 
+def test_the_cache_keeps_the_latest_version_of_a_few_files(tmp_path):
+    store = LocalStore(tmp_path / "data")
+    cache = AnnotatorCache(store, tmp_path / "cache", capacity=2)
+    teed = "public/models/annotators/TEED/7_model.safetensors"
+    store.put_bytes(teed, annotator_bytes("TEED/7_model.safetensors", seed=1))
+    first = cache.load("bob", "TEED/7_model.safetensors", "m")
+    assert cache.load("bob", "TEED/7_model.safetensors", "m") is first  # resident
+    store.put_bytes(teed, annotator_bytes("TEED/7_model.safetensors", seed=2))  # a new version: loaded again
+    second = cache.load("bob", "TEED/7_model.safetensors", "m")
+    assert second is not first and len(cache._loaded) == 1
+    for filename in ("Anyline/MTEED.safetensors", "pidinet/table5_pidinet.safetensors"):
+        install(store, filename)
+        cache.load("bob", filename, "m")
+    assert len(cache._loaded) == 2 and cache.load("bob", "TEED/7_model.safetensors", "m") is not second
+
+
 def install(store, filename):
     store.put_bytes(f"public/models/annotators/{filename}", file_bytes(filename))
 

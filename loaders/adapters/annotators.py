@@ -8,6 +8,7 @@ The names looked up are fixed by the module, never taken from the request, so th
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,12 +22,14 @@ ANNOTATOR_DIR = "models/annotators"
 
 
 class AnnotatorCache:
-    """Loaded annotator networks keyed by (key, ETag)."""
+    """Loaded annotator networks keyed by (key, ETag), the `capacity` most recently used kept (they are 6 MB to
+    290 MB each, and every user may have their own files): an older version of a file is dropped when it loads."""
 
-    def __init__(self, store: ObjectStore, cache_dir: Path):
+    def __init__(self, store: ObjectStore, cache_dir: Path, capacity: int = 8):
         self.store = store
         self.files = FileCache(store, Path(cache_dir) / "annotators")
-        self._loaded: dict[tuple[str, str], object] = {}
+        self.capacity = capacity
+        self._loaded: OrderedDict[tuple[str, str], object] = OrderedDict()
         self._lock = threading.Lock()
 
     def loader(self, user: str, field: str) -> Callable[[str], object]:
@@ -44,10 +47,17 @@ class AnnotatorCache:
         if info is None:
             raise InvalidRequest(f"`{field}` needs the annotator weights public/{ANNOTATOR_DIR}/{filename}, "
                                  "which are not in the bucket")
+        cache_key = (info.key, info.etag)
         with self._lock:
-            if (info.key, info.etag) not in self._loaded:
-                self._loaded[(info.key, info.etag)] = self._build(info, filename, field)
-            return self._loaded[(info.key, info.etag)]
+            if cache_key not in self._loaded:
+                model = self._build(info, filename, field)
+                for stale in [k for k in self._loaded if k[0] == info.key]:
+                    del self._loaded[stale]
+                self._loaded[cache_key] = model
+                while len(self._loaded) > self.capacity:
+                    self._loaded.popitem(last=False)
+            self._loaded.move_to_end(cache_key)
+            return self._loaded[cache_key]
 
     def _build(self, info, filename: str, field: str):
         from safetensors.torch import load_file
