@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import sys
+import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,7 +85,8 @@ def _stubs() -> dict[str, types.ModuleType]:
     stubs = {}
     try:
         import torchvision.transforms  # noqa: F401
-    except Exception:  # absent, or present but built for another torch
+    except Exception:  # absent, or present but built for another torch (then half-imported: forgotten again)
+        _forget("torchvision")
         root, transforms = types.ModuleType("torchvision"), types.ModuleType("torchvision.transforms")
         transforms.ToTensor = transforms.ToPILImage = _NoTorchvision
         root.transforms = transforms
@@ -92,25 +94,36 @@ def _stubs() -> dict[str, types.ModuleType]:
     try:
         import skimage.measure  # noqa: F401
     except Exception:
+        _forget("skimage")
         root, measure = types.ModuleType("skimage"), types.ModuleType("skimage.measure")
         measure.label, root.measure = _label, measure
         stubs.update({"skimage": root, "skimage.measure": measure})
     return stubs
 
 
+def _forget(package: str) -> None:
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        del sys.modules[name]
+
+
+_OPEN_POSE_LOCK = threading.Lock()
+_open_pose: list = []  # the imported package, once
+
+
 def open_pose():
     """controlnet-aux's open_pose package (its detector, Body/Hand/Face, drawing), imported with `_stubs()` in
     sys.modules for the import only, so no other library ever sees a torchvision that is not there."""
-    name = "controlnet_aux.open_pose"
-    if name in sys.modules:
-        return sys.modules[name]
-    stubs = {k: v for k, v in _stubs().items() if k not in sys.modules}
-    sys.modules.update(stubs)
-    try:
-        return import_without_init("controlnet_aux", "open_pose")
-    finally:
-        for key in stubs:
-            sys.modules.pop(key, None)
+    with _OPEN_POSE_LOCK:  # the stand-ins are in sys.modules for this import only: one thread does it
+        if _open_pose:
+            return _open_pose[0]
+        stubs = _stubs()
+        sys.modules.update(stubs)
+        try:
+            _open_pose.append(import_without_init("controlnet_aux", "open_pose"))
+        finally:
+            for key in stubs:
+                sys.modules.pop(key, None)
+        return _open_pose[0]
 
 
 def _openpose(kind: str):

@@ -11,9 +11,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 import types
 
 from loaders.errors import Unavailable
+
+_LOCK = threading.Lock()
 
 
 def import_without_init(package: str, submodule: str) -> types.ModuleType:
@@ -24,12 +27,11 @@ def import_without_init(package: str, submodule: str) -> types.ModuleType:
     the package is not installed, so a server without the optional extra says what is missing.
     """
     name = f"{package}.{submodule}"
-    if name in sys.modules:
-        return sys.modules[name]
     parts = name.split(".")
-    for depth in range(1, len(parts)):  # every package above the module is bare, nested ones ("a.b.c") too
-        _register_bare(".".join(parts[:depth]))
-    return importlib.import_module(name)
+    with _LOCK:  # two first requests at once must not each register their own bare package
+        for depth in range(1, len(parts)):  # every package above the module is bare, nested ones ("a.b.c") too
+            _register_bare(".".join(parts[:depth]))
+    return importlib.import_module(name)  # waits on a module another thread is still importing
 
 
 def _register_bare(package: str) -> None:
