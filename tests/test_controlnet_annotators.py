@@ -199,9 +199,17 @@ def test_openpose_draws_the_bodies_the_body_network_finds(client, services, stor
 
     hook = body.register_forward_hook(stick_figure)
     try:
-        drawn = map_of(detect(client, "openpose", [noise_png()]).json()["images"][0])
+        found = detect(client, "openpose", [noise_png()]).json()
     finally:
         hook.remove()
+    drawn = map_of(found["images"][0])
+    # the keypoints as the extension's detect returns them: OpenPose JSON, x/y as fractions of the canvas
+    (pose,) = found["poses"]
+    assert (pose["canvas_width"], pose["canvas_height"]) == (64, 64) and len(pose["people"]) == 1
+    keypoints = np.array(pose["people"][0]["pose_keypoints_2d"]).reshape(18, 3)
+    for joint, (x, y) in FIGURE.items():
+        assert keypoints[joint, 2] == 1 and np.abs(keypoints[joint, :2] * 64 - (x, y)).max() <= 2, joint
+    assert keypoints[4].tolist() == [0, 0, 0] and pose["people"][0]["hand_left_keypoints_2d"] is None
     picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(noise_png()))).convert("RGB"), dtype=np.float32)
     bgr_scaled = torch.from_numpy(picture[:, :, ::-1] / 256 - 0.5)
     assert seen and seen[0].shape[1] == 3  # the body network ran on the (BGR, -0.5..0.5) image

@@ -44,9 +44,27 @@ def openpose(body: bool, hand: bool, face: bool) -> Runner:
         h, w = img.shape[:2]
         with torch.inference_mode():
             poses = detector.detect_poses(np.ascontiguousarray(img), include_hand=hand, include_face=face)
+        if ctx.on_pose is not None:
+            ctx.on_pose(pose_json(poses, h, w))
         return op.draw_poses(poses, h, w, draw_body=body, draw_hand=hand, draw_face=face)
 
     return padded(run)
+
+
+def _flat(keypoints) -> list[float] | None:
+    """[x, y, 1] per keypoint (x, y as fractions of the canvas), [0, 0, 0] for a missing one; None for no part."""
+    if not keypoints:
+        return None
+    return [v for k in keypoints for v in ((float(k.x), float(k.y), 1.0) if k is not None else (0.0, 0.0, 0.0))]
+
+
+def pose_json(poses, height: int, width: int) -> dict:
+    """The poses in the OpenPose JSON format the extension's `encode_poses_as_json` writes (canvas: the padded
+    image the detector saw, as there)."""
+    people = [{"pose_keypoints_2d": _flat(p.body.keypoints), "face_keypoints_2d": _flat(p.face),
+               "hand_left_keypoints_2d": _flat(p.left_hand), "hand_right_keypoints_2d": _flat(p.right_hand)}
+              for p in poses]
+    return {"people": people, "animals": [], "canvas_height": height, "canvas_width": width}
 
 
 def weights(hand: bool, face: bool) -> tuple[str, ...]:

@@ -114,10 +114,12 @@ def _shuffle(img, a, b, ctx):
 
 @dataclass(frozen=True)
 class Context:
-    """What a runner may use besides the image: the annotator-weights loader and the request's seed."""
+    """What a runner may use besides the image: the annotator-weights loader, the request's seed, and where the
+    OpenPose modules hand their keypoints (the extension's `json_pose_callback`; detect returns them as `poses`)."""
 
     load: Callable[[str], object]
     seed: int = 0
+    on_pose: Callable[[dict], None] | None = None
 
 
 # internal name (the extension's) -> how to run it here, without weights or with the annotator files named
@@ -200,7 +202,7 @@ MAX_MAP_PIXELS = 4096 * 4096  # default bound on a detected map (EASEL_MAX_INTER
 
 def run_module(name: str, image: Image.Image, *, resolution: int, threshold_a: float, threshold_b: float,
                load_annotator: Callable[[str], object], field: str, seed: int = 0,
-               max_pixels: int = MAX_MAP_PIXELS) -> Image.Image:
+               max_pixels: int = MAX_MAP_PIXELS, on_pose: Callable[[dict], None] | None = None) -> Image.Image:
     """The detected map of `image` (RGB) for an internal module name, computed at `resolution` on its short side."""
     pre = RUNNERS.get(name)
     if pre is None:
@@ -216,7 +218,7 @@ def run_module(name: str, image: Image.Image, *, resolution: int, threshold_a: f
     elif pre.uses_resolution:
         check_map_size(image, resolution, max_pixels, field)
         image = resize_short_side(image, resolution)
-    out = pre.run(np.asarray(image.convert("RGB")), threshold_a, threshold_b, Context(load_annotator, seed))
+    out = pre.run(np.asarray(image.convert("RGB")), threshold_a, threshold_b, Context(load_annotator, seed, on_pose))
     return Image.fromarray(out).convert("RGB")
 
 
