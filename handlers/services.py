@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from handlers.metrics import Metrics
 from handlers.settings import Settings
 from loaders.adapters.controlnet import ControlNetCache
+from loaders.adapters.deepbooru import DeepDanbooruCache
 from loaders.adapters.face_restorers import FaceRestorerCache
 from loaders.adapters.networks import Adapters
 from loaders.adapters.upscalers import UpscalerCache
@@ -141,6 +142,7 @@ class Services:
     adapters: Adapters | None = None  # LoRA / VAE / embeddings on the resident pipelines
     upscalers: UpscalerCache | None = None  # ESRGAN-family models for extras and hires (loaders.adapters.upscalers)
     face_restorers: FaceRestorerCache | None = None  # GFPGAN / CodeFormer (loaders.adapters.face_restorers)
+    deepbooru: DeepDanbooruCache | None = None  # the DeepDanbooru interrogator (loaders.adapters.deepbooru)
     metrics: Metrics = field(default_factory=Metrics)  # this process's /metrics (handlers/metrics.py)
 
     def __post_init__(self):
@@ -154,6 +156,8 @@ class Services:
             self.upscalers = UpscalerCache(self.models.files, self.models.device)
         if self.face_restorers is None:
             self.face_restorers = FaceRestorerCache(self.models.files, self.models.device, capacity=1)
+        if self.deepbooru is None:
+            self.deepbooru = DeepDanbooruCache(self.models.files, self.models.device)
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route; with

@@ -152,6 +152,9 @@ HONOURED = {
     "control_net_no_detectmap", "overlay_inpaint", "face_restoration", "face_restoration_model", "code_former_weight",
     # A1111's ExtraNetworkHypernet: `sd_hypernetwork` adds <hypernet:name:extra_networks_default_multiplier>
     "sd_hypernetwork", "extra_networks_default_multiplier",
+    # A1111's DeepDanbooru tagging (handlers.generation.deepbooru)
+    "interrogate_deepbooru_score_threshold", "deepbooru_sort_alpha", "deepbooru_use_spaces", "deepbooru_escape",
+    "deepbooru_filter_tags", "interrogate_return_ranks",
 }
 
 # Change generation in A1111, not implemented here: only their default is accepted (with its reason).

@@ -12,7 +12,7 @@ from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel
 
 from handlers.accounts.auth import Tenant, tenant_dependency
-from handlers.generation import extras, faces, upscaling
+from handlers.generation import deepbooru, extras, faces, upscaling
 from handlers.http.listing import hypernetworks as hypernetwork_items
 from handlers.services import Services
 from loaders.errors import NotFound, Unavailable
@@ -35,6 +35,10 @@ class InterrogateRequest(BaseModel):
     model: str = "clip"
 
 
+class InterrogateResponse(BaseModel):
+    caption: str | None = None
+
+
 # What A1111's interrogators load, as the files an operator would install (converted to .safetensors).
 INTERROGATOR_FILES = {
     "clip": "models/BLIP/model_base_caption_capfilt_large.safetensors and models/CLIP/ViT-L-14.safetensors",
@@ -42,11 +46,13 @@ INTERROGATOR_FILES = {
 }
 
 
-def interrogate(services: Services, user: str, body: InterrogateRequest) -> None:
-    """Refused clearly: neither A1111 interrogator (BLIP caption + CLIP ranking, DeepDanbooru) runs here yet."""
+def interrogate(services: Services, user: str, body: InterrogateRequest) -> InterrogateResponse:
+    """A1111's interrogateapi: DeepDanbooru tags; CLIP (BLIP caption + CLIP ranking) is refused clearly."""
     if body.model not in INTERROGATOR_FILES:
         raise NotFound(f"`model` {body.model[:80]!r}: no such interrogator; A1111 has clip and deepdanbooru")
-    load_image(body.image, "image", store=services.store, user=user)  # a bad image is still the caller's 422
+    image = load_image(body.image, "image", store=services.store, user=user)  # a bad image is still the caller's 422
+    if body.model == "deepdanbooru":
+        return InterrogateResponse(caption=deepbooru.interrogate(services, user, image))
     raise Unavailable(f"`model` {body.model!r}: interrogation is not available on this server (it would need "
                       f"{INTERROGATOR_FILES[body.model]}, and the interrogator itself is not implemented yet)")
 
@@ -123,9 +129,10 @@ def router(services: Services) -> APIRouter:
         return ExtrasBatchImagesResponse(html_info=html_info,
                                          images=[encode_png(im) for im in images] if body.show_extras_results else [])
 
-    @r.post("/sdapi/v1/interrogate")
+    @r.post("/sdapi/v1/interrogate", response_model=InterrogateResponse)
     def interrogate_route(body: InterrogateRequest, who: Tenant = Depends(tenant)):
-        interrogate(services, who.user, body)
+        with services.user_slots.hold(who.user):
+            return interrogate(services, who.user, body)
 
     @r.get("/sdapi/v1/hypernetworks")
     def hypernetworks(who: Tenant = Depends(tenant)) -> list[dict]:

@@ -25,7 +25,7 @@ from loaders.models.manager import clean_model_name, list_models, model_key, pub
 from loaders.models.pickle_convert import is_pickle_name
 
 Kind = Literal["checkpoint", "lora", "vae", "embedding", "hypernetwork", "controlnet", "esrgan", "realesrgan",
-               "swinir", "dat", "gfpgan", "codeformer", "text_encoder"]
+               "swinir", "dat", "gfpgan", "codeformer", "text_encoder", "deepdanbooru"]
 SWITCH = {"lora": "EASEL_PUBLIC_LORA=false", "vae": "EASEL_PUBLIC_VAE=false",
           "embedding": "EASEL_PUBLIC_EMBEDDINGS=false",
           "hypernetwork": "no --hypernetwork-dir / EASEL_HYPERNETWORK_DIR"}
