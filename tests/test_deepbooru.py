@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save
 
 from handlers.accounts.options import effective
 from handlers.generation.deepbooru import MODEL_PATH, caption
@@ -121,6 +122,10 @@ def test_no_model_installed_is_a_503_naming_the_file(client):
     assert r.status_code == 503 and MODEL_PATH in r.json()["detail"]
     r = client.post("/sdapi/v1/options", json={"interrogate_deepbooru_score_threshold": 2}, headers=auth())
     assert r.status_code == 422 and "interrogate_deepbooru_score_threshold" in r.json()["detail"]
+    untagged = save({"n_Conv_0.weight": torch.zeros(64, 3, 7, 7)})
+    r = client.post("/models/deepdanbooru?name=model-resnet_custom_v3.safetensors", content=untagged, headers=auth())
+    assert r.status_code == 422 and "no tag list" in r.json()["detail"]
+    assert client.get("/models/deepdanbooru", headers=auth()).json() == []
 
 
 RANKED = re.compile(r"\((.+?):(\d\.\d{3})\)")
