@@ -44,9 +44,11 @@ def interrogate(services: Services, user: str, image: Image.Image) -> str:
     info = find_model(services, user)
     opts = user_options.effective(user_options.stored(services.store, user), services.settings.default_checkpoint)
     pixels = np.asarray(resize_image(2, image.convert("RGB"), INPUT_SIZE, INPUT_SIZE))
+    cache = services.deepbooru
     with services.device_lock:  # the network runs on the device generations use
-        model = services.deepbooru.get(info)
-        scores = tag_scores(model, pixels)
+        model = cache.get(info)
+        with cache.on_device(model, bool(opts["interrogate_keep_models_in_memory"])):
+            scores = tag_scores(model, pixels)
     return caption(model.tags, scores, opts)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,9 +94,8 @@ def deepdanbooru_network(n_tags: int = FULL_TAG_COUNT):
 @dataclass
 class DeepDanbooruModel:
     name: str
-    net: object  # the torch module
+    net: object  # the torch module (on the CPU between calls unless the caller keeps it in memory)
     tags: list[str]
-    device: str
 
 
 def tags_of(metadata: dict[str, str], name: str) -> list[str]:
@@ -112,7 +112,7 @@ def tags_of(metadata: dict[str, str], name: str) -> list[str]:
     return tags
 
 
-def load_deepdanbooru(path: Path, name: str, device: str) -> DeepDanbooruModel:
+def load_deepdanbooru(path: Path, name: str, device: str = "cpu") -> DeepDanbooruModel:
     """The network and tags of a `.safetensors` file (fp32, as A1111 runs it on the CPU)."""
     import torch
     from safetensors.torch import load_file
@@ -126,14 +126,14 @@ def load_deepdanbooru(path: Path, name: str, device: str) -> DeepDanbooruModel:
         reason = " ".join(str(e).split())  # torch's message spans lines
         raise InvalidRequest(f"{name!r} is not a DeepDanbooru resnet_custom_v3 with {len(tags)} tags: {reason}"[:500]) \
             from None
-    return DeepDanbooruModel(name, net.float().eval().to(device), tags, device)
+    return DeepDanbooruModel(name, net.float().eval().to(device), tags)
 
 
 def tag_scores(model: DeepDanbooruModel, rgb) -> list[float]:
     """Each tag's probability for one 512x512 RGB uint8 array (A1111: array / 255, NHWC, one batch)."""
     import torch
 
-    x = torch.from_numpy(rgb).float().div(255.0).unsqueeze(0).to(model.device)
+    x = torch.from_numpy(rgb).float().div(255.0).unsqueeze(0).to(next(model.net.parameters()).device)
     with torch.inference_mode():
         return model.net(x)[0].float().cpu().tolist()
 
@@ -152,9 +152,24 @@ class DeepDanbooruCache:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-        model = load_deepdanbooru(self.files.ensure(info), info.key.rsplit("/", 1)[-1], self.device)
+        model = load_deepdanbooru(self.files.ensure(info), info.key.rsplit("/", 1)[-1])
         with self._lock:
             self._models[key] = model
             while len(self._models) > self.capacity:
                 self._models.popitem(last=False)
         return model
+
+    @contextmanager
+    def on_device(self, model: DeepDanbooruModel, keep: bool):
+        """A1111's start() / stop(): the network on the device for one call, then back on the CPU unless the
+        `interrogate_keep_models_in_memory` option keeps it there (640 MB of device memory)."""
+        import torch
+
+        model.net.to(self.device)
+        try:
+            yield model
+        finally:
+            if not keep and self.device != "cpu":
+                model.net.to("cpu")
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
