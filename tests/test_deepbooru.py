@@ -4,7 +4,7 @@ with `model: "deepdanbooru"` captioned with the caller's A1111 options.
 
 The model is the real layout at full width with random weights and 12 tags (loaders.demo.deepbooru). A 512²
 pass through it is seconds on 2 busy cores: two run over HTTP, the rest at 128² (the network is convolutional
-to the end, so any size above 64 runs) or on the caption step alone.
+to the end, so any multiple of 128 runs) or on the caption step alone.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def test_a_written_file_loads_strict_and_scores_as_the_writers_network(tmp_path,
     with torch.device("meta"):
         reference = deepdanbooru_network(len(DEMO_TAGS)).eval()
     reference.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
-    # two pictures in one batch: at 128² the pass is mostly reading the 480 MB of weights
+    # two pictures in one batch at 128², the least side the seven stride-2 steps take
     batch = torch.from_numpy(np.stack([picture(128, 1), picture(128, 2)])).float().div(255)
     with torch.inference_mode():
         scores, expected = model.net(batch), reference(batch)
