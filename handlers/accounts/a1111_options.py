@@ -154,7 +154,7 @@ HONOURED = {
     "sd_hypernetwork", "extra_networks_default_multiplier",
     # A1111's DeepDanbooru tagging (handlers.generation.deepbooru)
     "interrogate_deepbooru_score_threshold", "deepbooru_sort_alpha", "deepbooru_use_spaces", "deepbooru_escape",
-    "deepbooru_filter_tags", "interrogate_return_ranks",
+    "deepbooru_filter_tags", "interrogate_return_ranks", "interrogate_keep_models_in_memory",
 }
 
 # Change generation in A1111, not implemented here: only their default is accepted (with its reason).
