@@ -140,9 +140,9 @@ class Services:
     call_id: Callable[[], str | None] = lambda: None
     executor: Executor | None = None  # runs queued tasks (handlers.tasks.workers.LocalExecutor unless replaced)
     adapters: Adapters | None = None  # LoRA / VAE / embeddings on the resident pipelines
+    deepbooru: DeepDanbooruCache | None = None  # the DeepDanbooru interrogator (loaders.adapters.deepbooru)
     upscalers: UpscalerCache | None = None  # ESRGAN-family models for extras and hires (loaders.adapters.upscalers)
     face_restorers: FaceRestorerCache | None = None  # GFPGAN / CodeFormer (loaders.adapters.face_restorers)
-    deepbooru: DeepDanbooruCache | None = None  # the DeepDanbooru interrogator (loaders.adapters.deepbooru)
     metrics: Metrics = field(default_factory=Metrics)  # this process's /metrics (handlers/metrics.py)
 
     def __post_init__(self):
@@ -152,12 +152,12 @@ class Services:
                                      vae_capacity=self.settings.vae_cache_size,
                                      embedding_capacity=self.settings.embedding_cache_size,
                                      max_vectors=self.settings.max_embedding_vectors)
+        if self.deepbooru is None:
+            self.deepbooru = DeepDanbooruCache(self.models.files, self.models.device)
         if self.upscalers is None:
             self.upscalers = UpscalerCache(self.models.files, self.models.device)
         if self.face_restorers is None:
             self.face_restorers = FaceRestorerCache(self.models.files, self.models.device, capacity=1)
-        if self.deepbooru is None:
-            self.deepbooru = DeepDanbooruCache(self.models.files, self.models.device)
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route; with

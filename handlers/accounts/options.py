@@ -77,11 +77,11 @@ def _check_value(field: str, key: str, value: Any) -> None:
         raise InvalidRequest(f"`{field}.{key}` must be like {default!r}, not {value!r:.80}")
     if key == "samples_format" and value.lower() not in SAMPLES_FORMATS:
         raise InvalidRequest(f"`{field}.samples_format` {value!r:.40} is not one of {', '.join(SAMPLES_FORMATS)}")
-    bounds = {"jpeg_quality": (1, 100), "CLIP_stop_at_last_layers": (1, 12), "eta_ddim": (0, 10),
+    bounds = {"interrogate_deepbooru_score_threshold": (0, 1),
+              "jpeg_quality": (1, 100), "CLIP_stop_at_last_layers": (1, 12), "eta_ddim": (0, 10),
               "eta_ancestral": (0, 10), "s_churn": (0, 100), "s_tmin": (0, 100), "s_tmax": (0, 1000),
               "s_noise": (0, 10), "eta_noise_seed_delta": (0, 2**32 - 1), "show_progress_every_n_steps": (-1, 150),
-              "extra_networks_default_multiplier": (-10, 10), "code_former_weight": (0, 1),
-              "interrogate_deepbooru_score_threshold": (0, 1)}
+              "extra_networks_default_multiplier": (-10, 10), "code_former_weight": (0, 1)}
     if key in bounds and not bounds[key][0] <= value <= bounds[key][1]:
         raise InvalidRequest(f"`{field}.{key}` must be in {bounds[key][0]}..{bounds[key][1]}, not {value!r}")
     if key == "face_restoration_model" and value not in ("CodeFormer", "GFPGAN"):  # A1111's restorers
