@@ -12,7 +12,8 @@ from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel
 
 from handlers.accounts.auth import Tenant, tenant_dependency
-from handlers.generation import deepbooru, extras, faces, upscaling
+from handlers.generation import deepbooru
+from handlers.generation import extras, faces, upscaling
 from handlers.http.listing import hypernetworks as hypernetwork_items
 from handlers.services import Services
 from loaders.errors import NotFound, Unavailable
@@ -36,7 +37,7 @@ class InterrogateRequest(BaseModel):
 
 
 class InterrogateResponse(BaseModel):
-    caption: str | None = None
+    caption: str
 
 
 # What A1111's interrogators load, as the files an operator would install (converted to .safetensors).
@@ -47,10 +48,10 @@ INTERROGATOR_FILES = {
 
 
 def interrogate(services: Services, user: str, body: InterrogateRequest) -> InterrogateResponse:
-    """A1111's interrogateapi: DeepDanbooru tags; CLIP (BLIP caption + CLIP ranking) is refused clearly."""
+    """A1111's interrogateapi: the image as RGB, then the named interrogator's caption."""
     if body.model not in INTERROGATOR_FILES:
         raise NotFound(f"`model` {body.model[:80]!r}: no such interrogator; A1111 has clip and deepdanbooru")
-    image = load_image(body.image, "image", store=services.store, user=user)  # a bad image is still the caller's 422
+    image = load_image(body.image, "image", store=services.store, user=user).convert("RGB")
     if body.model == "deepdanbooru":
         return InterrogateResponse(caption=deepbooru.interrogate(services, user, image))
     raise Unavailable(f"`model` {body.model!r}: interrogation is not available on this server (it would need "
