@@ -45,10 +45,9 @@ def interrogate(services: Services, user: str, image: Image.Image) -> str:
     opts = user_options.effective(user_options.stored(services.store, user), services.settings.default_checkpoint)
     pixels = np.asarray(resize_image(2, image.convert("RGB"), INPUT_SIZE, INPUT_SIZE))
     cache = services.deepbooru
-    with services.device_lock:  # the network runs on the device generations use
-        model = cache.get(info)
-        with cache.on_device(model, bool(opts["interrogate_keep_models_in_memory"])):
-            scores = tag_scores(model, pixels)
+    model = cache.get(info)
+    with services.device_lock, cache.on_device(model, bool(opts["interrogate_keep_models_in_memory"])):
+        scores = tag_scores(model, pixels)  # on the device generations use, in turn with them
     return caption(model.tags, scores, opts)
 
 

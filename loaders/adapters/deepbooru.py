@@ -145,19 +145,22 @@ class DeepDanbooruCache:
         self.files, self.device, self.capacity = files, device, capacity
         self._models: OrderedDict[tuple[str, str], DeepDanbooruModel] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading = threading.Lock()  # one load at a time: two first calls do not hold two copies
 
     def get(self, info: ObjectInfo) -> DeepDanbooruModel:
+        """The model on the CPU (loaded without the device: generations go on meanwhile)."""
         key = (info.key, info.etag)
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-        model = load_deepdanbooru(self.files.ensure(info), info.key.rsplit("/", 1)[-1])
-        with self._lock:
-            self._models[key] = model
-            while len(self._models) > self.capacity:
-                self._models.popitem(last=False)
-        return model
+        with self._loading:
+            with self._lock:
+                if key in self._models:
+                    self._models.move_to_end(key)
+                    return self._models[key]
+            model = load_deepdanbooru(self.files.ensure(info), info.key.rsplit("/", 1)[-1])
+            with self._lock:
+                self._models[key] = model
+                while len(self._models) > self.capacity:
+                    self._models.popitem(last=False)
+            return model
 
     @contextmanager
     def on_device(self, model: DeepDanbooruModel, keep: bool):
