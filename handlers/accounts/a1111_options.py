@@ -147,7 +147,7 @@ DEFAULTS = {
 HONOURED = {
     # A1111's DeepDanbooru tagging (handlers.generation.deepbooru)
     "interrogate_deepbooru_score_threshold", "deepbooru_sort_alpha", "deepbooru_use_spaces", "deepbooru_escape",
-    "deepbooru_filter_tags", "interrogate_return_ranks", "interrogate_keep_models_in_memory",
+    "deepbooru_filter_tags",  # and interrogate_return_ranks, interrogate_keep_models_in_memory (below)
     "sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "eta_noise_seed_delta", "eta_ddim",
     "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "tiling", "samples_format", "jpeg_quality",
     "webp_lossless", "return_grid", "grid_save", "grid_only_if_multiple", "enable_pnginfo", "sd_vae_decode_method",
@@ -155,6 +155,10 @@ HONOURED = {
     "control_net_no_detectmap", "overlay_inpaint", "face_restoration", "face_restoration_model", "code_former_weight",
     # A1111's ExtraNetworkHypernet: `sd_hypernetwork` adds <hypernet:name:extra_networks_default_multiplier>
     "sd_hypernetwork", "extra_networks_default_multiplier",
+    # the CLIP interrogator (handlers.generation.interrogate)
+    "interrogate_keep_models_in_memory", "interrogate_return_ranks", "interrogate_clip_num_beams",
+    "interrogate_clip_min_length", "interrogate_clip_max_length", "interrogate_clip_dict_limit",
+    "interrogate_clip_skip_categories",
 }
 
 # Change generation in A1111, not implemented here: only their default is accepted (with its reason).

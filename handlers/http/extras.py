@@ -14,9 +14,10 @@ from pydantic import BaseModel
 from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation import deepbooru
 from handlers.generation import extras, faces, upscaling
+from handlers.generation import interrogate as interrogation
 from handlers.http.listing import hypernetworks as hypernetwork_items
 from handlers.services import Services
-from loaders.errors import NotFound, Unavailable
+from loaders.errors import NotFound
 from loaders.models.manager import list_models
 from loaders.storage.images import load_image
 
@@ -42,8 +43,8 @@ class InterrogateResponse(BaseModel):
 
 # What A1111's interrogators load, as the files an operator would install (converted to .safetensors).
 INTERROGATOR_FILES = {
-    "clip": "models/BLIP/model_base_caption_capfilt_large.safetensors and models/CLIP/ViT-L-14.safetensors",
-    "deepdanbooru": "models/torch_deepdanbooru/model-resnet_custom_v3.safetensors",
+    "clip": f"{interrogation.BLIP_FILE} and {interrogation.CLIP_FILE}",
+    "deepdanbooru": deepbooru.MODEL_PATH,
 }
 
 
@@ -52,10 +53,9 @@ def interrogate(services: Services, user: str, body: InterrogateRequest) -> Inte
     if body.model not in INTERROGATOR_FILES:
         raise NotFound(f"`model` {body.model[:80]!r}: no such interrogator; A1111 has clip and deepdanbooru")
     image = load_image(body.image, "image", store=services.store, user=user).convert("RGB")
-    if body.model == "deepdanbooru":
-        return InterrogateResponse(caption=deepbooru.interrogate(services, user, image))
-    raise Unavailable(f"`model` {body.model!r}: interrogation is not available on this server (it would need "
-                      f"{INTERROGATOR_FILES[body.model]}, and the interrogator itself is not implemented yet)")
+    if body.model == "clip":
+        return InterrogateResponse(caption=interrogation.interrogate_clip(services, user, image))
+    return InterrogateResponse(caption=deepbooru.interrogate(services, user, image))
 
 
 class UpscalerItem(BaseModel):
