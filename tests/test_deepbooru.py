@@ -1,9 +1,9 @@
 """DeepDanbooru interrogation (issue 12): A1111's resnet_custom_v3 built from its stage table, loaded strict from
 `.safetensors` (tags in the metadata) or from A1111's `.pt` converted at upload, and POST /sdapi/v1/interrogate
-with `model: "deepdanbooru"` captioned with the caller's A1111 options.
+with `model: "deepdanbooru"` (and Loopback's "DeepBooru") captioned with the caller's A1111 options.
 
 The model is the real layout at full width with random weights and 12 tags (loaders.demo.deepbooru). A 512²
-pass through it is seconds on 2 busy cores: two run over HTTP, the rest at 128² (the network is convolutional
+pass through it is seconds on 2 busy cores: three run over HTTP, the rest at 128² (the network is convolutional
 to the end, so any multiple of 128 runs) or on the caption step alone. The upload's converter child is
 tested in test_pickle_upload; here what it makes of A1111's `.pt` is checked in-process.
 """
@@ -141,7 +141,7 @@ def test_no_model_installed_is_a_503_naming_the_file(client):
 RANKED = re.compile(r"\((.+?):(\d\.\d{3})\)")
 
 
-def test_interrogate_captions_with_the_public_model_and_the_callers_options(client, store, state):
+def test_interrogate_and_loopback_caption_with_the_public_model_and_the_callers_options(client, store, state):
     store.put_bytes(f"public/{MODEL_PATH}", safetensors_bytes(state, DEMO_TAGS))
     body = {"image": png_b64(Image.fromarray(picture(300, 3)).resize((300, 200))), "model": "deepdanbooru"}
 
@@ -154,7 +154,8 @@ def test_interrogate_captions_with_the_public_model_and_the_callers_options(clie
     settings = {"interrogate_deepbooru_score_threshold": 0.0, "interrogate_return_ranks": True,
                 "deepbooru_sort_alpha": False, "deepbooru_use_spaces": False}
     assert client.post("/sdapi/v1/options", json=settings, headers=auth()).status_code == 200
-    ranked = RANKED.findall(client.post("/sdapi/v1/interrogate", json=body, headers=auth()).json()["caption"])
+    ranked_caption = client.post("/sdapi/v1/interrogate", json=body, headers=auth()).json()["caption"]
+    ranked = RANKED.findall(ranked_caption)
     escaped = {t.replace("(", "\\(").replace(")", "\\)") for t in DEMO_TAGS if not t.startswith("rating:")}
     assert {t for t, _ in ranked} == escaped and len(ranked) == len(escaped)  # threshold 0: every tag but the rating
     scores = [float(p) for _, p in ranked]
@@ -162,3 +163,12 @@ def test_interrogate_captions_with_the_public_model_and_the_callers_options(clie
     # the default caption is the tags these same scores put at or over 0.5 (ranks are rounded to 3 places)
     assert {t.replace("_", " ") for t, p in ranked if float(p) > 0.5005} <= set(default)
     assert set(default) <= {t.replace("_", " ") for t, p in ranked if float(p) >= 0.4995}
+
+    # Loopback's "DeepBooru": the loop's prompt is the request's + the caption of its init image (this one)
+    loopback = {"prompt": "x", "width": 64, "height": 64, "steps": 1, "seed": 3, "denoising_strength": 0.6,
+                "init_images": [body["image"]], "script_name": "Loopback", "script_args": [1, 0.5, "Linear",
+                                                                                          "DeepBooru"]}
+    r = client.post("/sdapi/v1/img2img", json=loopback, headers=auth())
+    assert r.status_code == 200, r.text
+    assert json.loads(r.json()["info"])["infotexts"][-1].split("\n")[0] == "x, " + ranked_caption
+
