@@ -27,8 +27,9 @@ _POOL = 1_000_003  # prime: no two output channels of a tensor get the same slic
 
 def deepdanbooru_state(tags: list[str] = DEMO_TAGS, seed: int = 0) -> dict[str, torch.Tensor]:
     """Every tensor of the network: kernels random with a 1/sqrt(fan-in) spread (activations stay in range
-    through the 57 residual blocks), biases 0, the tag layer at a tenth of that spread so the scores spread around 0.5
-    instead of saturating. Cut from one pool of normal values (drawing 120 M numbers one by one is seconds)."""
+    through the 57 residual blocks), biases 0, the tag layer at a tenth of that spread so the scores spread
+    around 0.5 instead of saturating. Cut from one pool of normal values (drawing 120 M numbers one by one is
+    seconds)."""
     rng = np.random.default_rng(seed)
     pool = rng.standard_normal(_POOL).astype(np.float32)
     with torch.device("meta"):
