@@ -18,7 +18,7 @@ from pathlib import Path
 
 from loaders.errors import InvalidRequest
 from loaders.models.file_cache import FileCache
-from loaders.models.safetensors_check import read_header
+from loaders.models.safetensors_check import built_with_weights, read_header
 from loaders.storage.store import ObjectInfo
 
 FULL_TAG_COUNT = 9176  # model-resnet_custom_v3's tags (its n_Conv_178 has 9176 outputs)
@@ -114,18 +114,11 @@ def tags_of(metadata: dict[str, str], name: str) -> list[str]:
 
 def load_deepdanbooru(path: Path, name: str, device: str = "cpu") -> DeepDanbooruModel:
     """The network and tags of a `.safetensors` file (fp32, as A1111 runs it on the CPU)."""
-    import torch
     from safetensors.torch import load_file
 
     tags = tags_of(read_header(path, name).metadata, name)
-    with torch.device("meta"):
-        net = deepdanbooru_network(len(tags))
-    try:
-        net.load_state_dict(load_file(str(path)), strict=True, assign=True)
-    except RuntimeError as e:  # missing / unexpected keys, a shape that is not resnet_custom_v3's
-        reason = " ".join(str(e).split())  # torch's message spans lines
-        raise InvalidRequest(f"{name!r} is not a DeepDanbooru resnet_custom_v3 with {len(tags)} tags: {reason}"[:500]) \
-            from None
+    net = built_with_weights(lambda: deepdanbooru_network(len(tags)), load_file(str(path)),
+                             f"{name!r} is not a DeepDanbooru resnet_custom_v3 with {len(tags)} tags")
     return DeepDanbooruModel(name, net.float().eval().to(device), tags)
 
 
