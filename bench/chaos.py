@@ -68,7 +68,8 @@ def report(outcome: dict, states: dict, wall_s: float) -> None:
     print(f"uploads {up.uploaded} (identical re-uploads as new versions {up.reuploads}, malformed {up.malformed}, "
           f"re-made after a full disk {up.upload_retries}); notifications delivered {up.deliveries} (duplicate "
           f"copies {up.duplicates}, re-sent after a 5xx or no answer {up.redelivered}: 5xx {up.answered_5xx}, "
-          f"handler killed between task and marker {up.killed_mid_event}); poller passes {up.polls}; "
+          f"handler killed between task and marker {up.killed_mid_event}); poller passes {up.polls} "
+          f"(harness ticks {up.ticks}); "
           f"outcomes {up.outcomes}")
     print(f"every upload version: one task that ended ({figures['tasks_from_events']}) or an error manifest "
           f"({figures['error_manifests']}); no other task")

@@ -51,6 +51,7 @@ class UploadFigures:
     answered_5xx: int = 0
     killed_mid_event: int = 0  # the handling server died after creating the task, before the marker
     polls: int = 0
+    ticks: int = 0
     outcomes: dict = field(default_factory=dict)  # task / duplicate / error / ignored → count
     not_json: list = field(default_factory=list)  # anything but an EaselError: a plain 500 over HTTP
 
@@ -99,6 +100,7 @@ class Uploads:
 
     # --- every tick of the chaos loop ---
     def tick(self) -> None:
+        self.figures.ticks += 1
         now = time.monotonic() - self.started
         while self.pending and self.pending[0][0] <= now:
             self._upload(self.pending.pop(0)[1])
@@ -180,6 +182,7 @@ class Uploads:
             self.started -= 1.0  # time runs faster: what is due later is due now
             self.tick()
             time.sleep(0.05)
+        self._poll()  # and the scheduled poller's pass finds everything taken already
 
     @property
     def done(self) -> bool:
