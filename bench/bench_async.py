@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from functions.wiring import build_services
 from handlers.http.api import create_app
 from handlers.settings import Settings
 from loaders.demo.model import install_demo
+from tests.browser_support import ServerThread
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -42,12 +35,8 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="easel-bench-"))
     services = build_services(Settings(store=f"file://{data}", tokens="bench=tok", cache_dir=data / "cache"))
     install_demo(services.store)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": "tok"}, timeout=300)
+    server = ServerThread(create_app(services), lifespan="on").start()
+    client = httpx.Client(base_url=server.url, headers={"Authorization": "tok"}, timeout=300)
     body = {"prompt": "a cute dog", "steps": args.steps, "width": args.size, "height": args.size, "seed": 42}
 
     def sync() -> float:
@@ -88,7 +77,7 @@ def main() -> None:
         "poll_overhead_s": round(med["async_poll"] - med["sync"], 4),
         "sse_overhead_s": round(med["async_sse"] - med["sync"], 4),
     }))
-    server.should_exit = True
+    server.stop()
     services.executor.stop()
 
 

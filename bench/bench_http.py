@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import torch
-import uvicorn
 
 from functions.wiring import build_services
 from handlers.generation.schedulers import make_scheduler
@@ -27,14 +24,10 @@ from handlers.http.api import create_app
 from handlers.samplers import find_sampler
 from handlers.settings import Settings
 from loaders.demo.model import install_demo
+from tests.browser_support import ServerThread
 
 BODY = {"prompt": "a cute dog", "steps": 20, "width": 512, "height": 512, "seed": 42, "sampler_name": "Euler a"}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -52,12 +45,8 @@ def main() -> None:
         key = f"public/models/Stable-diffusion/{args.file.name}"
         (data / key).hardlink_to(args.file.resolve())
         BODY["override_settings"] = {"sd_model_checkpoint": args.file.stem}
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": "tok"}, timeout=120)
+    server = ServerThread(create_app(services), lifespan="on").start()
+    client = httpx.Client(base_url=server.url, headers={"Authorization": "tok"}, timeout=120)
 
     model, _ = services.models.checkpoint(services.store.stat(key))
     base = model.pipe
@@ -87,7 +76,7 @@ def main() -> None:
               "http_median_s": round(statistics.median(h), 4),
               "ratio": round(statistics.median(h) / statistics.median(d), 4)}
     print(json.dumps(result))
-    server.should_exit = True
+    server.stop()
 
 
 if __name__ == "__main__":

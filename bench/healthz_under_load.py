@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import tempfile
 import threading
@@ -18,18 +17,13 @@ import time
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from functions.wiring import build_services
 from handlers.http.api import create_app
 from handlers.settings import Settings
 from loaders.demo.model import install_demo
+from tests.browser_support import ServerThread
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentiles(ms: list[float]) -> dict:
@@ -62,12 +56,8 @@ def main() -> None:
     users = ",".join(f"u{k}=tok{k}" for k in range(args.concurrent))  # one slot each: the per-user cap is not hit
     services = build_services(Settings(store=f"file://{data}", tokens=users, cache_dir=data / "cache"))
     install_demo(services.store)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
+    server = ServerThread(create_app(services), lifespan="on").start()
+    base = server.url
     idle = probe(f"{base}/healthz", min(5.0, args.seconds), args.every)
     body = {"prompt": "a cute dog", "steps": args.steps, "width": args.size, "height": args.size, "seed": 1}
     stop, done = threading.Event(), []
@@ -86,7 +76,7 @@ def main() -> None:
     stop.set()
     print(json.dumps({"concurrent": args.concurrent, "idle": percentiles(idle), "under_load": percentiles(busy),
                       "generations_finished": len(done)}), flush=True)
-    server.should_exit = True
+    server.stop()
 
 
 if __name__ == "__main__":

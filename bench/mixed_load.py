@@ -16,26 +16,19 @@ import argparse
 import json
 import os
 import resource
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from functions.wiring import build_services
 from handlers.http.api import create_app
 from handlers.settings import Settings
 from loaders.demo.model import install_demo
+from tests.browser_support import ServerThread
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def p95(values: list[float]) -> float:
@@ -56,12 +49,8 @@ def main() -> None:
     services = build_services(Settings(store=f"file://{data}", tokens="flooder=tf,victim=tv",
                                        cache_dir=data / "cache"))
     install_demo(services.store)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
+    server = ServerThread(create_app(services), lifespan="on").start()
+    base = server.url
     body = {"prompt": "a cute dog", "steps": args.steps, "width": args.size, "height": args.size, "seed": 1}
     victim = httpx.Client(base_url=base, headers={"Authorization": "tv"}, timeout=600)
     flooder = httpx.Client(base_url=base, headers={"Authorization": "tf"}, timeout=600)
@@ -110,7 +99,7 @@ def main() -> None:
         "rounds": rounds, "warm_round": warm,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }, indent=1))
-    server.should_exit = True
+    server.stop()
     services.executor.stop()
 
 

@@ -13,6 +13,7 @@ from handlers.metrics import Metrics
 from handlers.settings import Settings
 from loaders.adapters.controlnet import ControlNetCache
 from loaders.adapters.face_restorers import FaceRestorerCache
+from loaders.adapters.interrogators import InterrogatorCache
 from loaders.adapters.networks import Adapters
 from loaders.adapters.upscalers import UpscalerCache
 from loaders.errors import TooManyRequests
@@ -141,6 +142,7 @@ class Services:
     adapters: Adapters | None = None  # LoRA / VAE / embeddings on the resident pipelines
     upscalers: UpscalerCache | None = None  # ESRGAN-family models for extras and hires (loaders.adapters.upscalers)
     face_restorers: FaceRestorerCache | None = None  # GFPGAN / CodeFormer (loaders.adapters.face_restorers)
+    interrogators: InterrogatorCache | None = None  # BLIP + CLIP of /sdapi/v1/interrogate (loaders.adapters)
     metrics: Metrics = field(default_factory=Metrics)  # this process's /metrics (handlers/metrics.py)
 
     def __post_init__(self):
@@ -154,6 +156,8 @@ class Services:
             self.upscalers = UpscalerCache(self.models.files, self.models.device)
         if self.face_restorers is None:
             self.face_restorers = FaceRestorerCache(self.models.files, self.models.device, capacity=1)
+        if self.interrogators is None:
+            self.interrogators = InterrogatorCache(self.models.files, self.models.device)
 
     def url_for(self, key: str, base_url: str) -> str:
         """A signed URL where the store gives one, else the app's own owner-checked /files/ route; with

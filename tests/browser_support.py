@@ -36,18 +36,25 @@ def ensure_chromium() -> str:
 
 
 class ServerThread:
-    """uvicorn serving `app` on a free loopback port until stop()."""
+    """uvicorn serving `app` on a free loopback port until stop() (the benchmarks turn the lifespan on: the app's
+    startup runs the local task workers)."""
 
-    def __init__(self, app):
+    def __init__(self, app, lifespan: str = "off"):
         import uvicorn
 
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "ServerThread":
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
@@ -56,7 +63,7 @@ class ServerThread:
             time.sleep(0.02)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
         self.sock.close()

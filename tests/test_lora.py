@@ -64,8 +64,10 @@ def test_several_loras_text_encoder_and_unet_weights_and_negative_prompt(client,
     unet_only = pixels(txt2img(client, "a cute dog <lora:mine:0:1>"))
     assert not np.array_equal(te_only, plain) and not np.array_equal(unet_only, plain)
     assert not np.array_equal(te_only, unet_only)
+    # A1111 1.10 reads extra networks from the prompt only: a negative prompt's tag is text for the encoder
     in_negative = pixels(txt2img(client, "a cute dog", negative_prompt="<lora:mine:1>"))
-    assert np.array_equal(in_negative, one)  # A1111 applies a LoRA tagged in the negative prompt to the whole run
+    assert not np.array_equal(in_negative, one) and not np.array_equal(in_negative, plain)
+    assert txt2img(client, "a cute dog", negative_prompt="<lora:nowhere:1>").status_code == 200  # never looked up
 
 
 def test_concurrent_requests_never_see_each_others_lora(client, with_loras):
@@ -144,6 +146,20 @@ def test_lora_works_in_img2img_and_hires(client, with_loras):
     body = {"prompt": "a dog <lora:mine:1>", **SMALL, "seed": 3, "init_images": [png_b64(picture())]}
     assert client.post("/sdapi/v1/img2img", json=body, headers=auth()).status_code == 200
     assert txt2img(client, "a dog <lora:mine:1>", enable_hr=True, hr_scale=1.5).status_code == 200
+
+
+def test_the_hires_pass_runs_the_hires_prompts_loras_as_a1111(client, with_loras):
+    """A1111 activates the hires prompt's extra networks before the hires pass: the first pass has the prompt's
+    LoRAs, the hires pass the hires prompt's (one run per combination; none may equal another)."""
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 2, "denoising_strength": 0.7}
+    runs = {(first, second): pixels(txt2img(client, f"a dog{first}", hr_prompt=f"a dog{second}", **hires))
+            for first in ("", " <lora:mine:1>") for second in ("", " <lora:mine:1>")}
+    seen = list(runs.values())
+    assert all(not np.array_equal(a, b) for i, a in enumerate(seen) for b in seen[i + 1:])
+    # an empty hires prompt is the prompt, LoRAs and all
+    assert np.array_equal(pixels(txt2img(client, "a dog <lora:mine:1>", **hires)), runs[(" <lora:mine:1>",) * 2])
+    r = txt2img(client, "a dog", hr_prompt="a dog <lora:nowhere:1>", **hires)
+    assert r.status_code == 404 and "nowhere" in r.json()["detail"]
 
 
 def test_loras_listing_is_per_tenant_in_a1111_shape(client, with_loras):

@@ -65,3 +65,17 @@ def test_webuiapi_interrupt_and_skip(api, services):
     services.progress.step = step
     r = api.txt2img(prompt="a cat", seed=4, width=64, height=64, steps=2, n_iter=3)
     assert len(r.images) == 1  # interrupted during the first image: A1111 returns what it made
+
+
+def test_webuiapi_interrogate_returns_the_clip_caption(api, services):
+    from loaders.demo.interrogators import CATEGORIES, tiny_bert_vocab, tiny_blip_bytes, tiny_clip_bytes
+
+    services.store.put_bytes("public/models/BLIP/model_base_caption_capfilt_large.safetensors", tiny_blip_bytes())
+    services.store.put_bytes("public/models/CLIP/ViT-L-14.safetensors", tiny_clip_bytes())
+    services.store.put_bytes("system/tokenizers/bert-base-uncased/vocab.txt", tiny_bert_vocab())
+    services.store.put_bytes("public/models/interrogate/mediums.txt", CATEGORIES["mediums.txt"].encode())
+    no_error(api.set_options({"interrogate_clip_max_length": 10}))
+    r = api.interrogate(Image.new("RGB", (64, 64), "red"))
+    caption = r.info  # webuiapi puts the `caption` there
+    assert isinstance(caption, str) and r.json == {"caption": caption}
+    assert caption.rsplit(", ", 1)[1] in CATEGORIES["mediums.txt"].split("\n")

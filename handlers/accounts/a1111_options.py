@@ -152,6 +152,10 @@ HONOURED = {
     "control_net_no_detectmap", "overlay_inpaint", "face_restoration", "face_restoration_model", "code_former_weight",
     # A1111's ExtraNetworkHypernet: `sd_hypernetwork` adds <hypernet:name:extra_networks_default_multiplier>
     "sd_hypernetwork", "extra_networks_default_multiplier",
+    # the CLIP interrogator (handlers.generation.interrogate)
+    "interrogate_keep_models_in_memory", "interrogate_return_ranks", "interrogate_clip_num_beams",
+    "interrogate_clip_min_length", "interrogate_clip_max_length", "interrogate_clip_dict_limit",
+    "interrogate_clip_skip_categories",
 }
 
 # Change generation in A1111, not implemented here: only their default is accepted (with its reason).

@@ -69,6 +69,8 @@ def _check_value(field: str, key: str, value: Any) -> None:
         return
     if isinstance(default, bool):
         ok = isinstance(value, bool)
+    elif isinstance(default, list):  # lists of names (interrogate_clip_skip_categories)
+        ok = isinstance(value, list) and len(value) <= 64 and all(isinstance(v, str) and len(v) <= 256 for v in value)
     elif isinstance(default, (int, float)):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     else:
@@ -80,7 +82,9 @@ def _check_value(field: str, key: str, value: Any) -> None:
     bounds = {"jpeg_quality": (1, 100), "CLIP_stop_at_last_layers": (1, 12), "eta_ddim": (0, 10),
               "eta_ancestral": (0, 10), "s_churn": (0, 100), "s_tmin": (0, 100), "s_tmax": (0, 1000),
               "s_noise": (0, 10), "eta_noise_seed_delta": (0, 2**32 - 1), "show_progress_every_n_steps": (-1, 150),
-              "extra_networks_default_multiplier": (-10, 10), "code_former_weight": (0, 1)}
+              "extra_networks_default_multiplier": (-10, 10), "code_former_weight": (0, 1),
+              "interrogate_clip_num_beams": (1, 16), "interrogate_clip_min_length": (1, 128),
+              "interrogate_clip_max_length": (1, 256), "interrogate_clip_dict_limit": (0, 10**9)}
     if key in bounds and not bounds[key][0] <= value <= bounds[key][1]:
         raise InvalidRequest(f"`{field}.{key}` must be in {bounds[key][0]}..{bounds[key][1]}, not {value!r}")
     if key == "face_restoration_model" and value not in ("CodeFormer", "GFPGAN"):  # A1111's restorers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from handlers.generation.extra_networks import Prompts
@@ -79,6 +80,7 @@ class RunContext:
     fidelity: Fidelity = field(default_factory=Fidelity)  # variation seeds, tiling, CLIP skip, eta / s_*
     upscaler: object | None = None  # hires fix with a model upscaler: (image, width, height) -> image
     restore: object | None = None  # restore_faces: (image) -> image, after the decode (inpaint: before the overlay)
+    enter_hires: Callable[[], None] = lambda: None  # the hires prompt's own LoRAs / hypernetworks, before its pass
 
     def restored(self, images: list) -> list:
         """A1111's restore_faces step on decoded images (none asked: as they are)."""

@@ -93,23 +93,10 @@ def parse_hypernet_tags(text: str, field: str) -> tuple[str, list[tuple[str, flo
     return HYPERNET_TAG.sub("", text), found
 
 
-def _hypernetwork_uses(req: GenerationRequest, store: ObjectStore, user: str,
-                       texts: dict[str, str]) -> tuple[tuple[HypernetworkUse, ...], dict[str, str]]:
-    """The prompt's hypernetworks, resolved (own first, then public), and every text with the tags removed.
-    A1111 reads them from the prompt only (its negative prompt goes to the text encoder as written), and its
-    hires pass from the hires prompt: here that one must name the same ones."""
-    cleaned, tags = {}, {}
-    for field, text in texts.items():
-        cleaned[field], tags[field] = parse_hypernet_tags(text, field)
-    for field in ("negative_prompt", "hr_negative_prompt"):
-        if tags[field]:
-            raise InvalidRequest(f"`{field}`: <hypernet:{tags[field][0][0][:60]}>: A1111 applies hypernetworks "
-                                 "from the prompt only; remove the tag from the negative prompt")
-    if texts["hr_prompt"] and getattr(req, "enable_hr", False) and tags["hr_prompt"] != tags["prompt"]:
-        raise InvalidRequest("`hr_prompt`: its hypernetworks differ from the prompt's; the hires pass runs with the "
-                             "prompt's here, so name the same ones (or leave the hires prompt empty)")
+def _hypernetwork_uses(store: ObjectStore, user: str, tags: list[tuple[str, float]]) -> tuple[HypernetworkUse, ...]:
+    """The tags' hypernetworks, resolved (own first, then public), in prompt order."""
     uses = []
-    for name, multiplier in tags["prompt"]:
+    for name, multiplier in tags:
         try:
             info = resolve_model(store, user, "hypernetwork", name, f"<hypernet:{name}>")
         except NotFound:
@@ -117,41 +104,49 @@ def _hypernetwork_uses(req: GenerationRequest, store: ObjectStore, user: str,
                                  "models/hypernetworks or the public one (named by a tag or by the "
                                  "`sd_hypernetwork` option)") from None
         uses.append(HypernetworkUse(info, name, multiplier))
-    return tuple(uses), cleaned
+    return tuple(uses)
+
+
+def _extra_networks(text: str, field: str) -> tuple[str, list[LoraTag], list[tuple[str, float]]]:
+    """A positive prompt's text without its tags, its LoRA tags and its hypernetwork tags."""
+    text, hypernets = parse_hypernet_tags(text, field)
+    text, loras = parse_lora_tags(reserved_free(text), field)
+    return text, loras, hypernets
 
 
 def resolve(req: GenerationRequest, store: ObjectStore, user: str, checkpoint: ObjectInfo) -> Networks:
     """Every LoRA, VAE, embedding and hypernetwork the request names, resolved in the caller's namespaces (a missing
-    LoRA or VAE is a 404, a missing hypernetwork a 422, each naming it)."""
-    cleaned, tags = {}, []
-    texts = {field: getattr(req, field, "") or "" for field in
-             ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")}
-    hypernetworks, texts = _hypernetwork_uses(req, store, user, texts)
-    for field in ("prompt", "negative_prompt"):
-        cleaned[field], found = parse_lora_tags(reserved_free(texts[field]), field)
-        tags += found
-    main = {t.name for t in tags}
-    for field, fallback in (("hr_prompt", "prompt"), ("hr_negative_prompt", "negative_prompt")):
-        text = texts[field]
-        if not text:
-            cleaned[field] = cleaned[fallback]
-            continue
-        # The hires pass runs under the same adapters; a LoRA only the hr prompt names is added to them.
-        cleaned[field], found = parse_lora_tags(reserved_free(text), field)
-        tags += [t for t in found if t.name not in main]
-    if len(tags) > MAX_LORA_TAGS:
-        raise InvalidRequest(f"the prompts have {len(tags)} LoRA tags; at most {MAX_LORA_TAGS}")
+    LoRA or VAE is a 404, a missing hypernetwork a 422, each naming it).
+
+    As A1111 1.10 (processing.py parse_extra_network_prompts): extra-network tags are read from the prompt, and
+    with hires fix from the hires prompt (its networks replace the prompt's for the hires pass); the negative
+    prompts go to the text encoder as written, tags and all."""
+    prompt, loras, hypernets = _extra_networks(getattr(req, "prompt", "") or "", "prompt")
+    cleaned = {"prompt": prompt, "negative_prompt": reserved_free(getattr(req, "negative_prompt", "") or "")}
+    hires_loras = hires_hypernets = None
+    hr_text = getattr(req, "hr_prompt", "") or ""
+    if hr_text and getattr(req, "enable_hr", False):
+        cleaned["hr_prompt"], hr_loras, hr_hypernets = _extra_networks(hr_text, "hr_prompt")
+        if len(loras) + len(hr_loras) > MAX_LORA_TAGS:
+            raise InvalidRequest(f"the prompts have {len(loras) + len(hr_loras)} LoRA tags; at most {MAX_LORA_TAGS}")
+        hires_loras, hires_hypernets = _lora_uses(store, user, hr_loras), _hypernetwork_uses(store, user, hr_hypernets)
+    else:
+        cleaned["hr_prompt"] = _extra_networks(hr_text, "hr_prompt")[0] if hr_text else prompt
+    hr_negative = getattr(req, "hr_negative_prompt", "") or ""
+    cleaned["hr_negative_prompt"] = reserved_free(hr_negative) if hr_negative else cleaned["negative_prompt"]
     plan = AdapterPlan(
-        loras=_lora_uses(store, user, tags),
+        loras=_lora_uses(store, user, loras),
         vae=choose_vae(req, store, user, checkpoint),
         embeddings=_embeddings_in(store, user, cleaned.values()),
-        hypernetworks=hypernetworks,
+        hypernetworks=_hypernetwork_uses(store, user, hypernets),
+        hires_loras=hires_loras,
+        hires_hypernetworks=hires_hypernets,
     )
     return Networks(plan, Prompts(**cleaned))
 
 
 def _lora_uses(store: ObjectStore, user: str, tags: list[LoraTag]) -> tuple[LoraUse, ...]:
-    """One use per file; a LoRA tagged twice (prompt and negative prompt, say) gets the sum, as A1111 applies both."""
+    """One use per file; a LoRA tagged twice in one prompt gets the sum, as A1111 applies both."""
     uses: dict[str, LoraUse] = {}
     for tag in tags:
         try:

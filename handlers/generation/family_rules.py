@@ -45,7 +45,7 @@ def check_family_request(job, model, *, networks, units, inputs, fidelity) -> No
         raise InvalidRequest(f"`{field}` {chosen!r} is not available for {name} models (a flow-matching "
                              f"transformer); use {FLOW_SAMPLER!r}")
     req.sampler_name = FLOW_SAMPLER
-    if networks.plan.loras and stored_in_float8(model.pipe):
+    if networks.plan.all_loras and stored_in_float8(model.pipe):
         raise InvalidRequest(f"`prompt`: LoRAs are not supported for {name} models on this server, whose transformer "
                              "weights are stored in float8 (EASEL_TRANSFORMER_STORAGE=float8)")
     refused = _refused_fields(req, networks, units, inputs, fidelity)
@@ -59,7 +59,7 @@ def _refused_fields(req, networks, units, inputs, fidelity) -> list[tuple[str, s
         ("scheduler", "a schedule type other than Automatic", req.scheduler not in (None, "automatic")),
         ("sd_vae", "another VAE", networks.plan.vae is not None),
         ("prompt", "textual-inversion embeddings", bool(networks.plan.embeddings)),
-        ("prompt", "hypernetworks (they hook UNet cross-attention)", bool(networks.plan.hypernetworks)),
+        ("prompt", "hypernetworks (they hook UNet cross-attention)", bool(networks.plan.all_hypernetworks)),
         ("alwayson_scripts", "ControlNet", bool(units)),
         ("enable_hr", "hires fix", bool(getattr(req, "enable_hr", False))),
         ("refiner_checkpoint", "a refiner", bool(getattr(req, "refiner_checkpoint", None))),

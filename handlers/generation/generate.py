@@ -175,8 +175,9 @@ def _generate_holding_device(job, services, model, inputs, networks, control, re
                              hr_upscaler) -> tuple[Generated, float, float]:
     with services.adapters.applied(model, networks.plan) as adapters, \
             services.adapters.hypernetworks.applied(_attention_models(model, control, refiner),
-                                                    networks.plan.hypernetworks) as hypernet_load_s:
-        adapters.load_s += hypernet_load_s
+                                                    networks.plan.hypernetworks,
+                                                    networks.plan.hires_hypernetworks) as hypernets:
+        adapters.load_s += hypernets.load_s
         t0 = time.perf_counter()
         total = planned_steps(job)
         fidelity = fidelity or Fidelity()
@@ -188,7 +189,8 @@ def _generate_holding_device(job, services, model, inputs, networks, control, re
         try:
             ctx = RunContext(networks.prompts(adapters.tokens), adapters.vae, steps, control, refiner, fidelity,
                              hr_upscaler, restore=faces.restorer(services, job.user, fidelity.face_restoration,
-                                                                 fidelity.code_former_weight))
+                                                                 fidelity.code_former_weight),
+                             enter_hires=lambda: (adapters.to_hires(), hypernets.to_hires()))
             with circular(ctx.fidelity.tiling, *(_tiled_modules(model, adapters, refiner) if ctx.fidelity.tiling else ())), \
                     reference.applied(model.pipe, control.references if control is not None else [],
                                       vae=adapters.vae, seed=job.request.seed_or_none or 0,

@@ -64,6 +64,7 @@ def second_pass(req: Txt2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, s
     import torch
 
     base = model.pipe
+    ctx.enter_hires()  # A1111 activates the hires prompt's extra networks here (before its conditioning)
     scheduler = make_scheduler(base.scheduler.config, find_sampler(req.hr_sampler_name or req.sampler),
                                req.hr_scheduler or req.schedule, ctx.fidelity.noise, strength=_strength(req))
     if ctx.control:  # ControlNet units whose hr_option includes the high-res pass, with maps at the hires size

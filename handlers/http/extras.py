@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from handlers.accounts.auth import Tenant, tenant_dependency
 from handlers.generation import extras, faces, upscaling
+from handlers.generation import interrogate as interrogation
 from handlers.http.listing import hypernetworks as hypernetwork_items
 from handlers.services import Services
 from loaders.errors import NotFound, Unavailable
@@ -35,18 +36,24 @@ class InterrogateRequest(BaseModel):
     model: str = "clip"
 
 
+class InterrogateResponse(BaseModel):
+    caption: str
+
+
 # What A1111's interrogators load, as the files an operator would install (converted to .safetensors).
 INTERROGATOR_FILES = {
-    "clip": "models/BLIP/model_base_caption_capfilt_large.safetensors and models/CLIP/ViT-L-14.safetensors",
+    "clip": f"{interrogation.BLIP_FILE} and {interrogation.CLIP_FILE}",
     "deepdanbooru": "models/torch_deepdanbooru/model-resnet_custom_v3.safetensors",
 }
 
 
-def interrogate(services: Services, user: str, body: InterrogateRequest) -> None:
-    """Refused clearly: neither A1111 interrogator (BLIP caption + CLIP ranking, DeepDanbooru) runs here yet."""
+def interrogate(services: Services, user: str, body: InterrogateRequest) -> InterrogateResponse:
+    """A1111's interrogateapi: the image as RGB, then the named interrogator's caption."""
     if body.model not in INTERROGATOR_FILES:
         raise NotFound(f"`model` {body.model[:80]!r}: no such interrogator; A1111 has clip and deepdanbooru")
-    load_image(body.image, "image", store=services.store, user=user)  # a bad image is still the caller's 422
+    image = load_image(body.image, "image", store=services.store, user=user).convert("RGB")
+    if body.model == "clip":
+        return InterrogateResponse(caption=interrogation.interrogate_clip(services, user, image))
     raise Unavailable(f"`model` {body.model!r}: interrogation is not available on this server (it would need "
                       f"{INTERROGATOR_FILES[body.model]}, and the interrogator itself is not implemented yet)")
 
@@ -123,9 +130,10 @@ def router(services: Services) -> APIRouter:
         return ExtrasBatchImagesResponse(html_info=html_info,
                                          images=[encode_png(im) for im in images] if body.show_extras_results else [])
 
-    @r.post("/sdapi/v1/interrogate")
+    @r.post("/sdapi/v1/interrogate", response_model=InterrogateResponse)
     def interrogate_route(body: InterrogateRequest, who: Tenant = Depends(tenant)):
-        interrogate(services, who.user, body)
+        with services.user_slots.hold(who.user):
+            return interrogate(services, who.user, body)
 
     @r.get("/sdapi/v1/hypernetworks")
     def hypernetworks(who: Tenant = Depends(tenant)) -> list[dict]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -108,19 +108,33 @@ class HypernetworkCache:
         return loaded
 
     @contextmanager
-    def applied(self, targets: Iterable, uses: tuple[HypernetworkUse, ...]) -> Iterator[float]:
-        """Hooks for `uses` (in prompt order) on every attention of `targets`; yields the load seconds."""
+    def applied(self, targets: Iterable, uses: tuple[HypernetworkUse, ...],
+                hires_uses: tuple[HypernetworkUse, ...] | None = None) -> Iterator[HypernetworkRun]:
+        """Hooks for `uses` (in prompt order) on every attention of `targets`; the run's `to_hires()` swaps in
+        `hires_uses` (A1111 activates the hires prompt's own hypernetworks before the hires pass)."""
         targets = [t for t in targets if t is not None]
-        active = [u for u in uses if u.multiplier != 0]  # m = 0 adds m·f(x) = 0: the layers are left alone
-        if not active or not targets:
-            yield 0.0
+        active = _active(uses)
+        hires_active = active if hires_uses is None else _active(hires_uses)
+        if not (active or hires_active) or not targets:
+            yield HypernetworkRun()
             return
         started = time.perf_counter()
         param = next(targets[0].parameters())
         chain = [(self.load(u, param.device, param.dtype), u.multiplier) for u in active]
-        load_s = time.perf_counter() - started
-        with attached(targets, chain):
-            yield load_s
+        hires_chain = [(self.load(u, param.device, param.dtype), u.multiplier) for u in hires_active]
+        run = HypernetworkRun(time.perf_counter() - started, lambda: chain.__setitem__(slice(None), hires_chain))
+        with attached(targets, chain):  # the hooks read `chain` at each call: replacing its items switches them
+            yield run
+
+
+@dataclass
+class HypernetworkRun:
+    load_s: float = 0.0
+    to_hires: Callable[[], None] = lambda: None
+
+
+def _active(uses) -> list[HypernetworkUse]:
+    return [u for u in uses if u.multiplier != 0]  # m = 0 adds m·f(x) = 0: the layers are left alone
 
 
 def attention_layers(module) -> list:

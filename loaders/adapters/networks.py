@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -47,14 +47,26 @@ class EmbeddingUse:
 
 @dataclass(frozen=True)
 class AdapterPlan:
-    loras: tuple[LoraUse, ...] = ()
+    loras: tuple[LoraUse, ...] = ()  # the (first) pass's, from the prompt
     vae: ObjectInfo | None = None
     embeddings: tuple[EmbeddingUse, ...] = ()
     hypernetworks: tuple[HypernetworkUse, ...] = ()  # in prompt order: A1111 chains them in that order
+    # A1111 activates the hires prompt's own extra networks before the hires pass: None = the same as above
+    hires_loras: tuple[LoraUse, ...] | None = None
+    hires_hypernetworks: tuple[HypernetworkUse, ...] | None = None
+
+    @property
+    def all_loras(self) -> tuple[LoraUse, ...]:
+        """Every LoRA either pass needs (loaded once, before the run)."""
+        return self.loras + tuple(u for u in self.hires_loras or () if u not in self.loras)
+
+    @property
+    def all_hypernetworks(self) -> tuple[HypernetworkUse, ...]:
+        return self.hypernetworks + tuple(u for u in self.hires_hypernetworks or () if u not in self.hypernetworks)
 
     @property
     def uses_any(self) -> bool:
-        return bool(self.loras or self.vae or self.embeddings or self.hypernetworks)
+        return bool(self.all_loras or self.vae or self.embeddings or self.all_hypernetworks)
 
 
 @dataclass
@@ -64,6 +76,7 @@ class Applied:
     vae: object | None = None
     tokens: dict[str, str] = field(default_factory=dict)  # embedding word → token loaded for it
     load_s: float = 0.0
+    to_hires: Callable[[], None] = lambda: None  # switch to the hires pass's LoRAs (the same ones: nothing to do)
 
 
 @dataclass
@@ -106,17 +119,18 @@ class Adapters:
     def prefetch(self, plan: AdapterPlan) -> float:
         """Download (or find locally) every file the plan needs and check its header; seconds spent."""
         started = time.perf_counter()
-        infos = [u.info for u in plan.loras] + [e.info for e in plan.embeddings] + ([plan.vae] if plan.vae else [])
-        infos += [h.info for h in plan.hypernetworks]
+        infos = [u.info for u in plan.all_loras] + [e.info for e in plan.embeddings] + ([plan.vae] if plan.vae else [])
+        infos += [h.info for h in plan.all_hypernetworks]
         for info in infos:
             read_header(self.files.ensure(info), _file_name(info))
         return time.perf_counter() - started
 
     @contextmanager
     def applied(self, model: LoadedCheckpoint, plan: AdapterPlan) -> Iterator[Applied]:
-        """Attach what the plan needs, enable exactly its LoRAs with its scales; disable them again on exit."""
+        """Attach what the plan needs, enable exactly its first pass's LoRAs with their scales (`to_hires()`
+        switches to the hires pass's); disable them again on exit."""
         pipe = model.pipe
-        state = self._state(pipe, create=bool(plan.loras or plan.embeddings))
+        state = self._state(pipe, create=bool(plan.all_loras or plan.embeddings))
         if state is None:  # nothing to attach, and nothing ever was attached to this pipeline
             started = time.perf_counter()
             vae = self._vae(plan.vae, model) if plan.vae else None
@@ -125,13 +139,15 @@ class Adapters:
         with state.lock:  # nothing else uses this pipeline's adapters until this request is done
             started = time.perf_counter()
             try:
-                names = [(self._ensure_lora(pipe, state, use), use) for use in plan.loras]
-                self._evict_loras(pipe, state, keep={name for name, _ in names})
+                loaded = {use: self._ensure_lora(pipe, state, use) for use in plan.all_loras}
+                self._evict_loras(pipe, state, keep=set(loaded.values()))
                 tokens = {e.word: tok for e in plan.embeddings if (tok := self._ensure_embedding(pipe, state, e))}
                 self._evict_embeddings(pipe, state, keep={(e.info.key, e.info.etag) for e in plan.embeddings})
                 vae = self._vae(plan.vae, model) if plan.vae else None
-                _activate(pipe, names)
+                _activate(pipe, [(loaded[use], use) for use in plan.loras])
                 applied = Applied(vae=vae, tokens=tokens, load_s=time.perf_counter() - started)
+                if plan.hires_loras is not None:
+                    applied.to_hires = lambda: _activate(pipe, [(loaded[use], use) for use in plan.hires_loras])
                 yield applied
             finally:
                 if state.loras:
