@@ -260,12 +260,19 @@ def _read_json(services: Services, info: ObjectInfo, what: str) -> dict:
     if info.size > services.settings.max_body_mb * 2**20:
         raise InvalidRequest(f"{what} is over {services.settings.max_body_mb} MB")
     try:
-        data = json.loads(services.store.get_bytes(info.key, info.version))
+        data = json.loads(read_version(services, info))
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidRequest(f"{what} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"{what} must be a JSON object of request fields")
     return data
+
+
+def read_version(services: Services, info: ObjectInfo) -> bytes:
+    """The bytes of the version the event announced (the current ones where the store keeps no versions)."""
+    if info.version is None:
+        return services.store.get_bytes(info.key)
+    return services.store.get_bytes(info.key, info.version)
 
 
 def build_request(services: Services, info: ObjectInfo, kind: str, folder: str):
@@ -275,7 +282,7 @@ def build_request(services: Services, info: ObjectInfo, kind: str, folder: str):
         mode = "img2img" if body.get("init_images") else "txt2img"
     else:
         body = _read_json(services, services.store.stat(recipe_key(info.key)), f"{folder}/{RECIPE}")
-        image = services.store.get_bytes(info.key, info.version)
+        image = read_version(services, info)
         if len(image) > services.settings.max_body_mb * 2**20:
             raise InvalidRequest(f"image {info.key.rsplit('/', 1)[-1]!r} is too large")
         body = apply_recipe(body, base64.b64encode(image).decode())
