@@ -1,8 +1,8 @@
-"""Face restoration's stages on this machine: detection (Haar; YuNet-format ONNX), FFHQ alignment + paste-back,
-and one GFPGAN / CodeFormer pass over a 512² face, with the random full-size models of loaders.demo.faces
+"""Face restoration's stages on this machine: detection (Haar; YuNet-format ONNX; RetinaFace-ResNet50), FFHQ
+alignment + paste-back, the ParseNet paste mask of one face, and one GFPGAN / CodeFormer pass over a 512² face, with the random full-size models of loaders.demo.faces
 (a pass costs what it costs with real weights: same architecture, same sizes).
 
-    python bench/bench_faces.py [--n 5] [--size 512] [--skip-networks]
+    python bench/bench_faces.py [--n 5] [--size 512] [--skip-networks] [--skip-restorers]
 
 Prints one JSON line per stage: median and min seconds over `--n` runs (networks: 2 runs). A figure, not a test.
 """
@@ -25,7 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from loaders.adapters import face_align  # noqa: E402
 from loaders.adapters.face_detect import detect_faces  # noqa: E402
 from loaders.adapters.face_restorers import load_face_restorer, restore_crop  # noqa: E402
-from loaders.demo.faces import codeformer_bytes, gfpgan_bytes, yunet_onnx_bytes  # noqa: E402
+from loaders.adapters.face_parsing import load_parsenet, parse_mask  # noqa: E402
+from loaders.adapters.retinaface import load_retinaface  # noqa: E402
+from loaders.demo.faces import codeformer_bytes, gfpgan_bytes, parsenet_bytes, retinaface_bytes  # noqa: E402
+from loaders.demo.faces import yunet_onnx_bytes  # noqa: E402
 
 
 def drawn_face(size: int) -> np.ndarray:
@@ -56,6 +59,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--skip-networks", action="store_true")
+    ap.add_argument("--skip-restorers", action="store_true", help="time the detector and parser networks only")
     args = ap.parse_args()
     rgb = drawn_face(args.size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,6 +73,15 @@ def main() -> None:
         print(json.dumps({"stage": "align_and_paste", "size": args.size, **timed(
             lambda: face_align.paste_back(rgb, [face_align.align(rgb, face.landmarks)]), args.n)}))
         if args.skip_networks:
+            return
+        helpers = Path(tmp) / "detection_Resnet50_Final.safetensors", Path(tmp) / "parsing_parsenet.safetensors"
+        helpers[0].write_bytes(retinaface_bytes())
+        helpers[1].write_bytes(parsenet_bytes())
+        retinaface, parsenet = load_retinaface(helpers[0], "cpu"), load_parsenet(helpers[1], "cpu")
+        print(json.dumps({"stage": "detect_retinaface_r50", "size": args.size, "input_short_side": 640,
+                          **timed(lambda: detect_faces(rgb, retinaface=retinaface), 2)}))
+        print(json.dumps({"stage": "parse_mask_parsenet_512", **timed(lambda: parse_mask(parsenet, crop, "cpu"), 2)}))
+        if args.skip_restorers:
             return
         for kind, writer in (("gfpgan", gfpgan_bytes), ("codeformer", codeformer_bytes)):
             path = Path(tmp) / f"{kind}.safetensors"

@@ -233,6 +233,10 @@ class Txt2ImgRequest(GenerationRequest):
     hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     hr_checkpoint_name: str | None = None
+    hr_cfg: float | None = Field(None, ge=0.0, le=30.0, allow_inf_nan=False,
+                                 description="Forge's hires-pass CFG scale; unset: `cfg_scale` (A1111 has no such field)")
+    hr_distilled_cfg: float = Field(DISTILLED_CFG_DEFAULT, ge=0.0, le=30.0, allow_inf_nan=False,
+                                    description="Forge's hires-pass `distilled_cfg_scale` (FLUX.1-dev), its default 3.5")
     firstphase_width: int = Field(0, ge=0, le=MAX_SIDE, description="A1111 (old API): the first pass's width; "
                                   "`width` becomes the hires target")
     firstphase_height: int = Field(0, ge=0, le=MAX_SIDE)

@@ -56,8 +56,10 @@ class Settings(BaseSettings):
     transformer_storage: Literal["native", "float8"] = Field(
         "native", description="FLUX.1 / SD 3.5 transformer weights: native (the pipeline's dtype) or float8 "
         "(stored as float8_e4m3fn, upcast layer by layer for compute: about half of bf16's memory)")
-    offload_t5: bool = Field(False, description="keep SD 3.5 / FLUX.1's T5-XXL encoder (9.5 GB in fp16) in host "
-                             "memory, moved to the GPU only while it encodes a prompt (when GPU memory is short)")
+    offload_t5: Literal["auto"] | bool = Field(
+        "auto", description="keep SD 3.5 / FLUX.1's T5-XXL encoder (9.5 GB in fp16) in host memory, moved to the "
+        "GPU only while it encodes a prompt: true, false, or auto (on CUDA, when the GPU's free memory after the "
+        "checkpoint's weights would leave under 6 GB for activations)")
     # --- tenancy, uploads, metering (handlers/accounts/users.py, handlers/http/models.py, handlers/billing/metering.py) ---
     # EAS defaults: each user's LoRAs, VAEs and embeddings are their own unless a *_dir names the public folder.
     public_lora: bool = Field(False, description="users also see public/models/Lora (as --lora-dir does)")

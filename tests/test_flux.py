@@ -122,7 +122,6 @@ def test_a_transformer_only_file_loads_its_separate_ae_clip_l_and_t5_files_own_t
 
 
 @pytest.mark.parametrize("body, field", [({"sampler_name": "DPM++ 2M"}, "sampler_name"),
-                                         ({"enable_hr": True, "hr_scale": 2}, "enable_hr"),
                                          ({"width": 72}, "width"),
                                          ({"cfg_scale": 0.5}, "cfg_scale"),
                                          ({"alwayson_scripts": {"controlnet": {"args": [
@@ -131,12 +130,6 @@ def test_a_transformer_only_file_loads_its_separate_ae_clip_l_and_t5_files_own_t
 def test_what_flux_cannot_do_here_is_a_422_naming_the_field_and_the_family(client, flux_store, body, field):
     r = generate(client, **body)
     assert r.status_code == 422 and field in r.text and "demo-flux" in r.text, r.text
-
-
-def test_inpainting_with_flux_is_a_422_naming_the_family(client, flux_store):
-    image = b64_png(np.full((64, 64, 3), 128))
-    r = generate(client, "img2img", init_images=[image], mask=b64_png(np.full((64, 64, 3), 255)))
-    assert r.status_code == 422 and "mask" in r.text and "demo-flux" in r.text, r.text
 
 
 def test_schnell_refuses_a_distilled_guidance_it_does_not_have_and_so_do_other_families(client, flux_store, flux_files):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from handlers.generation import controlnet
 from handlers.generation.batches import RunContext, batches, denoise_steps
+from handlers.generation.family_rules import family_call, is_flux
 from handlers.generation.schedulers import make_scheduler
 from handlers.samplers import SCHEDULES, find_sampler
 from handlers.schemas import IMAGE_UPSCALERS, LATENT_UPSCALERS, Txt2ImgRequest
@@ -36,6 +37,8 @@ def infotext(req: Txt2ImgRequest) -> dict:
     out = {"Denoising strength": f"{req.denoising_strength:g}", "Hires upscale": f"{req.hr_scale:g}",
            "Hires resize": "{}x{}".format(*req.hr_size), "Hires upscaler": req.hr_upscaler,
            "Hires steps": req.hr_second_pass_steps}
+    if req.hr_cfg is not None:
+        out["Hires CFG Scale"] = f"{req.hr_cfg:g}"  # Forge's key
     if req.hr_sampler_name and req.hr_sampler_name != req.sampler:
         out["Hires sampler"] = req.hr_sampler_name
     if req.hr_scheduler and req.hr_scheduler != req.schedule:
@@ -67,8 +70,9 @@ def second_pass(req: Txt2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, s
     ctx.enter_hires()  # A1111 activates the hires prompt's extra networks here (before its conditioning)
     scheduler = make_scheduler(base.scheduler.config, find_sampler(req.hr_sampler_name or req.sampler),
                                req.hr_scheduler or req.schedule, ctx.fidelity.noise, strength=_strength(req))
+    cfg = hires_cfg(req)
     if ctx.control:  # ControlNet units whose hr_option includes the high-res pass, with maps at the hires size
-        pipe = controlnet.pipeline(base, scheduler, ctx.control, cfg=req.cfg_scale > 1, task="img2img",
+        pipe = controlnet.pipeline(base, scheduler, ctx.control, cfg=cfg > 1, task="img2img",
                                    vae=ctx.vae or base.vae)
     else:
         pipe = task_view(base, "img2img", vae=ctx.vae or base.vae, scheduler=scheduler)
@@ -78,20 +82,32 @@ def second_pass(req: Txt2ImgRequest, model: LoadedCheckpoint, ctx: RunContext, s
         n = len(batch.seeds)
         done = [first[k] for k in batch.indices]
         if first_pass_output(req) == "latent":
-            upscaled = upscale_latents(torch.cat(done), width, height, *LATENT_UPSCALERS[req.hr_upscaler],
-                                       factor=base.vae_scale_factor)
+            upscaled = upscale_latents(spatial(base, torch.cat(done), req), width, height,
+                                       *LATENT_UPSCALERS[req.hr_upscaler], factor=base.vae_scale_factor)
         else:
             upscaled = [ctx.upscaler(im, width, height) if ctx.upscaler else
                         resize_crop(im, width, height, PIL_FILTERS[IMAGE_UPSCALERS[req.hr_upscaler]]) for im in done]
-        out = pipe(
+        out = pipe(**family_call(pipe, req, dict(
             prompt=[ctx.prompts.hr_prompt] * n, negative_prompt=[ctx.prompts.hr_negative_prompt] * n, image=upscaled,
             strength=_strength(req), num_inference_steps=req.hr_second_pass_steps or req.steps,
-            guidance_scale=req.cfg_scale, generator=batch.generators(), callback_on_step_end=ctx.steps,
+            guidance_scale=cfg, generator=batch.generators(), callback_on_step_end=ctx.steps,
             **ctx.fidelity.encoder_kwargs(pipe),
             **(ctx.control.call_kwargs(image_key="control_image") if ctx.control else {}),
-        )
+        ), size=(width, height), distilled=req.hr_distilled_cfg))
         images.extend(out.images)
     return images
+
+
+def hires_cfg(req: Txt2ImgRequest) -> float:
+    """Forge's `hr_cfg` when sent; else the first pass's `cfg_scale`, as A1111 (which has no such field) runs it."""
+    return req.cfg_scale if req.hr_cfg is None else req.hr_cfg
+
+
+def spatial(base, latents, req: Txt2ImgRequest):
+    """FLUX returns its latents packed (2×2 patches as tokens): unpack them to channels × h × w for resizing."""
+    if not is_flux(base):
+        return latents
+    return type(base)._unpack_latents(latents, req.height, req.width, base.vae_scale_factor)
 
 
 def upscale_latents(latents, width: int, height: int, mode: str, antialias: bool, *, factor: int):

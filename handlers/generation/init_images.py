@@ -39,14 +39,16 @@ def mode_pipeline(req, base, ctx: RunContext, task: str):
 
 
 def encode(pipe, images: list[Image.Image], generators) -> "torch.Tensor":
-    """VAE latents (scaled as the UNet sees them) of RGB images whose sides are multiples of 8."""
+    """VAE latents (shifted and scaled as the denoiser sees them) of RGB images whose sides are multiples of 8.
+    SD 3.5's and FLUX's autoencoders have a shift (SD's has none): diffusers subtracts it before scaling."""
     import torch
 
     tensors = pipe.image_processor.preprocess(images).to(pipe.vae.device, pipe.vae.dtype)
     with torch.no_grad():
         dist = pipe.vae.encode(tensors).latent_dist
     noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in generators]).to(dist.mean)
-    return (dist.mean + dist.std * noise) * pipe.vae.config.scaling_factor
+    shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0
+    return (dist.mean + dist.std * noise - shift) * pipe.vae.config.scaling_factor
 
 
 def latent_resize(pipe, images: list[Image.Image], width: int, height: int, generators) -> "torch.Tensor":

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 from handlers.generation.batches import RunContext, at_least_one_step, batches
+from handlers.generation.family_rules import family_call
 from handlers.generation.init_images import encode, mode_pipeline, resize_image
 from loaders.errors import InvalidRequest
 from loaders.models.manager import LoadedCheckpoint
@@ -95,14 +96,14 @@ def generate(req, model: LoadedCheckpoint, ctx: RunContext, images: list[Image.I
             image = images[k % len(images)]
             # No mask (img2img on an inpainting checkpoint): everything is repainted, as in A1111.
             regions.append(prepare(req, image, mask if mask is not None else Image.new("L", image.size, 255)))
-        out = pipe(
+        out = pipe(**family_call(pipe, req, dict(
             prompt=[ctx.prompts.prompt] * len(regions), negative_prompt=[ctx.prompts.negative_prompt] * len(regions),
             mask_image=[r.mask for r in regions], width=req.width, height=req.height,
             strength=at_least_one_step(req.steps, req.denoising_strength), num_inference_steps=req.steps,
             guidance_scale=req.cfg_scale, generator=generators, callback_on_step_end=ctx.steps,
             **latent_fill(pipe, req.inpainting_fill, regions, generators), **ctx.fidelity.encoder_kwargs(pipe),
             **(ctx.control.call_kwargs(image_key="control_image") if ctx.control else {}),
-        )
+        )))
         # A1111 restores faces on the generated picture, then pastes the original back outside the mask
         out_images.extend(finish(pipe, r, img, ctx.fidelity.overlay_inpaint)
                           for r, img in zip(regions, ctx.restored(out.images)))

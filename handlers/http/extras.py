@@ -17,7 +17,6 @@ from handlers.generation import interrogate as interrogation
 from handlers.http.listing import hypernetworks as hypernetwork_items
 from handlers.services import Services
 from loaders.errors import NotFound, Unavailable
-from loaders.models.manager import list_models
 from loaders.storage.images import load_image
 
 
@@ -105,7 +104,7 @@ def face_restorer_items(services: Services, user: str) -> list[FaceRestorerItem]
     download, so listing one that cannot run would mislead)."""
     items = []
     for kind, (label, _) in faces.RESTORERS.items():
-        installed = list_models(services.store, user, kind)
+        installed = faces.restorer_files(services, user, kind)
         if installed:
             items.append(FaceRestorerItem(name=label, cmd_dir=installed[0].key.rsplit("/", 1)[0]))
     return items

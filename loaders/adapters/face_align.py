@@ -3,10 +3,10 @@
 
 Each face's 5 landmarks are mapped onto the template by a similarity transform (`estimateAffinePartial2D`,
 LMEDS, as facexlib), the 512² crop is warped out with facexlib's grey border, and the restored crop goes back
-with the inverse transform under a feathered mask: the warped square, eroded and Gaussian-blurred by a margin
-that grows with the face (facexlib's square-mask path). A1111 asks facexlib for a face-parsing mask instead
-(`use_parse=True`, a BiSeNet that needs its own weights); the square mask blends the same region with a
-straight feathered edge. Pixels outside every face's mask are left exactly as they were.
+with the inverse transform under a mask. A1111 asks facexlib for the face-parsing mask (`use_parse=True`): with
+ParseNet installed, each face brings that mask (loaders.adapters.face_parsing), warped back as facexlib warps it.
+Without it, facexlib's square-mask path: the warped square, eroded and Gaussian-blurred by a margin that grows
+with the face. Pixels outside every face's mask are left exactly as they were.
 """
 
 from __future__ import annotations
@@ -32,16 +32,18 @@ def align(rgb: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return crop, matrix
 
 
-def paste_back(rgb: np.ndarray, restored: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """The picture with each (restored 512² crop, affine matrix) blended back in place, in order. Each face is
-    worked on inside its own box (with room for the feathering), so a face costs its size, not the picture's."""
+def paste_back(rgb: np.ndarray, restored: list[tuple[np.ndarray, np.ndarray]],
+               masks: list[np.ndarray] | None = None) -> np.ndarray:
+    """The picture with each (restored 512² crop, affine matrix) blended back in place, in order, under its
+    parsing mask (512², 0..1) when `masks` are given, else the feathered square. Each face is worked on inside
+    its own box (with room for the feathering), so a face costs its size, not the picture's."""
     out = rgb.astype(np.float32)
-    for face, matrix in restored:
-        _blend_face(out, face, matrix)
+    for index, (face, matrix) in enumerate(restored):
+        _blend_face(out, face, matrix, None if masks is None else masks[index])
     return out.astype(np.uint8)  # truncated, as facexlib's paste_faces_to_input_image
 
 
-def _blend_face(out: np.ndarray, face: np.ndarray, matrix: np.ndarray) -> None:
+def _blend_face(out: np.ndarray, face: np.ndarray, matrix: np.ndarray, parsed: np.ndarray | None) -> None:
     import cv2
 
     inverse = cv2.invertAffineTransform(matrix)
@@ -58,6 +60,11 @@ def _blend_face(out: np.ndarray, face: np.ndarray, matrix: np.ndarray) -> None:
     shifted[:, 2] -= (x0, y0)
     size = (x1 - x0, y1 - y0)
     back = cv2.warpAffine(face, shifted, size).astype(np.float32)
+    region = out[y0:y1, x0:x1]
+    if parsed is not None:  # facexlib's use_parse path: the mask warped with flags=3, the face pasted unmasked
+        soft = cv2.warpAffine(parsed, shifted, size, flags=3)[:, :, None]
+        out[y0:y1, x0:x1] = soft * back + (1 - soft) * region
+        return
     mask = cv2.warpAffine(np.ones((FACE_SIZE, FACE_SIZE), np.float32), shifted, size)
     mask = cv2.erode(mask, np.ones((2, 2), np.uint8))  # drop the interpolated black rim
     edge = int(float(mask.sum()) ** 0.5) // 20  # feather width: 5 % of the face's side (facexlib)
@@ -67,5 +74,4 @@ def _blend_face(out: np.ndarray, face: np.ndarray, matrix: np.ndarray) -> None:
     else:
         soft = mask
     soft = soft[:, :, None]
-    region = out[y0:y1, x0:x1]
     out[y0:y1, x0:x1] = soft * (mask[:, :, None] * back) + (1 - soft) * region

@@ -1,13 +1,17 @@
 """Face detection for face restoration: five landmarks per face, as facexlib's RetinaFace gives A1111.
 
-facexlib needs torchvision, which does not load next to this server's CPU torch, so OpenCV's detectors stand in:
+The first of these that is installed runs:
+- RetinaFace-ResNet50, A1111's own detector (its `detection_Resnet50_Final` weights as `.safetensors` in
+  models/GFPGAN; network in loaders.adapters.retinaface, facexlib's pre- and post-processing, thresholds
+  included, in loaders.adapters.retinaface_boxes).
 - YuNet (`cv2.FaceDetectorYN`, the ONNX file `face_detection_yunet_2023mar.onnx` installed in models/GFPGAN):
   a CNN that, like RetinaFace, returns a box, a score and the 5 landmarks (eyes, nose tip, mouth corners) in
   the order the FFHQ template uses, so faces are aligned as A1111 aligns them, rotation included.
 - OpenCV's Haar frontal-face cascade (shipped inside the cv2 wheel: nothing to install) when no YuNet model is:
   boxes only, so the 5 points are placed where they sit on an average upright frontal face inside the box.
-Both run on the picture scaled up to 640 pixels on its short side (facexlib's `resize=640`, never scaled down),
-and drop faces whose eyes are under 5 pixels apart (A1111's `eye_dist_threshold=5`).
+YuNet and Haar run on the picture scaled up (never down) to 640 pixels on its short side (after facexlib's
+`resize=640`, which also scales down). All three drop faces whose eyes are under 5 pixels apart (A1111's
+`eye_dist_threshold=5`).
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from loaders.adapters import retinaface_boxes
+
 DETECT_SHORT_SIDE = 640  # facexlib get_face_landmarks_5(resize=640): upscale small pictures to find small faces
-MAX_DETECT_SIDE = 2048  # the detector's input is bounded (facexlib never scales down; an 8192² extras output
-                        # would take GBs in YuNet): larger pictures are searched scaled down to this long side
+MAX_DETECT_SIDE = 2048  # the detector's input is bounded (an 8192² extras output would take GBs in YuNet):
+                        # larger pictures are searched scaled down to this long side
 EYE_DIST_THRESHOLD = 5.0  # pixels in the original picture; closer eyes are side or tiny faces (A1111 skips them)
-SCORE_THRESHOLD = 0.8  # facexlib's RetinaFace conf_threshold
+SCORE_THRESHOLD = 0.8  # YuNet's: facexlib's RetinaFace default conf_threshold (A1111's call asks 0.97 of it)
 NMS_THRESHOLD = 0.4  # facexlib's RetinaFace nms_threshold
 MAX_FACES = 32  # per picture: each face is one 512² network pass, so a crowd cannot run unbounded
 # Where the 5 points fall inside a Haar frontal-face box (fractions of its width / height), measured on
@@ -36,8 +42,14 @@ class Face:
     score: float
 
 
-def detect_faces(rgb: np.ndarray, yunet_model: Path | None = None, max_faces: int = MAX_FACES) -> list[Face]:
-    """The faces in an RGB uint8 picture, best first, at most `max_faces`."""
+def detect_faces(rgb: np.ndarray, yunet_model: Path | None = None, max_faces: int = MAX_FACES, *,
+                 retinaface=None, device: str = "cpu") -> list[Face]:
+    """The faces in an RGB uint8 picture, best first, at most `max_faces`: with the loaded `retinaface`
+    network when given, else YuNet from its ONNX file when given, else the Haar cascade."""
+    if retinaface is not None:
+        found = [((x1, y1, x2 - x1, y2 - y1), points, score)
+                 for (x1, y1, x2, y2), points, score in retinaface_boxes.detect(retinaface, rgb, device)]
+        return _kept(found, 1.0, max_faces)
     import cv2
 
     h, w = rgb.shape[:2]
@@ -48,6 +60,11 @@ def detect_faces(rgb: np.ndarray, yunet_model: Path | None = None, max_faces: in
         interpolation = cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA
         bgr = cv2.resize(bgr, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=interpolation)
     found = _yunet(bgr, yunet_model) if yunet_model is not None else _haar(bgr)
+    return _kept(found, scale, max_faces)
+
+
+def _kept(found: list[tuple], scale: float, max_faces: int) -> list[Face]:
+    """Detections in the picture's pixels, side and tiny faces dropped, best (then largest) first."""
     faces = []
     for box, landmarks, score in found:
         landmarks = landmarks / scale

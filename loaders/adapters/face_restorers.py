@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,7 @@ class FaceRestorerCache:
     def __init__(self, files: FileCache, device: str, capacity: int = 2):
         self.files, self.device, self.capacity = files, device, capacity
         self._models: OrderedDict[tuple[str, str], FaceRestorerModel] = OrderedDict()
+        self._helpers: dict[str, tuple[str, object]] = {}  # role (detector, parser) → (ETag'd key, network)
         self._lock = threading.Lock()
 
     def get(self, info: ObjectInfo, kind: str) -> FaceRestorerModel:
@@ -103,3 +105,16 @@ class FaceRestorerCache:
     def path(self, info: ObjectInfo) -> Path:
         """A local copy of a detector file (the YuNet ONNX) beside the networks."""
         return self.files.ensure(info)
+
+    def helper(self, role: str, info: ObjectInfo, load: Callable[[Path, str], object]) -> object:
+        """The face helper network for `role` (the RetinaFace detector, the ParseNet parser) built by `load(path,
+        device)` from `info`'s file; one per role is kept, replaced when another file (or version) is asked for."""
+        key = f"{info.key}\0{info.etag}"
+        with self._lock:
+            held = self._helpers.get(role)
+        if held is not None and held[0] == key:
+            return held[1]
+        net = load(self.files.ensure(info), self.device)
+        with self._lock:
+            self._helpers[role] = (key, net)
+        return net

@@ -4,6 +4,8 @@
   (fp16: half the bytes; the loader runs them in fp32). spandrel builds GFPGAN at its one full size (it does
   not read the sizes from the file), so that writer is full size; CodeFormer's transformer is small (its
   width, depth and codebook are read from the file), its VQGAN is the real one.
+- RetinaFace-ResNet50 (`detection_Resnet50_Final`) and ParseNet (`parsing_parsenet`) state dicts, in facexlib's
+  layouts, with random weights (fp16 `.safetensors`: ~55 and ~43 MB; the real fp32 files ~105 and ~85 MB).
 - A YuNet-format ONNX face detector (`cv2.FaceDetectorYN` reads it like face_detection_yunet_2023mar.onnx: one
   input, the 12 outputs cls/obj/bbox/kps at strides 8, 16 and 32). Not a trained network: a few fixed layers
   that report one face, centred on the brightest 32-pixel cell of the picture, when that cell is brighter than
@@ -19,7 +21,9 @@ import numpy as np
 import torch
 from safetensors.torch import save
 
+from loaders.adapters.face_parsing import ParseNet
 from loaders.adapters.face_restorers import spandrel_with_face_arches
+from loaders.adapters.retinaface import RetinaFace
 
 # Landmarks inside a detected box, as fractions of its side (the FFHQ template's layout in its 512² square).
 _KPS_LAYOUT = [(0.377, 0.469), (0.623, 0.469), (0.501, 0.613), (0.393, 0.725), (0.611, 0.725)]
@@ -35,11 +39,15 @@ def _random_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in model.state_dict().items():
         shape, n = tuple(value.shape), value.numel()
+        if not value.is_floating_point():  # BatchNorm's num_batches_tracked: an int64 count, as trained files have
+            out[key] = torch.zeros(shape, dtype=value.dtype)
+            continue
         if value.dim() >= 2:
             scaled = (np.roll(pool, -int(rng.integers(pool.size))) / math.sqrt(max(1, n // shape[0])))
             array = np.resize(scaled.astype(np.float16), n).reshape(shape)
         else:
-            array = np.full(shape, 1.0 if key.endswith("weight") else 0.0, np.float16)
+            # norm scales and running variances 1 (a variance of 0 would blow activations up), the rest 0
+            array = np.full(shape, 1.0 if key.endswith(("weight", "running_var")) else 0.0, np.float16)
         out[key] = torch.from_numpy(np.ascontiguousarray(array))
     return out
 
@@ -63,6 +71,20 @@ def codeformer_bytes(seed: int = 0, dim_embd: int = 64, n_layers: int = 1, codeb
     with torch.device("meta"):
         model = CodeFormer(dim_embd=dim_embd, n_head=8, n_layers=n_layers, codebook_size=codebook_size,
                            latent_size=256, connect_list=["32", "64", "128", "256"])
+    return save(_random_state(model, seed))
+
+
+def retinaface_bytes(seed: int = 0) -> bytes:
+    """A random RetinaFace-ResNet50 with every key of facexlib's detection_Resnet50_Final."""
+    with torch.device("meta"):
+        model = RetinaFace()
+    return save(_random_state(model, seed))
+
+
+def parsenet_bytes(seed: int = 0) -> bytes:
+    """A random ParseNet(512, 512, 19 classes) with every key of facexlib's parsing_parsenet."""
+    with torch.device("meta"):
+        model = ParseNet()
     return save(_random_state(model, seed))
 
 

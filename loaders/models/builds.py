@@ -14,6 +14,7 @@ from loaders.models.parts import PARTS, inside
 from loaders.models.skip_init import weights_from_file
 
 _NOT_TRANSFORMER = ("vae.", "first_stage_model.", "text_encoders.", "cond_stage_model.")
+OffloadChoice = bool | str  # True, False or "auto" (handlers.settings `offload_t5`)
 
 
 def pipeline_dtype(family: str, device: str, cpu_dtype: str = "float32"):
@@ -27,13 +28,15 @@ def pipeline_dtype(family: str, device: str, cpu_dtype: str = "float32"):
 
 
 def build_pipeline(path: Path, family: str, device: str, *, configs=None, cpu_dtype: str = "float32",
-                   parts: dict[str, Path] | None = None, storage: str = "native", offload_t5: bool = False):
+                   parts: dict[str, Path] | None = None, storage: str = "native",
+                   offload_t5: OffloadChoice = False):
     """A diffusers pipeline from an A1111 single file, configured only from configs shipped in the package.
 
     `configs` (a loaders.models.family_configs.FamilyConfigs) completes the real families' folders with tokenizers;
     without it only families whose shipped folder is complete (the demos) load. `parts`: component → separate
     file for what the single file lacks (loaders.models.parts). `storage` "float8": a transformer's weights are
-    kept in float8 (`store_transformer`); `offload_t5`: T5-XXL waits in host memory between uses (`offload`).
+    kept in float8 (`store_transformer`); `offload_t5` True (or "auto" when the GPU is short, `should_offload_t5`):
+    T5-XXL waits in host memory between uses (`offload`).
     """
     import diffusers
 
@@ -59,18 +62,59 @@ def build_pipeline(path: Path, family: str, device: str, *, configs=None, cpu_dt
     return _finish(pipe, device, storage, offload_t5)
 
 
-def _finish(pipe, device: str, storage: str = "native", offload_t5: bool = False):
+def _finish(pipe, device: str, storage: str = "native", offload_t5: OffloadChoice = False):
     for tokenizer in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)):
         if tokenizer is not None and "CLIP" in type(tokenizer).__name__:  # FLUX's tokenizer_2 is T5's
             pad_without_splitting(tokenizer)  # "!" in an OpenCLIP prompt is text, as in A1111
     pipe.set_progress_bar_config(disable=True)
+    t5s = [m for m in pipe.components.values() if type(m).__name__ == "T5EncoderModel"]
+    # Decided before anything moves, so an offloaded T5 never visits the GPU (nor makes a tight one run out)
+    if t5s and should_offload_t5(offload_t5, device, lambda: _free_device_bytes(device),
+                                 lambda: _bytes_to_move(pipe, device, storage)):
+        for module in t5s:
+            offload(module, device)
     pipe = move_stragglers(pipe, device)
     store_transformer(pipe, storage)
-    if offload_t5:
-        for module in pipe.components.values():
-            if type(module).__name__ == "T5EncoderModel":
-                offload(module, device)
     return pipe
+
+
+T5_AUTO_HEADROOM_BYTES = 6 * 2**30
+"""What `auto` keeps free on the GPU for one request's activations once every weight is there: FLUX.1's
+transformer at 1024² plus the VAE decode are a few GB in bf16 (an estimate from the tensor sizes, not measured
+on a GPU here; `EASEL_OFFLOAD_T5=true|false` overrides it)."""
+
+
+def should_offload_t5(choice: OffloadChoice, device: str, free_bytes, weight_bytes,
+                      headroom: int = T5_AUTO_HEADROOM_BYTES) -> bool:
+    """`true` / `false` as set; `auto`: on CUDA only (elsewhere the host is the device), when the device's free
+    memory (`free_bytes()`, bytes) less the weights still to move there (`weight_bytes()`) leaves less than
+    `headroom` for activations. Parking the T5 then frees its 9.5 GB for a host-to-GPU copy per prompt encode."""
+    if choice != "auto":
+        return bool(choice)
+    if not device.startswith("cuda"):
+        return False
+    return free_bytes() - weight_bytes() < headroom
+
+
+def _free_device_bytes(device: str) -> int:
+    import torch
+
+    return torch.cuda.mem_get_info(torch.device(device))[0]
+
+
+def _bytes_to_move(pipe, device: str, storage: str) -> int:
+    """Bytes of the weights not yet on `device` (a float8-stored transformer at one byte a weight)."""
+    import torch
+
+    total = 0
+    for name, part in pipe.components.items():
+        if not isinstance(part, torch.nn.Module):
+            continue
+        for tensor in [*part.parameters(), *part.buffers()]:
+            if tensor.device.type != torch.device(device).type:
+                one = 1 if storage == "float8" and name == "transformer" else tensor.element_size()
+                total += tensor.numel() * one
+    return total
 
 
 def offload(module, device: str, home: str = "cpu") -> None:
@@ -96,6 +140,8 @@ def move_stragglers(pipe, device: str):
 
     for part in pipe.components.values():
         first = next(part.parameters(), None) if isinstance(part, torch.nn.Module) else None
+        if hasattr(part, "_easel_offloaded"):
+            continue  # parked in host memory; its hooks bring it over per call
         if first is not None and first.device.type != torch.device(device).type:
             part.to(device)
     return pipe
