@@ -17,10 +17,11 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 
-# The `upscalers` extra goes in without its declared torchvision, which would pull a CUDA torch (see pyproject.toml)
+# The `upscalers` and `annotators` extras go in without their declared torchvision, which would pull a CUDA torch
+# (see pyproject.toml)
 $(RUNTIME): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
-	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['upscalers']))")
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c "import tomllib; x = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; print(' '.join(x['upscalers'] + x['annotators']))")
 	touch $@
 
 $(TESTING): pyproject.toml $(RUNTIME)

@@ -6,7 +6,8 @@ ControlNet-Union ProMax (a known control type, and "Unknown") and a Control-LoRA
 into the UNet). Prints JSON: for each kind, load_s of its first request (cold: the model file
 and, for IP-Adapter, its image encoder load) and of later ones
 (warm), the median generate_s, and the added generate_s over the same request without units; and the median
-seconds of `POST /controlnet/detect`'s work (the preprocessor alone) for a few weight-free modules.
+seconds of `POST /controlnet/detect`'s work (the preprocessor alone, at its default 512 px) for a few weight-free
+modules and the model-based ones (controlnet-aux's networks with random weights: the same cost as trained ones).
     .venv/bin/python bench/bench_controlnet_units.py [--runs 3] [--family sd15|sdxl]
 """
 
@@ -29,6 +30,8 @@ from handlers.generation.generate import execute_job
 from handlers.jobs import Job
 from handlers.schemas import Txt2ImgRequest
 from handlers.settings import Settings
+from loaders.adapters.annotator_runners import RUNNERS as ANNOTATOR_RUNNERS
+from loaders.demo.annotators import install_annotator
 from loaders.demo.controlnet import DEMO_CONTROLNET_NAME, demo_controlnet_bytes, install_demo_controlnet
 from loaders.demo.controlnet_kinds import demo_control_lora_bytes, demo_union_bytes
 from loaders.demo.ipadapter import demo_image_encoder_bytes, demo_ip_adapter_bytes
@@ -51,6 +54,7 @@ def kinds(image: str) -> dict[str, list[dict]]:
     ref = {"model": "None", "image": image}
     return {"plain": [], "controlnet_canny": [cn], "controlnet_none_module": [{**cn, "module": "none"}],
             "two_controlnet_units": [cn, {**cn, "module": "invert"}],
+            "controlnet_softedge_hed": [{**cn, "module": "softedge_hed"}],  # a model-based preprocessor (random HED)
             "reference_only": [{**ref, "module": "reference_only"}],
             "reference_adain": [{**ref, "module": "reference_adain"}],
             "reference_adain+attn": [{**ref, "module": "reference_adain+attn"}],
@@ -96,6 +100,8 @@ def main() -> None:
     install_demo(store)
     install_demo_controlnet(store)
     install_adapters(store)
+    for filename in sorted({f for _, files in ANNOTATOR_RUNNERS.values() for f in files}):
+        install_annotator(store, filename)  # random weights: the cost is the real network's
     if xl:
         install_xl(store)
     services = build_services(Settings(store=f"file://{root / 'data'}", cache_dir=root / "cache"), store=store)
@@ -121,7 +127,8 @@ def main() -> None:
     for label, row in result.items():
         row["added_generate_s"] = round(row["generate_s_median"] - plain, 4)
     detect_s = {}
-    for module in ("canny", "lineart_standard", "shuffle", "mlsd", "color"):
+    for module in ("canny", "lineart_standard", "shuffle", "color", "mlsd", "softedge_hed", "softedge_pidinet",
+                   "lineart_realistic", "lineart_anime", "softedge_teed"):
         body = DetectRequest(controlnet_module=module, controlnet_input_images=[image])
         spent = []
         for _ in range(args.runs):

@@ -58,8 +58,9 @@ image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
     # CUDA torch (and its torchvision, which spandrel declares) pinned first; the project's ranges leave them be
     .uv_pip_install(f"torch=={TORCH_VERSION}", f"torchvision=={TORCHVISION_VERSION}")
-    # read at build time, on the deployer; spandrel (the `upscalers` extra) with its torchvision, over the CUDA torch
-    .pip_install_from_pyproject(str(PROJECT / "pyproject.toml"), optional_dependencies=["upscalers"])
+    # read at build time, on the deployer; spandrel (the `upscalers` extra) and controlnet-aux (`annotators`) with
+    # their torchvision, over the CUDA torch
+    .pip_install_from_pyproject(str(PROJECT / "pyproject.toml"), optional_dependencies=["upscalers", "annotators"])
     .run_commands(*bake_tokenizers_commands())  # the only hub access: once, while the image is built
     .env({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",  # no model hub while serving, ever
           "TOKENIZERS_PARALLELISM": "false", "EASEL_CACHE_DIR": "/cache/easel", "EASEL_TOKENIZERS_DIR": TOKENIZERS_DIR})

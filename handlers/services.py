@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from handlers.metrics import Metrics
 from handlers.settings import Settings
 from loaders.adapters.controlnet import ControlNetCache
+from loaders.adapters.deepbooru import DeepDanbooruCache
 from loaders.adapters.face_restorers import FaceRestorerCache
 from loaders.adapters.interrogators import InterrogatorCache
 from loaders.adapters.networks import Adapters
@@ -140,6 +141,7 @@ class Services:
     call_id: Callable[[], str | None] = lambda: None
     executor: Executor | None = None  # runs queued tasks (handlers.tasks.workers.LocalExecutor unless replaced)
     adapters: Adapters | None = None  # LoRA / VAE / embeddings on the resident pipelines
+    deepbooru: DeepDanbooruCache | None = None  # the DeepDanbooru interrogator (loaders.adapters.deepbooru)
     upscalers: UpscalerCache | None = None  # ESRGAN-family models for extras and hires (loaders.adapters.upscalers)
     face_restorers: FaceRestorerCache | None = None  # GFPGAN / CodeFormer (loaders.adapters.face_restorers)
     interrogators: InterrogatorCache | None = None  # BLIP + CLIP of /sdapi/v1/interrogate (loaders.adapters)
@@ -152,6 +154,8 @@ class Services:
                                      vae_capacity=self.settings.vae_cache_size,
                                      embedding_capacity=self.settings.embedding_cache_size,
                                      max_vectors=self.settings.max_embedding_vectors)
+        if self.deepbooru is None:
+            self.deepbooru = DeepDanbooruCache(self.models.files, self.models.device)
         if self.upscalers is None:
             self.upscalers = UpscalerCache(self.models.files, self.models.device)
         if self.face_restorers is None:

@@ -182,7 +182,8 @@ class Settings(BaseSettings):
                     "embedding": self.public_embeddings, "gfpgan": bool(self.gfpgan_dir),
                     "codeformer": bool(self.gfpgan_dir),  # EAS --gfpgan-dir: face restorers shared, else per user
                     "hypernetwork": bool(self.hypernetwork_dir)}
-        always = {"checkpoint", "controlnet", "esrgan", "realesrgan", "swinir", "dat", "text_encoder"}
+        always = {"checkpoint", "controlnet", "esrgan", "realesrgan", "swinir", "dat", "text_encoder",
+                  "deepdanbooru"}
         return always | {kind for kind, on in switches.items() if on}
 
     def public_only_kinds(self) -> set[str]:

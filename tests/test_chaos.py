@@ -9,8 +9,10 @@ import time
 
 import boto3
 import pytest
+from fastapi.testclient import TestClient
 from moto.server import ThreadedMotoServer
 
+from handlers.http.api import create_app
 from handlers.tasks import records
 from handlers.tasks.records import submit_task
 from handlers.tasks.workers import LocalExecutor
@@ -18,6 +20,8 @@ from loaders.demo.model import DEMO_NAME
 from loaders.errors import EaselError
 from loaders.storage.store import S3Store
 from tests.billing_fakes import GenerateSpy, fake_services
+from tests.chaos_faults import DiskFull, Uploads, check_uploads, kill_between_task_and_marker
+from tests.conftest import auth
 from tests.reliability_fakes import FaultProxy, server
 from tests.test_task_reliability import ledger_of, request, task
 
@@ -32,7 +36,10 @@ def chaos_bucket(monkeypatch, demo_bytes):
     moto.start()
     host, port = moto.get_host_and_port()
     upstream = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=upstream).create_bucket(Bucket="chaos")
+    s3 = boto3.client("s3", endpoint_url=upstream)
+    s3.create_bucket(Bucket="chaos")
+    # as infra/bucket.yaml deploys it: each upload of a key is a version of its own
+    s3.put_bucket_versioning(Bucket="chaos", VersioningConfiguration={"Status": "Enabled"})
     proxy = FaultProxy(upstream, p503=0.08, preset=0.03, pdelay=0.05, plost=0.03, delay_s=0.1, seed=7)
     proxy.enabled = False
     S3Store("chaos", "", endpoint_url=upstream).put_bytes(f"public/models/Stable-diffusion/{DEMO_NAME}", demo_bytes)
@@ -41,37 +48,52 @@ def chaos_bucket(monkeypatch, demo_bytes):
     moto.stop()
 
 
-def run_chaos(proxy, tmp_path, monkeypatch, *, tasks: int, seconds: float, seed: int = 1) -> dict:
+def run_chaos(proxy, tmp_path, monkeypatch, *, tasks: int, seconds: float, seed: int = 1, uploads: int = 0,
+              store=None, disk_full: tuple[float, float] | None = None) -> dict:
+    """`proxy`: the S3 run behind the fault proxy; or None with a LocalStore `store` (where `disk_full`
+    = (start_s, length_s) fills its disk for a while). `uploads`: inbox uploads made and announced meanwhile."""
     rng = random.Random(seed)
-    store = S3Store("chaos", "", endpoint_url=proxy.url)
+    store = store or S3Store("chaos", "", endpoint_url=proxy.url)
     first, _, gen = fake_services(store, tmp_path, monkeypatch, **LEASE)
     spy = GenerateSpy(monkeypatch)
     gen.step_s = 0.02
     gen.script = lambda i: "crash" if rng.random() < 0.15 else ("cancel", 1) if rng.random() < 0.05 else "ok"
     servers = [first, server(store, tmp_path, "b", **LEASE)]
-    proxy.enabled = True
-    accepted, refused, reasons = [], 0, {}
-    for n in range(tasks):
-        user = ("alice", "bob")[n % 2]
-        try:
-            submit_task(rng.choice(servers), user, "txt2img", request(seed=n, steps=4), f"c-{n}")
-            accepted.append((user, f"c-{n}"))
-        except EaselError as e:
-            refused += 1  # a 503 the client sees (and would retry); not accepted, so not counted
-            reasons[f"{type(e).__name__}: {str(e)[:90]}"] = reasons.get(f"{type(e).__name__}: {str(e)[:90]}", 0) + 1
+    kill_between_task_and_marker(monkeypatch, rng, 0.15)
+    upload_store = store if proxy is None else S3Store("chaos", "", endpoint_url=f"http://{proxy.upstream}")
+    ups = Uploads(servers, upload_store, rng, count=uploads, over_s=seconds / 8, bucket="chaos",
+                  versioned=proxy is not None)
+    disk = DiskFull(monkeypatch, *disk_full) if disk_full else None
+    web = TestClient(create_app(first), raise_server_exceptions=False) if disk else None
+    if proxy is not None:
+        proxy.enabled = True
+    accepted, reasons = [], {}
+    unsent = [(("alice", "bob")[n % 2], n) for n in range(tasks)]
+    _submit(servers, unsent, accepted, reasons, rng)
     deadline = time.monotonic() + seconds
     restarts = stops = 0
+    refused = sum(reasons.values())
     while time.monotonic() < deadline:
         time.sleep(0.3)
+        refused += _submit(servers, unsent, accepted, reasons, rng)
+        ups.tick()
+        if disk is not None:
+            disk.look(web, auth())
+            refused += _submit_over_http(web, disk, accepted, reasons, rng)
         for s in servers:
             deploy = rng.random() < 0.03
             if deploy and not _worker_died(s):
                 s.executor.release()  # a deploy: SIGTERM
                 stops += 1
             restarts += _restart_if(s, deploy or _worker_died(s))
-        if all(_done(store, u, t) for u, t in accepted):
+        if ups.done and (disk is None or disk.over) and all(_done(store, u, t) for u, t in accepted + ups.tasks()):
             break
-    proxy.enabled = False
+    if proxy is not None:
+        proxy.enabled = False
+    _submit(servers, unsent, accepted, reasons, rng)
+    assert unsent == [], reasons
+    ups.finish(10.0)  # S3 keeps re-sending what was not taken
+    accepted += ups.tasks()
     calm = time.monotonic()  # faults and kills stop; a killed worker's server still comes back
     while time.monotonic() - calm < 2 * LEASE["task_lease_s"] + 1 and not all(_done(store, u, t) for u, t in accepted):
         time.sleep(0.1)  # what is still open must end within about one lease
@@ -80,8 +102,41 @@ def run_chaos(proxy, tmp_path, monkeypatch, *, tasks: int, seconds: float, seed:
     for s in servers:
         s.executor.stop(timeout_s=1)
     return {"store": store, "accepted": accepted, "refused": refused, "stuck": stuck, "restarts": restarts,
-            "stops": stops, "faults": dict(proxy.counts), "runs": gen.calls, "spy": spy,
-            "refusals": reasons}
+            "stops": stops, "faults": dict(proxy.counts) if proxy else {}, "runs": gen.calls, "spy": spy,
+            "refusals": reasons, "uploads": ups, "disk": disk}
+
+
+def _submit(servers, unsent: list, accepted: list, reasons: dict, rng) -> int:
+    """Submit what is still unsent; a refusal (a 503, or a 507 on a full disk) is sent again later with the same
+    id, as a client does. Returns the refusals."""
+    refused = 0
+    for user, n in list(unsent):
+        try:
+            submit_task(rng.choice(servers), user, "txt2img", request(seed=n, steps=4), f"c-{n}")
+        except EaselError as e:
+            refused += 1
+            reasons[f"{type(e).__name__}: {str(e)[:90]}"] = reasons.get(f"{type(e).__name__}: {str(e)[:90]}", 0) + 1
+            continue
+        unsent.remove((user, n))
+        accepted.append((user, f"c-{n}"))
+    return refused
+
+
+def _submit_over_http(web, disk, accepted, reasons, rng) -> int:
+    """A client's request now and then while the disk may be full: queued, or a JSON error (507), never a 500."""
+    if rng.random() > 0.3:
+        return 0
+    task_id = f"h-{len(disk.readyz)}-{rng.randrange(10**6)}"
+    r = web.post(f"/sdapi/v1/txt2img?task_id={task_id}", json={"prompt": "x", "width": 64, "height": 64,
+                                                                "steps": 4}, headers=auth())
+    assert r.status_code in (200, 507), r.text
+    assert r.headers["content-type"].startswith("application/json"), r.text
+    if r.status_code == 200:
+        accepted.append(("alice", task_id))
+        return 0
+    assert r.json()["error"] == "StorageFull" and "disk is full" in r.json()["detail"], r.text
+    reasons["HTTP 507 StorageFull (not retried)"] = reasons.get("HTTP 507 StorageFull (not retried)", 0) + 1
+    return 1
 
 
 def _worker_died(s) -> bool:
@@ -105,9 +160,20 @@ def _done(store, user, task_id) -> bool:
         return False
 
 
+def _state(store, task_id: str) -> str:
+    """What a stuck task looks like, for the failure message."""
+    for user in ("alice", "bob"):
+        try:
+            r = task(store, task_id, user)
+        except EaselError:
+            continue
+        return f"{task_id}: {r.status} attempts={r.attempts} lost={r.lost} lease={r.lease} origin={r.origin}"
+    return f"{task_id}: no record"
+
+
 def check_invariants(outcome: dict) -> dict:
     store = outcome["store"]
-    assert outcome["stuck"] == []
+    assert outcome["stuck"] == [], [_state(store, t) for t in outcome["stuck"][:5]]
     billed = generated = 0.0
     referenced = set()
     states = {}
@@ -132,12 +198,37 @@ def check_invariants(outcome: dict) -> dict:
     outcome["figures"] = {"ledger_billed_s": round(billed, 4), "ledger_generate_s": round(generated, 4),
                           "orphan_outputs": len(orphans), "failed_errors": errors}
     assert orphans == [], f"orphan outputs: {orphans[:5]}"
+    leftovers = [i.key for p in (records.OPEN_PREFIX, "users/") for i in store.list(p) if "/tasks/requests/" in i.key
+                 or i.key.startswith(records.OPEN_PREFIX)]  # every task ended: nothing open, no body kept
+    assert leftovers == [], leftovers[:5]
     assert abs(billed - generated) < 1e-6
+    outcome["figures"].update(check_uploads(outcome["uploads"], store, lambda u, t: task(store, t, u)))
+    if outcome["disk"] is not None:
+        outcome["figures"].update(check_disk(outcome["disk"], outcome["accepted"], states))
     return states
 
 
+def check_disk(disk: DiskFull, accepted, states) -> dict:
+    """/readyz said not ready while the disk was full and ready after; what the full disk hit ended anyway."""
+    during = {status for full, status in disk.readyz if full}
+    after = {status for full, status in disk.readyz if not full}
+    assert disk.hits and during == {503} and 200 in after, disk.readyz
+    hit = disk.tasks_hit() & {t for _, t in accepted}
+    return {"disk_full_s": disk.length_s, "enospc_writes": len(disk.hits), "tasks_hit_by_full_disk": len(hit)}
+
+
 def test_every_accepted_task_ends_once_under_store_faults_kills_and_restarts(chaos_bucket, tmp_path, monkeypatch):
-    outcome = run_chaos(chaos_bucket, tmp_path, monkeypatch, tasks=8, seconds=40)
+    outcome = run_chaos(chaos_bucket, tmp_path, monkeypatch, tasks=8, seconds=40, uploads=8)
     states = check_invariants(outcome)
     assert outcome["accepted"] and sum(states.values()) == len(outcome["accepted"])
     assert sum(outcome["faults"][k] for k in ("503", "reset", "lost")) > 0  # faults were injected
+    f = outcome["uploads"].figures
+    assert f.duplicates + f.redelivered > 0 and f.reuploads > 0 and f.malformed > 0
+
+
+def test_every_task_and_upload_ends_once_through_a_full_disk_kills_and_restarts(store, tmp_path, monkeypatch):
+    outcome = run_chaos(None, tmp_path, monkeypatch, tasks=6, seconds=25, uploads=6, store=store,
+                        disk_full=(0.5, 2.0))
+    states = check_invariants(outcome)
+    assert sum(states.values()) == len(outcome["accepted"])
+    assert outcome["figures"]["tasks_hit_by_full_disk"] > 0  # the full disk met tasks in flight

@@ -49,7 +49,7 @@ def test_eas_defaults_isolate_users_loras_vaes_and_embeddings(monkeypatch):
     for name in ("EASEL_PUBLIC_LORA", "EASEL_PUBLIC_VAE", "EASEL_PUBLIC_EMBEDDINGS", "EASEL_LORA_DIR"):
         monkeypatch.delenv(name, raising=False)
     # upscalers and checkpoints' separate text encoders (FLUX, SD 3.5) have no EAS flag: shared as checkpoints are
-    shared = {"checkpoint", "controlnet", "esrgan", "realesrgan", "swinir", "dat", "text_encoder"}
+    shared = {"checkpoint", "controlnet", "esrgan", "realesrgan", "swinir", "dat", "text_encoder", "deepdanbooru"}
     assert Settings().public_model_kinds() == shared
     assert serve_settings("--lora-dir", "public/models/Lora").public_model_kinds() == shared | {"lora"}
     assert serve_settings("--gfpgan-dir", "public/models/GFPGAN").public_model_kinds() == shared | {"gfpgan",

@@ -17,7 +17,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save
 
 from loaders.adapters import face_align, face_parsing, retinaface_boxes
-from loaders.adapters.retinaface import RetinaFace, load_retinaface
+from loaders.adapters.retinaface import load_retinaface
 from loaders.demo.faces import parsenet_bytes, retinaface_bytes
 from loaders.errors import InvalidRequest
 from tests.conftest import auth
@@ -179,7 +179,7 @@ class CraftedDetector(torch.nn.Module):
     """Wraps the RetinaFace loaded from the installed file; answers one face at a chosen prior (stride 32, cell
     (9, 9), size 256 of the 640² input) with its landmarks on the FFHQ template's layout in that box."""
 
-    def __init__(self, loaded: RetinaFace):
+    def __init__(self, loaded: torch.nn.Module):
         super().__init__()
         self.loaded = loaded
 

@@ -165,6 +165,6 @@ def test_loopback_appends_the_clip_interrogation_of_each_loops_init_image(client
     assert prompts[0] == "x, " + ask(client, init)  # the first loop: the request's image
     output = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][-2])))
     assert prompts[1] == "x, " + ask(client, output.convert("RGB"))  # the second: the first loop's output
-    body["script_args"] = [2, 0.5, "Linear", "DeepBooru"]
+    body["script_args"] = [2, 0.5, "Linear", "Deepbooru"]  # A1111's choice is spelled DeepBooru
     r = client.post("/sdapi/v1/img2img", json=body, headers=auth())
     assert r.status_code == 422 and "append_interrogation" in r.json()["detail"]

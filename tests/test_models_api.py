@@ -25,9 +25,12 @@ def tiny(seed: float = 0.0) -> bytes:
 
 
 def tiny_of(kind: str, seed: float = 0.0) -> bytes:
-    """A file the kind's upload accepts: a hypernetwork's tensors are checked against its structure."""
+    """A file the kind's upload accepts: a hypernetwork's tensors are checked against its structure, a
+    DeepDanbooru model must carry its tags."""
     if kind == "hypernetwork":
         return save(*weights_of(demo_hypernetwork(int(seed), dims=(4,))[0]))
+    if kind == "deepdanbooru":  # its tag list (the layers are checked when it loads)
+        return save({"w": torch.full((16,), seed)}, metadata={"tags": '["1girl"]'})
     return tiny(seed)
 
 

@@ -123,3 +123,27 @@ def test_healthz_is_answered_from_the_event_loop_and_readyz_needs_a_token(client
     assert client.get("/readyz").status_code == 401
     ready = client.get("/readyz", headers=auth()).json()
     assert ready["ok"] and ready["checks"]["store"]["ok"] and "queue_depth" in ready
+
+
+@pytest.mark.parametrize("refused", ["system/tasks/open/", "users/alice/tasks/disk-2.json"])
+def test_a_submission_the_full_disk_refused_half_way_leaves_nothing_behind(client, services, store, monkeypatch,
+                                                                          refused):
+    """The chaos run's full disk refused a submission after its request body was stored: the body stayed,
+    counted against the user's open-task cap for good. Now what was stored is removed; the same id works later."""
+    real = store_module.LocalStore._write_temp
+
+    def full_for(self, path, data):
+        if refused in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, path, data)
+
+    monkeypatch.setattr(store_module.LocalStore, "_write_temp", full_for)
+    services.executor = type("Parked", (), {"submit": lambda self, u, t: None})()  # stored, not run: fast
+    r = client.post("/sdapi/v1/txt2img?task_id=disk-2", json={"prompt": "x", **SMALL}, headers=auth())
+    assert r.status_code == 507 and r.json()["error"] == "StorageFull", r.text
+    left = [i.key for p in ("users/alice/tasks/", "system/tasks/open/") for i in store.list(p)]
+    assert left == []
+    monkeypatch.setattr(store_module.LocalStore, "_write_temp", real)  # the disk has room again
+    r = client.post("/sdapi/v1/txt2img?task_id=disk-2", json={"prompt": "x", **SMALL}, headers=auth())
+    assert r.status_code == 200 and r.json()["status"] == "queued", r.text
+    assert store.exists("users/alice/tasks/requests/disk-2.json") and store.exists("system/tasks/open/alice/disk-2")

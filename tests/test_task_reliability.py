@@ -14,7 +14,7 @@ from handlers.schemas import Txt2ImgRequest
 from handlers.tasks import records
 from handlers.tasks.records import Lease, TaskRecord, submit_task
 from handlers.tasks.workers import LocalExecutor
-from loaders.errors import TooManyRequests
+from loaders.errors import StorageFull, TooManyRequests
 from tests.billing_fakes import Crash, fake_services
 from tests.conftest import SMALL
 from tests.reliability_fakes import HookedStore, server, wait
@@ -279,3 +279,31 @@ def test_a_sync_run_whose_server_was_killed_ends_after_a_lease_as_the_ledger_say
     queued = other.post("/sdapi/v1/txt2img?task_id=s1", json={**body, "force_task_id": None}, headers=auth())
     assert queued.json()["status"] == status  # the async route finds it ended too, and runs nothing
     assert gen.calls == 1 and len(ledger_of(hooked.inner, "s1")) == billed
+
+
+def test_a_run_the_full_disk_stopped_twice_is_retried_by_its_live_worker_not_failed_as_dead(hooked, tmp_path,
+                                                                                            monkeypatch):
+    """The chaos run's full disk refused every write of a running task, its final one too: the worker let go
+    of a claim it could not end, waited out its own lease, and counted itself dead; twice, and the task was
+    failed as "the worker running this task died 2 times" though no worker died. Now it takes its claim
+    back at once (not counted as lost) and the task succeeds once the disk has room."""
+    services, _, gen = fake_services(hooked, tmp_path, monkeypatch, **FAST)
+    full = {"until": 0.0}
+
+    def disk(op, key, data):
+        if op in ("put_bytes", "create", "put_if_match") and time.monotonic() < full["until"]:
+            raise StorageFull(f"the store's disk is full: put {key!r} could not be written")
+
+    def fill_the_disk_in_the_first_two_runs(i):
+        if i < 2:
+            full["until"] = time.monotonic() + 0.3
+        return "ok"
+
+    gen.script = fill_the_disk_in_the_first_two_runs
+    hooked.hooks.append(disk)
+    submit_task(services, "alice", "txt2img", request(), "full")
+    wait(lambda: settled(hooked.inner, "full"), timeout_s=20)
+    record = task(hooked.inner, "full")
+    assert (record.status, record.lost, gen.calls) == ("succeeded", 0, 3), (record.error, record.lost)
+    assert [r["status"] for r in ledger_of(hooked.inner, "full")] == ["succeeded"]
+    services.executor.stop()

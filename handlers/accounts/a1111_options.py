@@ -145,6 +145,9 @@ DEFAULTS = {
 
 # Stored per user; each changes what a generation does (handlers.generation reads them).
 HONOURED = {
+    # A1111's DeepDanbooru tagging (handlers.generation.deepbooru)
+    "interrogate_deepbooru_score_threshold", "deepbooru_sort_alpha", "deepbooru_use_spaces", "deepbooru_escape",
+    "deepbooru_filter_tags",  # and interrogate_return_ranks, interrogate_keep_models_in_memory (below)
     "sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "eta_noise_seed_delta", "eta_ddim",
     "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "tiling", "samples_format", "jpeg_quality",
     "webp_lossless", "return_grid", "grid_save", "grid_only_if_multiple", "enable_pnginfo", "sd_vae_decode_method",

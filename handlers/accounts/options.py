@@ -74,12 +74,13 @@ def _check_value(field: str, key: str, value: Any) -> None:
     elif isinstance(default, (int, float)):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     else:
-        ok = isinstance(value, str) and len(value) <= 256
+        ok = isinstance(value, str) and len(value) <= (4096 if key == "deepbooru_filter_tags" else 256)  # a tag list
     if not ok:
         raise InvalidRequest(f"`{field}.{key}` must be like {default!r}, not {value!r:.80}")
     if key == "samples_format" and value.lower() not in SAMPLES_FORMATS:
         raise InvalidRequest(f"`{field}.samples_format` {value!r:.40} is not one of {', '.join(SAMPLES_FORMATS)}")
-    bounds = {"jpeg_quality": (1, 100), "CLIP_stop_at_last_layers": (1, 12), "eta_ddim": (0, 10),
+    bounds = {"interrogate_deepbooru_score_threshold": (0, 1),
+              "jpeg_quality": (1, 100), "CLIP_stop_at_last_layers": (1, 12), "eta_ddim": (0, 10),
               "eta_ancestral": (0, 10), "s_churn": (0, 100), "s_tmin": (0, 100), "s_tmax": (0, 1000),
               "s_noise": (0, 10), "eta_noise_seed_delta": (0, 2**32 - 1), "show_progress_every_n_steps": (-1, 150),
               "extra_networks_default_multiplier": (-10, 10), "code_former_weight": (0, 1),

@@ -100,10 +100,12 @@ def detect(services, user: str, body: DetectRequest) -> dict:
     unit.bound_sliders()
     # 3. Each image, then its map
     loader = services.controlnets.annotators.loader(user, "controlnet_module")
-    images = []
+    images, poses = [], []  # OpenPose modules also give their keypoints, one JSON per image (the extension's)
     for k, raw in enumerate(body.controlnet_input_images):
         image = load_image(raw, f"controlnet_input_images[{k}]", store=services.store, user=user).convert("RGB")
         found = run_module(entry.name, image, resolution=int(unit.processor_res), threshold_a=unit.threshold_a,
-                           threshold_b=unit.threshold_b, load_annotator=loader, field="controlnet_module")
+                           threshold_b=unit.threshold_b, load_annotator=loader, field="controlnet_module",
+                           on_pose=poses.append)
         images.append(outputs.b64(outputs.png_bytes(found)))
-    return {"images": images, "info": "Success", **({"adjusted": unit.adjusted} if unit.adjusted else {})}
+    return {"images": images, "info": "Success", **({"poses": poses} if poses else {}),
+            **({"adjusted": unit.adjusted} if unit.adjusted else {})}

@@ -12,11 +12,12 @@ from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel
 
 from handlers.accounts.auth import Tenant, tenant_dependency
+from handlers.generation import deepbooru
 from handlers.generation import extras, faces, upscaling
 from handlers.generation import interrogate as interrogation
 from handlers.http.listing import hypernetworks as hypernetwork_items
 from handlers.services import Services
-from loaders.errors import NotFound, Unavailable
+from loaders.errors import NotFound
 from loaders.storage.images import load_image
 
 
@@ -42,7 +43,7 @@ class InterrogateResponse(BaseModel):
 # What A1111's interrogators load, as the files an operator would install (converted to .safetensors).
 INTERROGATOR_FILES = {
     "clip": f"{interrogation.BLIP_FILE} and {interrogation.CLIP_FILE}",
-    "deepdanbooru": "models/torch_deepdanbooru/model-resnet_custom_v3.safetensors",
+    "deepdanbooru": deepbooru.MODEL_PATH,
 }
 
 
@@ -53,8 +54,7 @@ def interrogate(services: Services, user: str, body: InterrogateRequest) -> Inte
     image = load_image(body.image, "image", store=services.store, user=user).convert("RGB")
     if body.model == "clip":
         return InterrogateResponse(caption=interrogation.interrogate_clip(services, user, image))
-    raise Unavailable(f"`model` {body.model!r}: interrogation is not available on this server (it would need "
-                      f"{INTERROGATOR_FILES[body.model]}, and the interrogator itself is not implemented yet)")
+    return InterrogateResponse(caption=deepbooru.interrogate(services, user, image))
 
 
 class UpscalerItem(BaseModel):

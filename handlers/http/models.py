@@ -18,14 +18,16 @@ from fastapi.concurrency import run_in_threadpool
 
 from handlers.accounts.auth import Tenant, require_admin, tenant_dependency
 from handlers.services import Services
+from loaders.adapters.deepbooru import tags_of
 from loaders.adapters.hypernet_format import check_file
 from loaders.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from loaders.models import model_files
 from loaders.models.manager import clean_model_name, list_models, model_key, public_kinds
 from loaders.models.pickle_convert import is_pickle_name
+from loaders.models.safetensors_check import read_header
 
 Kind = Literal["checkpoint", "lora", "vae", "embedding", "hypernetwork", "controlnet", "esrgan", "realesrgan",
-               "swinir", "dat", "gfpgan", "codeformer", "text_encoder"]
+               "swinir", "dat", "gfpgan", "codeformer", "text_encoder", "deepdanbooru"]
 SWITCH = {"lora": "EASEL_PUBLIC_LORA=false", "vae": "EASEL_PUBLIC_VAE=false",
           "embedding": "EASEL_PUBLIC_EMBEDDINGS=false",
           "hypernetwork": "no --hypernetwork-dir / EASEL_HYPERNETWORK_DIR"}
@@ -68,6 +70,8 @@ def finish_upload(services: Services, staging: model_files.StagingFile, key: str
     staged = staging.finish(name)
     if kind == "hypernetwork":  # its structure against its tensors, from the header: a bad file never lists
         check_file(staged.path, f"hypernetwork {name!r}")
+    if kind == "deepdanbooru":  # the tags its last layer scores: a file without them never lists
+        tags_of(read_header(staged.path, name).metadata, name)
     entry = model_files.publish(services.store, key, staged)
     return describe(entry, kind)
 

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -39,6 +40,7 @@ CURSOR_KEY = "system/events/poll-cursor.json"
 # Objects modified this long before the cursor are looked at again: S3 stamps a multipart upload with
 # its start time, so a long upload can appear "older" than objects already seen. Dedupe makes it cheap.
 CURSOR_SLACK_S = 3600.0
+VERSION_ID = re.compile(r"^[A-Za-z0-9._+/=-]{1,1024}$")  # S3's are URL-safe, up to 1024 characters
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class ObjectEvent:
     bucket: str
     key: str  # as the bucket names it (S3's form-encoding already undone)
     from_s3: bool = False  # S3 notifications encode keys; EventBridge sends them as they are
+    version: str | None = None  # the version uploaded (versioned buckets): later uploads of the key do not hide it
 
 
 @dataclass
@@ -77,7 +80,7 @@ def parse_notification(payload: Any) -> list[ObjectEvent]:
         bucket, key = _get(detail, "bucket", "name"), _get(detail, "object", "key")
         if not isinstance(bucket, str) or not isinstance(key, str):
             raise InvalidRequest("EventBridge event lacks `detail.bucket.name` or `detail.object.key`")
-        return [ObjectEvent(bucket, key)]
+        return [ObjectEvent(bucket, key, version=_version(_get(detail, "object", "version-id")))]
     if "detail-type" in payload:
         log.info("ignored EventBridge %r event", payload.get("detail-type"))
         return []
@@ -90,7 +93,17 @@ def _s3_record(record: Any) -> ObjectEvent | None:
     bucket, key = _get(record, "s3", "bucket", "name"), _get(record, "s3", "object", "key")
     if not isinstance(bucket, str) or not isinstance(key, str):
         raise InvalidRequest("S3 record lacks `s3.bucket.name` or `s3.object.key`")
-    return ObjectEvent(bucket, unquote_plus(key), from_s3=True)  # S3 form-encodes keys: '+' is a space
+    version = _version(_get(record, "s3", "object", "versionId"))
+    return ObjectEvent(bucket, unquote_plus(key), from_s3=True, version=version)  # S3 form-encodes keys: '+' is a space
+
+
+def _version(value: Any) -> str | None:
+    """The notification's version id; absent (or S3's "null") on a bucket without versioning."""
+    if value is None or value == "null":
+        return None
+    if not isinstance(value, str) or not VERSION_ID.fullmatch(value):
+        raise InvalidRequest(f"the event's object version id {str(value)[:80]!r} is not a version id")
+    return value
 
 
 def _get(d: Any, *path: str) -> Any:
@@ -121,7 +134,7 @@ def handle_event(services: Services, ev: ObjectEvent, base_url: str | None = Non
     candidates = [key] if ev.from_s3 or unquote_plus(key) == key else [key, unquote_plus(key)]
     for candidate in candidates:  # tolerate an EventBridge rule or relay that encoded the key anyway
         try:
-            return handle_object(services, services.store.stat(candidate), base_url)
+            return handle_object(services, services.store.stat(candidate, ev.version), base_url)
         except (NotFound, InvalidRequest):
             continue
     return _ignored(ev.key, "no such object (deleted, or not a valid key)")
@@ -144,6 +157,8 @@ def handle_object(services: Services, info: ObjectInfo, base_url: str | None = N
     #    re-delivery of an event that stopped half-way (task created, no marker) completes it.
     if info.version is None and getattr(services.store, "bucket", None):
         info = services.store.stat(info.key)  # a listing carries no version id; the event's stat does
+    # From here on the version announced is read, not whatever the key holds now: on a versioned bucket an
+    # event that arrives after the key was uploaded again still makes the task of the version it announced.
     digest = event_digest(services, info)
     marker = f"system/events/{digest}.json"
     task_id = f"ev-{digest[:40]}"
@@ -245,12 +260,19 @@ def _read_json(services: Services, info: ObjectInfo, what: str) -> dict:
     if info.size > services.settings.max_body_mb * 2**20:
         raise InvalidRequest(f"{what} is over {services.settings.max_body_mb} MB")
     try:
-        data = json.loads(services.store.get_bytes(info.key))
+        data = json.loads(read_version(services, info))
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidRequest(f"{what} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"{what} must be a JSON object of request fields")
     return data
+
+
+def read_version(services: Services, info: ObjectInfo) -> bytes:
+    """The bytes of the version the event announced (the current ones where the store keeps no versions)."""
+    if info.version is None:
+        return services.store.get_bytes(info.key)
+    return services.store.get_bytes(info.key, info.version)
 
 
 def build_request(services: Services, info: ObjectInfo, kind: str, folder: str):
@@ -260,7 +282,7 @@ def build_request(services: Services, info: ObjectInfo, kind: str, folder: str):
         mode = "img2img" if body.get("init_images") else "txt2img"
     else:
         body = _read_json(services, services.store.stat(recipe_key(info.key)), f"{folder}/{RECIPE}")
-        image = services.store.get_bytes(info.key)
+        image = read_version(services, info)
         if len(image) > services.settings.max_body_mb * 2**20:
             raise InvalidRequest(f"image {info.key.rsplit('/', 1)[-1]!r} is too large")
         body = apply_recipe(body, base64.b64encode(image).decode())

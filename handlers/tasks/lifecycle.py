@@ -66,8 +66,10 @@ class Claimed:
 
 # --- claiming ----------------------------------------------------------------------------------------
 
-def claim(services: Services, user: str, task_id: str, owner: str) -> Claimed | None:
-    """Take the task to run it, or None: finished, canceled, revoked, gone, or a live worker holds it."""
+def claim(services: Services, user: str, task_id: str, owner: str, *, reclaim: bool = False) -> Claimed | None:
+    """Take the task to run it, or None: finished, canceled, revoked, gone, or a live worker holds it.
+    `reclaim`: the caller knows it let go of its own claim on this task (the store refused every write of
+    the run, the final one too): its lease is taken back at once, and not counted as a worker that died."""
     for _ in range(5):
         try:
             record, tag = records.read_task(services, user, task_id)
@@ -77,15 +79,16 @@ def claim(services: Services, user: str, task_id: str, owner: str) -> Claimed | 
             finished(services, record)  # a crash after the final write left clean-up undone
             return None
         try:
-            return _take(services, record, tag, owner)
+            return _take(services, record, tag, owner, reclaim)
         except Conflict:
             continue  # another writer got there between our read and write: look again
     return None
 
 
-def _take(services: Services, record: TaskRecord, tag: str, owner: str) -> Claimed | None:
+def _take(services: Services, record: TaskRecord, tag: str, owner: str, reclaim: bool = False) -> Claimed | None:
     now = time.time()
-    if record.status == "running" and record.lease and record.lease.expires > now:
+    ours = reclaim and record.status == "running" and record.lease is not None and record.lease.owner == owner
+    if record.status == "running" and record.lease and record.lease.expires > now and not ours:
         return None  # a live worker holds it; the reaper looks again when the lease expires
     if not user_active(services, record.user):
         _end(services, record, tag, "failed", "the user was revoked before this task ran (not billed)")
@@ -94,7 +97,7 @@ def _take(services: Services, record: TaskRecord, tag: str, owner: str) -> Claim
         _end(services, record, tag, "canceled", "canceled before it ran")
         return None
     settled = ledger_outcome(services, record) if record.runs else None
-    if settled is None and record.status == "running":  # its worker died under it (the lease expired)
+    if settled is None and record.status == "running" and not ours:  # its worker died (the lease expired)
         record.lost += 1
         if record.lost >= records.MAX_LOST:
             _end(services, record, tag, "failed", f"the worker running this task died {record.lost} times")

@@ -31,7 +31,7 @@ from handlers.generation.generate import resolve_checkpoint
 from handlers.jobs import Job
 from handlers.schemas import GenerationRequest, Img2ImgRequest, Timings, Txt2ImgRequest
 from handlers.services import Services
-from loaders.errors import Conflict, InvalidRequest, NotFound, TooManyRequests, TransientStorageError
+from loaders.errors import Conflict, EaselError, InvalidRequest, NotFound, TooManyRequests, TransientStorageError
 from loaders.storage import fetch
 
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -275,20 +275,42 @@ def submit_task(services: Services, user: str, mode: str, request: GenerationReq
     check_request(services, user, mode, request, task_id)
     stored = json.dumps({"mode": mode, "hash": digest, "body": body}).encode()
     check_queue_caps(services, user, len(stored))
-    if not services.store.create(request_key(user, task_id), stored):
+    created = services.store.create(request_key(user, task_id), stored)
+    if not created:
         existing = json.loads(services.store.get_bytes(request_key(user, task_id)))
         if existing.get("hash") != digest:
             raise Conflict(f"task_id {task_id!r} was already used for a different request; use a new task_id")
     record = TaskRecord(task_id=task_id, user=user, mode=mode, request_hash=digest, webhook=request.webhook,
                         base_url=base_url, origin=origin, progress=Progress(total=request.steps * request.n_iter))
-    # Mark it open first: a crash right after creating the record still leaves it recoverable.
-    services.store.put_bytes(open_key(user, task_id), b"")
     try:
+        # Mark it open first: a crash right after creating the record still leaves it recoverable.
+        services.store.put_bytes(open_key(user, task_id), b"")
         swap_task(services, record, None)
     except Conflict:  # a concurrent submission won (a lost answer of our own is resolved by the store)
         return _existing(services, user, task_id, digest) or load_task(services, user, task_id)
+    except EaselError:
+        _undo_submission(services, user, task_id, created)
+        raise
     services.executor.submit(user, task_id)
     return record
+
+
+def _undo_submission(services: Services, user: str, task_id: str, created_body: bool) -> None:
+    """A submission refused half-way (a full disk, the store down): remove what it stored, or the body would
+    count against the user's open-task cap for good. Only when the record surely is not there: a write whose
+    answer was lost may have landed, and that task needs its body and open marker to run."""
+    try:
+        read_task(services, user, task_id)
+        return  # it was created after all: the client's retry of this id finds it, the reaper runs it
+    except NotFound:
+        pass
+    except EaselError:
+        return  # cannot tell: leave it (the same id sent again completes it)
+    for key in (open_key(user, task_id),) + ((request_key(user, task_id),) if created_body else ()):
+        try:
+            services.store.delete(key)
+        except EaselError:
+            pass  # the same id sent again completes the submission; a leftover is not a task
 
 
 def _existing(services: Services, user: str, task_id: str, digest: str) -> TaskRecord | None:

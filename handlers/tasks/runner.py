@@ -14,7 +14,7 @@ from handlers.tasks import lifecycle, records
 from handlers.tasks.events import write_outbox
 from handlers.tasks.lifecycle import Claimed, LeaseLost
 from handlers.tasks.records import TaskRecord
-from loaders.errors import EaselError, StorageError, TransientStorageError
+from loaders.errors import EaselError, StorageError, StorageFull, TransientStorageError
 
 log = logging.getLogger("easel.tasks")
 MAX_STORE_RETRIES = 5  # runs handed back because the store failed, before the task is failed
@@ -35,15 +35,15 @@ class RunOutcome:
 
 
 def run_task(services: Services, user: str, task_id: str, *, owner: str,
-             hold: Callable[[Claimed], object] | None = None) -> RunOutcome:
+             hold: Callable[[Claimed], object] | None = None, reclaim: bool = False) -> RunOutcome:
     """Execute a queued task (or take over one whose worker died) and store its final state.
 
     `hold(claimed)` is a context manager the local executor uses to heartbeat and hand back the claim.
     Outputs are persisted by execute_job (and copied to the outbox for upload-triggered tasks) before the
-    record says `succeeded`, so a reader who sees success can fetch every image.
+    record says `succeeded`, so a reader who sees success can fetch every image. `reclaim`: see lifecycle.claim.
     """
     # 1. Claim it: exactly one worker wins; a finished task is never re-run
-    claimed = lifecycle.claim(services, user, task_id, owner)
+    claimed = lifecycle.claim(services, user, task_id, owner, reclaim=reclaim)
     if claimed is None:
         return RunOutcome(None)
     if claimed.settled is not None:  # an earlier run got as far as the ledger: finish from it
@@ -100,7 +100,9 @@ def settle(services: Services, claimed: Claimed) -> TaskRecord:
 
 
 def _store_failed(services: Services, claimed: Claimed, e: StorageError) -> TaskRecord | None:
-    if claimed.record.store_retries + 1 >= MAX_STORE_RETRIES or not isinstance(e, TransientStorageError):
+    # A full disk is retried too: it is freed, or the task fails with the disk's error after a few backoffs.
+    if claimed.record.store_retries + 1 >= MAX_STORE_RETRIES or not isinstance(e, (TransientStorageError,
+                                                                                   StorageFull)):
         return _finish(services, claimed, "failed", error=str(e))
     lifecycle.hand_back(claimed, store_failed=True)
     raise StoreFailed(e, claimed.record.store_retries)

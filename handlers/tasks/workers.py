@@ -92,6 +92,7 @@ class LocalExecutor:
         self._claims: dict[tuple[str, str], Claimed] = {}  # running here
         self._busy: set[tuple[str, str]] = set()  # being claimed or run here
         self._later: list[tuple[float, str, str]] = []  # (when, user, task_id): re-queued after a store failure
+        self._let_go: dict[tuple[str, str], int] = {}  # claims of ours the store refused to end: → tries so far
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._webhooks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="easel-webhook")
@@ -182,18 +183,25 @@ class LocalExecutor:
             if (user, task_id) in self._busy or self._stopped:
                 return  # already running here; a duplicate submit must not wait for our own lease
             self._busy.add((user, task_id))
+            reclaim = (user, task_id) in self._let_go
         try:
-            outcome = run_task(self.services, user, task_id, owner=self.owner, hold=self._hold)
+            outcome = run_task(self.services, user, task_id, owner=self.owner, hold=self._hold, reclaim=reclaim)
         except StoreFailed as e:  # handed back: try again after a backoff (another server may take it first)
+            self._let_go.pop((user, task_id), None)
             self._retry_later(user, task_id, e.retries)
             return
         except Exception as e:  # the store failed under the claim or the final write: never drop the task
+            # Our lease may still be on the record: the retry takes it back (no wait for the lease, and not
+            # counted as a dead worker: a full disk twice must not fail the task as "died 2 times").
+            with self._lock:
+                tries = self._let_go[(user, task_id)] = self._let_go.get((user, task_id), 0) + 1
             log.warning("task %s/%s could not be run (%s); trying again later", user, task_id, e)
-            self._retry_later(user, task_id, 0)
+            self._retry_later(user, task_id, min(tries - 1, 6))
             return
         finally:
             with self._lock:
                 self._busy.discard((user, task_id))
+        self._let_go.pop((user, task_id), None)
         if outcome.record is not None and outcome.record.webhook:
             self._webhooks.submit(self._deliver, outcome.record)
 

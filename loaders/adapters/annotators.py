@@ -1,15 +1,18 @@
 """Weights of model-based ControlNet preprocessors, read from `models/annotators/` (own namespace, then public).
 
-Only `.safetensors` files (the usual annotators ship as `.pth` pickles: convert them once with safetensors).
+Only `.safetensors` files (the usual annotators ship as `.pth` pickles: convert them once with safetensors, keys
+unchanged). The networks are controlnet-aux's classes (`annotator_nets`), loaded strictly.
 The names looked up are fixed by the module, never taken from the request, so they cannot traverse.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+from loaders.adapters.annotator_nets import ARCHITECTURES, model_state
 from loaders.errors import InvalidRequest, NotFound
 from loaders.models.manager import FileCache, namespaces
 from loaders.models.safetensors_check import read_header
@@ -18,58 +21,15 @@ from loaders.storage.store import ObjectStore
 ANNOTATOR_DIR = "models/annotators"
 
 
-def _lineart_generator():
-    """The informative-drawings generator behind sd-webui-controlnet's lineart (`Generator(3, 1, 3)`)."""
-    from torch import nn
-
-    def residual(ch: int) -> nn.Module:
-        class Residual(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv_block = nn.Sequential(
-                    nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3), nn.InstanceNorm2d(ch), nn.ReLU(inplace=True),
-                    nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3), nn.InstanceNorm2d(ch))
-
-            def forward(self, x):
-                return x + self.conv_block(x)
-
-        return Residual()
-
-    class Generator(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model0 = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(3, 64, 7), nn.InstanceNorm2d(64), nn.ReLU(True))
-            self.model1 = nn.Sequential(
-                nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.InstanceNorm2d(128), nn.ReLU(True),
-                nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.InstanceNorm2d(256), nn.ReLU(True))
-            self.model2 = nn.Sequential(*[residual(256) for _ in range(3)])
-            self.model3 = nn.Sequential(
-                nn.ConvTranspose2d(256, 128, 3, stride=2, padding=1, output_padding=1), nn.InstanceNorm2d(128),
-                nn.ReLU(True),
-                nn.ConvTranspose2d(128, 64, 3, stride=2, padding=1, output_padding=1), nn.InstanceNorm2d(64),
-                nn.ReLU(True))
-            self.model4 = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(64, 1, 7), nn.Sigmoid())
-
-        def forward(self, x):
-            return self.model4(self.model3(self.model2(self.model1(self.model0(x)))))
-
-    return Generator()
-
-
-# annotator file -> architecture that reads it
-ARCHITECTURES: dict[str, Callable[[], object]] = {
-    "lineart/sk_model.safetensors": _lineart_generator,
-    "lineart/sk_model2.safetensors": _lineart_generator,
-}
-
-
 class AnnotatorCache:
-    """Loaded annotator networks keyed by (key, ETag)."""
+    """Loaded annotator networks keyed by (key, ETag), the `capacity` most recently used kept (they are 6 MB to
+    290 MB each, and every user may have their own files): an older version of a file is dropped when it loads."""
 
-    def __init__(self, store: ObjectStore, cache_dir: Path):
+    def __init__(self, store: ObjectStore, cache_dir: Path, capacity: int = 8):
         self.store = store
         self.files = FileCache(store, Path(cache_dir) / "annotators")
-        self._loaded: dict[tuple[str, str], object] = {}
+        self.capacity = capacity
+        self._loaded: OrderedDict[tuple[str, str], object] = OrderedDict()
         self._lock = threading.Lock()
 
     def loader(self, user: str, field: str) -> Callable[[str], object]:
@@ -87,22 +47,41 @@ class AnnotatorCache:
         if info is None:
             raise InvalidRequest(f"`{field}` needs the annotator weights public/{ANNOTATOR_DIR}/{filename}, "
                                  "which are not in the bucket")
+        cache_key = (info.key, info.etag)
         with self._lock:
-            if (info.key, info.etag) not in self._loaded:
-                self._loaded[(info.key, info.etag)] = self._build(info, filename, field)
-            return self._loaded[(info.key, info.etag)]
+            if cache_key not in self._loaded:
+                model = self._build(info, filename, field)
+                for stale in [k for k in self._loaded if k[0] == info.key]:
+                    del self._loaded[stale]
+                self._loaded[cache_key] = model
+                while len(self._loaded) > self.capacity:
+                    self._loaded.popitem(last=False)
+            self._loaded.move_to_end(cache_key)
+            return self._loaded[cache_key]
 
     def _build(self, info, filename: str, field: str):
         from safetensors.torch import load_file
 
         path = self.files.ensure(info)
         read_header(path, filename)
-        make = ARCHITECTURES.get(filename)
-        if make is None:
+        net = ARCHITECTURES.get(filename)
+        if net is None:
             return None
-        model = make()
+        model = meta_build(net.build)
         try:
-            model.load_state_dict(load_file(str(path)))
+            model.load_state_dict(model_state(net, model, load_file(str(path))), strict=True, assign=True)
         except RuntimeError as e:
             raise InvalidRequest(f"`{field}`: {info.key} does not fit the {filename} network: {e}"[:400]) from None
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a tensor the file does not hold
+            model = net.build()
+            model.load_state_dict(model_state(net, model, load_file(str(path))), strict=True)
         return model.eval()
+
+
+def meta_build(build: Callable[[], object]):
+    """The network with its tensors on the meta device: the file gives every weight, so the random initialisation
+    (seconds for OpenPose's or BAE's tens of millions of parameters) is skipped."""
+    import torch
+
+    with torch.device("meta"):
+        return build()

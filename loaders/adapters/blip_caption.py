@@ -18,6 +18,7 @@ import re
 from PIL import Image
 
 from loaders.errors import InvalidRequest
+from loaders.models.safetensors_check import built_with_weights
 from loaders.models.families import CONFIGS
 
 BLIP_CONFIG = CONFIGS / "interrogate" / "blip_base_caption.json"
@@ -118,7 +119,6 @@ def blip_tokenizer(vocab_txt: bytes, name: str = "vocab.txt"):
 
 def build_blip(state: dict, name: str, tokenizer):
     """transformers' BlipForConditionalGeneration holding the file's weights (strict: a 422 otherwise)."""
-    import torch
     from transformers import BlipConfig, BlipForConditionalGeneration
 
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}  # derived buffer
@@ -130,15 +130,8 @@ def build_blip(state: dict, name: str, tokenizer):
     state.setdefault("text_decoder.cls.predictions.decoder.bias", state.get("text_decoder.cls.predictions.bias"))
     state = {k: v for k, v in state.items() if v is not None}
     config = config_from_shapes({k: tuple(v.shape) for k, v in state.items()}, name, tokenizer)
-    with torch.device("meta"):
-        model = BlipForConditionalGeneration(BlipConfig(**config))
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise InvalidRequest(f"{name!r} does not fit a BLIP captioning model of its own sizes: {e}"[:400]) from None
-    embeddings = model.text_decoder.bert.embeddings
-    positions = embeddings.position_embeddings.weight.shape[0]
-    embeddings.register_buffer("position_ids", torch.arange(positions)[None], persistent=False)
+    model = built_with_weights(lambda: BlipForConditionalGeneration(BlipConfig(**config)), state,
+                               f"{name!r} does not fit a BLIP captioning model of its own sizes")
     return model.float().eval()
 
 

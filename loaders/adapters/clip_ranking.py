@@ -18,6 +18,7 @@ import re
 from PIL import Image
 
 from loaders.errors import InvalidRequest
+from loaders.models.safetensors_check import built_with_weights
 from loaders.models.clip_vocab import CLIP_BPE_DIR
 from loaders.models.families import CONFIGS
 
@@ -125,15 +126,8 @@ def build_clip(state: dict, name: str):
     if config["text_config"]["vocab_size"] != 49408:
         raise InvalidRequest(f"{name!r} has a vocabulary of {config['text_config']['vocab_size']} tokens; "
                              "A1111's interrogator uses CLIP's 49408-token BPE")
-    with torch.device("meta"):
-        model = CLIPModel(CLIPConfig(**config))
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise InvalidRequest(f"{name!r} does not fit a CLIP model of its own sizes: {e}"[:400]) from None
-    for embeddings in (model.text_model.embeddings, model.vision_model.embeddings):
-        positions = embeddings.position_embedding.weight.shape[0]
-        embeddings.register_buffer("position_ids", torch.arange(positions)[None], persistent=False)
+    model = built_with_weights(lambda: CLIPModel(CLIPConfig(**config)), state,
+                               f"{name!r} does not fit a CLIP model of its own sizes")
     return model.float().eval()
 
 

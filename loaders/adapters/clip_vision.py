@@ -20,7 +20,7 @@ from PIL import Image
 from loaders.errors import InvalidRequest, NotFound
 from loaders.models.families import CONFIGS
 from loaders.models.manager import FileCache, namespaces
-from loaders.models.safetensors_check import read_header
+from loaders.models.safetensors_check import built_with_weights, read_header
 from loaders.storage.store import ObjectStore
 
 ENCODER_DIRS = ("models/clip_vision", "models/ipadapter")
@@ -103,21 +103,14 @@ class LoadedEncoder:
 
 def build_encoder(path: Path, name: str, device: str, dtype):
     """A CLIPVisionModelWithProjection from one `.safetensors` file and the shipped config that fits it."""
-    import torch
     from safetensors.torch import load_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     config = config_for(path, name)
-    with torch.device("meta"):
-        model = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
     # older transformers saved the position_ids buffer; it is derived, not learned
     state = {k: v for k, v in load_file(str(path)).items() if not k.endswith("position_ids")}
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise InvalidRequest(f"{name!r} does not fit the CLIP vision config it was matched to: {e}"[:400]) from None
-    embeddings = model.vision_model.embeddings  # its derived buffer was made on the meta device above
-    embeddings.register_buffer("position_ids", torch.arange(embeddings.num_positions)[None], persistent=False)
+    model = built_with_weights(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**config)), state,
+                               f"{name!r} does not fit the CLIP vision config it was matched to")
     return model.to(device=device, dtype=dtype).eval(), config["image_size"]
 
 

@@ -16,14 +16,17 @@ face's inverse transform, and the restored face is blended in under it, so every
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING
+
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
 
 from loaders.adapters.retinaface import load_state_strict
+
+if TYPE_CHECKING:
+    from torch.nn import Module
 
 MASK_COLORMAP = np.array([0, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 0, 255, 0, 0, 0],
                          np.float64)  # facexlib's: which of the 19 classes belong to the pasted face
@@ -32,72 +35,86 @@ MASK_BORDER = 10
 PARSE_SIZE = 512
 
 
-class ConvLayer(nn.Module):
-    """Optional nearest ×2 upsampling, reflection pad, conv (stride 2 to go down), optional BN and LeakyReLU(0.2)."""
+@functools.cache
+def _network_classes() -> dict:
+    """The network's modules, defined on first use: the web tier imports this module without torch."""
+    from torch import nn
+    from torch.nn import functional as F
 
-    def __init__(self, cin: int, cout: int, scale: str = "none", norm: bool = False, relu: bool = False):
-        super().__init__()
-        self.scale, self.relu = scale, relu
-        self.conv2d = nn.Conv2d(cin, cout, 3, 2 if scale == "down" else 1, bias=not norm)
-        if norm:
-            self.norm = nn.ModuleDict({"norm": nn.BatchNorm2d(cout)})  # facexlib's NormLayer wraps it: `norm.norm`
+    class ConvLayer(nn.Module):
+        """Optional nearest ×2 upsampling, reflection pad, conv (stride 2 to go down), optional BN, LeakyReLU(0.2)."""
 
-    def forward(self, x):
-        if self.scale == "up":
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-        x = self.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"))
-        if hasattr(self, "norm"):
-            x = self.norm["norm"](x)
-        return F.leaky_relu(x, 0.2) if self.relu else x
+        def __init__(self, cin: int, cout: int, scale: str = "none", norm: bool = False, relu: bool = False):
+            super().__init__()
+            self.scale, self.relu = scale, relu
+            self.conv2d = nn.Conv2d(cin, cout, 3, 2 if scale == "down" else 1, bias=not norm)
+            if norm:
+                self.norm = nn.ModuleDict({"norm": nn.BatchNorm2d(cout)})  # facexlib's NormLayer wraps it: `norm.norm`
 
-
-class ResidualBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, scale: str = "none"):
-        super().__init__()
-        # the identity shortcut has no weights; a changed size or width goes through a plain conv
-        self.shortcut_func = None if scale == "none" and cin == cout else ConvLayer(cin, cout, scale)
-        self.conv1 = ConvLayer(cin, cout, "up" if scale == "up" else "none", norm=True, relu=True)
-        self.conv2 = ConvLayer(cout, cout, "down" if scale == "down" else "none", norm=True)
-
-    def forward(self, x):
-        identity = x if self.shortcut_func is None else self.shortcut_func(x)
-        return identity + self.conv2(self.conv1(x))
+        def forward(self, x):
+            if self.scale == "up":
+                x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = self.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"))
+            if hasattr(self, "norm"):
+                x = self.norm["norm"](x)
+            return F.leaky_relu(x, 0.2) if self.relu else x
 
 
-def _clip(channels: int) -> int:
-    return max(32, min(channels, 256))
+    class ResidualBlock(nn.Module):
+        def __init__(self, cin: int, cout: int, scale: str = "none"):
+            super().__init__()
+            # the identity shortcut has no weights; a changed size or width goes through a plain conv
+            self.shortcut_func = None if scale == "none" and cin == cout else ConvLayer(cin, cout, scale)
+            self.conv1 = ConvLayer(cin, cout, "up" if scale == "up" else "none", norm=True, relu=True)
+            self.conv2 = ConvLayer(cout, cout, "down" if scale == "down" else "none", norm=True)
+
+        def forward(self, x):
+            identity = x if self.shortcut_func is None else self.shortcut_func(x)
+            return identity + self.conv2(self.conv1(x))
 
 
-class ParseNet(nn.Module):
-    def __init__(self, base: int = 64, steps: int = 4, depth: int = 10, classes: int = 19):
-        super().__init__()
-        encoder, ch = [ConvLayer(3, base)], base
-        for _ in range(steps):
-            encoder.append(ResidualBlock(_clip(ch), _clip(ch * 2), "down"))
-            ch *= 2
-        self.encoder = nn.Sequential(*encoder)
-        self.body = nn.Sequential(*(ResidualBlock(_clip(ch), _clip(ch)) for _ in range(depth)))
-        decoder = []
-        for _ in range(steps):
-            decoder.append(ResidualBlock(_clip(ch), _clip(ch // 2), "up"))
-            ch //= 2
-        self.decoder = nn.Sequential(*decoder)
-        self.out_img_conv = ConvLayer(_clip(ch), 3)
-        self.out_mask_conv = ConvLayer(_clip(ch), classes)
-
-    def forward(self, x):
-        feat = self.encoder(x)
-        x = self.decoder(feat + self.body(feat))
-        return self.out_mask_conv(x), self.out_img_conv(x)
+    def _clip(channels: int) -> int:
+        return max(32, min(channels, 256))
 
 
-def load_parsenet(path: Path, device: str) -> ParseNet:
-    return load_state_strict(ParseNet(), path, "face parser parsing_parsenet").to(device)
+    class ParseNet(nn.Module):
+        def __init__(self, base: int = 64, steps: int = 4, depth: int = 10, classes: int = 19):
+            super().__init__()
+            encoder, ch = [ConvLayer(3, base)], base
+            for _ in range(steps):
+                encoder.append(ResidualBlock(_clip(ch), _clip(ch * 2), "down"))
+                ch *= 2
+            self.encoder = nn.Sequential(*encoder)
+            self.body = nn.Sequential(*(ResidualBlock(_clip(ch), _clip(ch)) for _ in range(depth)))
+            decoder = []
+            for _ in range(steps):
+                decoder.append(ResidualBlock(_clip(ch), _clip(ch // 2), "up"))
+                ch //= 2
+            self.decoder = nn.Sequential(*decoder)
+            self.out_img_conv = ConvLayer(_clip(ch), 3)
+            self.out_mask_conv = ConvLayer(_clip(ch), classes)
+
+        def forward(self, x):
+            feat = self.encoder(x)
+            x = self.decoder(feat + self.body(feat))
+            return self.out_mask_conv(x), self.out_img_conv(x)
+
+    return {"ParseNet": ParseNet}
 
 
-def parse_classes(net: ParseNet, face_rgb: np.ndarray, device: str) -> np.ndarray:
+def parsenet_network():
+    """A ParseNet(512, 512, 19) in facexlib's layout, random weights."""
+    return _network_classes()["ParseNet"]()
+
+
+def load_parsenet(path: Path, device: str) -> Module:
+    return load_state_strict(parsenet_network(), path, "face parser parsing_parsenet").to(device)
+
+
+def parse_classes(net: Module, face_rgb: np.ndarray, device: str) -> np.ndarray:
     """The (512, 512) class index of each pixel of a restored 512² RGB uint8 face."""
     import cv2
+    import torch
 
     face = cv2.resize(face_rgb, (PARSE_SIZE, PARSE_SIZE), interpolation=cv2.INTER_LINEAR)
     x = torch.from_numpy(face.astype(np.float32) / 255.0).permute(2, 0, 1)
@@ -121,7 +138,7 @@ def mask_from_classes(classes: np.ndarray) -> np.ndarray:
     return mask / 255.0
 
 
-def parse_mask(net: ParseNet, face_rgb: np.ndarray, device: str) -> np.ndarray:
+def parse_mask(net: Module, face_rgb: np.ndarray, device: str) -> np.ndarray:
     """The paste-back mask of one restored face, the crop's size."""
     import cv2
 

@@ -1,7 +1,8 @@
 """ControlNet preprocessors ("modules"): image → detected map, with sd-webui-controlnet's names and defaults.
 
-Weight-free ones run on OpenCV/NumPy. Model-based ones (`lineart_*`) read their weights, as `.safetensors` only,
-from `models/annotators/` in the caller's namespace, then public; a missing file is a 422 naming it.
+Weight-free ones run on OpenCV/NumPy. Model-based ones (HED, PiDiNet, M-LSD, lineart, TEED: `annotator_runners`, on
+controlnet-aux's networks) read their weights, as `.safetensors` only, from `models/annotators/` in the caller's
+namespace, then public; a missing file is a 422 naming it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from loaders.adapters import preprocessor_table
+from loaders.adapters import annotator_runners, openpose_runners, preprocessor_table
 from loaders.adapters.clip_vision import MODULE_ENCODERS
 from loaders.errors import InvalidRequest
 
@@ -72,48 +73,6 @@ def _tile_resample(img, a, b, _):
     return cv2.resize(img, (max(1, int(w / a)), max(1, int(h / a))), interpolation=cv2.INTER_AREA)
 
 
-def _mlsd(img, a, b, _):
-    """Straight lines by the probabilistic Hough transform: a cheap stand-in for the M-LSD network.
-
-    threshold_a (value threshold) scales the votes a line needs; threshold_b (distance threshold) its minimum length.
-    """
-    import cv2
-
-    side = min(img.shape[:2])
-    edges = cv2.Canny(_gray(img), 50, 150)
-    lines = cv2.HoughLinesP(edges, 1, np.pi / 180, threshold=max(8, int(side * a)),
-                            minLineLength=max(4, int(side * b * 0.5)), maxLineGap=max(2, side // 100))
-    out = np.zeros(img.shape[:2], np.uint8)
-    for x1, y1, x2, y2 in (lines[:, 0] if lines is not None else []):
-        cv2.line(out, (int(x1), int(y1)), (int(x2), int(y2)), 255, 1)
-    return out
-
-
-def _lineart(weights: str) -> Runner:
-    def run(img, a, b, ctx):
-        import torch
-
-        model = ctx.load(weights)
-        x = torch.from_numpy(img).float().div(255).permute(2, 0, 1)[None]
-        with torch.no_grad():
-            line = model(x)[0, 0].clamp(0, 1).numpy()
-        # the network draws dark lines on white; ControlNet lineart models expect white lines on black
-        return (255 - line * 255).round().astype(np.uint8)
-
-    return run
-
-
-def _lineart_standard(img, a, b, _):
-    """Dark lines on a light background, by the difference from a blurred copy (weight-free)."""
-    import cv2
-
-    x = img.astype(np.float32)
-    intensity = np.min(cv2.GaussianBlur(x, (0, 0), 6.0) - x, axis=2).clip(0, 255)
-    strong = intensity[intensity > 8]
-    intensity /= max(16.0, float(np.median(strong)) if strong.size else 16.0)
-    return (intensity * 127).clip(0, 255).astype(np.uint8)
-
-
 def _recolor(channel: str) -> Runner:
     """The image's lightness (LAB L) or intensity (HSV V), gamma-corrected by threshold_a: a recolor model's input."""
 
@@ -155,10 +114,12 @@ def _shuffle(img, a, b, ctx):
 
 @dataclass(frozen=True)
 class Context:
-    """What a runner may use besides the image: the annotator-weights loader and the request's seed."""
+    """What a runner may use besides the image: the annotator-weights loader, the request's seed, and where the
+    OpenPose modules hand their keypoints (the extension's `json_pose_callback`; detect returns them as `poses`)."""
 
     load: Callable[[str], object]
     seed: int = 0
+    on_pose: Callable[[dict], None] | None = None
 
 
 # internal name (the extension's) -> how to run it here, without weights or with the annotator files named
@@ -170,15 +131,13 @@ RUNNERS: dict[str, Preprocessor] = {p.name: p for p in [
     Preprocessor("scribble_xdog", _scribble_xdog),
     Preprocessor("blur_gaussian", _blur),
     Preprocessor("tile_resample", _tile_resample),
-    Preprocessor("mlsd", _mlsd),
-    Preprocessor("lineart_standard", _lineart_standard),
+    Preprocessor("lineart_standard", lambda img, a, b, _: annotator_runners.lineart_standard_map(img)),
     Preprocessor("recolor_luminance", _recolor("luminance")),
     Preprocessor("recolor_intensity", _recolor("intensity")),
     Preprocessor("color", _color_grid),
     Preprocessor("shuffle", _shuffle, fixed_resolution=512),
-    Preprocessor("lineart", _lineart("lineart/sk_model.safetensors"), weights=("lineart/sk_model.safetensors",)),
-    Preprocessor("lineart_coarse", _lineart("lineart/sk_model2.safetensors"),
-                 weights=("lineart/sk_model2.safetensors",)),
+    *(Preprocessor(name, run, weights=files) for name, (run, files) in
+      {**annotator_runners.RUNNERS, **openpose_runners.RUNNERS}.items()),
 ]}
 
 
@@ -190,17 +149,11 @@ WEIGHTS = {
     "depth_zoe": "zoedepth/ZoeD_M12_N.safetensors", "depth_anything": "depth_anything/depth_anything_vitl14.safetensors",
     "depth_anything_v2": "depth_anything_v2/depth_anything_v2_vitl.safetensors",
     "depth_hand_refiner": "hand_refiner/graphormer_hand_state_dict.safetensors",
-    "normal_bae": "normal_bae/scannet.safetensors", "normal_dsine": "normal_dsine/dsine.safetensors",
-    **{k: "openpose/body_pose_model.safetensors" for k in ("openpose", "openpose_face", "openpose_faceonly",
-                                                           "openpose_full", "openpose_hand")},
+"normal_dsine": "normal_dsine/dsine.safetensors",
     "dw_openpose_full": "openpose/dw-ll_ucoco_384.safetensors",
     "animal_openpose": "openpose/rtmpose-m_ap10k_256.safetensors",
     "densepose": "densepose/densepose_r50_fpn_dl.safetensors", "densepose_parula": "densepose/densepose_r50_fpn_dl.safetensors",
-    **{k: "hed/ControlNetHED.safetensors" for k in ("hed", "hed_safe", "scribble_hed")},
-    **{k: "pidinet/table5_pidinet.safetensors" for k in ("pidinet", "pidinet_safe", "pidinet_scribble",
-                                                          "pidinet_sketch")},
-    "softedge_teed": "TEED/7_model.safetensors", "softedge_anyline": "Anyline/MTEED.safetensors",
-    "lineart_anime": "lineart_anime/netG.safetensors", "lineart_anime_denoise": "manga_line/res_skip.safetensors",
+    "lineart_anime_denoise": "manga_line/res_skip.safetensors",
     "segmentation": "uniformer/upernet_global_small.safetensors",
     "oneformer_ade20k": "oneformer/250_16_swin_l_oneformer_ade20k_160k.safetensors",
     "oneformer_coco": "oneformer/150_16_swin_l_oneformer_coco_100ep.safetensors",
@@ -235,7 +188,7 @@ def module_status(name: str) -> tuple[str | None, str]:
     """(annotator file it needs or None, 'runs' | 'needs weights' | why it is refused) for the README and tests."""
     if name in RUNNERS:
         weights = RUNNERS[name].weights
-        return (weights[0] if weights else None), "runs"
+        return (", ".join(weights) if weights else None), "runs"
     if name in WEIGHTS:
         return WEIGHTS[name], "no runner yet (422 names the file)"
     if name in MODULE_ENCODERS:
@@ -249,14 +202,14 @@ MAX_MAP_PIXELS = 4096 * 4096  # default bound on a detected map (EASEL_MAX_INTER
 
 def run_module(name: str, image: Image.Image, *, resolution: int, threshold_a: float, threshold_b: float,
                load_annotator: Callable[[str], object], field: str, seed: int = 0,
-               max_pixels: int = MAX_MAP_PIXELS) -> Image.Image:
+               max_pixels: int = MAX_MAP_PIXELS, on_pose: Callable[[dict], None] | None = None) -> Image.Image:
     """The detected map of `image` (RGB) for an internal module name, computed at `resolution` on its short side."""
     pre = RUNNERS.get(name)
     if pre is None:
         if name in WEIGHTS:
             load_annotator(WEIGHTS[name])  # a missing file is the first thing to tell the client
             raise InvalidRequest(f"`{field}` {name!r}: this server does not ship a runner for these weights yet; "
-                                 "use a weight-free module or `lineart`")
+                                 "use a weight-free module or one the README lists as running")
         reason = NOT_HERE.get(name, "it is not an image-to-map preprocessor"
                               + (" (it runs in IP-Adapter units)" if name in MODULE_ENCODERS else ""))
         raise InvalidRequest(f"`{field}` {name!r} is not available here: {reason}")
@@ -265,7 +218,7 @@ def run_module(name: str, image: Image.Image, *, resolution: int, threshold_a: f
     elif pre.uses_resolution:
         check_map_size(image, resolution, max_pixels, field)
         image = resize_short_side(image, resolution)
-    out = pre.run(np.asarray(image.convert("RGB")), threshold_a, threshold_b, Context(load_annotator, seed))
+    out = pre.run(np.asarray(image.convert("RGB")), threshold_a, threshold_b, Context(load_annotator, seed, on_pose))
     return Image.fromarray(out).convert("RGB")
 
 

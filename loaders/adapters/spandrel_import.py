@@ -14,6 +14,7 @@ import types
 from pathlib import Path
 
 from loaders.errors import InvalidRequest, Unavailable
+from loaders.models.safetensors_check import load_bounded
 
 MAX_MODEL_BYTES = 2 * 2**30  # upscalers are tens of MB, GFPGAN / CodeFormer ~350 MB: refuse to read anything absurd
 
@@ -61,14 +62,7 @@ def import_spandrel():
 
 def load_descriptor(spandrel, path: Path, what: str, device: str):
     """spandrel's model from a `.safetensors` upload; each way the file can be wrong is a 422 naming `what`."""
-    from safetensors.torch import load_file
-
-    if Path(path).stat().st_size > MAX_MODEL_BYTES:
-        raise InvalidRequest(f"{what} is over {MAX_MODEL_BYTES // 2**30} GB")
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # a corrupt upload; safetensors checks offsets and sizes
-        raise InvalidRequest(f"{what} is not a readable .safetensors file ({exc})") from None
+    state = load_bounded(path, what, MAX_MODEL_BYTES)
     try:
         return spandrel.ModelLoader(device).load_from_state_dict(state)
     except spandrel.UnsupportedModelError:

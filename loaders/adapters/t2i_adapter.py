@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loaders.errors import InvalidRequest
+from loaders.models.safetensors_check import built_with_weights
 
 _ORIGINAL_BLOCK = re.compile(r"^body\.(\d+)\.(block1|block2|in_conv)\.(weight|bias)$")
 
@@ -91,7 +92,6 @@ def config_from_state(state: dict, name: str, family_hint: str | None) -> tuple[
 
 
 def build_t2i_adapter(path: Path, name: str, key: str, etag: str, device: str, dtype) -> LoadedT2IAdapter:
-    import torch
     from diffusers import T2IAdapter
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -105,11 +105,7 @@ def build_t2i_adapter(path: Path, name: str, key: str, etag: str, device: str, d
         except InvalidRequest as e:
             raise InvalidRequest(f"{name!r}: {e}") from None
     config, family = config_from_state(state, name, metadata.get("easel.family"))
-    with torch.device("meta"):
-        model = T2IAdapter(**config)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise InvalidRequest(f"{name!r} does not fit the T2I-Adapter its shapes describe: {e}"[:400]) from None
+    model = built_with_weights(lambda: T2IAdapter(**config), state,
+                               f"{name!r} does not fit the T2I-Adapter its shapes describe")
     return LoadedT2IAdapter(model.to(device=device, dtype=dtype).eval(), key, etag, family,
                             name.removesuffix(".safetensors"), config["in_channels"], config["downscale_factor"])

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from safetensors.torch import save
 
-from loaders.adapters.face_parsing import ParseNet
+from loaders.adapters.face_parsing import parsenet_network
 from loaders.adapters.face_restorers import spandrel_with_face_arches
-from loaders.adapters.retinaface import RetinaFace
+from loaders.adapters.retinaface import retinaface_network
 
 # Landmarks inside a detected box, as fractions of its side (the FFHQ template's layout in its 512² square).
 _KPS_LAYOUT = [(0.377, 0.469), (0.623, 0.469), (0.501, 0.613), (0.393, 0.725), (0.611, 0.725)]
@@ -77,14 +77,14 @@ def codeformer_bytes(seed: int = 0, dim_embd: int = 64, n_layers: int = 1, codeb
 def retinaface_bytes(seed: int = 0) -> bytes:
     """A random RetinaFace-ResNet50 with every key of facexlib's detection_Resnet50_Final."""
     with torch.device("meta"):
-        model = RetinaFace()
+        model = retinaface_network()
     return save(_random_state(model, seed))
 
 
 def parsenet_bytes(seed: int = 0) -> bytes:
     """A random ParseNet(512, 512, 19 classes) with every key of facexlib's parsing_parsenet."""
     with torch.device("meta"):
-        model = ParseNet()
+        model = parsenet_network()
     return save(_random_state(model, seed))
 
 

@@ -36,6 +36,7 @@ KIND_DIRS = {
     # upscalers and face restorers (A1111's folder names), loaded by loaders.adapters.upscalers
     "esrgan": "models/ESRGAN", "realesrgan": "models/RealESRGAN", "swinir": "models/SwinIR", "dat": "models/DAT",
     "gfpgan": "models/GFPGAN", "codeformer": "models/Codeformer",
+    "deepdanbooru": "models/torch_deepdanbooru",  # A1111's interrogator (loaders.adapters.deepbooru)
 }
 _NAME = re.compile(r"[\w][\w .+=@,()\[\]-]{0,254}")  # fullmatch: `$` accepts "x\n"
 _A1111_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]\Z")

@@ -3,7 +3,7 @@
 The child runs `torch.load(weights_only=True)` (tensors and plain containers only: any other class in the
 pickle is refused by torch itself), flattens nested dicts to dotted keys (A1111's `state_dict` wrapper is
 unwrapped, a textual-inversion `string_to_param` becomes `emb_params`), keeps plain numbers and strings as
-metadata, and writes safetensors. Pickle never runs in the server process; the serving path reads only
+metadata (a list of them as one JSON list: DeepDanbooru's `tags`), and writes safetensors. Pickle never runs in the server process; the serving path reads only
 safetensors.
 """
 
@@ -47,6 +47,8 @@ def _flatten(value, prefix: str, tensors: dict, meta: dict) -> None:
     elif isinstance(value, dict):
         for key, item in value.items():
             _flatten(item, f"{prefix}.{key}" if prefix else str(key), tensors, meta)
+    elif isinstance(value, (list, tuple)) and _plain(value):
+        meta[prefix] = json.dumps(list(value))  # one JSON list: DeepDanbooru's `tags` (9176 names) stay one value
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             _flatten(item, f"{prefix}.{i}" if prefix else str(i), tensors, meta)

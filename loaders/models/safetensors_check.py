@@ -42,3 +42,36 @@ def read_header(path: Path, name: str) -> SafetensorsHeader:
             return SafetensorsHeader(frozenset(f.keys()), dict(f.metadata() or {}))
     except Exception as e:  # SafetensorError: truncated, bad JSON, overlapping offsets...
         raise InvalidRequest(f"{name!r} is not a valid .safetensors file: {e}") from None
+
+
+def load_bounded(path: Path, what: str, max_bytes: int) -> dict:
+    """A `.safetensors` upload's tensors (CPU); a file over `max_bytes` or one safetensors cannot read is a 422
+    naming `what`."""
+    from safetensors.torch import load_file
+
+    if Path(path).stat().st_size > max_bytes:
+        raise InvalidRequest(f"{what} is over {max_bytes / 2**20:,.0f} MB")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # a corrupt upload; safetensors checks offsets and sizes
+        raise InvalidRequest(f"{what} is not a readable .safetensors file ({exc})") from None
+
+
+def built_with_weights(build, state: dict, what: str):
+    """`build()` made on the meta device, then given `state`'s tensors as its own (strict: every key, no other,
+    each of its shape); a file that does not fit is a 422 naming `what`. transformers' derived `position_ids`
+    buffers (never in a file, made on the meta device too) are filled in again."""
+    import torch
+
+    with torch.device("meta"):
+        model = build()
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:  # missing / unexpected keys, or the right keys with the wrong shapes
+        raise InvalidRequest(f"{what}: {' '.join(str(e).split())}"[:500]) from None
+    for module in model.modules():
+        ids = module._buffers.get("position_ids")
+        if ids is not None and ids.is_meta:
+            module.register_buffer("position_ids", torch.arange(ids.shape[-1]).expand(ids.shape).clone(),
+                                   persistent=False)
+    return model

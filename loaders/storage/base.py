@@ -40,7 +40,8 @@ class ObjectStore(ABC):
     """Bytes by key. Keys are '/'-separated, relative, never containing '..'."""
 
     @abstractmethod
-    def get_bytes(self, key: str) -> bytes: ...
+    def get_bytes(self, key: str, version: str | None = None) -> bytes:
+        """The object's bytes; `version`: that version of it (a store without versions has only the current)."""
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo: ...
@@ -67,8 +68,8 @@ class ObjectStore(ABC):
     def put_file(self, key: str, path: Path) -> ObjectInfo: ...
 
     @abstractmethod
-    def stat(self, key: str) -> ObjectInfo:
-        """Size, ETag and mtime; NotFound when absent."""
+    def stat(self, key: str, version: str | None = None) -> ObjectInfo:
+        """Size, ETag and mtime (of that `version`, where the store keeps versions); NotFound when absent."""
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]:

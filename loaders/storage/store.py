@@ -58,8 +58,8 @@ class LocalStore(ObjectStore):
             raise
         return tmp
 
-    def get_bytes(self, key: str) -> bytes:
-        path = self._path(key)
+    def get_bytes(self, key: str, version: str | None = None) -> bytes:
+        path = self._path(key)  # a directory keeps no versions: only the current one
         self._info(key, path)
         with _disk("get", key):
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -133,7 +133,7 @@ class LocalStore(ObjectStore):
                 raise
         return self._info(key, dst)
 
-    def stat(self, key: str) -> ObjectInfo:
+    def stat(self, key: str, version: str | None = None) -> ObjectInfo:
         return self._info(key, self._path(key))
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
@@ -220,8 +220,11 @@ class S3Store(ObjectStore):
     def _call(self, op: str, key: str, call, on_retry=None):
         return self.retry.run(op, key, call, classify_s3, on_retry)
 
-    def get_bytes(self, key: str) -> bytes:
-        return self.get_versioned(key)[0]
+    def get_bytes(self, key: str, version: str | None = None) -> bytes:
+        if version is None:
+            return self.get_versioned(key)[0]
+        return self._call("get", key, lambda: self.client.get_object(
+            Bucket=self.bucket, Key=self._k(key), VersionId=version)["Body"].read())
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         def get():
@@ -284,8 +287,9 @@ class S3Store(ObjectStore):
                                                                Config=self.transfer, ExtraArgs=extra))
         return self.stat(key)
 
-    def stat(self, key: str) -> ObjectInfo:
-        head = self._call("stat", key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._k(key)))
+    def stat(self, key: str, version: str | None = None) -> ObjectInfo:
+        extra = {"VersionId": version} if version else {}
+        head = self._call("stat", key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._k(key), **extra))
         version = head.get("VersionId")
         return ObjectInfo(key, head["ContentLength"], head["ETag"].strip('"'), head["LastModified"].timestamp(),
                           None if version in (None, "null") else version)

@@ -2,14 +2,15 @@
 denoising strength moving from the request's to the final one along a curve.
 
 script_args: [loops, final_denoising_strength, denoising_curve ("Aggressive"|"Linear"|"Lazy"),
-append_interrogation ("None" | "CLIP": each loop's prompt is the request's + ", " + the CLIP interrogation of
-that loop's init image, as A1111; "DeepBooru" is refused)]
+append_interrogation ("None" | "CLIP" | "DeepBooru": each loop's prompt is the request's + ", " + that
+interrogator's caption of the loop's init image, as A1111)]
 """
 
 from __future__ import annotations
 
 import math
 
+from handlers.generation import deepbooru
 from handlers.generation import interrogate as interrogation
 from handlers.generation.scripts import grids
 from handlers.generation.scripts.base import Result, ScriptRun, b64_png
@@ -46,9 +47,9 @@ def run(s: ScriptRun) -> Result:
         raise InvalidRequest(f"`script_args[1]` (final_denoising_strength) must be 0..1, not {final}")
     if curve not in ("Aggressive", "Linear", "Lazy"):
         raise InvalidRequest(f"`script_args[2]` (denoising_curve) must be Aggressive, Linear or Lazy, not {curve!r}")
-    if interrogate not in ("None", "CLIP"):
-        raise InvalidRequest(f"`script_args[3]` (append_interrogation) {interrogate!r}: only \"None\" and \"CLIP\" "
-                             "are available on this server")
+    if interrogate not in ("None", "CLIP", "DeepBooru"):
+        raise InvalidRequest(f"`script_args[3]` (append_interrogation) must be None, CLIP or DeepBooru, "
+                             f"not {interrogate!r}")
     s.plan(loops * s.req.n_iter, f"{loops} loops × {s.req.n_iter} batches")
     seed = s.fixed_seed(s.req.seed)
     initial = s.req.denoising_strength
@@ -57,7 +58,7 @@ def run(s: ScriptRun) -> Result:
     for n in range(s.req.n_iter):
         init, strength, fill, last = list(s.req.init_images), initial, s.req.inpainting_fill, None
         for i in range(loops):
-            prompt = {} if interrogate == "None" else {"prompt": interrogated_prompt(s, last, init[0])}
+            prompt = {} if interrogate == "None" else {"prompt": interrogated_prompt(s, last, init[0], interrogate)}
             sub = s.variant(f"loopback {i + 1}", init_images=init, denoising_strength=strength, seed=seed,
                             batch_size=1, n_iter=1, inpainting_fill=fill, **prompt)
             generated = s.process(sub)
@@ -81,12 +82,13 @@ def run(s: ScriptRun) -> Result:
     return result
 
 
-def interrogated_prompt(s: ScriptRun, last, first_init: str) -> str:
+def interrogated_prompt(s: ScriptRun, last, first_init: str, interrogator: str) -> str:
     """A1111: `p.prompt = f"{original_prompt}, " if original_prompt else ""` + the interrogation of the loop's
     init image (the request's for the first loop, the previous output after)."""
     image = last if last is not None else load_image(first_init, "init_images[0]", store=s.services.store,
                                                        user=s.job.user)
-    caption = interrogation.interrogate_clip(s.services, s.job.user, image.convert("RGB"))
+    tagger = interrogation.interrogate_clip if interrogator == "CLIP" else deepbooru.interrogate
+    caption = tagger(s.services, s.job.user, image.convert("RGB"))
     return (f"{s.req.prompt}, " if s.req.prompt else "") + caption
 
 

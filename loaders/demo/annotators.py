@@ -1,0 +1,36 @@
+"""ControlNet annotator files with random weights in the real networks (controlnet-aux's classes) and the real key
+layout (the extension's `.pth` converted to `.safetensors` keys unchanged: `module.` where DataParallel saved it,
+OpenPose's names without their first component), for tests and benches.
+"""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import save
+
+from loaders.adapters.annotator_nets import ARCHITECTURES, file_key
+from loaders.adapters.annotators import ANNOTATOR_DIR
+
+
+# PiDiNet initialises its fusing classifier to 0.25 per side output and its side outputs near zero, so a freshly
+# initialised one maps every image to 0.5 ± 0.01 (all 127 after the "safe" step): its random file gets a steeper
+# classifier, so that the random maps have the contrast a trained network's have
+CONTRAST = {"pidinet/table5_pidinet.safetensors": ("classifier.weight", 100.0)}
+
+
+def annotator_bytes(filename: str, seed: int = 0) -> bytes:
+    """`filename` (a key of ARCHITECTURES, e.g. "hed/ControlNetHED.safetensors") as `.safetensors` bytes."""
+    net = ARCHITECTURES[filename]
+    torch.manual_seed(seed)
+    state = net.build().state_dict()
+    if filename in CONTRAST:
+        key, gain = CONTRAST[filename]
+        state[key] = state[key] * gain
+    return save({file_key(net, k): v.contiguous() for k, v in state.items()})
+
+
+def install_annotator(store, filename: str, seed: int = 0, namespace: str = "public/") -> str:
+    """Writes the random annotator file where the server looks for it; returns its key."""
+    key = f"{namespace}{ANNOTATOR_DIR}/{filename}"
+    store.put_bytes(key, annotator_bytes(filename, seed))
+    return key
