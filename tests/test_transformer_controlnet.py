@@ -79,15 +79,18 @@ def test_the_single_file_loads_strictly_from_its_shapes_and_gives_the_same_outpu
     path.write_bytes(files["cn"])
     assert is_flux_controlnet(load(files["cn"]).keys())
     transformer = flux_components()["transformer"]
-    ours, theirs = build_flux_controlnet(path, "cn", transformer.config, "cpu", torch.float32), demo_flux_controlnet()
+    ours = build_flux_controlnet(path, "cn", transformer.config, "f", "cpu", torch.float32)
+    theirs = demo_flux_controlnet()
     for key in ("num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads", "joint_attention_dim",
                 "pooled_projection_dim", "guidance_embeds", "in_channels", "axes_dims_rope"):
         assert ours.config[key] == theirs.config[key], key
     gen = torch.Generator().manual_seed(0)
-    inputs = dict(hidden_states=torch.randn(1, 16, 64, generator=gen), controlnet_cond=torch.randn(1, 16, 64, generator=gen),
+    inputs = dict(hidden_states=torch.randn(1, 16, 64, generator=gen),
+                  controlnet_cond=torch.randn(1, 16, 64, generator=gen),
                   encoder_hidden_states=torch.randn(1, 8, 48, generator=gen),
                   pooled_projections=torch.randn(1, 16, generator=gen), timestep=torch.tensor([0.5]),
-                  guidance=torch.tensor([3.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), return_dict=False)
+                  guidance=torch.tensor([3.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3),
+                  return_dict=False)
     with torch.no_grad():
         a, b = ours(**inputs), theirs(**inputs)
     assert all(torch.equal(x, y) for x, y in zip([*a[0], *a[1]], [*b[0], *b[1]]))
@@ -130,6 +133,10 @@ def test_a_flux_controlnet_of_other_widths_or_in_xlabs_layout_is_422(client, flu
     flux_store.put_bytes("public/models/ControlNet/wide.safetensors", save(wide))
     r = generate(client, [unit(model="wide")])
     assert r.status_code == 422 and "text width 96" in r.text and "text width 48" in r.text, r.text
+    incomplete = {k: v for k, v in load(demo_flux_controlnet_bytes()).items() if k != "controlnet_blocks.0.bias"}
+    flux_store.put_bytes("public/models/ControlNet/incomplete.safetensors", save(incomplete))
+    r = generate(client, [unit(model="incomplete")])
+    assert r.status_code == 422 and "args[0].model" in r.text and "controlnet_blocks.0.bias" in r.text, r.text
     xlabs = {"double_blocks.0.img_attn.qkv.weight": torch.zeros(4, 4), "controlnet_blocks.0.weight": torch.zeros(4, 4),
              "pos_embed_input.weight": torch.zeros(4, 4)}
     flux_store.put_bytes("public/models/ControlNet/xlabs.safetensors", save(xlabs))
@@ -176,7 +183,8 @@ def test_sd3_controlnet_single_files_load_strictly_from_their_shapes_and_give_th
     if not own_pos_embed:  # as the SD 3.5 ControlNet pipeline gives it the transformer's
         ours.pos_embed = theirs.pos_embed = ours._get_pos_embed_from_transformer(transformer)
     gen = torch.Generator().manual_seed(0)
-    inputs = dict(hidden_states=torch.randn(1, 16, 8, 8, generator=gen), controlnet_cond=torch.randn(1, 16, 8, 8, generator=gen),
+    inputs = dict(hidden_states=torch.randn(1, 16, 8, 8, generator=gen),
+                  controlnet_cond=torch.randn(1, 16, 8, 8, generator=gen),
                   encoder_hidden_states=torch.randn(1, 8, 48, generator=gen) if own_pos_embed else None,
                   pooled_projections=torch.randn(1, 40, generator=gen), timestep=torch.tensor([500]), return_dict=False)
     with torch.no_grad():

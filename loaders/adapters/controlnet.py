@@ -205,9 +205,10 @@ class ControlNetCache:
         if is_flux_controlnet(keys):
             _check_fits(name, FLUX_CONTROLNET, base_family, field)
             try:
-                model = build_flux_controlnet(path, name, unet.config, device, dtype)
+                model = build_flux_controlnet(path, name, unet.config, field, device, dtype)
             except (ValueError, RuntimeError, TypeError) as e:  # e.g. a tensor whose shape the others contradict
-                raise InvalidRequest(f"`{field}` {name!r} could not be loaded as a FLUX ControlNet: {e}"[:500]) from None
+                raise InvalidRequest(f"`{field}` {name!r} could not be loaded as a FLUX ControlNet: {e}"[:500]) \
+                    from None
             return LoadedControlNet(model, info.key, info.etag, FLUX_CONTROLNET, name.removesuffix(".safetensors"),
                                     "ControlNet-Union" if model.union else "ControlNet")
         if is_sd3_controlnet(keys):
@@ -215,7 +216,8 @@ class ControlNetCache:
             try:
                 model = build_sd3_controlnet(path, name, unet, field, base_family, device, dtype)
             except (ValueError, RuntimeError, TypeError) as e:
-                raise InvalidRequest(f"`{field}` {name!r} could not be loaded as an SD 3.5 ControlNet: {e}"[:500]) from None
+                raise InvalidRequest(f"`{field}` {name!r} could not be loaded as an SD 3.5 ControlNet: {e}"[:500]) \
+                    from None
             return LoadedControlNet(model, info.key, info.etag, SD3_CONTROLNET, name.removesuffix(".safetensors"))
         family = detect_controlnet_family(path, name)
         _check_fits(name, family, base_family, field)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from loaders.errors import InvalidRequest
+from loaders.models.safetensors_check import built_with_weights
 from loaders.models.families import CONFIGS
 
 FLUX_CONTROLNET = "flux"  # LoadedControlNet.family of these files: they fit any FLUX.1 transformer of their width
@@ -64,9 +65,8 @@ def check_fits(name: str, net_config, transformer_config, field: str, base_famil
                              f"checkpoint is a {base_family} model ({show(theirs)})")
 
 
-def build_flux_controlnet(path: Path, name: str, transformer_config, device, dtype):
+def build_flux_controlnet(path: Path, name: str, transformer_config, field: str, device, dtype):
     """The FluxControlNetModel in `path`, configured from its shapes, weights loaded strictly."""
-    import torch
     from diffusers import FluxControlNetModel
     from safetensors.torch import load_file
 
@@ -75,8 +75,7 @@ def build_flux_controlnet(path: Path, name: str, transformer_config, device, dty
     try:
         config = config_from_shapes(shapes, dict(transformer_config)["axes_dims_rope"])
     except (KeyError, ValueError, IndexError) as e:
-        raise InvalidRequest(f"{name!r} is not a complete FLUX ControlNet (missing {e})") from None
-    with torch.device("meta"):
-        model = FluxControlNetModel.from_config(config)
-    model.load_state_dict(state, strict=True, assign=True)
+        raise InvalidRequest(f"`{field}` {name!r} is not a complete FLUX ControlNet (missing {e})") from None
+    model = built_with_weights(lambda: FluxControlNetModel.from_config(config), state,
+                               f"`{field}` {name!r} as a FLUX ControlNet")
     return model.to(device=device, dtype=dtype).eval()

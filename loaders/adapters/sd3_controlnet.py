@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loaders.errors import InvalidRequest
+from loaders.models.safetensors_check import built_with_weights
 
 SD3_CONTROLNET = "sd3"  # LoadedControlNet.family of these files: they fit SD 3.5 transformers of their width
 _COPIED = ("attention_head_dim", "sample_size", "pos_embed_max_size", "out_channels")
@@ -41,7 +42,8 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], transformer_config) -
             "caption_projection_dim": shapes["context_embedder.weight"][0] if joint else base["caption_projection_dim"],
             "pooled_projection_dim": shapes["time_text_embed.text_embedder.linear_1.weight"][1],
             "extra_conditioning_channels": in_all - in_channels,
-            "dual_attention_layers": tuple(i for i in range(layers) if f"transformer_blocks.{i}.attn2.to_q.weight" in shapes),
+            "dual_attention_layers": tuple(i for i in range(layers)
+                                           if f"transformer_blocks.{i}.attn2.to_q.weight" in shapes),
             "qk_norm": "rms_norm" if "transformer_blocks.0.attn.norm_q.weight" in shapes else None,
             "use_pos_embed": own_pos, "pos_embed_type": "sincos" if own_pos else None,
             "force_zeros_for_pooled_projection": own_pos}
@@ -57,7 +59,6 @@ def check_fits(name: str, net_config, transformer, field: str, base_family: str)
 
 def build_sd3_controlnet(path: Path, name: str, transformer, field: str, base_family: str, device, dtype):
     """The SD3ControlNetModel in `path`, configured from its shapes, weights loaded strictly."""
-    import torch
     from diffusers import SD3ControlNetModel
     from safetensors.torch import load_file
 
@@ -68,7 +69,6 @@ def build_sd3_controlnet(path: Path, name: str, transformer, field: str, base_fa
     except (KeyError, ValueError, IndexError) as e:
         raise InvalidRequest(f"`{field}` {name!r} is not a complete SD 3.5 ControlNet (missing {e})") from None
     check_fits(name, config, transformer, field, base_family)  # before the head count derived from it is used
-    with torch.device("meta"):
-        model = SD3ControlNetModel.from_config(config)
-    model.load_state_dict(state, strict=True, assign=True)
+    model = built_with_weights(lambda: SD3ControlNetModel.from_config(config), state,
+                               f"`{field}` {name!r} as an SD 3.5 ControlNet")
     return model.to(device=device, dtype=dtype).eval()
