@@ -73,15 +73,17 @@ def run_chaos(proxy, tmp_path, monkeypatch, *, tasks: int, seconds: float, seed:
     deadline = time.monotonic() + seconds
     restarts = stops = 0
     refused = sum(reasons.values())
+    passes = 0
     while time.monotonic() < deadline:
         time.sleep(0.3)
+        passes += 1
         refused += _submit(servers, unsent, accepted, reasons, rng)
         ups.tick()
         if disk is not None:
             disk.look(web, auth())
             refused += _submit_over_http(web, disk, accepted, reasons, rng)
         for s in servers:
-            deploy = rng.random() < 0.03
+            deploy = rng.random() < 0.03 or (passes == 3 and stops == 0)  # at least one deploy in every run
             if deploy and not _worker_died(s):
                 s.executor.release()  # a deploy: SIGTERM
                 stops += 1
