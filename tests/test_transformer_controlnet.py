@@ -217,3 +217,41 @@ def test_sd3_and_flux_controlnets_do_not_cross_and_sd3_units_refuse_what_they_ca
     assert r.status_code == 422 and "FLUX.1 ControlNet" in r.text and "demo-sd3" in r.text, r.text
     r = generate(client, [unit(model=SD3CN, control_mode=2)], **SD3)
     assert r.status_code == 422 and "args[0].control_mode" in r.text, r.text
+
+
+# The published configs (InstantX / Shakker-Labs FLUX.1 ones, XLabs' diffusers-format canny; InstantX's SD3 and
+# Stability's SD 3.5 Large ones), built on the meta device: the shapes alone give their configs back.
+@pytest.mark.parametrize("changes", [{"num_layers": 5, "num_single_layers": 10},
+                                     {"num_layers": 6, "num_single_layers": 0, "num_mode": 10},
+                                     {"num_layers": 2, "num_single_layers": 0, "conditioning_embedding_channels": 16}])
+def test_full_size_flux_controlnet_configs_come_back_from_their_shapes(changes):
+    from diffusers import FluxControlNetModel
+
+    from loaders.adapters.flux_controlnet import config_from_shapes
+    with torch.device("meta"):
+        model = FluxControlNetModel.from_config({**FluxControlNetModel.load_config(
+            "loaders/configs/flux-controlnet"), **changes})
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = config_from_shapes(shapes, [16, 56, 56])
+    assert {k: got[k] for k in changes} == changes and got["num_attention_heads"] == 24
+
+
+@pytest.mark.parametrize("config", [
+    {"num_layers": 6, "attention_head_dim": 64, "num_attention_heads": 24, "caption_projection_dim": 1536,
+     "pos_embed_max_size": 192, "sample_size": 128},  # InstantX SD3 (Medium widths)
+    {"num_layers": 19, "attention_head_dim": 64, "num_attention_heads": 38, "joint_attention_dim": None,
+     "caption_projection_dim": 2432, "pos_embed_max_size": 192, "use_pos_embed": False, "pos_embed_type": None,
+     "force_zeros_for_pooled_projection": False, "qk_norm": None, "sample_size": 128},  # Stability 3.5 Large
+])
+def test_full_size_sd3_controlnet_configs_come_back_from_their_shapes(config):
+    from diffusers import SD3ControlNetModel
+
+    from loaders.adapters.sd3_controlnet import config_from_shapes
+    with torch.device("meta"):
+        model = SD3ControlNetModel.from_config(config)
+    transformer = {"attention_head_dim": 64, "sample_size": 128, "pos_embed_max_size": 192, "out_channels": 16,
+                   "in_channels": 16, "caption_projection_dim": 2432}
+    got = config_from_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()}, transformer)
+    for key in ("num_layers", "num_attention_heads", "joint_attention_dim", "use_pos_embed",
+                "force_zeros_for_pooled_projection", "patch_size", "pooled_projection_dim"):
+        assert got[key] == dict(model.config)[key], key
