@@ -199,6 +199,25 @@ def test_open_tasks_are_capped_per_user(store, tmp_path, monkeypatch):
     assert submit_task(services, "alice", "txt2img", request(), "cap-0").task_id == "cap-0"  # the same task again
 
 
+def test_a_body_left_by_a_kill_mid_submission_is_no_open_task(store, tmp_path, monkeypatch):
+    """A server killed between storing a request body and its open marker left a body that counted against the
+    user's cap for good (the chaos run's last caveat). An old markerless body is collected; a fresh one (a
+    submission in flight) still counts."""
+    import os
+
+    from handlers.tasks.records import ORPHAN_BODY_AGE_S, request_key
+
+    services, _, _ = fake_services(store, tmp_path, monkeypatch, task_max_queued_per_user=1, **FAST)
+    services.executor = type("Parked", (), {"submit": lambda self, u, t: None})()
+    store.put_bytes(request_key("alice", "killed"), b'{"mode": "txt2img"}')
+    with pytest.raises(TooManyRequests):  # in flight: another server may be writing its marker right now
+        submit_task(services, "alice", "txt2img", request(), "after")
+    old = time.time() - ORPHAN_BODY_AGE_S - 1
+    os.utime(store.local_path(request_key("alice", "killed")), (old, old))
+    assert submit_task(services, "alice", "txt2img", request(), "after").status == "queued"
+    assert not store.exists(request_key("alice", "killed")) and store.exists(request_key("alice", "after"))
+
+
 def test_a_graceful_stop_hands_back_without_counting_a_run_and_another_server_finishes(store, tmp_path,
                                                                                          monkeypatch):
     services, _, gen = fake_services(store, tmp_path, monkeypatch, **FAST)

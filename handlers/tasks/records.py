@@ -336,7 +336,7 @@ def check_queue_caps(services: Services, user: str, size: int) -> None:
     bucket. Bodies are deleted when their task finishes, so the stored ones are the open tasks'."""
     settings = services.settings
     count, total = 0, size
-    for info in services.store.list(f"users/{user}/tasks/requests/"):
+    for info in _open_bodies(services, user):
         count, total = count + 1, total + info.size
     if count >= settings.task_max_queued_per_user:
         raise TooManyRequests(f"you have {count} open tasks (the limit is {settings.task_max_queued_per_user}); "
@@ -344,6 +344,27 @@ def check_queue_caps(services: Services, user: str, size: int) -> None:
     if total > settings.task_max_queued_mb_per_user * 2**20:
         raise TooManyRequests(f"your open tasks' requests would take {total / 2**20:.1f} MB (the limit is "
                               f"{settings.task_max_queued_mb_per_user:g} MB); wait for some to finish")
+
+
+ORPHAN_BODY_AGE_S = 300  # a submission stores its body, then its open marker, within milliseconds
+
+
+def _open_bodies(services: Services, user: str) -> list:
+    """The user's stored request bodies that belong to open tasks. A body with no open marker, older than any
+    submission takes, was left by a server killed between the two writes (or between a finished task's last
+    two deletes): it is no task, so it is removed instead of counting against the cap for good."""
+    marked = {info.key.rsplit("/", 1)[-1] for info in services.store.list(f"{OPEN_PREFIX}{user}/")}
+    bodies, now = [], time.time()
+    for info in services.store.list(f"users/{user}/tasks/requests/"):
+        task_id = info.key.rsplit("/", 1)[-1].removesuffix(".json")
+        if task_id in marked or now - info.modified < ORPHAN_BODY_AGE_S:
+            bodies.append(info)
+            continue
+        try:
+            services.store.delete(info.key)
+        except EaselError:
+            bodies.append(info)  # still there: still counted
+    return bodies
 
 
 def check_webhook_url(services: Services, url: str) -> None:
