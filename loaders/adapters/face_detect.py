@@ -16,6 +16,7 @@ YuNet and Haar run on the picture scaled up (never down) to 640 pixels on its sh
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,10 +88,24 @@ def _yunet(bgr: np.ndarray, model: Path) -> list[tuple]:
     return [(row[:4], row[4:14].reshape(5, 2).astype(np.float32), float(row[14])) for row in rows]
 
 
+_per_thread = threading.local()
+
+
+def _cascade():
+    """OpenCV's frontal-face cascade, parsed once per thread (its XML is ~1 MB; a classifier is not shared
+    between threads, as OpenCV does not promise that detectMultiScale is thread-safe)."""
+    import cv2
+
+    if getattr(_per_thread, "cascade", None) is None:
+        _per_thread.cascade = cv2.CascadeClassifier(
+            str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+    return _per_thread.cascade
+
+
 def _haar(bgr: np.ndarray) -> list[tuple]:
     import cv2
 
-    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+    cascade = _cascade()
     gray = cv2.equalizeHist(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
     boxes = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(48, 48))
     out = []
