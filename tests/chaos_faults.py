@@ -243,7 +243,7 @@ class DiskFull:
 
     def __init__(self, monkeypatch, start_s: float, length_s: float):
         self.start_s, self.length_s = start_s, length_s
-        self.started = time.monotonic()
+        self.started: float | None = None  # begin() starts the clock
         self.hits: list[str] = []
         self.readyz: list[tuple[bool, int]] = []  # (the disk was full, /readyz status) at each look
         real = LocalStore._write_temp
@@ -257,13 +257,18 @@ class DiskFull:
 
         monkeypatch.setattr(LocalStore, "_write_temp", write_temp)
 
+    def begin(self) -> None:
+        """Time the full window from now (the run's loop), not from when the fault was set up."""
+        self.started = time.monotonic()
+
     @property
     def full(self) -> bool:
-        return self.start_s <= time.monotonic() - self.started < self.start_s + self.length_s
+        elapsed = None if self.started is None else time.monotonic() - self.started
+        return elapsed is not None and self.start_s <= elapsed < self.start_s + self.length_s
 
     @property
     def over(self) -> bool:
-        return time.monotonic() - self.started >= self.start_s + self.length_s
+        return self.started is not None and time.monotonic() - self.started >= self.start_s + self.length_s
 
     def look(self, client, headers) -> None:
         """What /readyz says now, and whether the disk was full while it answered."""
