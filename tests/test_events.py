@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
@@ -230,30 +231,16 @@ def test_a_store_failure_is_a_503_and_the_next_delivery_makes_the_task(client, s
 def test_a_versioned_bucket_runs_each_version_of_an_identical_upload_once(make_services, demo_bytes):
     """Dedupe is per object version: the same bytes uploaded twice (one ETag, two version ids) are two
     uploads and run twice; a re-delivered notification of either is a duplicate."""
-    import boto3
-    from moto import mock_aws
-
     from handlers.tasks.events import handle_notification
-    from loaders.demo.model import DEMO_NAME
-    from loaders.storage.store import open_store
 
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket="versioned")
-        s3.put_bucket_versioning(Bucket="versioned", VersioningConfiguration={"Status": "Enabled"})
-        store = open_store("s3://versioned")
-        store.put_bytes(f"public/models/Stable-diffusion/{DEMO_NAME}", demo_bytes)
-        services = make_services(store)
-        try:
-            key = "users/alice/inbox/cat.json"
-            statuses = []
-            for _ in range(2):
-                upload(store, key, request_json())  # identical bytes: the same ETag, a new version id
-                statuses += [o.status for o in handle_notification(services, s3_event(key, bucket="versioned"))]
+    with versioned_bucket(make_services, demo_bytes) as (store, services):
+        key = "users/alice/inbox/cat.json"
+        statuses = []
+        for _ in range(2):
+            upload(store, key, request_json())  # identical bytes: the same ETag, a new version id
             statuses += [o.status for o in handle_notification(services, s3_event(key, bucket="versioned"))]
-            notes = [json.loads(store.get_bytes(i.key)) for i in store.list("system/events/")]
-        finally:
-            services.executor.stop()
+        statuses += [o.status for o in handle_notification(services, s3_event(key, bucket="versioned"))]
+        notes = [json.loads(store.get_bytes(i.key)) for i in store.list("system/events/")]
     assert statuses == ["task", "task", "duplicate"]
     versions = {n["version"] for n in notes}
     assert len(notes) == 2 and len(versions) == 2 and None not in versions  # told apart by the version id
@@ -264,11 +251,29 @@ def test_an_event_that_arrives_after_the_key_was_uploaded_again_makes_its_own_ve
     """S3 delivers notifications out of order: the event of a key's first version may come after the second
     upload. Each event makes the task of the version it announces (its bytes, not the key's current ones);
     re-deliveries of either are duplicates. (The chaos run found the first version dropped as a duplicate.)"""
+    from handlers.tasks import records
+    from handlers.tasks.events import handle_notification, parse_notification
+
+    with versioned_bucket(make_services, demo_bytes) as (store, services):
+        key = "users/alice/inbox/late.json"
+        first = store.put_bytes(key, json.dumps(request_json(seed=1)).encode())
+        second = store.put_bytes(key, json.dumps(request_json(seed=2)).encode())
+        late, early = (versioned_event(key, info) for info in (first, second))
+        assert parse_notification(late)[0].version == first.version
+        outcomes = [handle_notification(services, e)[0] for e in (early, late, late, early)]
+        assert [o.status for o in outcomes] == ["task", "task", "duplicate", "duplicate"]
+        assert services.executor.wait_idle(60)
+        seeds = {records.load_task(services, "alice", o.task_id).result["parameters"]["seed"]
+                 for o in outcomes[:2]}
+    assert seeds == {"1", "2"}  # each version's own request ran
+
+
+@contextmanager
+def versioned_bucket(make_services, demo_bytes):
+    """A moto bucket that keeps object versions (as deployed), with the demo model and a server on it."""
     import boto3
     from moto import mock_aws
 
-    from handlers.tasks import records
-    from handlers.tasks.events import handle_notification, parse_notification
     from loaders.demo.model import DEMO_NAME
     from loaders.storage.store import open_store
 
@@ -279,20 +284,10 @@ def test_an_event_that_arrives_after_the_key_was_uploaded_again_makes_its_own_ve
         store = open_store("s3://versioned")
         store.put_bytes(f"public/models/Stable-diffusion/{DEMO_NAME}", demo_bytes)
         services = make_services(store)
-        key = "users/alice/inbox/late.json"
         try:
-            first = store.put_bytes(key, json.dumps(request_json(seed=1)).encode())
-            second = store.put_bytes(key, json.dumps(request_json(seed=2)).encode())
-            late, early = (versioned_event(key, info) for info in (first, second))
-            assert parse_notification(late)[0].version == first.version
-            outcomes = [handle_notification(services, e)[0] for e in (early, late, late, early)]
-            assert [o.status for o in outcomes] == ["task", "task", "duplicate", "duplicate"]
-            assert services.executor.wait_idle(60)
-            seeds = {records.load_task(services, "alice", o.task_id).result["parameters"]["seed"]
-                     for o in outcomes[:2]}
+            yield store, services
         finally:
             services.executor.stop()
-    assert seeds == {"1", "2"}  # each version's own request ran
 
 
 def versioned_event(key: str, info) -> dict:
