@@ -33,43 +33,47 @@ def swap_halves(t):
     return torch.cat([b, a], dim=0)
 
 
+def _renamed(config: dict):
+    """(BFL key, diffusers key, optional) of every tensor that only changes its name (optional: guidance_in's,
+    dev only; any other missing is the file's error)."""
+    for ours, theirs in _EMBEDDERS:
+        for n_ours, n_theirs in (("in_layer", "linear_1"), ("out_layer", "linear_2")):
+            for kind in _KINDS:
+                yield f"{ours}.{n_ours}.{kind}", f"{theirs}.{n_theirs}.{kind}", True
+    for ours, theirs in _PLAIN:
+        for kind in _KINDS:
+            yield f"{ours}.{kind}", f"{theirs}.{kind}", False
+    blocks = [(f"double_blocks.{i}.", f"transformer_blocks.{i}.", _DOUBLE, _DOUBLE_NORMS)
+              for i in range(config["num_layers"])]
+    blocks += [(f"single_blocks.{i}.", f"single_transformer_blocks.{i}.", _SINGLE, _SINGLE_NORMS)
+               for i in range(config["num_single_layers"])]
+    for b, d, linears, norms in blocks:
+        for ours, theirs in linears:
+            for kind in _KINDS:
+                yield f"{b}{ours}.{kind}", f"{d}{theirs}.{kind}", False
+        for ours, theirs in norms:
+            yield f"{b}{ours}.scale", f"{d}{theirs}.weight", False
+
+
+_QKV = (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj")))
+
+
 def flux_to_diffusers(state: dict, config: dict) -> dict:
     """BFL-layout FLUX transformer tensors (no `model.diffusion_model.` prefix) → diffusers' state dict."""
     import torch
 
     width = config["num_attention_heads"] * config["attention_head_dim"]
-    out = {}
-    for ours, theirs in _EMBEDDERS:
-        for n_ours, n_theirs in (("in_layer", "linear_1"), ("out_layer", "linear_2")):
-            for kind in _KINDS:
-                if f"{ours}.{n_ours}.{kind}" in state:  # guidance_in: dev only
-                    out[f"{theirs}.{n_theirs}.{kind}"] = state[f"{ours}.{n_ours}.{kind}"]
-    for ours, theirs in _PLAIN:
-        for kind in _KINDS:
-            out[f"{theirs}.{kind}"] = state[f"{ours}.{kind}"]
+    out = {theirs: state[ours] for ours, theirs, optional in _renamed(config) if not optional or ours in state}
     for kind in _KINDS:
         out[f"norm_out.linear.{kind}"] = swap_halves(state[f"final_layer.adaLN_modulation.1.{kind}"])
-    for i in range(config["num_layers"]):
-        b, d = f"double_blocks.{i}.", f"transformer_blocks.{i}."
-        for ours, theirs in _DOUBLE:
-            for kind in _KINDS:
-                out[f"{d}{theirs}.{kind}"] = state[f"{b}{ours}.{kind}"]
-        for ours, theirs in _DOUBLE_NORMS:
-            out[f"{d}{theirs}.weight"] = state[f"{b}{ours}.scale"]
-        for stream, names in (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj"))):
-            for kind in _KINDS:
+        for i in range(config["num_layers"]):
+            b, d = f"double_blocks.{i}.", f"transformer_blocks.{i}."
+            for stream, names in _QKV:
                 for name, piece in zip(names, torch.chunk(state[f"{b}{stream}_attn.qkv.{kind}"], 3, dim=0)):
                     out[f"{d}attn.{name}.{kind}"] = piece
-    sizes = (width, width, width, width * MLP_RATIO)
-    for i in range(config["num_single_layers"]):
-        b, d = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
-        for ours, theirs in _SINGLE:
-            for kind in _KINDS:
-                out[f"{d}{theirs}.{kind}"] = state[f"{b}{ours}.{kind}"]
-        for ours, theirs in _SINGLE_NORMS:
-            out[f"{d}{theirs}.weight"] = state[f"{b}{ours}.scale"]
-        for kind in _KINDS:
-            q, k, v, mlp = torch.split(state[f"{b}linear1.{kind}"], sizes, dim=0)
+        for i in range(config["num_single_layers"]):
+            b, d = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
+            q, k, v, mlp = torch.split(state[f"{b}linear1.{kind}"], (width, width, width, width * MLP_RATIO), dim=0)
             out |= {f"{d}attn.to_q.{kind}": q, f"{d}attn.to_k.{kind}": k, f"{d}attn.to_v.{kind}": v,
                     f"{d}proj_mlp.{kind}": mlp}
     return out
@@ -79,35 +83,15 @@ def diffusers_to_flux(state: dict, config: dict) -> dict:
     """The inverse: diffusers' FluxTransformer2DModel state dict → BFL single-file keys (without a prefix)."""
     import torch
 
-    out = {}
-    for ours, theirs in _EMBEDDERS:
-        for n_ours, n_theirs in (("in_layer", "linear_1"), ("out_layer", "linear_2")):
-            for kind in _KINDS:
-                if f"{theirs}.{n_theirs}.{kind}" in state:
-                    out[f"{ours}.{n_ours}.{kind}"] = state[f"{theirs}.{n_theirs}.{kind}"]
-    for ours, theirs in _PLAIN:
-        for kind in _KINDS:
-            out[f"{ours}.{kind}"] = state[f"{theirs}.{kind}"]
+    out = {ours: state[theirs] for ours, theirs, optional in _renamed(config) if not optional or theirs in state}
     for kind in _KINDS:
         out[f"final_layer.adaLN_modulation.1.{kind}"] = swap_halves(state[f"norm_out.linear.{kind}"])
-    for i in range(config["num_layers"]):
-        b, d = f"double_blocks.{i}.", f"transformer_blocks.{i}."
-        for ours, theirs in _DOUBLE:
-            for kind in _KINDS:
-                out[f"{b}{ours}.{kind}"] = state[f"{d}{theirs}.{kind}"]
-        for ours, theirs in _DOUBLE_NORMS:
-            out[f"{b}{ours}.scale"] = state[f"{d}{theirs}.weight"]
-        for stream, names in (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj"))):
-            for kind in _KINDS:
+        for i in range(config["num_layers"]):
+            b, d = f"double_blocks.{i}.", f"transformer_blocks.{i}."
+            for stream, names in _QKV:
                 out[f"{b}{stream}_attn.qkv.{kind}"] = torch.cat([state[f"{d}attn.{n}.{kind}"] for n in names])
-    for i in range(config["num_single_layers"]):
-        b, d = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
-        for ours, theirs in _SINGLE:
-            for kind in _KINDS:
-                out[f"{b}{ours}.{kind}"] = state[f"{d}{theirs}.{kind}"]
-        for ours, theirs in _SINGLE_NORMS:
-            out[f"{b}{ours}.scale"] = state[f"{d}{theirs}.weight"]
-        for kind in _KINDS:
-            out[f"{b}linear1.{kind}"] = torch.cat([state[f"{d}attn.to_q.{kind}"], state[f"{d}attn.to_k.{kind}"],
-                                                   state[f"{d}attn.to_v.{kind}"], state[f"{d}proj_mlp.{kind}"]])
+        for i in range(config["num_single_layers"]):
+            b, d = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
+            out[f"{b}linear1.{kind}"] = torch.cat([state[f"{d}attn.{n}.{kind}"] for n in ("to_q", "to_k", "to_v")]
+                                                  + [state[f"{d}proj_mlp.{kind}"]])
     return out
