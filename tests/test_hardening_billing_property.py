@@ -124,11 +124,15 @@ def body(prompt: str) -> dict:
 
 
 def task_done(srv: Server, task_id: str) -> bool:
-    """Finished as its client sees it (GET /tasks/ID), and cleaned up (no open marker)."""
+    """Finished as its client sees it (GET /tasks/ID), and cleaned up (no open marker). This read goes through
+    the server's store, so it can be the call a doomed server dies on (after its ledger write): then the task is
+    not done here, and the caller sees the server dead."""
     try:
         record = records.load_task(srv.services, "alice", task_id)
     except NotFound:
         return True  # refused at submission: nothing stored
+    except Crash:
+        return False
     return record.done and not srv.store.inner.exists(records.open_key("alice", task_id))
 
 
