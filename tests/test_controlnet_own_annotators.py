@@ -126,3 +126,12 @@ def test_lama_sees_the_image_at_256_and_is_blended_by_the_mask_grey_level():
 def test_lama_in_a_unit_says_it_needs_a_mask(client, store):
     r = txt2img(client, [unit(module="inpaint_only+lama")])
     assert r.status_code == 422 and "needs a mask" in r.json()["detail"], r.text
+
+
+def test_modules_that_rescale_inside_are_bounded_too(client, store):
+    """seg_anime_face works at 512 px, LaMa at 256: a thin strip would grow past the map bound there."""
+    strip = png(np.full((8, 4096, 3), 200))
+    face = detect(client, "anime_face_segment", [strip])
+    assert face.status_code == 422 and "seg_anime_face works at 512 px" in face.json()["detail"]
+    lama = detect(client, "inpaint_only+lama", [strip], controlnet_masks=[strip])
+    assert lama.status_code == 422 and "becomes 131072x256" in lama.json()["detail"]

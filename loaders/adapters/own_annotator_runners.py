@@ -19,6 +19,18 @@ ANIME_FACE_SIDE = 512  # the extension's transforms.Resize(512) before the UNet,
 LAMA_SIDE = 256  # "Always use 256 since lama is trained on 256"
 
 
+def _working_size(h: int, w: int, side: int, ctx, module: str) -> tuple[int, int]:
+    """(height, width) with the short side at `side` (torchvision's truncation); a 422 when over the request's
+    pixel bound: these modules rescale internally, so an elongated image would grow past what the resolution
+    check allowed."""
+    k = side / min(h, w)
+    size = (side, int(w * k)) if h <= w else (int(h * k), side)
+    if size[0] * size[1] > ctx.max_pixels:
+        raise InvalidRequest(f"`{ctx.field}` {module} works at {side} px on the short side: this {w}x{h} image "
+                             f"becomes {size[1]}x{size[0]}, over {ctx.max_pixels} pixels; send a less elongated image")
+    return size
+
+
 def _anime_face(img, a, b, ctx):
     """Seven-class anime face parsing drawn in the extension's palette. The UNet sees the (padded) image with its
     short side at 512 (bicubic, 0..1 RGB); the classes are scaled back to the image (nearest). The extension crops
@@ -28,10 +40,9 @@ def _anime_face(img, a, b, ctx):
     import torch
     from PIL import Image
 
-    model = ctx.load(ANIME_FACE)
     h, w = img.shape[:2]
-    k = ANIME_FACE_SIDE / min(h, w)
-    size = (ANIME_FACE_SIDE, int(w * k)) if h <= w else (int(h * k), ANIME_FACE_SIDE)  # torchvision's rounding
+    size = _working_size(h, w, ANIME_FACE_SIDE, ctx, "seg_anime_face")
+    model = ctx.load(ANIME_FACE)
     small = np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.Resampling.BICUBIC))
     x = torch.from_numpy(np.ascontiguousarray(small)).float().div(255).permute(2, 0, 1)[None]
     with torch.inference_mode():
@@ -74,8 +85,9 @@ def _lama(img, a, b, ctx):
     if ctx.mask is None:
         raise InvalidRequest(f"`{ctx.field}` inpaint_only+lama needs a mask: send `controlnet_masks` (one per image) "
                              "to /controlnet/detect; ControlNet units take no inpaint mask on this server")
-    model = ctx.load(LAMA)
     h, w = img.shape[:2]
+    _working_size(h, w, LAMA_SIDE, ctx, "inpaint_only+lama")
+    model = ctx.load(LAMA)
     rgba, th, tw = _resize_with_pad(np.concatenate([img, ctx.mask[:, :, None]], axis=2), LAMA_SIDE)
     color = torch.from_numpy(rgba[:, :, :3].astype(np.float32) / 255).permute(2, 0, 1)[None]
     hole = (torch.from_numpy(rgba[:, :, 3].astype(np.float32) / 255) > 0.5).float()[None, None]

@@ -124,6 +124,7 @@ class Context:
     on_pose: Callable[[dict], None] | None = None
     mask: np.ndarray | None = None
     field: str = "module"
+    max_pixels: int = 4096 * 4096  # a runner that rescales internally keeps its working size under this
 
 
 # internal name (the extension's) -> how to run it here, without weights or with the annotator files named
@@ -225,7 +226,7 @@ def run_module(name: str, image: Image.Image, *, resolution: int, threshold_a: f
         check_map_size(image, resolution, max_pixels, field)
         image = resize_short_side(image, resolution)
     out = pre.run(np.asarray(image.convert("RGB")), threshold_a, threshold_b,
-                  Context(load_annotator, seed, on_pose, _mask_array(mask, image.size), field))
+                  Context(load_annotator, seed, on_pose, _mask_array(mask, image.size), field, max_pixels))
     return Image.fromarray(out).convert("RGB")
 
 
