@@ -160,3 +160,16 @@ def test_a_stability_layout_unit_on_another_family_or_width_is_a_422_naming_both
     sd3_store.put_bytes(CN + "wide.safetensors", save(wide))
     r = generate(client, [unit("wide")])
     assert r.status_code == 422 and "pooled text width 24" in r.text and "pooled text width 40" in r.text, r.text
+
+
+def test_an_sd3_inpainting_controlnet_is_a_422_not_a_shape_error(client, sd3_store):
+    """Alimama's SD3 inpainting ControlNet reads a 17-channel condition (masked image latents and the mask); the
+    txt2img ControlNet pipeline would feed it 16 and fail mid-run."""
+    from diffusers import SD3ControlNetModel
+
+    base = {k: v for k, v in demo_sd3_controlnet().config.items() if not k.startswith("_")}
+    inpaint = SD3ControlNetModel.from_config({**base, "extra_conditioning_channels": 1})
+    sd3_store.put_bytes(CN + "sd3_inpaint.safetensors",
+                        save({k: v.detach().contiguous() for k, v in inpaint.state_dict().items()}))
+    r = generate(client, [unit("sd3_inpaint")])
+    assert r.status_code == 422 and "inpainting ControlNet" in r.text and "args[0].model" in r.text, r.text

@@ -58,6 +58,9 @@ def check_fits(name: str, net_config, transformer, field: str, base_family: str)
     if ours != transformer.inner_dim or net_config["patch_size"] != transformer.config.patch_size:
         raise InvalidRequest(f"`{field}` {name!r} is an SD 3.5 ControlNet for a transformer of width {ours}; the "
                              f"checkpoint is a {base_family} model (width {transformer.inner_dim})")
+    if net_config.get("extra_conditioning_channels"):  # its pipeline (txt2img from a masked image) is not wired
+        raise InvalidRequest(f"`{field}` {name!r} is an SD 3.5 inpainting ControlNet (Alimama's kind: it reads the "
+                             "masked image and the mask), which is not supported here")
     if pooled != base_pooled:
         raise InvalidRequest(f"`{field}` {name!r} is an SD 3.5 ControlNet for pooled text width {pooled}; the "
                              f"checkpoint is a {base_family} model (pooled text width {base_pooled})")
