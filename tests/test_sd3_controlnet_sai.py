@@ -71,6 +71,9 @@ def test_the_rename_is_one_to_one_both_ways_and_the_file_loads_to_the_same_net(t
     assert not any(".to_q." in k or ".norm1." in k or ".ff." in k for k in sai)  # the reference's names only
     back, kind = from_sai(sai)
     assert kind == "depth" and back.keys() == ours.keys() and all(torch.equal(back[k], ours[k]) for k in ours)
+    with_x_embedder = {**sai, "pos_embed.proj.weight": torch.zeros(16, 16, 2, 2),
+                       "pos_embed.proj.bias": torch.zeros(16)}
+    assert from_sai(with_x_embedder)[0].keys() == ours.keys()  # unused by the 8 B nets' forward pass: dropped
     again = to_sai(back, 2)
     assert again.keys() == sai.keys() and all(torch.equal(again[k], sai[k]) for k in sai)
 
@@ -160,6 +163,14 @@ def test_a_stability_layout_unit_on_another_family_or_width_is_a_422_naming_both
     sd3_store.put_bytes(CN + "wide.safetensors", save(wide))
     r = generate(client, [unit("wide")])
     assert r.status_code == 422 and "pooled text width 24" in r.text and "pooled text width 40" in r.text, r.text
+    broken = load(demo_sd3_controlnet_sai_bytes(1))
+    broken["control_type"] = torch.tensor([], dtype=torch.int32)
+    broken["transformer_blocks.0.attn.qkv.weight"] = broken["transformer_blocks.0.attn.qkv.weight"][:47]
+    for k, cut in enumerate(("control_type", "transformer_blocks.0.attn.qkv.weight")):
+        sd3_store.put_bytes(CN + f"broken{k}.safetensors", save({**load(demo_sd3_controlnet_sai_bytes(1)),
+                                                                 cut: broken[cut]}))
+        r = generate(client, [unit(f"broken{k}")])
+        assert r.status_code == 422 and f"broken{k}" in r.text and "args[0].model" in r.text, r.text
 
 
 def test_an_sd3_inpainting_controlnet_is_a_422_not_a_shape_error(client, sd3_store):

@@ -41,7 +41,9 @@ def from_sai(state: dict) -> tuple[dict, str | None]:
     out, kind = {}, None
     for key, tensor in state.items():
         if key == "control_type":
-            kind = CONTROL_TYPES.get(int(tensor.flatten()[0].item()))
+            if tensor.numel() != 1:  # the loader turns this into a 422 naming the file
+                raise ValueError(f"its `control_type` holds {tensor.numel()} values, not one")
+            kind = CONTROL_TYPES.get(int(tensor.item()))  # another value: prepared as Stability's code does, plainly
             continue
         if key in _UNUSED:
             continue
