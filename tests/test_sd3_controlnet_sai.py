@@ -51,14 +51,20 @@ def image(r, k: int = 0) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][k]))).convert("RGB"), np.int16)
 
 
-@pytest.fixture
-def sd3_store(store):
-    store.put_bytes(f"public/models/Stable-diffusion/{DEMO_SD3_NAME}", demo_sd3_checkpoint_bytes())
-    store.put_bytes(T5_KEY, tiny_t5_tokenizer_json())
+@pytest.fixture(scope="module")
+def files() -> dict[str, bytes]:
     # one set of weights (seed 1) three ways: Stability's layout as canny, as blur, and diffusers' layout
-    store.put_bytes(CN + "sd3.5_large_controlnet_canny.safetensors", demo_sd3_controlnet_sai_bytes(1, control_type=1))
-    store.put_bytes(CN + "sai_blur.safetensors", demo_sd3_controlnet_sai_bytes(1, control_type=0))
-    store.put_bytes(CN + "diffusers_layout.safetensors", demo_sd3_controlnet_bytes(1, own_pos_embed=False))
+    return {f"public/models/Stable-diffusion/{DEMO_SD3_NAME}": demo_sd3_checkpoint_bytes(),
+            T5_KEY: tiny_t5_tokenizer_json(),
+            CN + "sd3.5_large_controlnet_canny.safetensors": demo_sd3_controlnet_sai_bytes(1, control_type=1),
+            CN + "sai_blur.safetensors": demo_sd3_controlnet_sai_bytes(1, control_type=0),
+            CN + "diffusers_layout.safetensors": demo_sd3_controlnet_bytes(1, own_pos_embed=False)}
+
+
+@pytest.fixture
+def sd3_store(store, files):
+    for key, data in files.items():
+        store.put_bytes(key, data)
     return store
 
 
@@ -184,3 +190,16 @@ def test_an_sd3_inpainting_controlnet_is_a_422_not_a_shape_error(client, sd3_sto
                         save({k: v.detach().contiguous() for k, v in inpaint.state_dict().items()}))
     r = generate(client, [unit("sd3_inpaint")])
     assert r.status_code == 422 and "inpainting ControlNet" in r.text and "args[0].model" in r.text, r.text
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_sd3_units_with_img2img_or_inpaint_stay_a_422_naming_the_mode(client, sd3_store, mask):
+    """diffusers has no SD 3.5 ControlNet img2img pipeline, and its ControlNet inpainting one is txt2img driven by
+    an inpainting ControlNet: A1111's img2img / inpaint with units is refused, not run without the units."""
+    body = {"prompt": "a house", "width": 64, "height": 64, "steps": 2, "seed": 5, "cfg_scale": 4.0,
+            "init_images": [square_png()], "denoising_strength": 0.5, **({"mask": square_png()} if mask else {}),
+            "override_settings": {"sd_model_checkpoint": DEMO_SD3_NAME},
+            "alwayson_scripts": {"controlnet": {"args": [unit("sd3.5_large_controlnet_canny")]}}}
+    r = client.post("/sdapi/v1/img2img", json=body, headers=auth())
+    assert r.status_code == 422 and "img2img / inpaint" in r.text and "demo-sd3" in r.text \
+        and "alwayson_scripts.controlnet.args[0]" in r.text, r.text
