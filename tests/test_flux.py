@@ -180,3 +180,13 @@ def test_a_comfyui_scaled_fp8_file_is_refused_rather_than_upcast_without_its_sca
     state = {"scaled_fp8": torch.zeros(0), "encoder.block.0.layer.0.SelfAttention.q.scale_weight": torch.ones(1)}
     with pytest.raises(ValueError, match="scaled-fp8"):
         load_component(config_dir("demo-flux"), "text_encoder_2", state, torch.float32)
+
+
+def test_variation_seeds_slerp_the_first_noise_as_a1111_on_flux(client, flux_store):
+    """subseed_strength 1 is the subseed's own noise: the picture seed=7 makes; 0.5 is a third picture."""
+    own = pixels(generate(client, seed=7))
+    full = generate(client, seed=3, subseed=7, subseed_strength=1.0)
+    assert np.abs(pixels(full) - own).max() <= 8
+    assert "Variation seed: 7" in json.loads(full.json()["info"])["infotexts"][0]
+    half = pixels(generate(client, seed=3, subseed=7, subseed_strength=0.5))
+    assert min(np.abs(half - own).max(), np.abs(half - pixels(generate(client, seed=3))).max()) > 10
