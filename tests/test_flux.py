@@ -190,3 +190,10 @@ def test_variation_seeds_slerp_the_first_noise_as_a1111_on_flux(client, flux_sto
     assert "Variation seed: 7" in json.loads(full.json()["info"])["infotexts"][0]
     half = pixels(generate(client, seed=3, subseed=7, subseed_strength=0.5))
     assert min(np.abs(half - own).max(), np.abs(half - pixels(generate(client, seed=3))).max()) > 10
+
+
+def test_clip_skip_leaves_flux_as_it_is_as_in_forge(client, flux_store):
+    """FLUX reads only CLIP-L's pooled output, which no layer choice changes: a user whose options say CLIP skip 2
+    (common for SD 1.x) still gets FLUX pictures, the same ones."""
+    skipped = generate(client, override_settings={"sd_model_checkpoint": DEMO_FLUX_NAME, "CLIP_stop_at_last_layers": 2})
+    assert np.abs(pixels(skipped) - pixels(generate(client))).max() <= 8

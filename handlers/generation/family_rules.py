@@ -70,7 +70,6 @@ def _refused_fields(req, networks, inputs, fidelity) -> list[tuple[str, str]]:
         ("prompt", "hypernetworks (they hook UNet cross-attention)", bool(networks.plan.all_hypernetworks)),
         ("refiner_checkpoint", "a refiner", bool(getattr(req, "refiner_checkpoint", None))),
         ("tiling", "tiling", fidelity.tiling),
-        ("CLIP_stop_at_last_layers", "CLIP skip", fidelity.clip_skip > 1),
         ("s_churn", "s_churn", fidelity.noise.s_churn != 0),
     ]
     return [(field, what) for field, what, on in checks if on]
