@@ -197,3 +197,26 @@ def test_clip_skip_leaves_flux_as_it_is_as_in_forge(client, flux_store):
     (common for SD 1.x) still gets FLUX pictures, the same ones."""
     skipped = generate(client, override_settings={"sd_model_checkpoint": DEMO_FLUX_NAME, "CLIP_stop_at_last_layers": 2})
     assert np.abs(pixels(skipped) - pixels(generate(client))).max() <= 8
+
+
+def test_sd_vae_swaps_in_a_flux_autoencoder_and_refuses_an_sd_one(client, flux_store, flux_files):
+    """Forge users pick `ae.safetensors` as the VAE of a FLUX checkpoint: its weights decode the picture. A 4-channel
+    SD VAE cannot decode FLUX's 16 latent channels: a 422 naming `sd_vae`, not a 500."""
+    from safetensors.torch import load, save
+
+    from loaders.demo.adapters import demo_vae_bytes
+
+    ae = load(flux_files["ae.safetensors"])
+    flux_store.put_bytes("public/models/VAE/ae.safetensors", save(ae))
+    dimmer = {k: v * 0.5 if k.startswith("decoder.conv_out") else v for k, v in ae.items()}
+    flux_store.put_bytes("users/alice/models/VAE/dim-ae.safetensors", save(dimmer))
+    flux_store.put_bytes("public/models/VAE/sd-vae.safetensors", demo_vae_bytes())
+
+    def with_vae(name: str):
+        return generate(client, override_settings={"sd_model_checkpoint": DEMO_FLUX_NAME, "sd_vae": name})
+
+    own = pixels(generate(client))
+    assert np.abs(pixels(with_vae("ae.safetensors")) - own).max() <= 8  # the checkpoint's own autoencoder
+    assert np.abs(pixels(with_vae("dim-ae.safetensors")) - own).max() > 10
+    refused = with_vae("sd-vae.safetensors")
+    assert refused.status_code == 422 and "sd_vae" in refused.text, refused.text
