@@ -221,3 +221,27 @@ def test_hands_are_drawn_without_matplotlib():
     assert canvas[42, 32].tolist() == [255, 0, 0]  # the wrist → thumb edge, hue 0
     assert canvas[32, 32].tolist() == [0, 0, 255] and canvas[16, 16].tolist() == [255, 255, 255]  # points
     assert (canvas > 0).any(axis=2).sum() < 250 and "matplotlib" not in sys.modules
+
+
+def test_a_graph_run_past_its_time_is_stopped(tmp_path):
+    """A graph declaring the right ports can still compute for long (here 30 chained 4608×288×288 MatMuls):
+    onnxruntime is told to stop once the run outlasts its bound, and the request gets a 422."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Reshape", ["input", "flat"], ["a"]), helper.make_node("Tile", ["a", "rep"], ["m-1"])]
+    inits = [helper.make_tensor("flat", TensorProto.INT64, [2], [1152, 288]),
+             helper.make_tensor("rep", TensorProto.INT64, [2], [4, 1]),
+             helper.make_tensor("w", TensorProto.FLOAT, [288, 288], np.full(288 * 288, 1e-3, np.float32)),
+             helper.make_tensor("sx", TensorProto.INT64, [3], [1, 133, 576]),
+             helper.make_tensor("sy", TensorProto.INT64, [3], [1, 133, 768])]
+    nodes += [helper.make_node("MatMul", [f"m{i - 1}", "w"], [f"m{i}"]) for i in range(30)]
+    nodes += [helper.make_node("ReduceMax", ["m29"], ["top"], keepdims=0),
+              helper.make_node("Expand", ["top", "sx"], ["simcc_x"]),
+              helper.make_node("Expand", ["top", "sy"], ["simcc_y"])]
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 384, 288])
+    outs = [helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, [1, 133, 576]),
+            helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [1, 133, 768])]
+    graph = load_graph(onnx_file(tmp_path, nodes, [x], outs, inits), "slow.onnx", GRAPHS[WHOLEBODY], "m")
+    graph.max_run_s = 0.01
+    with pytest.raises(InvalidRequest, match="slow.onnx ran for over 0.01 s and was stopped"):
+        graph.run(np.zeros((1, 3, 384, 288), np.float32))

@@ -5,11 +5,13 @@ it: its size is bounded, it must carry its tensors inside (external data would n
 its operators are the standard domain's without control flow (Loop/Scan/If: a run's length would not follow from
 the graph's size) and without local functions, and its inputs and outputs must have the shapes the runner feeds
 and reads. Sessions use the process's torch thread count (EASEL_CPU_THREADS), no spinning threads, no memory arena
-(a cached session does not keep its peak activations).
+(a cached session does not keep its peak activations), and a run is stopped after MAX_RUN_S (a graph's operators
+can still be made arbitrarily heavy: the published YOLOX-L takes seconds on a CPU, RTMPose a fraction of one).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from loaders.errors import InvalidRequest
 MAX_GRAPH_BYTES = 2**31 - 1  # protobuf's cap on one message: the most a single-file ONNX graph can be
 REFUSED_OPS = frozenset({"Loop", "Scan", "If", "SequenceMap"})
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+MAX_RUN_S = 120.0  # one network run; onnxruntime stops it at the next operator when this passes
 
 Dims = tuple[int | None, ...]  # None: any size (a symbolic dimension, e.g. the batch)
 
@@ -41,15 +44,25 @@ class GraphSpec:
 class Graph:
     """A loaded, checked session: `run(x)` returns its outputs, each checked against the spec's shape."""
 
-    def __init__(self, session, spec: GraphSpec, name: str):
-        self.session, self.spec, self.name = session, spec, name
+    def __init__(self, session, spec: GraphSpec, name: str, max_run_s: float = MAX_RUN_S):
+        self.session, self.spec, self.name, self.max_run_s = session, spec, name, max_run_s
         self.input_name = session.get_inputs()[0].name
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        timer = threading.Timer(self.max_run_s, lambda: setattr(options, "terminate", True))
+        timer.daemon = True
+        timer.start()
         try:
-            outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
+            outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)}, options)
         except Exception as e:  # onnxruntime's own errors: a graph that declares shapes it does not compute
+            if options.terminate:
+                raise InvalidRequest(f"{self.name} ran for over {self.max_run_s:g} s and was stopped") from None
             raise InvalidRequest(f"{self.name} failed to run: {e}"[:400]) from None
+        finally:
+            timer.cancel()
         for dims, out in zip(self.spec.outputs, outputs):
             if not GraphSpec.fits(dims, out.shape):
                 raise InvalidRequest(f"{self.name} returned an output of shape {list(out.shape)}, "
