@@ -245,3 +245,13 @@ def test_a_graph_run_past_its_time_is_stopped(tmp_path):
     graph.max_run_s = 0.01
     with pytest.raises(InvalidRequest, match="slow.onnx ran for over 0.01 s and was stopped"):
         graph.run(np.zeros((1, 3, 384, 288), np.float32))
+
+
+def test_at_most_max_boxes_people_are_posed_the_best_ones():
+    """Each box costs a pose-network run: of 100 separate people, the 64 best scoring are kept, best first."""
+    cells = [(2 * i % 80, 2 * (2 * i // 80)) for i in range(100)]  # every other stride-8 cell: no two overlap
+    rows = anchor_rows({gy * 80 + gx: (0, 0, 0, 0, 0.3 + 0.005 * (i + 1)) for i, (gx, gy) in enumerate(cells)})
+    boxes = pose_onnx.detect(Rows(rows), np.zeros((64, 64, 3), np.uint8), (0,))
+    assert len(boxes) == pose_onnx.MAX_BOXES == 64
+    centres = [tuple(np.round((b[:2] + b[2:]) / 2 * 10 / 8).astype(int)) for b in boxes]
+    assert centres == [cells[i] for i in range(99, 35, -1)]
