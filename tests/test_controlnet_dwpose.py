@@ -100,6 +100,13 @@ def test_dw_openpose_needs_both_graphs_and_refuses_wrong_ones(client, store):
     store.put_bytes(f"public/models/annotators/{WHOLEBODY}", b"\x0f\xff\xff not a protobuf")
     garbage = detect(client, "dw_openpose_full", [dots_png()])
     assert garbage.status_code == 422 and "dw-ll_ucoco_384.onnx is not a readable ONNX graph" in garbage.text
+    # a graph is a program whose memory no check bounds: a user's own copy is refused, not run
+    store.put_bytes(f"public/models/annotators/{WHOLEBODY}", pose_bytes(WHOLEBODY_INPUT, BODY))
+    store.put_bytes(f"users/alice/models/annotators/{DETECTOR}", detector_bytes([WHOLE_PICTURE]))
+    own = detect(client, "dw_openpose_full", [dots_png()])
+    assert own.status_code == 422 and f"users/alice/models/annotators/{DETECTOR} is your own ONNX graph" in own.text
+    store.delete(f"users/alice/models/annotators/{DETECTOR}")
+    assert detect(client, "dw_openpose_full", [dots_png()]).status_code == 200
 
 
 def test_animal_openpose_draws_the_animals(client, store):
@@ -175,7 +182,6 @@ def test_detect_thresholds_and_nms():
 
 
 def onnx_file(tmp_path, graph_nodes, inputs, outputs, inits=()):
-    import onnx
     from onnx import helper
 
     model = helper.make_model(helper.make_graph(graph_nodes, "g", inputs, outputs, list(inits)),

@@ -2,7 +2,8 @@
 
 Networks: `.safetensors` files only (the usual annotators ship as `.pth` pickles: convert them once with safetensors,
 keys unchanged), on controlnet-aux's classes (`annotator_nets`), loaded strictly. Graphs (DWPose's YOLOX and
-RTMPose): the extension's `.onnx` files as they are, checked and run with onnxruntime (`onnx_graphs`).
+RTMPose): the extension's `.onnx` files as they are, checked and run with onnxruntime (`onnx_graphs`), from the
+public namespace only (a graph is code).
 The names looked up are fixed by the module, never taken from the request, so they cannot traverse.
 """
 
@@ -50,6 +51,11 @@ class AnnotatorCache:
         if info is None:
             raise InvalidRequest(f"`{field}` needs the annotator weights public/{ANNOTATOR_DIR}/{filename}, "
                                  "which are not in the bucket")
+        if filename in GRAPHS and not info.key.startswith("public/"):
+            # an ONNX graph is a program: its operators can allocate what they like, which no check before the
+            # run bounds; so only the operator's own (public) copy runs, never one a user uploaded
+            raise InvalidRequest(f"`{field}`: {info.key} is your own ONNX graph; graphs run only from "
+                                 f"public/{ANNOTATOR_DIR}/ (installed by an admin): delete yours to use that one")
         cache_key = (info.key, info.etag)
         with self._lock:
             if cache_key not in self._loaded:
