@@ -43,8 +43,8 @@ def _anime_face(img, a, b, ctx):
     h, w = img.shape[:2]
     size = _working_size(h, w, ANIME_FACE_SIDE, ctx, "seg_anime_face")
     model = ctx.load(ANIME_FACE)
-    small = np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.Resampling.BICUBIC))
-    x = torch.from_numpy(np.ascontiguousarray(small)).float().div(255).permute(2, 0, 1)[None]
+    small = np.array(Image.fromarray(img).resize((size[1], size[0]), Image.Resampling.BICUBIC))  # writable
+    x = torch.from_numpy(small).float().div(255).permute(2, 0, 1)[None]
     with torch.inference_mode():
         classes = model(x)[0].argmax(dim=0).numpy().astype(np.uint8)
     classes = cv2.resize(classes, (w, h), interpolation=cv2.INTER_NEAREST)
