@@ -185,9 +185,16 @@ def test_lora_adapters_stay_cached_and_are_bounded(store, make_services, lora_by
         return execute_job(job, services)
 
     run("x <lora:l0:1>")
-    again = run("x <lora:l0:1>")
-    assert again.parameters.timings.load_s < 0.05  # resident checkpoint, adapter already attached
-    run("x <lora:l1:1>")
+    pipe = services.models.checkpoint(store.stat("public/models/Stable-diffusion/easel-demo.safetensors"))[0].pipe
+    attached = []
+    real_load = type(pipe).load_lora_weights
+    with pytest.MonkeyPatch.context() as mp:  # counted on the class: the loaded pipeline's own calls
+        mp.setattr(type(pipe), "load_lora_weights",
+                   lambda self, *a, **kw: attached.append(1) or real_load(self, *a, **kw))
+        run("x <lora:l0:1>")
+        assert attached == []  # resident checkpoint, adapter already attached: nothing read again
+        run("x <lora:l1:1>")
+        assert attached == [1]
     run("x <lora:l2:1>")
     model, _ = services.models.checkpoint(store.stat("public/models/Stable-diffusion/easel-demo.safetensors"))
     assert len(services.adapters.loaded_loras(model.pipe)) == 2
