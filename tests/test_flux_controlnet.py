@@ -8,10 +8,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load
 
-from loaders.demo.flux import DEMO_FLUX_NAME, demo_flux_checkpoint_bytes
-from loaders.demo.flux_controlnet import DEMO_FLUX_CONTROLNET_NAME, demo_flux_controlnet_bytes
+from loaders.adapters import preprocessor_table
+from loaders.adapters.flux_controlnet import build_flux_controlnet, union_mode, union_unit
+from loaders.demo.flux import DEMO_FLUX_NAME, demo_flux_checkpoint_bytes, flux_components
+from loaders.demo.flux_controlnet import DEMO_FLUX_CONTROLNET_NAME, demo_flux_controlnet, demo_flux_controlnet_bytes
 from loaders.demo.mmdit import tiny_t5_tokenizer_json
 from tests.test_flow_inpaint_hires import box_mask, outside, picture
 from tests.test_sd3 import b64_png
@@ -86,3 +89,90 @@ def test_a_unit_steers_the_hires_passes_its_hr_option_names(client, flux_store):
     both, low, high = by_option.values()
     assert np.abs(both - low).max() > 10 and np.abs(both - high).max() > 10 and np.abs(low - high).max() > 10
     assert np.abs(image(generate(client, [unit(weight=0)], **hires)) - plain).max() <= 1
+
+
+# --- ControlNet-Union (InstantX / Shakker-Labs): one control mode per unit ---
+def test_a_union_file_loads_strictly_and_its_mode_embedding_steers_the_residuals(tmp_path, files):
+    path = tmp_path / "union.safetensors"
+    path.write_bytes(files["union"])
+    assert "controlnet_mode_embedder.weight" in load(files["union"])
+    transformer = flux_components()["transformer"]
+    ours = build_flux_controlnet(path, "union", transformer.config, "f", "cpu", torch.float32)
+    theirs = demo_flux_controlnet(seed=2, num_mode=7)
+    assert ours.union and ours.config["num_mode"] == 7
+    gen = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(2, 16, 64, generator=gen),
+                  controlnet_cond=torch.randn(2, 16, 64, generator=gen),
+                  encoder_hidden_states=torch.randn(2, 8, 48, generator=gen),
+                  pooled_projections=torch.randn(2, 16, generator=gen), timestep=torch.tensor([0.5, 0.5]),
+                  guidance=torch.tensor([3.5, 3.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3),
+                  return_dict=False)
+    with torch.no_grad():
+        canny, depth = union_unit(ours, 0)(**inputs), union_unit(ours, 2)(**inputs)  # a batch of two images
+        reference = theirs(**inputs, controlnet_mode=torch.zeros(2, 1, dtype=torch.long))
+    assert all(torch.equal(a, b) for a, b in zip(canny[0], reference[0]))
+    assert (canny[0][0] - depth[0][0]).abs().max() > 0.01
+
+
+@pytest.mark.parametrize("union_type, module, mode", [
+    ("Unknown", "canny", 0), ("Unknown", "tile_resample", 1), ("Unknown", "depth_anything_v2", 2),
+    ("Unknown", "blur_gaussian", 3), ("Unknown", "dw_openpose_full", 4), ("Unknown", "recolor_luminance", 5),
+    ("Hard Edge", "none", 0), ("tile", "none", 1), ("Depth", "canny", 2), ("OpenPose", "none", 4),
+])
+def test_a_union_unit_runs_the_mode_its_type_or_else_its_preprocessor_names(union_type, module, mode):
+    entry = preprocessor_table.find(module)
+    assert union_mode(union_type, entry.name, entry.tags, 7, "u", "union") == mode
+
+
+def test_a_union_unit_changes_the_image_runs_its_mode_and_weight_zero_does_not(client, flux_store, monkeypatch):
+    from diffusers import FluxControlNetModel
+
+    modes, forward = [], FluxControlNetModel.forward
+
+    def recording(self, *args, controlnet_mode=None, **kwargs):
+        modes.append(None if controlnet_mode is None else controlnet_mode.flatten().tolist())
+        return forward(self, *args, controlnet_mode=controlnet_mode, **kwargs)
+
+    monkeypatch.setattr(FluxControlNetModel, "forward", recording)
+    plain = image(generate(client, batch_size=2))
+    canny = generate(client, [unit(model=UNION)], batch_size=2)
+    assert len(canny.json()["images"]) == 3  # two images (one batch: the mode reaches each), then the map
+    assert np.abs(image(canny) - plain).max() > 10 and np.abs(image(canny, 1) - image(canny)).max() > 0
+    assert modes and all(m == [0, 0] for m in modes)  # canny, for both images of the batch, every step
+    modes.clear()
+    depth = image(generate(client, [unit(model=UNION, union_control_type="Depth")], batch_size=2))
+    assert modes and all(m == [2, 2] for m in modes) and np.abs(depth - plain).max() > 10
+    named = image(generate(client, [unit(model=UNION, union_control_type="Hard Edge")], batch_size=2))
+    assert np.array_equal(named, image(canny))  # canny is mode 0 either way
+    assert np.abs(image(generate(client, [unit(model=UNION, weight=0)], batch_size=2)) - plain).max() <= 1
+    info = json.loads(canny.json()["info"])["infotexts"][0]
+    assert "ControlNet 0:" in info and UNION in info
+    # two units on the one union model, each with its own mode; a union unit with a plain FLUX ControlNet unit
+    modes.clear()
+    two = generate(client, [unit(model=UNION), unit(model=UNION, module="none", union_control_type="Tile")])
+    assert two.status_code == 200 and len(two.json()["images"]) == 3, two.text
+    assert modes[:2] == [[0], [1]]
+    mixed = generate(client, [unit(model=UNION), unit(module="none")])
+    assert mixed.status_code == 200 and np.abs(image(mixed) - image(generate(client, [unit(model=UNION)]))).max() > 10
+    modes.clear()
+    on_img2img = img2img(client, [unit(model=UNION, union_control_type="Depth")])
+    assert np.abs(image(on_img2img) - image(img2img(client))).max() > 10 and modes and modes[0] == [2]
+
+
+@pytest.mark.parametrize("fields, needles", [
+    ({"union_control_type": "Soft Edge"}, ["args[0].union_control_type", "Soft Edge", "Hard Edge"]),
+    ({"union_control_type": "Inpaint"}, ["args[0].union_control_type", "Inpaint"]),
+    ({"module": "none"}, ["args[0].union_control_type", "args[0].module", "'none'"]),
+    ({"module": "lineart"}, ["args[0].union_control_type", "args[0].module", "'lineart'"]),
+    ({"union_control_type": "Sketch"}, ["args[0].union_control_type", "Sketch"]),  # not the extension's
+])
+def test_a_union_unit_whose_type_the_model_lacks_is_a_422_naming_it(client, flux_store, fields, needles):
+    r = generate(client, [unit(model=UNION, **fields)])
+    assert r.status_code == 422 and all(n in r.text for n in needles), r.text
+
+
+def test_a_union_model_with_fewer_modes_refuses_the_later_ones(client, flux_store):
+    flux_store.put_bytes("public/models/ControlNet/three.safetensors", demo_flux_controlnet_bytes(num_mode=3))
+    assert generate(client, [unit(model="three", union_control_type="Depth")]).status_code == 200
+    r = generate(client, [unit(model="three", union_control_type="OpenPose")])
+    assert r.status_code == 422 and "3 control modes" in r.text and "pose" in r.text, r.text
