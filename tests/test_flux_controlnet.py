@@ -9,12 +9,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load
+from safetensors.torch import load, save
 
 from loaders.adapters import preprocessor_table
 from loaders.adapters.flux_controlnet import build_flux_controlnet, union_mode, union_unit
 from loaders.demo.flux import DEMO_FLUX_NAME, demo_flux_checkpoint_bytes, flux_components
-from loaders.demo.flux_controlnet import DEMO_FLUX_CONTROLNET_NAME, demo_flux_controlnet, demo_flux_controlnet_bytes
+from loaders.demo.flux_controlnet import (DEMO_FLUX_CONTROLNET_NAME, DEMO_XLABS_CONTROLNET_NAME, demo_flux_controlnet,
+                                          demo_flux_controlnet_bytes, demo_xlabs_controlnet, demo_xlabs_controlnet_bytes)
 from loaders.demo.mmdit import tiny_t5_tokenizer_json
 from tests.test_flow_inpaint_hires import box_mask, outside, picture
 from tests.test_sd3 import b64_png
@@ -176,3 +177,57 @@ def test_a_union_model_with_fewer_modes_refuses_the_later_ones(client, flux_stor
     assert generate(client, [unit(model="three", union_control_type="Depth")]).status_code == 200
     r = generate(client, [unit(model="three", union_control_type="OpenPose")])
     assert r.status_code == 422 and "3 control modes" in r.text and "pose" in r.text, r.text
+
+
+# --- XLabs' own layout ---
+XLABS = DEMO_XLABS_CONTROLNET_NAME.removesuffix(".safetensors")
+
+
+def test_an_xlabs_file_converts_to_diffusers_model_and_gives_the_same_residuals(tmp_path):
+    data = demo_xlabs_controlnet_bytes()
+    keys = set(load(data))
+    assert {"pos_embed_input.weight", "input_hint_block.14.weight", "double_blocks.1.img_attn.qkv.weight",
+            "img_in.weight", "guidance_in.in_layer.weight", "controlnet_blocks.1.bias"} <= keys
+    assert not any(k.startswith(("transformer_blocks.", "controlnet_x_embedder", "single")) for k in keys)
+    path = tmp_path / "xlabs.safetensors"
+    path.write_bytes(data)
+    transformer = flux_components()["transformer"]
+    ours = build_flux_controlnet(path, "xlabs", transformer.config, "f", "cpu", torch.float32)
+    theirs = demo_xlabs_controlnet()
+    assert ours.input_hint_block is not None and ours.config["num_layers"] == 2 and ours.config["patch_size"] == 2
+    gen = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 16, 64, generator=gen),
+                  controlnet_cond=torch.rand(1, 3, 64, 64, generator=gen) * 2 - 1,  # the hint in pixels
+                  encoder_hidden_states=torch.randn(1, 8, 48, generator=gen),
+                  pooled_projections=torch.randn(1, 16, generator=gen), timestep=torch.tensor([0.5]),
+                  guidance=torch.tensor([3.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3),
+                  return_dict=False)
+    with torch.no_grad():
+        a, b = ours(**inputs), theirs(**inputs)
+    # (the fused qkv split into views multiplies in another order: equal to float rounding)
+    assert len(a[0]) == 2 and all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a[0], b[0]))
+    assert a[0][0].abs().max() > 0.1
+
+
+def test_an_xlabs_unit_changes_the_image_weight_zero_does_not_and_maps_are_appended(client, flux_store):
+    flux_store.put_bytes(f"public/models/ControlNet/{DEMO_XLABS_CONTROLNET_NAME}", demo_xlabs_controlnet_bytes())
+    plain = image(generate(client))
+    r = generate(client, [unit(model=XLABS)])
+    assert len(r.json()["images"]) == 2
+    assert np.abs(image(r) - plain).max() > 10
+    assert np.abs(image(generate(client, [unit(model=XLABS, weight=0)])) - plain).max() <= 1
+    assert np.abs(image(img2img(client, [unit(model=XLABS)])) - image(img2img(client))).max() > 10
+    r = generate(client, [unit(model=XLABS), unit()])  # XLabs' and InstantX's kinds are fed differently
+    assert r.status_code == 422 and "different kinds" in r.text, r.text
+
+
+def test_an_xlabs_file_with_missing_or_foreign_tensors_is_a_422_naming_them(client, flux_store):
+    state = load(demo_xlabs_controlnet_bytes())
+    missing = {k: v for k, v in state.items() if k != "input_hint_block.6.bias"}
+    flux_store.put_bytes("public/models/ControlNet/missing.safetensors", save(missing))
+    r = generate(client, [unit(model="missing")])
+    assert r.status_code == 422 and "args[0].model" in r.text and "input_hint_block.6.bias" in r.text, r.text
+    foreign = {**state, "single_blocks.0.linear1.weight": torch.zeros(4, 4)}
+    flux_store.put_bytes("public/models/ControlNet/foreign.safetensors", save(foreign))
+    r = generate(client, [unit(model="foreign")])
+    assert r.status_code == 422 and "single_blocks.0.linear1.weight" in r.text, r.text

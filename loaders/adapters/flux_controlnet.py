@@ -3,8 +3,9 @@
 These ship in diffusers' own key layout (`controlnet_x_embedder.*`, `controlnet_blocks.*`, `transformer_blocks.*`,
 `single_transformer_blocks.*`), so there is nothing to convert: the config comes from the tensors' shapes over the
 shipped FLUX.1 defaults (`configs/flux-controlnet`), the rotary axes from the checkpoint's transformer (they split
-the same positional ids), and the weights load strictly. XLabs' own layout (`double_blocks.*`, `pos_embed_input.*`)
-is not converted by diffusers and is refused by name.
+the same positional ids), and the weights load strictly. XLabs' own layout (`double_blocks.*`, `pos_embed_input.*`,
+`input_hint_block.*`) is renamed to diffusers' first (`xlabs_controlnet`); BFL-named files without XLabs' hint
+convolutions (ComfyUI's own latent-input layout) are refused by name.
 
 ControlNet-Union files (InstantX's FLUX.1-dev-Controlnet-Union, Shakker-Labs' -Pro: a `controlnet_mode_embedder`
 row per control mode) take one mode per unit: the extension's `union_control_type` when a unit names one, else the
@@ -18,6 +19,7 @@ import json
 import functools
 from pathlib import Path
 
+from loaders.adapters.xlabs_controlnet import converted_state, is_xlabs_layout
 from loaders.errors import InvalidRequest
 from loaders.models.safetensors_check import built_with_weights
 from loaders.models.families import CONFIGS
@@ -27,11 +29,14 @@ CONFIG = CONFIGS / "flux-controlnet" / "config.json"
 
 
 def is_flux_controlnet(keys) -> bool:
-    return "controlnet_x_embedder.weight" in keys or any(k.startswith("controlnet_single_blocks.") for k in keys)
+    return "controlnet_x_embedder.weight" in keys or any(k.startswith("controlnet_single_blocks.") for k in keys) \
+        or is_xlabs_layout(keys)
 
 
 def is_xlabs_controlnet(keys) -> bool:
-    return "pos_embed_input.weight" in keys and any(k.startswith("double_blocks.") for k in keys)
+    """A FLUX ControlNet in BFL's key names that is not XLabs' (no `input_hint_block`): not converted here."""
+    return "pos_embed_input.weight" in keys and any(k.startswith("double_blocks.") for k in keys) \
+        and not is_xlabs_layout(keys)
 
 
 def _count(keys, prefix: str) -> int:
@@ -139,11 +144,14 @@ def build_flux_controlnet(path: Path, name: str, transformer_config, field: str,
     from safetensors.torch import load_file
 
     state = load_file(str(path))
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    try:
-        config = config_from_shapes(shapes, dict(transformer_config)["axes_dims_rope"])
-    except (KeyError, ValueError, IndexError) as e:
-        raise InvalidRequest(f"`{field}` {name!r} is not a complete FLUX ControlNet (missing {e})") from None
+    axes = dict(transformer_config)["axes_dims_rope"]
+    if is_xlabs_layout(state.keys()):
+        config, state = converted_state(state, name, field, axes)
+    else:
+        try:
+            config = config_from_shapes({k: tuple(v.shape) for k, v in state.items()}, axes)
+        except (KeyError, ValueError, IndexError) as e:
+            raise InvalidRequest(f"`{field}` {name!r} is not a complete FLUX ControlNet (missing {e})") from None
     model = built_with_weights(lambda: FluxControlNetModel.from_config(config), state,
                                f"`{field}` {name!r} as a FLUX ControlNet")
     return model.to(device=device, dtype=dtype).eval()
