@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save
 
+from loaders.adapters.xlabs_controlnet import diffusers_to_xlabs
 from loaders.models.families import config_dir
 
 DEMO_FLUX_CONTROLNET_NAME = "easel-demo-flux-controlnet.safetensors"
@@ -60,8 +61,6 @@ def demo_xlabs_controlnet(seed: int = 0, family: str = "demo-flux", num_layers: 
 def demo_xlabs_controlnet_bytes(seed: int = 0, family: str = "demo-flux", **shape) -> bytes:
     """The XLabs-kind model in XLabs' own key names (`double_blocks.*`, `pos_embed_input.*`, `input_hint_block.N.*`,
     no metadata), as `flux-canny-controlnet-v3.safetensors` ships."""
-    from loaders.adapters.xlabs_controlnet import diffusers_to_xlabs
-
     model = demo_xlabs_controlnet(seed, family, **shape)
     state = diffusers_to_xlabs(model.state_dict(), dict(model.config))
     return save({k: v.detach().clone().contiguous() for k, v in state.items()})
