@@ -15,7 +15,8 @@ from loaders.adapters import preprocessor_table
 from loaders.adapters.flux_controlnet import build_flux_controlnet, union_mode, union_unit
 from loaders.demo.flux import DEMO_FLUX_NAME, demo_flux_checkpoint_bytes, flux_components
 from loaders.demo.flux_controlnet import (DEMO_FLUX_CONTROLNET_NAME, DEMO_XLABS_CONTROLNET_NAME, demo_flux_controlnet,
-                                          demo_flux_controlnet_bytes, demo_xlabs_controlnet, demo_xlabs_controlnet_bytes)
+                                          demo_flux_controlnet_bytes, demo_xlabs_controlnet,
+                                          demo_xlabs_controlnet_bytes)
 from loaders.demo.mmdit import tiny_t5_tokenizer_json
 from tests.test_flow_inpaint_hires import box_mask, outside, picture
 from tests.test_sd3 import b64_png

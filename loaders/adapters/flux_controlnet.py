@@ -76,8 +76,8 @@ def union_mode(union_control_type: str, module: str, tags, num_mode: int, where:
     if union_control_type.strip().lower() != "unknown":
         mode = UNION_MODES_BY_TYPE.get(union_control_type.strip().lower())
         if mode is None:
-            raise InvalidRequest(f"`{where}.union_control_type` {union_control_type!r}: the FLUX ControlNet-Union model "
-                                 f"{name!r} has no such mode; it takes Hard Edge (canny), Tile, Depth or OpenPose")
+            raise InvalidRequest(f"`{where}.union_control_type` {union_control_type!r}: the FLUX ControlNet-Union "
+                                 f"model {name!r} has no such mode; it takes Hard Edge (canny), Tile, Depth or OpenPose")
     else:
         tag_modes = [UNION_MODES_BY_TAG[t.lower()] for t in tags if t.lower() in UNION_MODES_BY_TAG]
         mode = UNION_MODES_BY_MODULE.get(module, tag_modes[0] if tag_modes else None)
