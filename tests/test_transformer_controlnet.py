@@ -249,3 +249,8 @@ def test_full_size_sd3_controlnet_configs_come_back_from_their_shapes(config):
     for key in ("num_layers", "num_attention_heads", "joint_attention_dim", "use_pos_embed",
                 "force_zeros_for_pooled_projection", "patch_size", "pooled_projection_dim"):
         assert got[key] == dict(model.config)[key], key
+
+
+def test_sd3_units_with_hires_fix_stay_a_422_naming_it(client, flux_store):
+    r = generate(client, [unit(model=SD3CN)], enable_hr=True, hr_scale=2, **SD3)
+    assert r.status_code == 422 and "enable_hr" in r.text and "demo-sd3" in r.text, r.text
