@@ -150,16 +150,10 @@ def test_a_flux_controlnet_of_other_widths_or_in_xlabs_layout_is_422(client, flu
     ({"advanced_weighting": [1.0, 1.0]}, {}, "args[0].advanced_weighting"),
     ({"union_control_type": "Depth"}, {}, "args[0].union_control_type"),
     ({"module": "reference_only"}, {}, "args[0].module"),
-    ({}, {"enable_hr": True, "hr_scale": 2}, "enable_hr"),
 ])
 def test_what_a_flux_unit_cannot_do_here_is_a_422_naming_it(client, flux_store, fields, body, needle):
     r = generate(client, [unit(**fields)], **body)
     assert r.status_code == 422 and needle in r.text, r.text
-
-
-def test_flux_units_with_img2img_are_422(client, flux_store):
-    r = generate(client, [unit()], route="img2img", init_images=[square_png()], denoising_strength=0.5)
-    assert r.status_code == 422 and "img2img" in r.text and "alwayson_scripts.controlnet.args[0]" in r.text, r.text
 
 
 # --- SD 3.5 ---
@@ -255,3 +249,8 @@ def test_full_size_sd3_controlnet_configs_come_back_from_their_shapes(config):
     for key in ("num_layers", "num_attention_heads", "joint_attention_dim", "use_pos_embed",
                 "force_zeros_for_pooled_projection", "patch_size", "pooled_projection_dim"):
         assert got[key] == dict(model.config)[key], key
+
+
+def test_sd3_units_with_hires_fix_stay_a_422_naming_it(client, flux_store):
+    r = generate(client, [unit(model=SD3CN)], enable_hr=True, hr_scale=2, **SD3)
+    assert r.status_code == 422 and "enable_hr" in r.text and "demo-sd3" in r.text, r.text

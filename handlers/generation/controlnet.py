@@ -186,7 +186,7 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
             plan.t2i_adapters.append(T2IUnit(unit, loaded, _t2i_maps(unit, fitted, hr_fitted)))
         else:
             plan.units.append(unit)
-            plan.nets.append(_unit_net(unit, loaded))
+            plan.nets.append(transformer_controlnet.unit_net(unit, loaded) if dit else _unit_net(unit, loaded))
             plan.model_names.append(loaded.name)
             plan.images.append(fitted)
             if hr_fitted is not None:
@@ -291,7 +291,7 @@ def pipeline(base, scheduler, plan: ControlPlan, *, cfg: bool, task: str = "txt2
     from diffusers.models.controlnets import MultiControlNetModel
 
     if plan.dit:
-        return transformer_controlnet.pipeline(base, scheduler, plan.nets, **overrides)
+        return transformer_controlnet.pipeline(base, scheduler, plan.nets, task, **overrides)
     xl = getattr(base, "text_encoder_2", None) is not None  # SDXL: its own ControlNet pipelines
     name = {"txt2img": "ControlNetPipeline", "img2img": "ControlNetImg2ImgPipeline",
             "inpaint": "ControlNetInpaintPipeline"}[task]

@@ -5,9 +5,9 @@ FlowMatchEulerDiscreteScheduler, the checkpoint's own shift; FLUX.1-dev's resolu
 for them: LoRAs (diffusers' SD3 / FLUX loaders, which also read kohya's FLUX layout), img2img with all four
 resize modes, inpainting (the family's diffusers inpaint pipeline over the same modules, A1111's mask
 preparation and paste-back) and hires fix (the family's img2img pipeline for the second pass; Forge's
-`hr_distilled_cfg` for FLUX.1-dev), and txt2img ControlNet units (`transformer_controlnet`). The UNet-era
-extras (VAE / embedding / hypernetwork files, refiner, tiling, CLIP skip, variation seeds, s_churn) are not
-wired for them here. Each is refused with a 422 naming the field and the family rather than run differently
+`hr_distilled_cfg` for FLUX.1-dev), and ControlNet units (`transformer_controlnet`: txt2img; FLUX in every
+mode). The UNet-era extras (VAE / embedding / hypernetwork files, refiner, tiling, CLIP skip, variation seeds,
+s_churn) are not wired for them here. Each is refused with a 422 naming the field and the family rather than run differently
 from what was asked.
 
 FLUX.1 as Forge runs it: `distilled_cfg_scale` (default 3.5) is dev's guidance input; `cfg_scale` above 1 adds

@@ -4,25 +4,30 @@ units as one FluxMultiControlNetModel / SD3MultiControlNetModel (their residuals
 What a unit does there: its detected map (same modules, `resize_mode`, `processor_res`, thresholds, `pixel_perfect`
 as on SD 1.x / SDXL) is VAE-encoded by the pipeline; `weight` is the unit's conditioning scale and
 `guidance_start|end` its control_guidance_start|end. The control residuals reach both halves of classifier-free
-guidance (SD 3.5's CFG, FLUX's real CFG with `cfg_scale` > 1), which is the extension's "Balanced" mode. Not wired:
-the other control modes, `advanced_weighting` (per-layer weights of a UNet ControlNet's encoder blocks), FLUX
-ControlNet-Union files and `union_control_type`, reference / IP-Adapter / T2I-Adapter units (UNet hooks), and units
-with img2img, inpaint or hires fix (diffusers' FLUX ControlNet img2img / inpaint pipelines take no negative prompt,
-and SD 3.5 has no ControlNet img2img pipeline): each is refused with a 422 naming the field.
+guidance (SD 3.5's CFG, FLUX's real CFG with `cfg_scale` > 1), which is the extension's "Balanced" mode. FLUX units
+run on txt2img, img2img, inpaint and both hires passes (`flux_control`), and FLUX ControlNet-Union files take the
+unit's control mode (`flux_controlnet.union_mode`). Not wired: the other control modes, `advanced_weighting`
+(per-layer weights of a UNet ControlNet's encoder blocks), reference / IP-Adapter / T2I-Adapter units (UNet hooks),
+and SD 3.5 units with img2img, inpaint or hires fix (SD 3.5 has no ControlNet img2img pipeline): each is refused
+with a 422 naming the field.
 """
 
 from __future__ import annotations
 
 import functools
 
+from handlers.generation import flux_control
 from handlers.generation.controlnet_units import ControlNetUnit
 from loaders.adapters import flux_controlnet, sd3_controlnet, sd3_controlnet_sai
 from loaders.adapters.controlnet_union import UNKNOWN
 from loaders.errors import InvalidRequest
+from loaders.models.families import family as family_spec
 
 
 def check_request(where: str, family: str, *, init_image, hr_size) -> None:
     """What a transformer ControlNet unit cannot run with, before anything is loaded."""
+    if _is_flux_family(family):
+        return  # FLUX has ControlNet img2img / inpaint pipelines (flux_control), which hires fix runs too
     if init_image is not None:
         raise InvalidRequest(f"`{where}`: ControlNet units with img2img / inpaint are not supported for {family} "
                              "models here (use txt2img)")
@@ -33,9 +38,6 @@ def check_request(where: str, family: str, *, init_image, hr_size) -> None:
 
 def check_unit(unit: ControlNetUnit, where: str, loaded, transformer, base_family: str) -> None:
     """Refuse the fields such a unit would not honour; the model must fit the checkpoint's widths."""
-    if loaded.union:
-        raise InvalidRequest(f"`{where}.model` {loaded.name!r} is a FLUX ControlNet-Union model, which is not "
-                             "supported here")
     if loaded.family == flux_controlnet.FLUX_CONTROLNET:
         flux_controlnet.check_fits(loaded.name, loaded.model.config, transformer.config, f"{where}.model", base_family)
     else:
@@ -45,9 +47,28 @@ def check_unit(unit: ControlNetUnit, where: str, loaded, transformer, base_famil
                              f"{base_family} ControlNets here")
     if unit.advanced_weighting is not None:
         raise InvalidRequest(f"`{where}.advanced_weighting` is not supported for {base_family} ControlNets here")
-    if unit.union_control_type != UNKNOWN:
+    if loaded.union:  # before the image is read: a type the model lacks is a 422 up front
+        flux_controlnet.union_mode(unit.union_control_type, unit.entry.name, unit.entry.tags,
+                                   loaded.model.config["num_mode"], where, loaded.name)
+    elif unit.union_control_type != UNKNOWN:
         raise InvalidRequest(f"`{where}.union_control_type` {unit.union_control_type!r}: {loaded.name!r} is not a "
                              "ControlNet-Union model")
+
+
+def unit_net(unit: ControlNetUnit, loaded):
+    """What the pipeline runs for a unit: the model, or a FLUX ControlNet-Union's view for the unit's mode."""
+    if not loaded.union:
+        return loaded.model
+    mode = flux_controlnet.union_mode(unit.union_control_type, unit.entry.name, unit.entry.tags,
+                                      loaded.model.config["num_mode"], "", loaded.name)
+    return flux_controlnet.union_unit(loaded.model, mode)
+
+
+def _is_flux_family(family: str) -> bool:
+    try:
+        return family_spec(family).arch == "flux"
+    except KeyError:
+        return False
 
 
 def check_mix(nets: list, where: str) -> None:
@@ -64,15 +85,15 @@ def check_mix(nets: list, where: str) -> None:
                              "SD 3.5: InstantX's and Stability's), which cannot be combined in one request")
 
 
-def pipeline(base, scheduler, nets: list, **overrides):
-    """A per-request FluxControlNetPipeline / StableDiffusion3ControlNetPipeline over the shared components."""
+def pipeline(base, scheduler, nets: list, task: str = "txt2img", **overrides):
+    """A per-request FLUX ControlNet pipeline for `task` / StableDiffusion3ControlNetPipeline (txt2img) over the
+    shared components."""
     import inspect
 
-    import diffusers
     from diffusers.models.controlnets import FluxMultiControlNetModel, SD3MultiControlNetModel
 
     flux = type(base).__name__.startswith("Flux")
-    cls = diffusers.FluxControlNetPipeline if flux else _seeded_sd3_class()
+    cls = flux_control.pipeline_class(task) if flux else _seeded_sd3_class()
     multi = FluxMultiControlNetModel(nets) if flux else SD3MultiControlNetModel([_view(net) for net in nets])
     accepted = set(inspect.signature(cls.__init__).parameters)
     components = {k: v for k, v in {**base.components, **overrides}.items() if k != "scheduler" and k in accepted}

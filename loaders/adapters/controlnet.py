@@ -200,8 +200,9 @@ class ControlNetCache:
         if is_control_lora(keys):
             return _load_control_lora(path, name, info, keys, base_family, field, unet, base, device, dtype)
         if is_xlabs_controlnet(keys):
-            raise InvalidRequest(f"`{field}` {name!r} is a FLUX ControlNet in XLabs' own layout, which diffusers does "
-                                 "not convert; use the model's diffusers-format file (InstantX / Shakker-Labs layout)")
+            raise InvalidRequest(f"`{field}` {name!r} is a FLUX ControlNet in BFL's key names without XLabs' hint "
+                                 "convolutions (`input_hint_block`), a layout not converted here; use the model's "
+                                 "diffusers-format or XLabs file")
         if is_flux_controlnet(keys):
             _check_fits(name, FLUX_CONTROLNET, base_family, field)
             try:

@@ -33,14 +33,15 @@ def swap_halves(t):
     return torch.cat([b, a], dim=0)
 
 
-def _renamed(config: dict):
+def _renamed(config: dict, final: bool = True):
     """(BFL key, diffusers key, optional) of every tensor that only changes its name (optional: guidance_in's,
-    dev only; any other missing is the file's error)."""
+    dev only; any other missing is the file's error). `final` False: a model without the output layer (XLabs'
+    ControlNets, which end at their control blocks)."""
     for ours, theirs in _EMBEDDERS:
         for n_ours, n_theirs in (("in_layer", "linear_1"), ("out_layer", "linear_2")):
             for kind in _KINDS:
                 yield f"{ours}.{n_ours}.{kind}", f"{theirs}.{n_theirs}.{kind}", True
-    for ours, theirs in _PLAIN:
+    for ours, theirs in _PLAIN if final else _PLAIN[:2]:
         for kind in _KINDS:
             yield f"{ours}.{kind}", f"{theirs}.{kind}", False
     blocks = [(f"double_blocks.{i}.", f"transformer_blocks.{i}.", _DOUBLE, _DOUBLE_NORMS)
@@ -58,14 +59,15 @@ def _renamed(config: dict):
 _QKV = (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj")))
 
 
-def flux_to_diffusers(state: dict, config: dict) -> dict:
+def flux_to_diffusers(state: dict, config: dict, final: bool = True) -> dict:
     """BFL-layout FLUX transformer tensors (no `model.diffusion_model.` prefix) → diffusers' state dict."""
     import torch
 
     width = config["num_attention_heads"] * config["attention_head_dim"]
-    out = {theirs: state[ours] for ours, theirs, optional in _renamed(config) if not optional or ours in state}
+    out = {theirs: state[ours] for ours, theirs, optional in _renamed(config, final) if not optional or ours in state}
     for kind in _KINDS:
-        out[f"norm_out.linear.{kind}"] = swap_halves(state[f"final_layer.adaLN_modulation.1.{kind}"])
+        if final:
+            out[f"norm_out.linear.{kind}"] = swap_halves(state[f"final_layer.adaLN_modulation.1.{kind}"])
         for i in range(config["num_layers"]):
             b, d = f"double_blocks.{i}.", f"transformer_blocks.{i}."
             for stream, names in _QKV:
@@ -79,13 +81,14 @@ def flux_to_diffusers(state: dict, config: dict) -> dict:
     return out
 
 
-def diffusers_to_flux(state: dict, config: dict) -> dict:
+def diffusers_to_flux(state: dict, config: dict, final: bool = True) -> dict:
     """The inverse: diffusers' FluxTransformer2DModel state dict → BFL single-file keys (without a prefix)."""
     import torch
 
-    out = {ours: state[theirs] for ours, theirs, optional in _renamed(config) if not optional or theirs in state}
+    out = {ours: state[theirs] for ours, theirs, optional in _renamed(config, final) if not optional or theirs in state}
     for kind in _KINDS:
-        out[f"final_layer.adaLN_modulation.1.{kind}"] = swap_halves(state[f"norm_out.linear.{kind}"])
+        if final:
+            out[f"final_layer.adaLN_modulation.1.{kind}"] = swap_halves(state[f"norm_out.linear.{kind}"])
         for i in range(config["num_layers"]):
             b, d = f"double_blocks.{i}.", f"transformer_blocks.{i}."
             for stream, names in _QKV:
