@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save
 
+from loaders.adapters.style_adapter import style_adapter_class
+
 DEMO_T2I_ADAPTER_NAME = "t2iadapter_easel_demo.safetensors"
 DEMO_CONFIG = {"channels": [16, 32], "num_res_blocks": 2, "downscale_factor": 16, "adapter_type": "full_adapter_xl"}
 
@@ -51,8 +53,6 @@ DEMO_STYLE_ADAPTER_NAME = "t2iadapter_style_easel_demo.safetensors"
 def demo_style_adapter(seed: int = 0, width: int = 32, context_dim: int = 32, layers: int = 3, tokens: int = 8):
     """A random TencentARC StyleAdapter (`loaders.adapters.style_adapter`): the released one's depth and token
     count, reading the demo image encoder's 32-wide hidden states into the demo UNet's 32-wide context."""
-    from loaders.adapters.style_adapter import style_adapter_class
-
     torch.manual_seed(seed)
     model = style_adapter_class()(width=width, context_dim=context_dim, layers=layers, tokens=tokens)
     scale = width ** -0.5  # the original's initialisation of its two bare parameters
