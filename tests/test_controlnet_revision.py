@@ -69,6 +69,7 @@ def test_revision_changes_the_image_and_follows_weight_image_and_guidance(client
     assert zero == ok(xl(client, [revision(weight=0, image=square_png((48, 80)))])) and zero != plain
     # 2 steps run at 50% and 99.9% of the schedule: a range covering neither leaves the request untouched
     assert ok(xl(client, [revision(guidance_start=0.0, guidance_end=0.0)])) == plain
+    assert ok(xl(client, [revision(threshold_a=0.9)])) != ok(one)  # noise augmentation
     info = json.loads(one.json()["info"])["infotexts"][0]
     assert 'ControlNet 0: "Module: revision_clipvision, Model: None, Weight: 1' in info
 
@@ -79,10 +80,6 @@ def test_revision_noise_augmentation_is_threshold_a():
     far = noise_augmented(emb, 1.0, 7)
     assert torch.corrcoef(torch.stack([far[0], emb[0]]))[0, 1] < 0.9  # step 999: mostly noise
     assert torch.equal(noise_augmented(emb, 0.5, 7), noise_augmented(emb, 0.5, 7))  # seeded by the request
-
-
-def test_threshold_a_changes_the_revision_image(client):
-    assert ok(xl(client, [revision(threshold_a=0.9)])) != ok(xl(client, [revision()]))
 
 
 def test_revision_ignore_prompt_gives_the_same_image_for_any_prompt(client):
@@ -181,3 +178,49 @@ def test_style_adapter_mismatches_are_422(client, store, cn_bytes):
     assert wrong_model.status_code == 422 and "style adapter" in wrong_model.text, wrong_model.text
     on_xl = xl(client, [style()])
     assert on_xl.status_code == 422 and "demo-sdxl" in on_xl.text and STYLE in on_xl.text, on_xl.text
+
+
+def test_controlnets_next_to_a_style_unit_read_the_context_it_leaves():
+    """The extension feeds its ControlNets the context after the style tokens are appended; so does the hook."""
+    from handlers.generation.revision import StyleUnit, applied
+
+    class Recorder(torch.nn.Module):
+        def forward(self, sample, timestep, encoder_hidden_states=None, **kwargs):
+            self.seen = encoder_hidden_states
+            return sample
+
+    adapter = build_style_adapter_from_demo()
+    unit = type("Unit", (), {"guidance_start": 0.0, "guidance_end": 1.0, "weight": 1.0})()
+    unet, net = Recorder(), Recorder()
+    context = torch.randn(2, 77, 32)
+    with applied(unet, [], [StyleUnit(unit, adapter, torch.randn(1, 17, 32), None)], cfg=True, empty_prompts=False,
+                 nets=[net, net]):  # a model two units share is hooked once
+        for module in (unet, net):
+            module(torch.zeros(2, 4, 8, 8), torch.tensor([500]), encoder_hidden_states=context)
+    for module in (unet, net):
+        assert module.seen.shape == (2, 85, 32)  # 77 prompt tokens + the adapter's 8
+        assert torch.equal(module.seen[:, :77], context)
+        assert not module.seen[0, 77:].any() and module.seen[1, 77:].abs().sum() > 0  # negative row: zero tokens
+    net(torch.zeros(2, 4, 8, 8), torch.tensor([500]), encoder_hidden_states=context)
+    assert net.seen.shape == (2, 77, 32)  # the hooks are gone
+
+
+def build_style_adapter_from_demo():
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / DEMO_STYLE_ADAPTER_NAME
+        path.write_bytes(demo_style_adapter_bytes())
+        return build_style_adapter(path, path.name, "k", "e", "cpu", torch.float32)
+
+
+def test_style_unit_next_to_a_controlnet_unit(client, store, cn_bytes):
+    from loaders.demo.controlnet import DEMO_CONTROLNET_NAME
+    from tests.test_controlnet import unit
+
+    store.put_bytes(f"public/models/ControlNet/{DEMO_CONTROLNET_NAME}", cn_bytes)
+    canny = txt2img(client, [unit()])
+    both = txt2img(client, [style(), unit()])
+    assert ok(both) != ok(canny)
+    assert len(both.json()["images"]) == 2  # the image, then the ControlNet unit's map only

@@ -222,7 +222,7 @@ def _adapter_units(model: LoadedCheckpoint, control, *, cfg: bool, empty_prompts
         return
     unet, steps = model.pipe.unet, model.pipe.scheduler.config.num_train_timesteps
     with revision.applied(unet, control.revisions, control.styles, cfg=cfg, empty_prompts=empty_prompts,
-                          timesteps=steps), \
+                          timesteps=steps, nets=control.nets), \
             ipadapter.applied(unet, control.ip_adapters, cfg=cfg, timesteps=steps), \
             t2i_adapter.applied(unet, control.t2i_adapters, cfg=cfg, timesteps=steps):
         yield

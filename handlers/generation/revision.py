@@ -20,8 +20,9 @@ at each UNet call inside its guidance range (and in the passes its `hr_option` n
 appended to the text context of the prompt rows, zero tokens to the negative rows (the cond mark again: they
 still take part in the softmax, so weight 0 is not the unit-less image either). Several units append in order.
 Both: `control_mode`, `processor_res`, `pixel_perfect`, `resize_mode` have no effect (the extension's
-`no_control_mode` modules read none of them); `advanced_weighting` is a 422. The hook is on the shared UNet only
-inside `applied()`, under the device lock, registered before the IP-Adapter hook so that one sees the result.
+`no_control_mode` modules read none of them); `advanced_weighting` is a 422. The hook is on the shared UNet (and
+the request's ControlNets, which the extension feeds the same modified context) only inside `applied()`, under the
+device lock, registered before the IP-Adapter hook so that one sees the result.
 """
 
 from __future__ import annotations
@@ -128,16 +129,20 @@ def prepare_style(services, user: str, unit, loaded, where: str, image, unet, si
 
 @contextlib.contextmanager
 def applied(unet, revisions: list[RevisionUnit], styles: list[StyleUnit], *, cfg: bool, empty_prompts: bool,
-            timesteps: int = 1000):
+            timesteps: int = 1000, nets=()):
+    """The hook on the UNet and on the request's ControlNet models (`nets`, each once): in the extension the
+    ControlNets read the context and `y` as Revision and the style tokens leave them."""
     if not revisions and not styles:
         yield
         return
-    handle = unet.register_forward_pre_hook(_conditioning(revisions, styles, cfg, empty_prompts, timesteps),
-                                            with_kwargs=True)
+    hook = _conditioning(revisions, styles, cfg, empty_prompts, timesteps)
+    modules = {id(m): m for m in (unet, *nets)}
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules.values()]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def _prompt_rows(batch: int, cfg: bool, like):
