@@ -224,3 +224,23 @@ def test_style_unit_next_to_a_controlnet_unit(client, store, cn_bytes):
     both = txt2img(client, [style(), unit()])
     assert ok(both) != ok(canny)
     assert len(both.json()["images"]) == 2  # the image, then the ControlNet unit's map only
+
+
+def test_revision_in_img2img(client):
+    from tests.conftest import auth
+
+    body = {"prompt": "a house", "seed": 3, "width": 64, "height": 64, "steps": 2, "init_images": [square_png()],
+            "denoising_strength": 0.6, "override_settings": {"sd_model_checkpoint": XL}}
+    plain = client.post("/sdapi/v1/img2img", json=body, headers=auth())
+    with_unit = client.post("/sdapi/v1/img2img", headers=auth(),
+                            json={**body, "alwayson_scripts": {"controlnet": {"args": [revision()]}}})
+    assert ok(with_unit) != ok(plain)
+
+
+def test_style_unit_takes_part_in_the_hires_passes_its_hr_option_names(client):
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 1}
+    plain = ok(txt2img(client, None, **hires))
+    both = ok(txt2img(client, [style()], **hires))
+    low = ok(txt2img(client, [style(hr_option="Low res only")], **hires))
+    high = ok(txt2img(client, [style(hr_option="High res only")], **hires))
+    assert len({plain, both, low, high}) == 4

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 
 from loaders.adapters.style_adapter import LoadedStyleAdapter
 from loaders.errors import InvalidRequest
+from loaders.models.families import family as family_spec
 
 REVISION_MODULES = frozenset({"revision_clipvision", "revision_ignore_prompt"})
 STYLE_MODULE = "clip_vision"
 REVISION_ENCODER, STYLE_ENCODER = "clip_g.safetensors", "clip_vitl.safetensors"
-_SDXL = ("sdxl", "demo-sdxl")  # base families (their inpaint variants too); the refiner has another `y`
 
 
 @dataclass
@@ -74,8 +74,11 @@ def _check(unit, where: str) -> None:
 
 
 def check_revision_family(unit, where: str, family: str) -> None:
-    base = family.removesuffix("-inpaint")
-    if base not in _SDXL:
+    try:
+        arch = family_spec(family).arch
+    except KeyError:
+        arch = ""
+    if arch != "sdxl":  # SDXL and its inpaint variant; the refiner's `y` has another layout
         raise InvalidRequest(f"`{where}.module` {unit.module!r} only works with SDXL checkpoints (it replaces "
                              f"SDXL's pooled prompt embedding); the checkpoint is a {family} model")
 
