@@ -1,8 +1,9 @@
 """ControlNet preprocessors ("modules"): image → detected map, with sd-webui-controlnet's names and defaults.
 
 Weight-free ones run on OpenCV/NumPy. Model-based ones (HED, PiDiNet, M-LSD, lineart, TEED: `annotator_runners`, on
-controlnet-aux's networks) read their weights, as `.safetensors` only, from `models/annotators/` in the caller's
-namespace, then public; a missing file is a 422 naming it.
+controlnet-aux's networks; DWPose and animal pose: `dwpose_runners`, ONNX graphs) read their files (`.safetensors`
+networks, `.onnx` graphs) from `models/annotators/` in the caller's namespace, then public; a missing file is a 422
+naming it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from loaders.adapters import annotator_runners, openpose_runners, preprocessor_table
+from loaders.adapters import annotator_runners, dwpose_runners, openpose_runners, preprocessor_table
 from loaders.adapters.clip_vision import MODULE_ENCODERS
 from loaders.errors import InvalidRequest
 
@@ -137,7 +138,7 @@ RUNNERS: dict[str, Preprocessor] = {p.name: p for p in [
     Preprocessor("color", _color_grid),
     Preprocessor("shuffle", _shuffle, fixed_resolution=512),
     *(Preprocessor(name, run, weights=files) for name, (run, files) in
-      {**annotator_runners.RUNNERS, **openpose_runners.RUNNERS}.items()),
+      {**annotator_runners.RUNNERS, **openpose_runners.RUNNERS, **dwpose_runners.RUNNERS}.items()),
 ]}
 
 
@@ -150,8 +151,6 @@ WEIGHTS = {
     "depth_anything_v2": "depth_anything_v2/depth_anything_v2_vitl.safetensors",
     "depth_hand_refiner": "hand_refiner/graphormer_hand_state_dict.safetensors",
 "normal_dsine": "normal_dsine/dsine.safetensors",
-    "dw_openpose_full": "openpose/dw-ll_ucoco_384.safetensors",
-    "animal_openpose": "openpose/rtmpose-m_ap10k_256.safetensors",
     "densepose": "densepose/densepose_r50_fpn_dl.safetensors", "densepose_parula": "densepose/densepose_r50_fpn_dl.safetensors",
     "lineart_anime_denoise": "manga_line/res_skip.safetensors",
     "segmentation": "uniformer/upernet_global_small.safetensors",
