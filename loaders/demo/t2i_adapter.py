@@ -2,7 +2,9 @@
 
 The demo UNets (two down blocks, 16 and 32 wide, the first one downsampling before its features are added) take
 the SDXL-style adapter (`full_adapter_xl`, 16× downscale, no downsampling into stage 1); an SD 1.x-style adapter
-(`full_adapter`, 8×) is written for the key-layout round trip.
+(`full_adapter`, 8×) is written for the key-layout round trip. The style adapter (`demo_style_adapter_bytes`) is
+TencentARC's StyleAdapter in its own key layout, 32 wide (the demo image encoder's hidden states and the demo UNet's
+context).
 """
 
 from __future__ import annotations
