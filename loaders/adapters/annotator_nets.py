@@ -1,4 +1,5 @@
-"""The networks behind model-based ControlNet preprocessors: controlnet-aux's classes, keyed by annotator file.
+"""The networks behind model-based ControlNet preprocessors, keyed by annotator file: controlnet-aux's classes, and
+three written here (anime_face_net, manga_line_net, lama_net).
 
 Each file is the sd-webui-controlnet extension's `.pth` converted to `.safetensors` as it is (same keys): some
 were saved from DataParallel (`module.` before every key), OpenPose's lack the first component of the model's
@@ -17,6 +18,9 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from loaders.adapters.anime_face_net import anime_face_unet
+from loaders.adapters.lama_net import lama_generator
+from loaders.adapters.manga_line_net import res_skip
 from loaders.adapters.partial_import import import_without_init
 from loaders.errors import Unavailable
 
@@ -154,6 +158,11 @@ ARCHITECTURES: dict[str, Net] = {
     "openpose/body_pose_model.safetensors": Net(_openpose("bodypose_model"), drop_first=True),
     "openpose/hand_pose_model.safetensors": Net(_openpose("handpose_model"), drop_first=True),
     "openpose/facenet.safetensors": Net(_facenet),
+    # networks written here (controlnet-aux lacks them); the extension strips a `module.` prefix from the first
+    # two if present, so files with or without it load
+    "anime_face_segment/UNet.safetensors": Net(anime_face_unet, prefix="module."),
+    "manga_line/erika.safetensors": Net(res_skip, prefix="module."),
+    "lama/ControlNetLama.safetensors": Net(lama_generator),
 }
 
 
