@@ -1,9 +1,9 @@
 """Added cost of each ControlNet unit kind on the demo model (64×64, 2 steps, CPU unless EASEL_DEVICE says).
 
 Kinds: ControlNet (one / two units), reference_only/adain/adain+attn, IP-Adapter (plain, plus; with the tiny
-CLIP vision encoder), T2I-Adapter; with `--family sdxl`, on the demo SDXL checkpoint: an SDXL ControlNet,
-ControlNet-Union ProMax (a known control type, and "Unknown") and a Control-LoRA (whose cold load merges its deltas
-into the UNet). Prints JSON: for each kind, load_s of its first request (cold: the model file
+CLIP vision encoder), T2I-Adapter, T2I style adapter (with the tiny clip_vitl); with `--family sdxl`, on the demo
+SDXL checkpoint: an SDXL ControlNet, ControlNet-Union ProMax (a known control type, and "Unknown"), a Control-LoRA
+(whose cold load merges its deltas into the UNet) and Revision (both modules; cold = its CLIP-G encoder's load). Prints JSON: for each kind, load_s of its first request (cold: the model file
 and, for IP-Adapter, its image encoder load) and of later ones
 (warm), the median generate_s, and the added generate_s over the same request without units; and the median
 seconds of `POST /controlnet/detect`'s work (the preprocessor alone, at its default 512 px) for a few weight-free
@@ -37,7 +37,7 @@ from loaders.demo.annotators import install_annotator
 from loaders.demo.controlnet import DEMO_CONTROLNET_NAME, demo_controlnet_bytes, install_demo_controlnet
 from loaders.demo.controlnet_kinds import demo_control_lora_bytes, demo_union_bytes
 from loaders.demo.ipadapter import demo_image_encoder_bytes, demo_ip_adapter_bytes
-from loaders.demo.t2i_adapter import demo_t2i_adapter_bytes
+from loaders.demo.t2i_adapter import demo_style_adapter_bytes, demo_t2i_adapter_bytes
 from loaders.demo.model import install_demo
 from loaders.demo.names import DEMO_NAMES
 from loaders.storage.store import LocalStore
@@ -62,7 +62,8 @@ def kinds(image: str) -> dict[str, list[dict]]:
             "reference_adain+attn": [{**ref, "module": "reference_adain+attn"}],
             "ip_adapter": [{"module": "ip-adapter_clip_sd15", "model": "ip-adapter_bench", "image": image}],
             "ip_adapter_plus": [{"module": "ip-adapter_clip_sd15", "model": "ip-adapter-plus_bench", "image": image}],
-            "t2i_adapter_canny": [{**cn, "model": "t2iadapter_bench"}]}
+            "t2i_adapter_canny": [{**cn, "model": "t2iadapter_bench"}],
+            "t2i_style_adapter": [{"module": "t2ia_style_clipvision", "model": "t2iadapter_style_bench", "image": image}]}
 
 
 def xl_kinds(image: str) -> dict[str, list[dict]]:
@@ -70,7 +71,9 @@ def xl_kinds(image: str) -> dict[str, list[dict]]:
     union = {**cn, "model": "controlnet-union-promax_bench"}
     return {"plain": [], "sdxl_controlnet_canny": [cn],
             "union_hard_edge": [{**union, "union_control_type": "Hard Edge"}], "union_unknown_type": [union],
-            "control_lora_canny": [{**cn, "model": "control-lora-canny_bench"}]}
+            "control_lora_canny": [{**cn, "model": "control-lora-canny_bench"}],
+            "revision_clipvision": [{"module": "revision_clipvision", "model": "None", "image": image}],
+            "revision_ignore_prompt": [{"module": "revision_ignore_prompt", "model": "None", "image": image}]}
 
 
 def install_xl(store) -> None:
@@ -80,6 +83,8 @@ def install_xl(store) -> None:
     store.put_bytes(folder + "xl_bench.safetensors", demo_controlnet_bytes(family="demo-sdxl"))
     store.put_bytes(folder + "controlnet-union-promax_bench.safetensors", demo_union_bytes())
     store.put_bytes(folder + "control-lora-canny_bench.safetensors", demo_control_lora_bytes())
+    # Revision's CLIP-G: projecting to the demo SDXL's 32-wide pooled prompt embedding
+    store.put_bytes("public/models/clip_vision/clip_g.safetensors", demo_image_encoder_bytes(config="demo-g"))
 
 
 def install_adapters(store) -> None:
@@ -89,6 +94,8 @@ def install_adapters(store) -> None:
     store.put_bytes(folder + "ip-adapter-plus_bench.safetensors", demo_ip_adapter_bytes(plus=True))
     store.put_bytes(folder + "t2iadapter_bench.safetensors", demo_t2i_adapter_bytes())
     store.put_bytes("public/models/clip_vision/clip_h.safetensors", demo_image_encoder_bytes())
+    store.put_bytes(folder + "t2iadapter_style_bench.safetensors", demo_style_adapter_bytes())
+    store.put_bytes("public/models/clip_vision/clip_vitl.safetensors", demo_image_encoder_bytes(seed=2))
 
 
 def main() -> None:

@@ -28,13 +28,14 @@ from datetime import datetime, timezone
 
 from PIL import Image
 
-from handlers.generation import ipadapter, outputs, t2i_adapter, transformer_controlnet
+from handlers.generation import ipadapter, outputs, revision, t2i_adapter, transformer_controlnet
 from handlers.generation.controlnet_units import FIELD, MAX_UNITS, ControlNetUnit, parse_units, unit_infotext
 from handlers.generation.ipadapter import IPAdapterUnit
 from handlers.generation.t2i_adapter import T2IUnit
 from handlers.generation.reference import ADAIN_MODULES, ATTN_MODULES, ReferenceUnit
 from loaders.adapters.controlnet_union import check_type, union_view
 from loaders.adapters.ipadapter import LoadedIPAdapter
+from loaders.adapters.style_adapter import LoadedStyleAdapter
 from loaders.adapters.t2i_adapter import LoadedT2IAdapter
 from loaders.adapters.preprocessors import fit, pixel_perfect_resolution, run_module
 from loaders.errors import InvalidRequest
@@ -97,6 +98,8 @@ class ControlPlan:
     references: list[ReferenceUnit] = field(default_factory=list)  # reference_* units: no model, UNet hooks
     ip_adapters: list[IPAdapterUnit] = field(default_factory=list)  # IP-Adapter units: processors, no ControlNet
     t2i_adapters: list[T2IUnit] = field(default_factory=list)  # T2I-Adapter units: features added to the UNet
+    revisions: list[revision.RevisionUnit] = field(default_factory=list)  # SDXL pooled embedding replaced
+    styles: list[revision.StyleUnit] = field(default_factory=list)  # T2I style tokens appended to the context
     infotexts: dict[str, str] = field(default_factory=dict)  # every unit's, in request order
     load_s: float = 0.0
     dit: bool = False  # FLUX.1 / SD 3.5 ControlNets (`transformer_controlnet`): their pipelines take `control_image`
@@ -150,6 +153,15 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
         if unit.entry.name in REFERENCE_MODULES:
             _add_reference(services, user, plan, unit, where, init_image, width, height, keep_maps)
             continue
+        if unit.entry.name in revision.REVISION_MODULES:  # no model file: the image's CLIP-G embedding
+            revision.check_revision_family(unit, where, checkpoint.family)
+            done, load_s = revision.prepare_revision(services, user, unit, where,
+                                                     unit_image(services, user, unit, where, init_image), checkpoint,
+                                                     seed)
+            plan.revisions.append(done)
+            plan.load_s += load_s
+            _note(plan, unit, "None")
+            continue
         # 1. The model: the caller's own first, then public (names are file names, never paths)
         if unit.model is None:
             raise InvalidRequest(f"`{where}.model` is required for an enabled unit")
@@ -160,6 +172,14 @@ def prepare(services, user: str, indexed: list[tuple[int, ControlNetUnit]], chec
         plan.load_s += load_s
         if isinstance(loaded, LoadedIPAdapter) or unit.entry.name in ipadapter.MODULES:
             _add_ip_adapter(services, user, plan, unit, loaded, where, init_image, unet, hires=hr_size is not None)
+            continue
+        if isinstance(loaded, LoadedStyleAdapter) or unit.entry.name == revision.STYLE_MODULE:
+            sizes = _pass_sizes(unit, (width, height), hr_size)
+            done, load_s = revision.prepare_style(services, user, unit, loaded, where,
+                                                  unit_image(services, user, unit, where, init_image), unet, sizes)
+            plan.styles.append(done)
+            plan.load_s += load_s
+            _note(plan, unit, loaded.name)
             continue
         t2i = isinstance(loaded, LoadedT2IAdapter)
         if dit:
@@ -237,6 +257,14 @@ def _t2i_maps(unit: ControlNetUnit, fitted: Image.Image, hr_fitted: Image.Image 
     if hr_fitted is not None and unit.hr_option != HR_LOW_ONLY:
         maps[hr_fitted.size] = hr_fitted
     return maps
+
+
+def _pass_sizes(unit: ControlNetUnit, size: tuple[int, int], hr_size) -> frozenset | None:
+    """The output sizes of the passes a unit takes part in by its `hr_option` (None: no hires fix, every pass)."""
+    if not hr_size:
+        return None
+    passes = [(size, HR_HIGH_ONLY), (tuple(hr_size), HR_LOW_ONLY)]
+    return frozenset(s for s, skipped_by in passes if unit.hr_option != skipped_by)
 
 
 def _add_ip_adapter(services, user, plan: ControlPlan, unit: ControlNetUnit, loaded, where: str, init_image,

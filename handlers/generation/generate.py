@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 from handlers.billing import metering
 from handlers.generation import (controlnet, extra_networks, faces, hires, img2img, ipadapter, outputs, reference,
-                                 scripts, t2i_adapter, upscaling)
+                                 revision, scripts, t2i_adapter, upscaling)
 from handlers.generation.batches import RunContext, StepCounter, batches
 from handlers.generation.censor import censor_images
 from handlers.generation.family_rules import check_family_request, family_call, family_infotext
@@ -195,7 +195,8 @@ def _generate_holding_device(job, services, model, inputs, networks, control, re
                     reference.applied(model.pipe, control.references if control is not None else [],
                                       vae=adapters.vae, seed=job.request.seed_or_none or 0,
                                       cfg=job.request.cfg_scale > 1), \
-                    _adapter_units(model, control, cfg=job.request.cfg_scale > 1):
+                    _adapter_units(model, control, cfg=job.request.cfg_scale > 1,
+                                   empty_prompts=not job.request.prompt and not job.request.negative_prompt):
                 generated = generate(job, model, ctx, inputs)
         except Canceled as stopped:
             stopped.generate_s = time.perf_counter() - t0  # a canceled run is billed for the steps it ran
@@ -213,16 +214,17 @@ def _attention_models(model: LoadedCheckpoint, control, refiner) -> list:
 
 
 @contextmanager
-def _adapter_units(model: LoadedCheckpoint, control, *, cfg: bool):
-    """The request's IP-Adapter and T2I-Adapter units hooked onto the shared UNet for this run only."""
-    ip_units = control.ip_adapters if control is not None else []
-    t2i_units = control.t2i_adapters if control is not None else []
-    if not ip_units and not t2i_units:
+def _adapter_units(model: LoadedCheckpoint, control, *, cfg: bool, empty_prompts: bool = False):
+    """The request's IP-Adapter, T2I-Adapter, Revision and style units hooked onto the shared UNet for this run
+    only (Revision / style first: the IP-Adapter hook wraps the context they leave)."""
+    if control is None or not (control.ip_adapters or control.t2i_adapters or control.revisions or control.styles):
         yield
         return
     unet, steps = model.pipe.unet, model.pipe.scheduler.config.num_train_timesteps
-    with ipadapter.applied(unet, ip_units, cfg=cfg, timesteps=steps), \
-            t2i_adapter.applied(unet, t2i_units, cfg=cfg, timesteps=steps):
+    with revision.applied(unet, control.revisions, control.styles, cfg=cfg, empty_prompts=empty_prompts,
+                          timesteps=steps, nets=control.nets), \
+            ipadapter.applied(unet, control.ip_adapters, cfg=cfg, timesteps=steps), \
+            t2i_adapter.applied(unet, control.t2i_adapters, cfg=cfg, timesteps=steps):
         yield
 
 

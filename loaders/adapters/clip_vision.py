@@ -28,6 +28,7 @@ ENCODER_DIRS = ("models/clip_vision", "models/ipadapter")
 MODULE_ENCODERS = {"ip-adapter_clip_sd15": "clip_h.safetensors", "ip-adapter_clip_sdxl_plus_vith": "clip_h.safetensors",
                    "ip-adapter_clip_sdxl": "clip_g.safetensors", "ip-adapter-auto": None}
 CONFIG_DIR = CONFIGS / "clip-vision"
+TEXT_TOWER = ("text_model.", "text_projection.", "logit_scale")  # a whole CLIPModel file's other half
 # CLIP's image normalisation (the extension's CLIPImageProcessor settings)
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -82,16 +83,9 @@ class LoadedEncoder:
     def encode(self, image: Image.Image, hidden_states: bool):
         """(cond, uncond) for one RGB image: the projected `image_embeds` (plain IP-Adapters, uncond zeros) or the
         penultimate hidden states (plus / full-face, uncond = a black image's), as the extension and diffusers do."""
-        import numpy as np
         import torch
 
-        side = self.image_size
-        # the extension squashes the image to side × side (cv2 INTER_AREA) before CLIP's normalisation
-        resample = Image.Resampling.BOX if min(image.size) >= side else Image.Resampling.BICUBIC
-        pixels = np.asarray(image.convert("RGB").resize((side, side), resample), np.float32) / 255.0
-        pixels = (pixels - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
-        model = self.model
-        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(model.device, model.dtype)
+        model, x = self.model, self.pixels(image)
         with torch.no_grad():
             if not hidden_states:
                 cond = model(pixel_values=x).image_embeds
@@ -100,6 +94,27 @@ class LoadedEncoder:
             penultimate = both.hidden_states[-2]
             return penultimate[:1], penultimate[1:]
 
+    def pixels(self, image: Image.Image):
+        """(1, 3, side, side) normalised pixel values on the model's device and dtype."""
+        import numpy as np
+        import torch
+
+        side = self.image_size
+        # the extension squashes the image to side × side (cv2 INTER_AREA) before CLIP's normalisation
+        resample = Image.Resampling.BOX if min(image.size) >= side else Image.Resampling.BICUBIC
+        pixels = np.asarray(image.convert("RGB").resize((side, side), resample), np.float32) / 255.0
+        pixels = (pixels - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
+        return torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.model.device, self.model.dtype)
+
+    def outputs(self, image: Image.Image):
+        """The encoder's `image_embeds` (1, projection) and `last_hidden_state` (1, positions, width) for one image:
+        what Revision and the T2I style adapter read (the extension's clip preprocessor result)."""
+        import torch
+
+        with torch.no_grad():
+            out = self.model(pixel_values=self.pixels(image))
+        return out.image_embeds, out.last_hidden_state
+
 
 def build_encoder(path: Path, name: str, device: str, dtype):
     """A CLIPVisionModelWithProjection from one `.safetensors` file and the shipped config that fits it."""
@@ -107,8 +122,11 @@ def build_encoder(path: Path, name: str, device: str, dtype):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     config = config_for(path, name)
-    # older transformers saved the position_ids buffer; it is derived, not learned
-    state = {k: v for k, v in load_file(str(path)).items() if not k.endswith("position_ids")}
+    # older transformers saved the position_ids buffer; it is derived, not learned. A whole CLIP model's file
+    # (openai's clip-vit-large-patch14, the extension's clip_vitl download) also holds the text tower, which the
+    # image encoder does not use (the extension loads it with strict=False for that reason)
+    state = {k: v for k, v in load_file(str(path)).items()
+             if not k.endswith("position_ids") and not k.startswith(TEXT_TOWER)}
     model = built_with_weights(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**config)), state,
                                f"{name!r} does not fit the CLIP vision config it was matched to")
     return model.to(device=device, dtype=dtype).eval(), config["image_size"]

@@ -20,6 +20,7 @@ from loaders.adapters.flux_controlnet import (FLUX_CONTROLNET, build_flux_contro
                                               is_xlabs_controlnet)
 from loaders.adapters.sd3_controlnet import SD3_CONTROLNET, build_sd3_controlnet, is_sd3_controlnet
 from loaders.adapters.ipadapter import LoadedIPAdapter, build_ip_adapter, is_ip_adapter
+from loaders.adapters.style_adapter import LoadedStyleAdapter, build_style_adapter, is_style_adapter
 from loaders.adapters.t2i_adapter import LoadedT2IAdapter, build_t2i_adapter, is_t2i_adapter
 from loaders.errors import InvalidRequest
 from loaders.models.families import CONFIGS
@@ -126,7 +127,7 @@ def _check_fits(name: str, family: str, base_family: str, field: str, kind: str 
 
 
 def _kind(loaded) -> str:
-    kinds = {LoadedIPAdapter: "IP-Adapter", LoadedT2IAdapter: "T2I-Adapter"}
+    kinds = {LoadedIPAdapter: "IP-Adapter", LoadedT2IAdapter: "T2I-Adapter", LoadedStyleAdapter: "T2I style adapter"}
     return kinds.get(type(loaded)) or loaded.kind
 
 
@@ -145,7 +146,8 @@ class LoadedControlNet:
         return self.kind == "ControlNet-Union"
 
 
-AnyLoaded = LoadedControlNet | LoadedIPAdapter | LoadedT2IAdapter  # what a models/ControlNet/ file loads as
+# what a models/ControlNet/ file loads as
+AnyLoaded = LoadedControlNet | LoadedIPAdapter | LoadedT2IAdapter | LoadedStyleAdapter
 
 
 class ControlNetCache:
@@ -196,6 +198,10 @@ class ControlNetCache:
             ip = is_ip_adapter(keys)
             loaded = (build_ip_adapter if ip else build_t2i_adapter)(path, name, info.key, info.etag, device, dtype)
             _check_fits(name, loaded.family, base_family, field, "IP-Adapter" if ip else "T2I-Adapter")
+            return loaded
+        if is_style_adapter(keys):
+            loaded = build_style_adapter(path, name, info.key, info.etag, device, dtype)
+            _check_fits(name, loaded.family, base_family, field, "T2I style adapter")
             return loaded
         if is_control_lora(keys):
             return _load_control_lora(path, name, info, keys, base_family, field, unet, base, device, dtype)

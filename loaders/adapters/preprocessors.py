@@ -163,8 +163,16 @@ WEIGHTS = {
     "oneformer_ade20k": "oneformer/250_16_swin_l_oneformer_ade20k_160k.safetensors",
     "oneformer_coco": "oneformer/150_16_swin_l_oneformer_coco_100ep.safetensors",
     "mobile_sam": "mobile_sam/mobile_sam.safetensors",
-    "clip_vision": "clip_vision/clip_vitl.safetensors", "revision_clipvision": "clip_vision/clip_g.safetensors",
-    "revision_ignore_prompt": "clip_vision/clip_g.safetensors",
+}
+# CLIP-vision modules that are not maps: they run in units (`handlers/generation/revision.py`), their encoder read
+# from models/clip_vision/ like the IP-Adapter ones
+CLIP_VISION_UNITS = {
+    "revision_clipvision": ("clip_g.safetensors in models/clip_vision/", "runs (SDXL only, no model: the image's "
+                            "CLIP-G embedding replaces the pooled prompt)"),
+    "revision_ignore_prompt": ("clip_g.safetensors in models/clip_vision/", "runs (as revision_clipvision, and "
+                               "the prompt's context is zeroed)"),
+    "clip_vision": ("clip_vitl.safetensors in models/clip_vision/", "runs as a T2I style adapter unit (the model "
+                    "is a t2iadapter_style file)"),
 }
 # modules that are not a map from one image: why each is refused here (they need a mask, a face analyser, or
 # generation-time hooks this server does not have)
@@ -195,6 +203,8 @@ def module_status(name: str) -> tuple[str | None, str]:
         return (", ".join(weights) if weights else None), "runs"
     if name in WEIGHTS:
         return WEIGHTS[name], "no runner yet (422 names the file)"
+    if name in CLIP_VISION_UNITS:
+        return CLIP_VISION_UNITS[name]
     if name in MODULE_ENCODERS:
         encoder = MODULE_ENCODERS[name] or "clip_h.safetensors or clip_g.safetensors (by the model)"
         return f"{encoder} in models/clip_vision/", "runs as an IP-Adapter unit (the model is an IP-Adapter file)"
@@ -217,7 +227,8 @@ def run_module(name: str, image: Image.Image, *, resolution: int, threshold_a: f
             raise InvalidRequest(f"`{field}` {name!r}: this server does not ship a runner for these weights yet; "
                                  "use a weight-free module or one the README lists as running")
         reason = NOT_HERE.get(name, "it is not an image-to-map preprocessor"
-                              + (" (it runs in IP-Adapter units)" if name in MODULE_ENCODERS else ""))
+                              + (" (it runs in IP-Adapter units)" if name in MODULE_ENCODERS else "")
+                              + (" (it runs in generation units)" if name in CLIP_VISION_UNITS else ""))
         raise InvalidRequest(f"`{field}` {name!r} is not available here: {reason}")
     if pre.fixed_resolution is not None:
         image = resize_short_side(image, pre.fixed_resolution)

@@ -8,7 +8,7 @@ Two key layouts are read:
   in_conv.*`), how TencentARC's SDXL adapters and the `_sd15v2` diffusers ports ship.
 The config follows from the shapes: stage widths, blocks per stage, and `conv_in`'s input width = image channels ×
 downscale²: 8× (64 / 192: SD 1.x `full_adapter`, 1 or 3 channels) or 16× (256 / 768: SDXL `full_adapter_xl`).
-The tiny demo adapters say their family in the metadata (`easel.family`). Light / style adapters and the
+The tiny demo adapters say their family in the metadata (`easel.family`). Style adapters load in `style_adapter`; light adapters and the
 skip-convolution (`skep`) variant are refused with a 422 naming the file.
 """
 

@@ -8,7 +8,8 @@
   `IPAdapterPlusImageProjection`), reading the encoder's penultimate hidden states.
 - Image encoder: transformers' `CLIPVisionModelWithProjection` state dict as is (`vision_model.*`,
   `visual_projection.weight`), the layout of h94's `image_encoder/model.safetensors`; the `demo` config in
-  `loaders/configs/clip-vision/` is a tiny one (32 wide, 2 layers, 32 px, 16-wide projection).
+  `loaders/configs/clip-vision/` is a tiny one (32 wide, 2 layers, 32 px, 16-wide projection); `demo-g` is the
+  same with a 32-wide projection, the demo SDXL's pooled prompt width (Revision's `clip_g`).
 """
 
 from __future__ import annotations
