@@ -17,8 +17,15 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from loaders.adapters import depth_keys
+from loaders.adapters.depth_keys import Layout
 from loaders.adapters.partial_import import import_without_init
 from loaders.errors import Unavailable
+
+
+MIDAS_FILE = "midas/dpt_hybrid-midas-501f0c75.safetensors"
+ANYTHING_FILE = "depth_anything/depth_anything_vitl14.safetensors"
+ANYTHING_V2_FILE = "depth_anything_v2/depth_anything_v2_vitl.safetensors"
 
 
 def aux(submodule: str):
@@ -139,6 +146,8 @@ class Net:
     build: Callable[[], object]
     prefix: str = ""  # the real file's keys carry it (DataParallel); a file without it is accepted too
     drop_first: bool = False  # the file's keys are the model's minus their first component (OpenPose)
+    layout: Layout | None = None  # an original layout mapped onto transformers' names (the depth networks)
+    sized: Callable[[dict], object] | None = None  # builds the network the file's tensor shapes describe
 
 
 ARCHITECTURES: dict[str, Net] = {
@@ -154,6 +163,10 @@ ARCHITECTURES: dict[str, Net] = {
     "openpose/body_pose_model.safetensors": Net(_openpose("bodypose_model"), drop_first=True),
     "openpose/hand_pose_model.safetensors": Net(_openpose("handpose_model"), drop_first=True),
     "openpose/facenet.safetensors": Net(_facenet),
+    MIDAS_FILE: Net(depth_keys.build_midas, layout=depth_keys.MIDAS, sized=depth_keys.build_midas),
+    ANYTHING_FILE: Net(depth_keys.build_anything, layout=depth_keys.ANYTHING, sized=depth_keys.build_anything),
+    ANYTHING_V2_FILE: Net(functools.partial(depth_keys.build_anything, v2=True), layout=depth_keys.ANYTHING,
+                          sized=functools.partial(depth_keys.build_anything, v2=True)),
 }
 
 
@@ -165,6 +178,8 @@ def file_key(net: Net, model_key: str) -> str:
 
 def model_state(net: Net, model, state: dict) -> dict:
     """The file's tensors under the model's own names; unknown keys stay as they are (strict loading names them)."""
+    if net.layout is not None:
+        return net.layout.to_model(state)
     if net.prefix and all(k.startswith(net.prefix) for k in state):
         state = {k[len(net.prefix):]: v for k, v in state.items()}
     if not net.drop_first:

@@ -1,7 +1,7 @@
 """ControlNet preprocessors ("modules"): image → detected map, with sd-webui-controlnet's names and defaults.
 
 Weight-free ones run on OpenCV/NumPy. Model-based ones (HED, PiDiNet, M-LSD, lineart, TEED: `annotator_runners`, on
-controlnet-aux's networks) read their weights, as `.safetensors` only, from `models/annotators/` in the caller's
+controlnet-aux's networks; MiDaS and Depth Anything: `depth_runners`, on transformers') read their weights, as `.safetensors` only, from `models/annotators/` in the caller's
 namespace, then public; a missing file is a 422 naming it.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from loaders.adapters import annotator_runners, openpose_runners, preprocessor_table
+from loaders.adapters import annotator_runners, depth_runners, openpose_runners, preprocessor_table
 from loaders.adapters.clip_vision import MODULE_ENCODERS
 from loaders.errors import InvalidRequest
 
@@ -137,17 +137,15 @@ RUNNERS: dict[str, Preprocessor] = {p.name: p for p in [
     Preprocessor("color", _color_grid),
     Preprocessor("shuffle", _shuffle, fixed_resolution=512),
     *(Preprocessor(name, run, weights=files) for name, (run, files) in
-      {**annotator_runners.RUNNERS, **openpose_runners.RUNNERS}.items()),
+      {**annotator_runners.RUNNERS, **openpose_runners.RUNNERS, **depth_runners.RUNNERS}.items()),
 ]}
 
 
 # model-based modules this server has no runner for yet: the annotator file (as .safetensors under
 # models/annotators/) each reads, so the 422 tells an operator exactly what is missing
 WEIGHTS = {
-    "depth": "midas/dpt_hybrid-midas-501f0c75.safetensors", "normal_map": "midas/dpt_hybrid-midas-501f0c75.safetensors",
     "depth_leres": "leres/res101.safetensors", "depth_leres++": "leres/latest_net_G.safetensors",
-    "depth_zoe": "zoedepth/ZoeD_M12_N.safetensors", "depth_anything": "depth_anything/depth_anything_vitl14.safetensors",
-    "depth_anything_v2": "depth_anything_v2/depth_anything_v2_vitl.safetensors",
+    "depth_zoe": "zoedepth/ZoeD_M12_N.safetensors",
     "depth_hand_refiner": "hand_refiner/graphormer_hand_state_dict.safetensors",
 "normal_dsine": "normal_dsine/dsine.safetensors",
     "dw_openpose_full": "openpose/dw-ll_ucoco_384.safetensors",
