@@ -180,3 +180,43 @@ def test_a_comfyui_scaled_fp8_file_is_refused_rather_than_upcast_without_its_sca
     state = {"scaled_fp8": torch.zeros(0), "encoder.block.0.layer.0.SelfAttention.q.scale_weight": torch.ones(1)}
     with pytest.raises(ValueError, match="scaled-fp8"):
         load_component(config_dir("demo-flux"), "text_encoder_2", state, torch.float32)
+
+
+def test_variation_seeds_slerp_the_first_noise_as_a1111_on_flux(client, flux_store):
+    """subseed_strength 1 is the subseed's own noise: the picture seed=7 makes; 0.5 is a third picture."""
+    own = pixels(generate(client, seed=7))
+    full = generate(client, seed=3, subseed=7, subseed_strength=1.0)
+    assert np.abs(pixels(full) - own).max() <= 8
+    assert "Variation seed: 7" in json.loads(full.json()["info"])["infotexts"][0]
+    half = pixels(generate(client, seed=3, subseed=7, subseed_strength=0.5))
+    assert min(np.abs(half - own).max(), np.abs(half - pixels(generate(client, seed=3))).max()) > 10
+
+
+def test_clip_skip_leaves_flux_as_it_is_as_in_forge(client, flux_store):
+    """FLUX reads only CLIP-L's pooled output, which no layer choice changes: a user whose options say CLIP skip 2
+    (common for SD 1.x) still gets FLUX pictures, the same ones."""
+    skipped = generate(client, override_settings={"sd_model_checkpoint": DEMO_FLUX_NAME, "CLIP_stop_at_last_layers": 2})
+    assert np.abs(pixels(skipped) - pixels(generate(client))).max() <= 8
+
+
+def test_sd_vae_swaps_in_a_flux_autoencoder_and_refuses_an_sd_one(client, flux_store, flux_files):
+    """Forge users pick `ae.safetensors` as the VAE of a FLUX checkpoint: its weights decode the picture. A 4-channel
+    SD VAE cannot decode FLUX's 16 latent channels: a 422 naming `sd_vae`, not a 500."""
+    from safetensors.torch import load, save
+
+    from loaders.demo.adapters import demo_vae_bytes
+
+    ae = load(flux_files["ae.safetensors"])
+    flux_store.put_bytes("public/models/VAE/ae.safetensors", save(ae))
+    dimmer = {k: v * 0.5 if k.startswith("decoder.conv_out") else v for k, v in ae.items()}
+    flux_store.put_bytes("users/alice/models/VAE/dim-ae.safetensors", save(dimmer))
+    flux_store.put_bytes("public/models/VAE/sd-vae.safetensors", demo_vae_bytes())
+
+    def with_vae(name: str):
+        return generate(client, override_settings={"sd_model_checkpoint": DEMO_FLUX_NAME, "sd_vae": name})
+
+    own = pixels(generate(client))
+    assert np.abs(pixels(with_vae("ae.safetensors")) - own).max() <= 8  # the checkpoint's own autoencoder
+    assert np.abs(pixels(with_vae("dim-ae.safetensors")) - own).max() > 10
+    refused = with_vae("sd-vae.safetensors")
+    assert refused.status_code == 422 and "sd_vae" in refused.text, refused.text

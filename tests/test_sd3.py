@@ -157,3 +157,16 @@ def test_a_checkpoint_without_text_encoders_loads_clip_l_clip_g_and_t5_files_own
     bare = pixels(generate(client, **body))
     store.put_bytes(f"public/models/Stable-diffusion/{DEMO_SD3_NAME}", demo_sd3_checkpoint_bytes())
     assert np.abs(bare - pixels(generate(client))).max() <= 8  # the same model, encoders inside or beside it
+
+
+def test_variation_seeds_slerp_the_first_noise_as_a1111_on_sd35(client, sd3_store):
+    own = pixels(generate(client, seed=7))
+    assert np.abs(pixels(generate(client, seed=3, subseed=7, subseed_strength=1.0)) - own).max() <= 8
+    half = pixels(generate(client, seed=3, subseed=7, subseed_strength=0.5))
+    assert min(np.abs(half - own).max(), np.abs(half - pixels(generate(client, seed=3))).max()) > 10
+
+
+def test_clip_skip_leaves_sd35_as_a1111_does(client, sd3_store):
+    """A1111 1.10's SD3 encoders use a fixed penultimate CLIP layer (sd3_cond.py), as for SDXL."""
+    skipped = generate(client, override_settings={"sd_model_checkpoint": DEMO_SD3_NAME, "CLIP_stop_at_last_layers": 2})
+    assert np.abs(pixels(skipped) - pixels(generate(client))).max() <= 8

@@ -65,13 +65,10 @@ def check_family_request(job, model, *, networks, inputs, fidelity) -> None:
 def _refused_fields(req, networks, inputs, fidelity) -> list[tuple[str, str]]:
     checks = [
         ("scheduler", "a schedule type other than Automatic", req.scheduler not in (None, "automatic")),
-        ("sd_vae", "another VAE", networks.plan.vae is not None),
         ("prompt", "textual-inversion embeddings", bool(networks.plan.embeddings)),
         ("prompt", "hypernetworks (they hook UNet cross-attention)", bool(networks.plan.all_hypernetworks)),
         ("refiner_checkpoint", "a refiner", bool(getattr(req, "refiner_checkpoint", None))),
         ("tiling", "tiling", fidelity.tiling),
-        ("CLIP_stop_at_last_layers", "CLIP skip", fidelity.clip_skip > 1),
-        ("subseed_strength", "variation seeds / seed resize", not fidelity.variation.is_plain),
         ("s_churn", "s_churn", fidelity.noise.s_churn != 0),
     ]
     return [(field, what) for field, what, on in checks if on]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 
 from handlers.generation.controlnet_units import ControlNetUnit
-from loaders.adapters import flux_controlnet, sd3_controlnet
+from loaders.adapters import flux_controlnet, sd3_controlnet, sd3_controlnet_sai
 from loaders.adapters.controlnet_union import UNKNOWN
 from loaders.errors import InvalidRequest
 
@@ -91,6 +91,13 @@ def _view(net):
     return view
 
 
+def _control_tensors(images: list, nets) -> list:
+    """Stability's single-file nets know what they were trained on (`control_kind`): their maps go to the VAE as
+    its reference prepares them (the pipeline takes a tensor as it is); the others' as diffusers prepares them."""
+    kinds = [getattr(net, "control_kind", None) for net in nets]
+    return [image if kind is None else sd3_controlnet_sai.vae_input(image, kind) for image, kind in zip(images, kinds)]
+
+
 @functools.cache
 def _seeded_sd3_class():
     """diffusers' SD 3.5 ControlNet pipeline samples the control image's VAE latents from the global RNG (FLUX's
@@ -100,12 +107,13 @@ def _seeded_sd3_class():
     from diffusers import StableDiffusion3ControlNetPipeline
 
     class SeededSD3ControlNetPipeline(StableDiffusion3ControlNetPipeline):
-        def __call__(self, *args, generator=None, **kwargs):
+        def __call__(self, *args, generator=None, control_image=None, **kwargs):
+            control_image = _control_tensors(control_image, self.controlnet.nets)
             first = generator[0] if isinstance(generator, list) else generator
             device = self._execution_device
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
                                        device_type=device.type if device.type == "cuda" else "cuda"):
                 torch.manual_seed(first.initial_seed() if first is not None else 0)
-                return super().__call__(*args, generator=generator, **kwargs)
+                return super().__call__(*args, generator=generator, control_image=control_image, **kwargs)
 
     return SeededSD3ControlNetPipeline

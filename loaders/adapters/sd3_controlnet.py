@@ -6,14 +6,15 @@ layers, QK norm, whether it has its own position embedding) over the checkpoint'
 sample and position-embedding sizes). What the shapes cannot say is which of the two published kinds a file is;
 they differ in whether they have a position embedding of their own: InstantX's do (and were trained with a zero
 pooled text projection, `force_zeros_for_pooled_projection`), Stability's 8 B ones share the transformer's and
-read the pooled projection. Stability's own single-file layout (`sd3.5_large_controlnet_*.safetensors` with SAI
-key names) is not converted by diffusers and is not recognised here.
+read the pooled projection. Stability's own single-file layout (`sd3.5_large_controlnet_*.safetensors`) is
+renamed to diffusers' first (`sd3_controlnet_sai`); its `control_type` is kept on the model as `control_kind`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from loaders.adapters.sd3_controlnet_sai import from_sai, is_sai_sd3_controlnet
 from loaders.errors import InvalidRequest
 from loaders.models.safetensors_check import built_with_weights
 
@@ -50,11 +51,19 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], transformer_config) -
 
 
 def check_fits(name: str, net_config, transformer, field: str, base_family: str) -> None:
-    """Its residuals are added to the transformer's hidden states: the widths must be the checkpoint's."""
+    """Its residuals are added to the transformer's hidden states and it reads the checkpoint's pooled text: the
+    widths must be the checkpoint's."""
     ours = net_config["num_attention_heads"] * net_config["attention_head_dim"]
+    pooled, base_pooled = net_config["pooled_projection_dim"], transformer.config.pooled_projection_dim
     if ours != transformer.inner_dim or net_config["patch_size"] != transformer.config.patch_size:
         raise InvalidRequest(f"`{field}` {name!r} is an SD 3.5 ControlNet for a transformer of width {ours}; the "
                              f"checkpoint is a {base_family} model (width {transformer.inner_dim})")
+    if net_config.get("extra_conditioning_channels"):  # its pipeline (txt2img from a masked image) is not wired
+        raise InvalidRequest(f"`{field}` {name!r} is an SD 3.5 inpainting ControlNet (Alimama's kind: it reads the "
+                             "masked image and the mask), which is not supported here")
+    if pooled != base_pooled:
+        raise InvalidRequest(f"`{field}` {name!r} is an SD 3.5 ControlNet for pooled text width {pooled}; the "
+                             f"checkpoint is a {base_family} model (pooled text width {base_pooled})")
 
 
 def build_sd3_controlnet(path: Path, name: str, transformer, field: str, base_family: str, device, dtype):
@@ -62,7 +71,9 @@ def build_sd3_controlnet(path: Path, name: str, transformer, field: str, base_fa
     from diffusers import SD3ControlNetModel
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
+    state, kind = load_file(str(path)), None
+    if is_sai_sd3_controlnet(state):
+        state, kind = from_sai(state)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     try:
         config = config_from_shapes(shapes, transformer.config)
@@ -71,4 +82,5 @@ def build_sd3_controlnet(path: Path, name: str, transformer, field: str, base_fa
     check_fits(name, config, transformer, field, base_family)  # before the head count derived from it is used
     model = built_with_weights(lambda: SD3ControlNetModel.from_config(config), state,
                                f"`{field}` {name!r} as an SD 3.5 ControlNet")
+    model.control_kind = kind  # how the control image is prepared for it (`sd3_controlnet_sai.vae_input`)
     return model.to(device=device, dtype=dtype).eval()
