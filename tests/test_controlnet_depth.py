@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load, save
 
 from loaders.adapters import depth_keys
-from loaders.adapters.annotator_nets import ANYTHING_FILE, ANYTHING_V2_FILE, ARCHITECTURES, MIDAS_FILE
+from loaders.adapters.annotator_nets import ANYTHING_FILE, ANYTHING_V2_FILE, ARCHITECTURES, LERES_FILE, MIDAS_FILE
 from loaders.adapters.annotators import AnnotatorCache
 from loaders.adapters.depth_runners import anything_input_size
 from loaders.demo.depth_annotators import depth_bytes
@@ -26,7 +26,7 @@ from tests.test_controlnet import square_png, txt2img, unit
 from tests.test_controlnet_annotators import detect, noise_png
 from tests.test_controlnet_api import cn_bytes, map_of, store  # noqa: F401  (the demo ControlNet in the bucket)
 
-FILES = [MIDAS_FILE, ANYTHING_FILE, ANYTHING_V2_FILE]
+FILES = [MIDAS_FILE, ANYTHING_FILE, ANYTHING_V2_FILE]  # the transformers networks
 # parameters of the real files' networks: dpt_hybrid-midas-501f0c75.pt (without timm's 769k-parameter ImageNet
 # classifier, which it also holds) and the ViT-L Depth Anything checkpoints
 FULL_SIZE = {MIDAS_FILE: 122_377_985, ANYTHING_FILE: 335_315_649, ANYTHING_V2_FILE: 335_315_649}
@@ -130,3 +130,38 @@ def test_a_depth_unit_in_txt2img_appends_its_map(client, store):
     images = r.json()["images"]
     assert len(images) == 2  # the image, then the detected map
     assert np.array_equal(map_of(images[1]), map_of(detect(client, "depth_midas", [square_png()]).json()["images"][0]))
+
+
+# --- LeReS: controlnet-aux's RelDepthModel (one ResNeXt block per stage in the test file: 165 MB, not 530) ---
+
+def test_leres_loads_strictly_and_the_real_block_counts_give_resnext101(services):
+    net = ARCHITECTURES[LERES_FILE]
+    with torch.device("meta"):  # the real file's 3, 4, 23, 3 blocks give the extension's ResNeXt-101 32x8d back
+        full = net.build()
+        resized = net.sized({f"module.{k}": v for k, v in full.state_dict().items()})
+    assert len(resized.depth_model.encoder_modules.encoder.layer3) == 23
+    assert {k: v.shape for k, v in resized.state_dict().items()} == {k: v.shape for k, v in full.state_dict().items()}
+
+
+def test_detect_runs_depth_leres_with_its_near_and_background_cuts(client, services, store):
+    missing = detect(client, "depth_leres", [square_png()])
+    assert missing.status_code == 422 and f"models/annotators/{LERES_FILE}" in missing.json()["detail"]
+    install(store, LERES_FILE)
+    written = load(file_bytes(LERES_FILE))
+    assert all(k.startswith("module.depth_model.") for k in written)  # DataParallel's prefix, as the real file
+    model = services.controlnets.annotators.load("alice", LERES_FILE, "m")
+    assert len(model.depth_model.encoder_modules.encoder.layer3) == 1  # sized by the file
+    assert {f"module.{k}" for k in model.state_dict()} == set(written)
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, written[f"module.{key}"]), key
+    r = detect(client, "depth_leres", [square_png(), noise_png()])
+    assert r.status_code == 200, r.text
+    square, noisy = (map_of(image) for image in r.json()["images"])
+    assert square.shape == (64, 64) and not np.array_equal(square, noisy)
+    assert noisy.min() == 0 and noisy.max() == 255
+    # "Remove Background %" (threshold_b) zeroes the inverted map's values at or under 50 % of 255
+    cut = map_of(detect(client, "depth_leres", [noise_png()], controlnet_threshold_b=50).json()["images"][0])
+    assert (cut[noisy <= 127] == 0).all() and np.array_equal(cut[noisy > 128], noisy[noisy > 128])
+    # "Remove Near %" (threshold_a) zeroes the raw depth under it before the inversion: those pixels become white
+    near = map_of(detect(client, "depth_leres", [noise_png()], controlnet_threshold_a=50).json()["images"][0])
+    assert (near[noisy >= 128] == 255).all() and np.array_equal(near[noisy < 127], noisy[noisy < 127])

@@ -26,6 +26,25 @@ from loaders.errors import Unavailable
 MIDAS_FILE = "midas/dpt_hybrid-midas-501f0c75.safetensors"
 ANYTHING_FILE = "depth_anything/depth_anything_vitl14.safetensors"
 ANYTHING_V2_FILE = "depth_anything_v2/depth_anything_v2_vitl.safetensors"
+LERES_FILE = "leres/res101.safetensors"
+LERES_ENCODER = "depth_model.encoder_modules.encoder."
+
+
+def _leres(state: dict | None = None):
+    """LeReS (AdelaiDepth) as the extension builds it: controlnet-aux's RelDepthModel on ResNeXt-101 32x8d. Given a
+    file, its encoder has the file's block counts per stage (the real file: 3, 4, 23, 3), so that a small test file
+    of the same architecture loads too."""
+    leres = aux("leres.leres.multi_depth_model_woauxi")
+    model = leres.RelDepthModel(backbone="resnext101")
+    if state is not None:
+        resnext = aux("leres.leres.Resnext_torch")
+        keys = [k.removeprefix("module.") for k in state]  # saved from DataParallel, or not
+        counts = [len({k[len(f"{LERES_ENCODER}layer{n}."):].split(".")[0] for k in keys
+                       if k.startswith(f"{LERES_ENCODER}layer{n}.")}) for n in (1, 2, 3, 4)]
+        if counts != [3, 4, 23, 3]:
+            model.depth_model.encoder_modules.encoder = resnext.ResNet(resnext.Bottleneck, counts, groups=32,
+                                                                       width_per_group=8)
+    return model
 
 
 def aux(submodule: str):
@@ -163,6 +182,7 @@ ARCHITECTURES: dict[str, Net] = {
     "openpose/body_pose_model.safetensors": Net(_openpose("bodypose_model"), drop_first=True),
     "openpose/hand_pose_model.safetensors": Net(_openpose("handpose_model"), drop_first=True),
     "openpose/facenet.safetensors": Net(_facenet),
+    LERES_FILE: Net(_leres, prefix="module.", sized=_leres),
     MIDAS_FILE: Net(depth_keys.build_midas, layout=depth_keys.MIDAS, sized=depth_keys.build_midas),
     ANYTHING_FILE: Net(depth_keys.build_anything, layout=depth_keys.ANYTHING, sized=depth_keys.build_anything),
     ANYTHING_V2_FILE: Net(functools.partial(depth_keys.build_anything, v2=True), layout=depth_keys.ANYTHING,

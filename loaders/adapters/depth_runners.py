@@ -1,4 +1,4 @@
-"""The depth family as sd-webui-controlnet runs it: depth_midas, normal_midas, depth_anything, depth_anything_v2.
+"""The depth family as sd-webui-controlnet runs it: depth_midas, normal_midas, depth_anything(_v2), depth_leres.
 
 The networks are transformers' (`depth_keys`: DPT-Hybrid for MiDaS, Depth Anything v1/v2) on the extension's files
 in their original layouts. Each runner gets the image at the module's resolution (short side), padded to a multiple
@@ -10,6 +10,8 @@ of 64 (`padded`), and does what `annotator/midas`, `annotator/depth_anything*.py
 - Depth Anything: the image channel-reversed (the extension "converts" its RGB image from BGR), scaled so both sides
   reach 518 at multiples of 14 (bicubic), ImageNet-normalised; the disparity bilinearly resized back and min-max
   scaled to 0..255, truncated.
+- LeReS (controlnet-aux's RelDepthModel): see `_leres`. depth_leres++ (the same depth merged at several sizes by a
+  pix2pix network) is not run here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 
 import numpy as np
 
-from loaders.adapters.annotator_nets import ANYTHING_FILE, ANYTHING_V2_FILE, MIDAS_FILE
+from loaders.adapters.annotator_nets import ANYTHING_FILE, ANYTHING_V2_FILE, LERES_FILE, MIDAS_FILE
 from loaders.adapters.annotator_runners import Runner, padded
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -111,10 +113,36 @@ def _anything(weights: str) -> Runner:
     return padded(run)
 
 
+def _leres(img, a, b, ctx):
+    """LeReS depth as the extension's `apply_leres` without boost: 16-bit min-max, to 8 bits, "remove near %"
+    (threshold_a: values at or under it → 0), inverted (near is white), "remove background %" (threshold_b)."""
+    import cv2
+    import torch
+
+    model = ctx.load(LERES_FILE)
+    h, w = img.shape[:2]
+    # channels reversed as the extension's estimateleres does to its RGB image; torchvision's ToTensor leaves a
+    # float32 array unscaled, so the network sees 0..255 values normalised with ImageNet's 0..1 statistics
+    x = (img[:, :, ::-1].astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+    with torch.inference_mode():
+        pred = model.depth_model(torch.from_numpy(x.transpose(2, 0, 1).copy())[None]).squeeze().float().numpy()
+    pred = cv2.resize(pred, (w, h), interpolation=cv2.INTER_CUBIC)
+    span = float(pred.max() - pred.min())
+    wide = 65535.0 * (pred - pred.min()) / span if span > np.finfo("float").eps else np.zeros(pred.shape)
+    depth = cv2.convertScaleAbs(wide.astype(np.uint16), alpha=255.0 / 65535.0)
+    if a != 0:
+        depth = cv2.threshold(depth, a / 100 * 255, 255, cv2.THRESH_TOZERO)[1]
+    depth = cv2.bitwise_not(depth)
+    if b != 0:
+        depth = cv2.threshold(depth, b / 100 * 255, 255, cv2.THRESH_TOZERO)[1]
+    return depth
+
+
 # internal module name -> (runner, annotator files it reads)
 RUNNERS: dict[str, tuple[Runner, tuple[str, ...]]] = {
     "depth": (_midas(normal=False), (MIDAS_FILE,)),
     "normal_map": (_midas(normal=True), (MIDAS_FILE,)),
     "depth_anything": (_anything(ANYTHING_FILE), (ANYTHING_FILE,)),
     "depth_anything_v2": (_anything(ANYTHING_V2_FILE), (ANYTHING_V2_FILE,)),
+    "depth_leres": (padded(_leres), (LERES_FILE,)),
 }

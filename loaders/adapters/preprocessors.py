@@ -144,7 +144,7 @@ RUNNERS: dict[str, Preprocessor] = {p.name: p for p in [
 # model-based modules this server has no runner for yet: the annotator file (as .safetensors under
 # models/annotators/) each reads, so the 422 tells an operator exactly what is missing
 WEIGHTS = {
-    "depth_leres": "leres/res101.safetensors", "depth_leres++": "leres/latest_net_G.safetensors",
+    "depth_leres++": "leres/latest_net_G.safetensors",
     "depth_zoe": "zoedepth/ZoeD_M12_N.safetensors",
     "depth_hand_refiner": "hand_refiner/graphormer_hand_state_dict.safetensors",
 "normal_dsine": "normal_dsine/dsine.safetensors",

@@ -3,7 +3,8 @@
 The networks are transformers' DPT-Hybrid and Depth Anything at a few percent of the real sizes (the layer and
 channel counts the loader reads back from the tensors); the files are written through `depth_keys`' inverse
 renames (the fused `attn.qkv`, MiDaS's `pretrained.model.*` / `scratch.*`, Depth Anything's `pretrained.*` /
-`depth_head.*`), with the ImageNet classifier head the real MiDaS file carries and the loader drops.
+`depth_head.*`), with the ImageNet classifier head the real MiDaS file carries and the loader drops; LeReS is
+controlnet-aux's network with fewer ResNeXt blocks.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save
 
-from loaders.adapters.annotator_nets import ANYTHING_FILE, ANYTHING_V2_FILE, ARCHITECTURES, MIDAS_FILE
+from loaders.adapters.annotator_nets import ANYTHING_FILE, ANYTHING_V2_FILE, ARCHITECTURES, LERES_FILE, MIDAS_FILE, aux
 from loaders.adapters.annotators import ANNOTATOR_DIR
 
 
@@ -36,6 +37,19 @@ def _tiny_anything(v2: bool):
     return DepthAnythingForDepthEstimation(DepthAnythingConfig(
         backbone_config=backbone, reassemble_hidden_size=32, patch_size=14, neck_hidden_sizes=[8, 16, 32, 32],
         fusion_hidden_size=8, head_hidden_size=8))
+
+
+def leres_bytes(seed: int = 0) -> bytes:
+    """LeReS's RelDepthModel with one ResNeXt block per stage (the real file has 3, 4, 23, 3), saved as the
+    extension's res101.pth holds it: `depth_model` keys from DataParallel (`module.`)."""
+    torch.manual_seed(seed)
+    with torch.device("meta"):  # the full ResNeXt-101 it builds is replaced: its random initialisation is skipped
+        model = aux("leres.leres.multi_depth_model_woauxi").RelDepthModel(backbone="resnext101")
+    resnext = aux("leres.leres.Resnext_torch")
+    model.depth_model.encoder_modules.encoder = resnext.ResNet(resnext.Bottleneck, [1, 1, 1, 1], groups=32,
+                                                               width_per_group=8)
+    model.depth_model.decoder_modules = aux("leres.leres.network_auxi").Decoder()
+    return save({f"module.{k}": v.contiguous() for k, v in model.state_dict().items()})
 
 
 OUTPUT_LAYER = {MIDAS_FILE: lambda m: m.head.head[4], ANYTHING_FILE: lambda m: m.head.conv3,
@@ -68,7 +82,7 @@ def depth_state(filename: str, seed: int = 0) -> dict:
 
 
 def depth_bytes(filename: str, seed: int = 0) -> bytes:
-    return save(depth_state(filename, seed))
+    return leres_bytes(seed) if filename == LERES_FILE else save(depth_state(filename, seed))
 
 
 def install_depth(store, filename: str, seed: int = 0, namespace: str = "public/") -> str:
