@@ -1,6 +1,6 @@
 """The depth preprocessors' costs on this machine at the real files' full sizes (DPT-Hybrid 123M parameters for
-depth_midas / normal_midas, Depth Anything ViT-L 335M): building the network on the meta device, and one detect
-pass at the module's resolution. Weights are random (filled in place, no file written: a pass costs the same).
+depth_midas / normal_midas, Depth Anything ViT-L 335M, LeReS ResNeXt-101): building the network on the meta device,
+and one detect pass at the module's resolution. Weights are random (filled in place, no file written: a pass costs the same).
 
     python bench/bench_depth.py [--res 512] [--n 2] [--threads 0]
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--res", type=int, default=512)
     parser.add_argument("--n", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--modules", default="depth,normal_map,depth_anything,depth_anything_v2")
+    parser.add_argument("--modules", default="depth,normal_map,depth_anything,depth_anything_v2,depth_leres")
     args = parser.parse_args()
     import torch
 
