@@ -1,9 +1,11 @@
-"""The networks behind model-based ControlNet preprocessors: controlnet-aux's classes, keyed by annotator file.
+"""The networks behind model-based ControlNet preprocessors, keyed by annotator file: controlnet-aux's classes, and
+transformers' for MiDaS / Depth Anything (their original layouts renamed by `depth_keys`).
 
 Each file is the sd-webui-controlnet extension's `.pth` converted to `.safetensors` as it is (same keys): some
 were saved from DataParallel (`module.` before every key), OpenPose's lack the first component of the model's
 names (the extension's `transfer`). `model_state` maps a file's keys onto the class's; loading is then strict, so
-a file of another network is a 422 rather than a half-initialised model.
+a file of another network is a 422 rather than a half-initialised model. Networks with a `sized` builder are
+built at the sizes the file's tensors show (the real files give the real networks; tests write small ones).
 """
 
 from __future__ import annotations
