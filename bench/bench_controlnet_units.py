@@ -7,7 +7,8 @@ into the UNet). Prints JSON: for each kind, load_s of its first request (cold: t
 and, for IP-Adapter, its image encoder load) and of later ones
 (warm), the median generate_s, and the added generate_s over the same request without units; and the median
 seconds of `POST /controlnet/detect`'s work (the preprocessor alone, at its default 512 px) for a few weight-free
-modules and the model-based ones (controlnet-aux's networks with random weights: the same cost as trained ones).
+modules and the model-based ones (controlnet-aux's networks and the ones written here, with random weights: the same
+cost as trained ones; inpaint_only+lama runs at its fixed 256 px).
     .venv/bin/python bench/bench_controlnet_units.py [--runs 3] [--family sd15|sdxl]
 """
 
@@ -31,6 +32,7 @@ from handlers.jobs import Job
 from handlers.schemas import Txt2ImgRequest
 from handlers.settings import Settings
 from loaders.adapters.annotator_runners import RUNNERS as ANNOTATOR_RUNNERS
+from loaders.adapters.own_annotator_runners import RUNNERS as OWN_RUNNERS
 from loaders.demo.annotators import install_annotator
 from loaders.demo.controlnet import DEMO_CONTROLNET_NAME, demo_controlnet_bytes, install_demo_controlnet
 from loaders.demo.controlnet_kinds import demo_control_lora_bytes, demo_union_bytes
@@ -100,7 +102,8 @@ def main() -> None:
     install_demo(store)
     install_demo_controlnet(store)
     install_adapters(store)
-    for filename in sorted({f for _, files in ANNOTATOR_RUNNERS.values() for f in files}):
+    runners = [*ANNOTATOR_RUNNERS.values(), *OWN_RUNNERS.values()]
+    for filename in sorted({f for _, files, *_ in runners for f in files}):
         install_annotator(store, filename)  # random weights: the cost is the real network's
     if xl:
         install_xl(store)
@@ -128,8 +131,10 @@ def main() -> None:
         row["added_generate_s"] = round(row["generate_s_median"] - plain, 4)
     detect_s = {}
     for module in ("canny", "lineart_standard", "shuffle", "color", "mlsd", "softedge_hed", "softedge_pidinet",
-                   "lineart_realistic", "lineart_anime", "softedge_teed"):
-        body = DetectRequest(controlnet_module=module, controlnet_input_images=[image])
+                   "lineart_realistic", "lineart_anime", "softedge_teed", "seg_anime_face", "lineart_anime_denoise",
+                   "inpaint_only+lama"):
+        masks = [image] if module == "inpaint_only+lama" else []  # the white around the square is the hole
+        body = DetectRequest(controlnet_module=module, controlnet_input_images=[image], controlnet_masks=masks)
         spent = []
         for _ in range(args.runs):
             t0 = time.perf_counter()

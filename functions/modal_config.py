@@ -315,7 +315,7 @@ def describe(deploy: ModalDeploy, settings: Settings) -> dict[str, Any]:
 
 # What only generation needs: left out of the light web image (torch and CUDA are most of the GPU image).
 GPU_ONLY_PACKAGES = {"torch", "diffusers", "transformers", "accelerate", "torchsde", "peft", "spandrel", "scipy",
-                     "opencv-python-headless"}
+                     "opencv-python-headless", "onnxruntime", "onnx"}
 
 
 def web_requirements(pyproject: Path) -> list[str]:

@@ -223,7 +223,7 @@ def test_txt2img_restore_faces_runs_the_restorer_on_the_faces_found(client, stor
     store.put_bytes("users/alice/models/GFPGAN/GFPGANv1.4.safetensors", gfpgan)
     # the YuNet-format detector reports the brightest cell of any picture as a face (min_brightness 0), half
     # the 64² picture wide (its eyes 8 pixels apart: closer than 5, A1111 skips a face)
-    store.put_bytes("users/alice/models/GFPGAN/face_detection_yunet_2023mar.onnx",
+    store.put_bytes("public/models/GFPGAN/face_detection_yunet_2023mar.onnx",
                     yunet_onnx_bytes(box_px=320, min_brightness=0))
     body = {"prompt": "a face", "width": 64, "height": 64, "steps": 1, "seed": 4,
             "override_settings": {"face_restoration_model": "GFPGAN"}}
@@ -273,3 +273,12 @@ def test_img2img_restores_after_the_decode_and_inpaint_before_the_original_goes_
 def test_saving_a_copy_before_face_restoration_is_refused_by_name(client):
     r = client.post("/sdapi/v1/options", json={"save_images_before_face_restoration": True}, headers=auth())
     assert r.status_code == 422 and "save_images_before_face_restoration" in r.json()["detail"], r.text
+
+
+def test_a_users_own_yunet_graph_is_refused_not_run(client, store):
+    """An ONNX graph is a program whose memory use nothing bounds before it runs: only the public copy runs."""
+    store.put_bytes("users/alice/models/GFPGAN/GFPGANv1.4.safetensors", b"never read: refused before")
+    store.put_bytes("users/alice/models/GFPGAN/face_detection_yunet_2023mar.onnx", yunet_onnx_bytes())
+    r = client.post("/sdapi/v1/extra-single-image", headers=auth(),
+                    json={"image": png_b64(Image.fromarray(drawn_face())), "gfpgan_visibility": 0.6})
+    assert r.status_code == 422 and "face_detection_yunet_2023mar.onnx is your own ONNX graph" in r.text, r.text

@@ -103,9 +103,11 @@ def detect(services, user: str, body: DetectRequest) -> dict:
     images, poses = [], []  # OpenPose modules also give their keypoints, one JSON per image (the extension's)
     for k, raw in enumerate(body.controlnet_input_images):
         image = load_image(raw, f"controlnet_input_images[{k}]", store=services.store, user=user).convert("RGB")
+        mask = load_image(body.controlnet_masks[k], f"controlnet_masks[{k}]", store=services.store,
+                          user=user) if body.controlnet_masks else None
         found = run_module(entry.name, image, resolution=int(unit.processor_res), threshold_a=unit.threshold_a,
                            threshold_b=unit.threshold_b, load_annotator=loader, field="controlnet_module",
-                           on_pose=poses.append)
+                           on_pose=poses.append, mask=mask)
         images.append(outputs.b64(outputs.png_bytes(found)))
     return {"images": images, "info": "Success", **({"poses": poses} if poses else {}),
             **({"adjusted": unit.adjusted} if unit.adjusted else {})}

@@ -76,6 +76,10 @@ def find_faces(services: Services, user: str, rgb: np.ndarray) -> list[face_dete
         net = services.face_restorers.helper("detector", retinaface, load_retinaface)
         return face_detect.detect_faces(rgb, retinaface=net, device=services.face_restorers.device)
     yunet = find_helper(services, user, YUNET_FILE)
+    if yunet is not None and not yunet.key.startswith("public/"):
+        # an ONNX graph is a program whose memory use no check bounds: only the operator's (public) copy runs
+        raise InvalidRequest(f"face restoration: {yunet.key} is your own ONNX graph; graphs run only from "
+                             "public/models/GFPGAN/ (installed by an admin): delete yours to use that one")
     return face_detect.detect_faces(rgb, services.face_restorers.path(yunet) if yunet else None)
 
 

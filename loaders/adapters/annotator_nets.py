@@ -1,5 +1,6 @@
 """The networks behind model-based ControlNet preprocessors, keyed by annotator file: controlnet-aux's classes, and
-transformers' for MiDaS / Depth Anything (their original layouts renamed by `depth_keys`).
+transformers' for MiDaS / Depth Anything (their original layouts renamed by `depth_keys`), and
+three written here (anime_face_net, manga_line_net, lama_net).
 
 Each file is the sd-webui-controlnet extension's `.pth` converted to `.safetensors` as it is (same keys): some
 were saved from DataParallel (`module.` before every key), OpenPose's lack the first component of the model's
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 
 from loaders.adapters import depth_keys
 from loaders.adapters.depth_keys import Layout
+from loaders.adapters.anime_face_net import anime_face_unet
+from loaders.adapters.lama_net import lama_generator
+from loaders.adapters.manga_line_net import res_skip
 from loaders.adapters.partial_import import import_without_init
 from loaders.errors import Unavailable
 
@@ -189,6 +193,11 @@ ARCHITECTURES: dict[str, Net] = {
     ANYTHING_FILE: Net(depth_keys.build_anything, layout=depth_keys.ANYTHING, sized=depth_keys.build_anything),
     ANYTHING_V2_FILE: Net(functools.partial(depth_keys.build_anything, v2=True), layout=depth_keys.ANYTHING,
                           sized=functools.partial(depth_keys.build_anything, v2=True)),
+    # networks written here (controlnet-aux lacks them); the extension strips a `module.` prefix from the first
+    # two if present, so files with or without it load
+    "anime_face_segment/UNet.safetensors": Net(anime_face_unet, prefix="module."),
+    "manga_line/erika.safetensors": Net(res_skip, prefix="module."),
+    "lama/ControlNetLama.safetensors": Net(lama_generator),
 }
 
 

@@ -1,7 +1,9 @@
 """Weights of model-based ControlNet preprocessors, read from `models/annotators/` (own namespace, then public).
 
-Only `.safetensors` files (the usual annotators ship as `.pth` pickles: convert them once with safetensors, keys
-unchanged). The networks are controlnet-aux's classes (`annotator_nets`), loaded strictly.
+Networks: `.safetensors` files only (the usual annotators ship as `.pth` pickles: convert them once with safetensors,
+keys unchanged), on controlnet-aux's classes (`annotator_nets`), loaded strictly. Graphs (DWPose's YOLOX and
+RTMPose): the extension's `.onnx` files as they are, checked and run with onnxruntime (`onnx_graphs`), from the
+public namespace only (a graph is code).
 The names looked up are fixed by the module, never taken from the request, so they cannot traverse.
 """
 
@@ -14,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loaders.adapters.annotator_nets import ARCHITECTURES, model_state
+from loaders.adapters.onnx_graphs import load_graph
+from loaders.adapters.pose_onnx import GRAPHS
 from loaders.errors import InvalidRequest, NotFound
 from loaders.models.manager import FileCache, namespaces
 from loaders.models.safetensors_check import read_header
@@ -48,6 +52,11 @@ class AnnotatorCache:
         if info is None:
             raise InvalidRequest(f"`{field}` needs the annotator weights public/{ANNOTATOR_DIR}/{filename}, "
                                  "which are not in the bucket")
+        if filename in GRAPHS and not info.key.startswith("public/"):
+            # an ONNX graph is a program: its operators can allocate what they like, which no check before the
+            # run bounds; so only the operator's own (public) copy runs, never one a user uploaded
+            raise InvalidRequest(f"`{field}`: {info.key} is your own ONNX graph; graphs run only from "
+                                 f"public/{ANNOTATOR_DIR}/ (installed by an admin): delete yours to use that one")
         cache_key = (info.key, info.etag)
         with self._lock:
             if cache_key not in self._loaded:
@@ -63,6 +72,8 @@ class AnnotatorCache:
     def _build(self, info, filename: str, field: str):
         from safetensors.torch import load_file
 
+        if filename in GRAPHS:
+            return load_graph(self.files.ensure(info), info.key, GRAPHS[filename], field)
         path = self.files.ensure(info)
         read_header(path, filename)
         net = ARCHITECTURES.get(filename)

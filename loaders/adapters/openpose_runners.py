@@ -2,8 +2,8 @@
 
 As the extension's `OpenposeModel.run_model`: the padded image (BGR inside the detector) → bodies from the body
 network, then for each body its hands (hand network on the crops `handDetect` picks) and its face (face network on
-the crop `faceDetect` picks) when the module wants them, drawn on black with the extension's colours. Only the
-files a module uses are read (the extension loads all three whatever the module).
+the crop `faceDetect` picks) when the module wants them, drawn on black with the extension's colours
+(`pose_drawing`). Only the files a module uses are read (the extension loads all three whatever the module).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numpy as np
 
 from loaders.adapters.annotator_nets import open_pose
 from loaders.adapters.annotator_runners import Runner, padded
+from loaders.adapters.pose_drawing import draw_poses
 
 BODY = "openpose/body_pose_model.safetensors"
 HAND = "openpose/hand_pose_model.safetensors"
@@ -46,7 +47,7 @@ def openpose(body: bool, hand: bool, face: bool) -> Runner:
             poses = detector.detect_poses(np.ascontiguousarray(img), include_hand=hand, include_face=face)
         if ctx.on_pose is not None:
             ctx.on_pose(pose_json(poses, h, w))
-        return op.draw_poses(poses, h, w, draw_body=body, draw_hand=hand, draw_face=face)
+        return draw_poses(poses, h, w, body=body, hand=hand, face=face)
 
     return padded(run)
 

@@ -1,8 +1,10 @@
 """ControlNet preprocessors ("modules"): image → detected map, with sd-webui-controlnet's names and defaults.
 
 Weight-free ones run on OpenCV/NumPy. Model-based ones (HED, PiDiNet, M-LSD, lineart, TEED: `annotator_runners`, on
-controlnet-aux's networks; MiDaS and Depth Anything: `depth_runners`, on transformers') read their weights, as `.safetensors` only, from `models/annotators/` in the caller's
-namespace, then public; a missing file is a 422 naming it.
+controlnet-aux's networks; MiDaS, Depth Anything: `depth_runners`, on transformers';
+DWPose and animal pose: `dwpose_runners`, ONNX graphs; anime face, manga line and LaMa:
+`own_annotator_runners`, on networks written here) read their files (`.safetensors` networks, `.onnx` graphs) from
+`models/annotators/` in the caller's namespace, then public; a missing file is a 422 naming it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from loaders.adapters import annotator_runners, depth_runners, openpose_runners, preprocessor_table
+from loaders.adapters import (annotator_runners, depth_runners, dwpose_runners, openpose_runners,
+                              own_annotator_runners, preprocessor_table)
 from loaders.adapters.clip_vision import MODULE_ENCODERS
 from loaders.errors import InvalidRequest
 
@@ -114,12 +117,16 @@ def _shuffle(img, a, b, ctx):
 
 @dataclass(frozen=True)
 class Context:
-    """What a runner may use besides the image: the annotator-weights loader, the request's seed, and where the
-    OpenPose modules hand their keypoints (the extension's `json_pose_callback`; detect returns them as `poses`)."""
+    """What a runner may use besides the image: the annotator-weights loader, the request's seed, where the
+    OpenPose modules hand their keypoints (the extension's `json_pose_callback`; detect returns them as `poses`),
+    the inpaint mask (HxW uint8, the image's size; detect's `controlnet_masks`) and the field to name in errors."""
 
     load: Callable[[str], object]
     seed: int = 0
     on_pose: Callable[[dict], None] | None = None
+    mask: np.ndarray | None = None
+    field: str = "module"
+    max_pixels: int = 4096 * 4096  # a runner that rescales internally keeps its working size under this
 
 
 # internal name (the extension's) -> how to run it here, without weights or with the annotator files named
@@ -137,7 +144,10 @@ RUNNERS: dict[str, Preprocessor] = {p.name: p for p in [
     Preprocessor("color", _color_grid),
     Preprocessor("shuffle", _shuffle, fixed_resolution=512),
     *(Preprocessor(name, run, weights=files) for name, (run, files) in
-      {**annotator_runners.RUNNERS, **openpose_runners.RUNNERS, **depth_runners.RUNNERS}.items()),
+      {**annotator_runners.RUNNERS, **openpose_runners.RUNNERS, **dwpose_runners.RUNNERS,
+       **depth_runners.RUNNERS}.items()),
+    *(Preprocessor(name, run, weights=files, uses_resolution=scaled) for name, (run, files, scaled) in
+      own_annotator_runners.RUNNERS.items()),
 ]}
 
 
@@ -148,15 +158,11 @@ WEIGHTS = {
     "depth_zoe": "zoedepth/ZoeD_M12_N.safetensors",
     "depth_hand_refiner": "hand_refiner/graphormer_hand_state_dict.safetensors",
 "normal_dsine": "normal_dsine/dsine.safetensors",
-    "dw_openpose_full": "openpose/dw-ll_ucoco_384.safetensors",
-    "animal_openpose": "openpose/rtmpose-m_ap10k_256.safetensors",
     "densepose": "densepose/densepose_r50_fpn_dl.safetensors", "densepose_parula": "densepose/densepose_r50_fpn_dl.safetensors",
-    "lineart_anime_denoise": "manga_line/res_skip.safetensors",
     "segmentation": "uniformer/upernet_global_small.safetensors",
     "oneformer_ade20k": "oneformer/250_16_swin_l_oneformer_ade20k_160k.safetensors",
     "oneformer_coco": "oneformer/150_16_swin_l_oneformer_coco_100ep.safetensors",
-    "anime_face_segment": "anime_face_segment/UNet.safetensors", "mobile_sam": "mobile_sam/mobile_sam.safetensors",
-    "inpaint_only+lama": "lama/ControlNetLama.safetensors",
+    "mobile_sam": "mobile_sam/mobile_sam.safetensors",
     "clip_vision": "clip_vision/clip_vitl.safetensors", "revision_clipvision": "clip_vision/clip_g.safetensors",
     "revision_ignore_prompt": "clip_vision/clip_g.safetensors",
 }
@@ -200,8 +206,10 @@ MAX_MAP_PIXELS = 4096 * 4096  # default bound on a detected map (EASEL_MAX_INTER
 
 def run_module(name: str, image: Image.Image, *, resolution: int, threshold_a: float, threshold_b: float,
                load_annotator: Callable[[str], object], field: str, seed: int = 0,
-               max_pixels: int = MAX_MAP_PIXELS, on_pose: Callable[[dict], None] | None = None) -> Image.Image:
-    """The detected map of `image` (RGB) for an internal module name, computed at `resolution` on its short side."""
+               max_pixels: int = MAX_MAP_PIXELS, on_pose: Callable[[dict], None] | None = None,
+               mask: Image.Image | None = None) -> Image.Image:
+    """The detected map of `image` (RGB) for an internal module name, computed at `resolution` on its short side.
+    `mask` (inpaint modules): its first channel is the mask, as the extension reads it."""
     pre = RUNNERS.get(name)
     if pre is None:
         if name in WEIGHTS:
@@ -216,8 +224,18 @@ def run_module(name: str, image: Image.Image, *, resolution: int, threshold_a: f
     elif pre.uses_resolution:
         check_map_size(image, resolution, max_pixels, field)
         image = resize_short_side(image, resolution)
-    out = pre.run(np.asarray(image.convert("RGB")), threshold_a, threshold_b, Context(load_annotator, seed, on_pose))
+    out = pre.run(np.asarray(image.convert("RGB")), threshold_a, threshold_b,
+                  Context(load_annotator, seed, on_pose, _mask_array(mask, image.size), field, max_pixels))
     return Image.fromarray(out).convert("RGB")
+
+
+def _mask_array(mask: Image.Image | None, size: tuple[int, int]) -> np.ndarray | None:
+    """The mask's red channel at the image's size (the extension would fail on a mask of another size; A1111
+    scales img2img masks to the image, and so does this)."""
+    if mask is None:
+        return None
+    red = mask.convert("RGB").getchannel("R")
+    return np.asarray(red if red.size == size else red.resize(size, Image.Resampling.NEAREST))
 
 
 def check_map_size(image: Image.Image, resolution: int, max_pixels: int, field: str) -> None:
