@@ -1,10 +1,12 @@
 """The networks behind model-based ControlNet preprocessors, keyed by annotator file: controlnet-aux's classes, and
+transformers' for MiDaS / Depth Anything (their original layouts renamed by `depth_keys`), and
 three written here (anime_face_net, manga_line_net, lama_net).
 
 Each file is the sd-webui-controlnet extension's `.pth` converted to `.safetensors` as it is (same keys): some
 were saved from DataParallel (`module.` before every key), OpenPose's lack the first component of the model's
 names (the extension's `transfer`). `model_state` maps a file's keys onto the class's; loading is then strict, so
-a file of another network is a 422 rather than a half-initialised model.
+a file of another network is a 422 rather than a half-initialised model. Networks with a `sized` builder are
+built at the sizes the file's tensors show (the real files give the real networks; tests write small ones).
 """
 
 from __future__ import annotations
@@ -18,11 +20,37 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from loaders.adapters import depth_keys
+from loaders.adapters.depth_keys import Layout
 from loaders.adapters.anime_face_net import anime_face_unet
 from loaders.adapters.lama_net import lama_generator
 from loaders.adapters.manga_line_net import res_skip
 from loaders.adapters.partial_import import import_without_init
 from loaders.errors import Unavailable
+
+
+MIDAS_FILE = "midas/dpt_hybrid-midas-501f0c75.safetensors"
+ANYTHING_FILE = "depth_anything/depth_anything_vitl14.safetensors"
+ANYTHING_V2_FILE = "depth_anything_v2/depth_anything_v2_vitl.safetensors"
+LERES_FILE = "leres/res101.safetensors"
+LERES_ENCODER = "depth_model.encoder_modules.encoder."
+
+
+def _leres(state: dict | None = None):
+    """LeReS (AdelaiDepth) as the extension builds it: controlnet-aux's RelDepthModel on ResNeXt-101 32x8d. Given a
+    file, its encoder has the file's block counts per stage (the real file: 3, 4, 23, 3), so that a small test file
+    of the same architecture loads too."""
+    leres = aux("leres.leres.multi_depth_model_woauxi")
+    model = leres.RelDepthModel(backbone="resnext101")
+    if state is not None:
+        resnext = aux("leres.leres.Resnext_torch")
+        keys = [k.removeprefix("module.") for k in state]  # saved from DataParallel, or not
+        counts = [len({k[len(f"{LERES_ENCODER}layer{n}."):].split(".")[0] for k in keys
+                       if k.startswith(f"{LERES_ENCODER}layer{n}.")}) for n in (1, 2, 3, 4)]
+        if counts != [3, 4, 23, 3]:
+            model.depth_model.encoder_modules.encoder = resnext.ResNet(resnext.Bottleneck, counts, groups=32,
+                                                                       width_per_group=8)
+    return model
 
 
 def aux(submodule: str):
@@ -143,6 +171,8 @@ class Net:
     build: Callable[[], object]
     prefix: str = ""  # the real file's keys carry it (DataParallel); a file without it is accepted too
     drop_first: bool = False  # the file's keys are the model's minus their first component (OpenPose)
+    layout: Layout | None = None  # an original layout mapped onto transformers' names (the depth networks)
+    sized: Callable[[dict], object] | None = None  # builds the network the file's tensor shapes describe
 
 
 ARCHITECTURES: dict[str, Net] = {
@@ -158,6 +188,11 @@ ARCHITECTURES: dict[str, Net] = {
     "openpose/body_pose_model.safetensors": Net(_openpose("bodypose_model"), drop_first=True),
     "openpose/hand_pose_model.safetensors": Net(_openpose("handpose_model"), drop_first=True),
     "openpose/facenet.safetensors": Net(_facenet),
+    LERES_FILE: Net(_leres, prefix="module.", sized=_leres),
+    MIDAS_FILE: Net(depth_keys.build_midas, layout=depth_keys.MIDAS, sized=depth_keys.build_midas),
+    ANYTHING_FILE: Net(depth_keys.build_anything, layout=depth_keys.ANYTHING, sized=depth_keys.build_anything),
+    ANYTHING_V2_FILE: Net(functools.partial(depth_keys.build_anything, v2=True), layout=depth_keys.ANYTHING,
+                          sized=functools.partial(depth_keys.build_anything, v2=True)),
     # networks written here (controlnet-aux lacks them); the extension strips a `module.` prefix from the first
     # two if present, so files with or without it load
     "anime_face_segment/UNet.safetensors": Net(anime_face_unet, prefix="module."),
@@ -174,6 +209,8 @@ def file_key(net: Net, model_key: str) -> str:
 
 def model_state(net: Net, model, state: dict) -> dict:
     """The file's tensors under the model's own names; unknown keys stay as they are (strict loading names them)."""
+    if net.layout is not None:
+        return net.layout.to_model(state)
     if net.prefix and all(k.startswith(net.prefix) for k in state):
         state = {k[len(net.prefix):]: v for k, v in state.items()}
     if not net.drop_first:

@@ -9,6 +9,7 @@ The names looked up are fixed by the module, never taken from the request, so th
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -78,14 +79,16 @@ class AnnotatorCache:
         net = ARCHITECTURES.get(filename)
         if net is None:
             return None
-        model = meta_build(net.build)
+        state = load_file(str(path))
+        build = functools.partial(net.sized, state) if net.sized is not None else net.build
         try:
-            model.load_state_dict(model_state(net, model, load_file(str(path))), strict=True, assign=True)
-        except RuntimeError as e:
+            model = meta_build(build)
+            model.load_state_dict(model_state(net, model, state), strict=True, assign=True)
+        except (RuntimeError, KeyError, IndexError, ValueError) as e:  # sizing reads tensors another file lacks
             raise InvalidRequest(f"`{field}`: {info.key} does not fit the {filename} network: {e}"[:400]) from None
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a tensor the file does not hold
-            model = net.build()
-            model.load_state_dict(model_state(net, model, load_file(str(path))), strict=True)
+            model = build()
+            model.load_state_dict(model_state(net, model, state), strict=True)
         return model.eval()
 
 

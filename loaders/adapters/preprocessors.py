@@ -1,7 +1,8 @@
 """ControlNet preprocessors ("modules"): image → detected map, with sd-webui-controlnet's names and defaults.
 
 Weight-free ones run on OpenCV/NumPy. Model-based ones (HED, PiDiNet, M-LSD, lineart, TEED: `annotator_runners`, on
-controlnet-aux's networks; DWPose and animal pose: `dwpose_runners`, ONNX graphs; anime face, manga line and LaMa:
+controlnet-aux's networks; MiDaS, Depth Anything: `depth_runners`, on transformers';
+DWPose and animal pose: `dwpose_runners`, ONNX graphs; anime face, manga line and LaMa:
 `own_annotator_runners`, on networks written here) read their files (`.safetensors` networks, `.onnx` graphs) from
 `models/annotators/` in the caller's namespace, then public; a missing file is a 422 naming it.
 """
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from loaders.adapters import (annotator_runners, dwpose_runners, openpose_runners, own_annotator_runners,
-                              preprocessor_table)
+from loaders.adapters import (annotator_runners, depth_runners, dwpose_runners, openpose_runners,
+                              own_annotator_runners, preprocessor_table)
 from loaders.adapters.clip_vision import MODULE_ENCODERS
 from loaders.errors import InvalidRequest
 
@@ -143,7 +144,8 @@ RUNNERS: dict[str, Preprocessor] = {p.name: p for p in [
     Preprocessor("color", _color_grid),
     Preprocessor("shuffle", _shuffle, fixed_resolution=512),
     *(Preprocessor(name, run, weights=files) for name, (run, files) in
-      {**annotator_runners.RUNNERS, **openpose_runners.RUNNERS, **dwpose_runners.RUNNERS}.items()),
+      {**annotator_runners.RUNNERS, **openpose_runners.RUNNERS, **dwpose_runners.RUNNERS,
+       **depth_runners.RUNNERS}.items()),
     *(Preprocessor(name, run, weights=files, uses_resolution=scaled) for name, (run, files, scaled) in
       own_annotator_runners.RUNNERS.items()),
 ]}
@@ -152,10 +154,8 @@ RUNNERS: dict[str, Preprocessor] = {p.name: p for p in [
 # model-based modules this server has no runner for yet: the annotator file (as .safetensors under
 # models/annotators/) each reads, so the 422 tells an operator exactly what is missing
 WEIGHTS = {
-    "depth": "midas/dpt_hybrid-midas-501f0c75.safetensors", "normal_map": "midas/dpt_hybrid-midas-501f0c75.safetensors",
-    "depth_leres": "leres/res101.safetensors", "depth_leres++": "leres/latest_net_G.safetensors",
-    "depth_zoe": "zoedepth/ZoeD_M12_N.safetensors", "depth_anything": "depth_anything/depth_anything_vitl14.safetensors",
-    "depth_anything_v2": "depth_anything_v2/depth_anything_v2_vitl.safetensors",
+    "depth_leres++": "leres/latest_net_G.safetensors",
+    "depth_zoe": "zoedepth/ZoeD_M12_N.safetensors",
     "depth_hand_refiner": "hand_refiner/graphormer_hand_state_dict.safetensors",
 "normal_dsine": "normal_dsine/dsine.safetensors",
     "densepose": "densepose/densepose_r50_fpn_dl.safetensors", "densepose_parula": "densepose/densepose_r50_fpn_dl.safetensors",

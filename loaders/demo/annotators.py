@@ -45,6 +45,8 @@ def annotator_bytes(filename: str, seed: int = 0) -> bytes:
     if filename in CONTRAST:
         key, gain = CONTRAST[filename]
         state[key] = state[key] * gain
+    if net.layout is not None:
+        return save({k: v.contiguous() for k, v in net.layout.to_file(state).items()})
     return save({file_key(net, k): v.contiguous() for k, v in state.items()})
 
 
