@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load, save
 
-from loaders.adapters import depth_keys
 from loaders.adapters.annotator_nets import ANYTHING_FILE, ANYTHING_V2_FILE, ARCHITECTURES, LERES_FILE, MIDAS_FILE
 from loaders.adapters.annotators import AnnotatorCache
 from loaders.adapters.depth_runners import anything_input_size

@@ -19,7 +19,6 @@ from loaders.adapters.annotators import AnnotatorCache
 from loaders.adapters import own_annotator_runners
 from loaders.adapters.preprocessors import RUNNERS, Context
 from loaders.storage.store import LocalStore
-from tests.conftest import auth
 from tests.test_controlnet import square_png, txt2img, unit
 from tests.test_controlnet_annotators import detect, file_bytes, install, noise_png
 from tests.test_controlnet_api import cn_bytes, store  # noqa: F401  (the demo ControlNet in the bucket)

@@ -20,7 +20,7 @@ from loaders.demo.flux_controlnet import (DEMO_FLUX_CONTROLNET_NAME, DEMO_XLABS_
 from loaders.demo.mmdit import tiny_t5_tokenizer_json
 from tests.test_flow_inpaint_hires import box_mask, outside, picture
 from tests.test_sd3 import b64_png
-from tests.test_transformer_controlnet import T5_KEY, generate, image, square_png, unit
+from tests.test_transformer_controlnet import T5_KEY, generate, image, unit
 
 UNION = "union"
 
