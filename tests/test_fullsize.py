@@ -63,12 +63,13 @@ def _a1111_short_hash(path: Path) -> str:
 
 
 # SDXL-sized files take minutes each to write and load on 2 cores: `make test-fullsize` (EASEL_FULLSIZE_XL=1) runs
-# them; `make test` runs the SD-1.5 / SD-2.x shapes, and tests/test_families.py checks every family's full-size
-# parameter counts on the meta device.
-XL = pytest.mark.skipif(not os.environ.get("EASEL_FULLSIZE_XL"), reason="SDXL-sized: make test-fullsize")
+# them, and plain SD 2.x (the same tensors as sd2-v, told apart only by the sidecar); `make test` runs the SD-1.5
+# and SD-2.x-v shapes, and tests/test_families.py checks every family's full-size parameter counts on the meta device.
+XL = pytest.mark.skipif(not os.environ.get("EASEL_FULLSIZE_XL"), reason="full-size run only: make test-fullsize")
 
 
-@pytest.mark.parametrize("family", [pytest.param(f, marks=XL) if f.startswith("sdxl") else f for f in CASES])
+@pytest.mark.parametrize("family", [pytest.param(f, marks=XL) if f.startswith("sdxl") or f == "sd2" else f
+                                    for f in CASES])
 def test_real_shape_checkpoint_serves_offline(tmp_path, family):
     source, route, dtype = CASES[family]
     path = _checkpoint(source)
