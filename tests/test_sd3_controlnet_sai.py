@@ -20,17 +20,10 @@ from loaders.demo.flux import DEMO_FLUX_NAME, demo_flux_checkpoint_bytes
 from loaders.demo.mmdit import DEMO_SD3_NAME, demo_sd3_checkpoint_bytes, sd3_components, tiny_t5_tokenizer_json
 from loaders.demo.sd3_controlnet import demo_sd3_controlnet, demo_sd3_controlnet_bytes, demo_sd3_controlnet_sai_bytes
 from tests.conftest import auth
+from tests.test_transformer_controlnet import square_png
 
 T5_KEY = "system/tokenizers/t5-v1_1-xxl/tokenizer.json"
 CN = "public/models/ControlNet/"
-
-
-def square_png(size=(64, 64)) -> str:
-    img = Image.new("RGB", size, "white")
-    img.paste((0, 0, 0), (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4))
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def unit(model: str, **fields) -> dict:

@@ -53,27 +53,23 @@ def xlabs_config(shapes: dict[str, tuple[int, ...]], axes_dims_rope: list[int]) 
     return config
 
 
+def _own_renames(config: dict) -> list[tuple[str, str]]:
+    """(XLabs name, diffusers name) of every tensor outside the shared transformer naming."""
+    parts = [*_OWN, *((f"controlnet_blocks.{i}",) * 2 for i in range(config["num_layers"]))]
+    return [(f"{ours}.{kind}", f"{theirs}.{kind}") for ours, theirs in parts for kind in _KINDS]
+
+
 def xlabs_to_diffusers(state: dict, config: dict) -> dict:
     """An XLabs file's tensors under diffusers' FluxControlNetModel names."""
     out = flux_to_diffusers(state, config, final=False)
-    for ours, theirs in _OWN:
-        for kind in _KINDS:
-            out[f"{theirs}.{kind}"] = state[f"{ours}.{kind}"]
-    for i in range(config["num_layers"]):
-        for kind in _KINDS:
-            out[f"controlnet_blocks.{i}.{kind}"] = state[f"controlnet_blocks.{i}.{kind}"]
+    out.update({theirs: state[ours] for ours, theirs in _own_renames(config)})
     return out
 
 
 def diffusers_to_xlabs(state: dict, config: dict) -> dict:
     """The inverse (the test writer's): a FluxControlNetModel of the XLabs kind → XLabs' key names."""
     out = diffusers_to_flux(state, config, final=False)
-    for ours, theirs in _OWN:
-        for kind in _KINDS:
-            out[f"{ours}.{kind}"] = state[f"{theirs}.{kind}"]
-    for i in range(config["num_layers"]):
-        for kind in _KINDS:
-            out[f"controlnet_blocks.{i}.{kind}"] = state[f"controlnet_blocks.{i}.{kind}"]
+    out.update({ours: state[theirs] for ours, theirs in _own_renames(config)})
     return out
 
 
