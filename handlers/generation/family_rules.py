@@ -6,9 +6,11 @@ for them: LoRAs (diffusers' SD3 / FLUX loaders, which also read kohya's FLUX lay
 resize modes, inpainting (the family's diffusers inpaint pipeline over the same modules, A1111's mask
 preparation and paste-back) and hires fix (the family's img2img pipeline for the second pass; Forge's
 `hr_distilled_cfg` for FLUX.1-dev), and ControlNet units (`transformer_controlnet`: txt2img; FLUX in every
-mode). The UNet-era extras (VAE / embedding / hypernetwork files, refiner, tiling, CLIP skip, variation seeds,
-s_churn) are not wired for them here. Each is refused with a 422 naming the field and the family rather than run differently
-from what was asked.
+mode), variation seeds (the first noise is drawn as for the UNet families), another VAE of the family, and
+CLIP skip, which changes nothing for them (A1111's SD 3 encoders use a fixed layer; FLUX reads CLIP-L's pooled
+output only). The other UNet-era extras (embedding / hypernetwork files, refiner, tiling, s_churn) are not wired
+for them here: each is refused with a 422 naming the field and the family rather than run differently from
+what was asked.
 
 FLUX.1 as Forge runs it: `distilled_cfg_scale` (default 3.5) is dev's guidance input; `cfg_scale` above 1 adds
 real classifier-free guidance with the negative prompt (twice the work), 1 skips it (the recommended setting).
