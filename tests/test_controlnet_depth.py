@@ -164,3 +164,13 @@ def test_detect_runs_depth_leres_with_its_near_and_background_cuts(client, servi
     # "Remove Near %" (threshold_a) zeroes the raw depth under it before the inversion: those pixels become white
     near = map_of(detect(client, "depth_leres", [noise_png()], controlnet_threshold_a=50).json()["images"][0])
     assert (near[noisy >= 128] == 255).all() and np.array_equal(near[noisy < 127], noisy[noisy < 127])
+
+
+@pytest.mark.parametrize("module, filename, size, res", [("depth_midas", MIDAS_FILE, (128, 64), 2048),
+                                                         ("depth_anything", ANYTHING_FILE, (2000, 64), 64)])
+def test_a_depth_vit_over_its_patch_bound_is_a_422_not_an_hours_long_run(client, store, module, filename, size, res):
+    """Both attend over every patch: MiDaS runs the 2048x4096 map itself, Depth Anything scales the short side to
+    518 (a 64x2000 map becomes 518x16184); each would be over 16384 patches, though under the map-pixel bound."""
+    install(store, filename)
+    r = detect(client, module, [noise_png(size)], controlnet_processor_res=res)
+    assert r.status_code == 422 and "patches" in r.text and "processor_res" in r.text, r.text

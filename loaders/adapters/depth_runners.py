@@ -22,10 +22,14 @@ import numpy as np
 
 from loaders.adapters.annotator_nets import ANYTHING_FILE, ANYTHING_V2_FILE, LERES_FILE, MIDAS_FILE
 from loaders.adapters.annotator_runners import Runner, padded
+from loaders.errors import InvalidRequest
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 ANYTHING_SIDE, ANYTHING_MULTIPLE = 518, 14
+# MiDaS' and Depth Anything's ViTs attend over every patch of the whole picture (cost ~ tokens², on the CPU): at most a
+# 2048² input at 16 px patches (MiDaS), 1792² at 14 (Depth Anything); the map-pixel bound alone allowed 4096²
+MAX_VIT_TOKENS = 128 * 128
 NORMAL_Z = 2 * math.pi  # the extension's `a` for both midas modules (its slider never reaches it)
 
 
@@ -60,6 +64,7 @@ def _midas(normal: bool) -> Runner:
     def run(img, a, b, ctx):
         import torch
 
+        check_tokens(img.shape[0], img.shape[1], 16, ctx, "depth_midas")
         model = ctx.load(MIDAS_FILE)
         pixels = (torch.from_numpy(np.ascontiguousarray(img)).float() / 127.5 - 1.0).permute(2, 0, 1)[None]
         depth = midas_depth(model, pixels).float().numpy()
@@ -89,6 +94,14 @@ def _multiple_at_least(x: float, minimum: int, multiple: int = ANYTHING_MULTIPLE
     return y if y >= minimum else int(math.ceil(x / multiple) * multiple)
 
 
+def check_tokens(h: int, w: int, patch: int, ctx, module: str) -> None:
+    """A 422 when the network would see more than MAX_VIT_TOKENS patches of this picture."""
+    tokens = (h // patch) * (w // patch)
+    if tokens > MAX_VIT_TOKENS:
+        raise InvalidRequest(f"`{ctx.field}` {module} would attend over {tokens} patches of this {w}x{h} input, "
+                             f"more than {MAX_VIT_TOKENS}: lower processor_res or send a less elongated image")
+
+
 def anything_input_size(h: int, w: int, side: int = ANYTHING_SIDE) -> tuple[int, int]:
     """The size the network sees: aspect kept, the shorter side's scale makes both sides at least `side`."""
     k = max(side / h, side / w)
@@ -100,10 +113,11 @@ def _anything(weights: str) -> Runner:
         import cv2
         import torch
 
-        model = ctx.load(weights)
         h, w = img.shape[:2]
-        x = img[:, :, ::-1].astype(np.float32) / 255.0  # reversed channels: what the extension's cvtColor gives
         nh, nw = anything_input_size(h, w)
+        check_tokens(nh, nw, ANYTHING_MULTIPLE, ctx, "depth_anything")
+        model = ctx.load(weights)
+        x = img[:, :, ::-1].astype(np.float32) / 255.0  # reversed channels: what the extension's cvtColor gives
         x = (cv2.resize(x, (nw, nh), interpolation=cv2.INTER_CUBIC) - IMAGENET_MEAN) / IMAGENET_STD
         with torch.inference_mode():
             depth = model(pixel_values=torch.from_numpy(x.transpose(2, 0, 1).copy())[None]).predicted_depth
