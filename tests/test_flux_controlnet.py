@@ -20,7 +20,7 @@ from loaders.demo.flux_controlnet import (DEMO_FLUX_CONTROLNET_NAME, DEMO_XLABS_
 from loaders.demo.mmdit import tiny_t5_tokenizer_json
 from tests.test_flow_inpaint_hires import box_mask, outside, picture
 from tests.test_sd3 import b64_png
-from tests.test_transformer_controlnet import T5_KEY, generate, image, unit
+from tests.test_transformer_controlnet import T5_KEY, flux_controlnet_inputs, generate, image, unit
 
 UNION = "union"
 
@@ -191,13 +191,7 @@ def test_an_xlabs_file_converts_to_diffusers_model_and_gives_the_same_residuals(
     ours = build_flux_controlnet(path, "xlabs", transformer.config, "f", "cpu", torch.float32)
     theirs = demo_xlabs_controlnet()
     assert ours.input_hint_block is not None and ours.config["num_layers"] == 2 and ours.config["patch_size"] == 2
-    gen = torch.Generator().manual_seed(0)
-    inputs = dict(hidden_states=torch.randn(1, 16, 64, generator=gen),
-                  controlnet_cond=torch.rand(1, 3, 64, 64, generator=gen) * 2 - 1,  # the hint in pixels
-                  encoder_hidden_states=torch.randn(1, 8, 48, generator=gen),
-                  pooled_projections=torch.randn(1, 16, generator=gen), timestep=torch.tensor([0.5]),
-                  guidance=torch.tensor([3.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3),
-                  return_dict=False)
+    inputs = flux_controlnet_inputs(lambda gen: torch.rand(1, 3, 64, 64, generator=gen) * 2 - 1)  # hint in pixels
     with torch.no_grad():
         a, b = ours(**inputs), theirs(**inputs)
     # (the fused qkv split into views multiplies in another order: equal to float rounding)

@@ -74,6 +74,16 @@ def flux_store(store, files):
     return store
 
 
+def flux_controlnet_inputs(control) -> dict:
+    """One forward call's inputs for a demo-flux-sized FluxControlNetModel; `control(generator)`: its hint."""
+    gen = torch.Generator().manual_seed(0)
+    return dict(hidden_states=torch.randn(1, 16, 64, generator=gen), controlnet_cond=control(gen),
+                encoder_hidden_states=torch.randn(1, 8, 48, generator=gen),
+                pooled_projections=torch.randn(1, 16, generator=gen), timestep=torch.tensor([0.5]),
+                guidance=torch.tensor([3.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3),
+                return_dict=False)
+
+
 def test_the_single_file_loads_strictly_from_its_shapes_and_gives_the_same_outputs(tmp_path, files):
     path = tmp_path / "cn.safetensors"
     path.write_bytes(files["cn"])
@@ -84,13 +94,7 @@ def test_the_single_file_loads_strictly_from_its_shapes_and_gives_the_same_outpu
     for key in ("num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads", "joint_attention_dim",
                 "pooled_projection_dim", "guidance_embeds", "in_channels", "axes_dims_rope"):
         assert ours.config[key] == theirs.config[key], key
-    gen = torch.Generator().manual_seed(0)
-    inputs = dict(hidden_states=torch.randn(1, 16, 64, generator=gen),
-                  controlnet_cond=torch.randn(1, 16, 64, generator=gen),
-                  encoder_hidden_states=torch.randn(1, 8, 48, generator=gen),
-                  pooled_projections=torch.randn(1, 16, generator=gen), timestep=torch.tensor([0.5]),
-                  guidance=torch.tensor([3.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3),
-                  return_dict=False)
+    inputs = flux_controlnet_inputs(lambda gen: torch.randn(1, 16, 64, generator=gen))
     with torch.no_grad():
         a, b = ours(**inputs), theirs(**inputs)
     assert all(torch.equal(x, y) for x, y in zip([*a[0], *a[1]], [*b[0], *b[1]]))
